@@ -1,0 +1,39 @@
+# Self-bootstrapping: needs only python3, pip and make. uv comes from PyPI into
+# .tools/ when it is not on PATH; nothing else is downloaded but packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+VENV := .venv
+RUN := $(VENV)/bin
+
+.PHONY: install demo test lint typecheck bench clean
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
+
+$(VENV)/.installed: pyproject.toml uv.lock examples/third_party_backend/pyproject.toml | $(UV)
+	$(UV) sync --locked --all-extras
+	touch $@
+
+install: $(VENV)/.installed  ## Create .venv with melange, the example plugin and the dev tools.
+
+demo: install  ## Run the payments demo on the embedded memory backend.
+	$(RUN)/melange demo
+
+test: install lint  ## The whole suite: lint, type check, tests (with the conformance report).
+	$(RUN)/pytest --melange-report=build/conformance
+
+lint: install  ## ruff and mypy --strict.
+	$(RUN)/ruff check .
+	$(RUN)/ruff format --check melange
+	$(RUN)/mypy melange
+
+bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
+	$(RUN)/python benchmarks/import_time.py
+	$(RUN)/python benchmarks/round_trip.py
+
+clean:
+	rm -rf $(VENV) .tools build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,482 @@
+"""The backend contract every broker plugin implements.
+
+A backend subclasses :class:`MessagingBackend`, declares what it can do in a
+:class:`Capabilities` value, and implements the underscored hooks
+(``_get_queue``, ``_publish_batch``, ...). The public methods around those hooks
+are written once here, so every backend behaves the same at the edges: use
+after :meth:`~MessagingBackend.close` fails clearly, messages are validated
+(size, attributes, capabilities) before anything is sent, and batches are split
+into the broker's limits.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from melange.exceptions import (
+    BackendClosed,
+    InvalidMessage,
+    MelangeError,
+    MessageTooLarge,
+    UnsupportedCapability,
+)
+from melange.topology import NameRule, QueueSpec, SubscriptionSpec, TopicSpec
+
+_T = TypeVar("_T")
+_B = TypeVar("_B", bound="MessagingBackend")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared as data.
+
+    The factory refuses a request that needs a capability the backend lacks,
+    and the conformance suite skips tests by capability.
+
+    Attributes:
+        topics: Topics with fan-out to subscribed queues.
+        dead_letter: Dead-letter queues after a maximum receive count.
+        fifo: FIFO queues with per-group order (``group_id``).
+        dedup: Deduplication by ``dedup_id`` within a window.
+        delay: Delayed delivery, per queue and per message.
+        batch: The broker accepts several messages in one publish call.
+        lease_extension: A receiver can extend a message's visibility.
+        nack_delay: A receiver can release a message, optionally after a delay.
+        filters: Subscriptions filtered by message attributes.
+        max_message_size: Bytes of body plus attributes one message may have.
+        max_batch_size: Messages per native publish call.
+        max_batch_bytes: Bytes per native publish call, if limited.
+        max_attributes: Attributes per message, if limited.
+        max_delay: Longest delay in seconds.
+        max_visibility_timeout: Longest visibility timeout (and lease) in seconds.
+        max_receive_count_range: Allowed ``max_receive_count`` values, inclusive.
+        retention_range: Allowed ``message_retention_period`` in seconds, inclusive.
+        max_wait_seconds: Longest long-poll wait of one receive call.
+        immutable_queue_settings: Queue settings the broker cannot change after creation.
+    """
+
+    topics: bool = False
+    dead_letter: bool = False
+    fifo: bool = False
+    dedup: bool = False
+    delay: bool = False
+    batch: bool = False
+    lease_extension: bool = False
+    nack_delay: bool = False
+    filters: bool = False
+    max_message_size: int = 256 * 1024
+    max_batch_size: int = 10
+    max_batch_bytes: int | None = None
+    max_attributes: int | None = None
+    max_delay: float = 900.0
+    max_visibility_timeout: float = 12 * 3600.0
+    max_receive_count_range: tuple[int, int] = (1, 1000)
+    retention_range: tuple[float, float] = (60.0, 14 * 24 * 3600.0)
+    max_wait_seconds: float = 20.0
+    immutable_queue_settings: frozenset[str] = frozenset({"fifo"})
+
+    FEATURES = (
+        "topics",
+        "dead_letter",
+        "fifo",
+        "dedup",
+        "delay",
+        "batch",
+        "lease_extension",
+        "nack_delay",
+        "filters",
+    )
+
+    def supported(self) -> list[str]:
+        """Return the names of the features this backend supports."""
+        return [name for name in self.FEATURES if getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to publish, already serialized.
+
+    Attributes:
+        body: The payload bytes.
+        attributes: String key/value metadata delivered with the message.
+        group_id: The FIFO message group; order is kept within a group.
+        dedup_id: Messages with the same id within the dedup window are delivered once.
+        delay_seconds: Seconds before the message can be received.
+    """
+
+    body: bytes
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    group_id: str | None = None
+    dedup_id: str | None = None
+    delay_seconds: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """Bytes counted against the size limit: body plus attribute names and values."""
+        return len(self.body) + sum(
+            len(k.encode()) + len(v.encode()) for k, v in self.attributes.items()
+        )
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """The outcome of publishing one message of a batch.
+
+    Attributes:
+        index: The message's position in the batch that was passed in.
+        message_id: The broker's id for the message, when it was accepted.
+        error: Why the broker refused it, when it was not.
+    """
+
+    index: int
+    message_id: str | None = None
+    error: MelangeError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the broker accepted the message."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A message handed to a receiver; ack, nack or extend it through the backend.
+
+    Attributes:
+        queue_name: The queue it was received from.
+        body: The payload bytes.
+        attributes: The message's attributes.
+        message_id: The broker's id, stable across redeliveries.
+        receive_count: How many times it has been received, this time included.
+        group_id: Its FIFO group, if any.
+        receipt: Opaque token the backend needs to settle this delivery.
+    """
+
+    queue_name: str
+    body: bytes
+    attributes: Mapping[str, str]
+    message_id: str
+    receive_count: int
+    group_id: str | None = None
+    receipt: Any = field(default=None, repr=False, compare=False)
+
+
+class MessagingBackend(abc.ABC):
+    """The contract between melange and a message broker.
+
+    Subclasses set :attr:`name` and :attr:`capabilities` and implement the
+    abstract hooks; optional hooks (topics, nack, lease extension) need only be
+    implemented when the matching capability is declared.
+
+    A backend is thread-safe: the factory and the consumer runtime call it from
+    several threads.
+    """
+
+    name: str = "unnamed"
+    """The short name the backend is registered under (``"memory"``, ``"aws"``)."""
+
+    capabilities: Capabilities = Capabilities()
+    """What the backend can do. An instance may narrow or widen its class's value."""
+
+    queue_name_rule: NameRule = NameRule()
+    """Naming rule for queues, checked before any call."""
+
+    topic_name_rule: NameRule = NameRule()
+    """Naming rule for topics, checked before any call."""
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} {self.name!r}{state}>"
+
+    def __enter__(self: _B) -> _B:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- checks
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def _call(self, operation: str, hook: Callable[..., _T], *args: Any) -> _T:
+        if self._closed:
+            raise BackendClosed(self.name, operation)
+        return hook(*args)
+
+    def require(self, capability: str, what: str) -> None:
+        """Raise :class:`UnsupportedCapability` unless ``capability`` is declared.
+
+        Args:
+            capability: A :class:`Capabilities` feature name.
+            what: What needs it, for the message.
+        """
+        if not getattr(self.capabilities, capability):
+            raise UnsupportedCapability(self.name, capability, what)
+
+    def validate_queue(self, spec: QueueSpec) -> None:
+        """Raise :class:`~melange.exceptions.InvalidTopology` if the broker would refuse ``spec``.
+
+        The default checks the name rule; backends extend it with broker rules.
+        """
+        self.queue_name_rule.check("queue", spec.name, spec.fifo)
+
+    def validate_topic(self, spec: TopicSpec) -> None:
+        """Raise :class:`~melange.exceptions.InvalidTopology` if the broker refuses ``spec``."""
+        self.topic_name_rule.check("topic", spec.name, spec.fifo)
+
+    def validate_subscription(  # noqa: B027 - optional hook: most brokers accept every pair
+        self, topic: TopicSpec, queue: QueueSpec
+    ) -> None:
+        """Raise :class:`~melange.exceptions.InvalidTopology` if ``queue`` may not subscribe.
+
+        The default accepts every pair; e.g. SNS refuses a FIFO queue on a standard topic.
+        """
+
+    # --------------------------------------------------------------- topology
+    def get_queue(self, name: str) -> QueueSpec | None:
+        """Return the queue's current state, or ``None`` if it does not exist."""
+        return self._call("get a queue", self._get_queue, name)
+
+    def declare_queue(self, spec: QueueSpec) -> None:
+        """Create the queue, or set an existing one's mutable settings to ``spec``."""
+        self._call("declare a queue", self._declare_queue, spec)
+
+    def delete_queue(self, name: str) -> None:
+        """Delete the queue and its messages; raise QueueNotFound if it does not exist."""
+        self._call("delete a queue", self._delete_queue, name)
+
+    def get_topic(self, name: str) -> TopicSpec | None:
+        """Return the topic's current state, or ``None`` if it does not exist."""
+        self.require("topics", "topics")
+        return self._call("get a topic", self._get_topic, name)
+
+    def declare_topic(self, spec: TopicSpec) -> None:
+        """Create the topic if it does not exist (idempotent)."""
+        self.require("topics", "topics")
+        self._call("declare a topic", self._declare_topic, spec)
+
+    def delete_topic(self, name: str) -> None:
+        """Delete the topic and its subscriptions; raise TopicNotFound if it does not exist."""
+        self.require("topics", "topics")
+        self._call("delete a topic", self._delete_topic, name)
+
+    def get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        """Return the subscription of ``queue_name`` to ``topic_name``, or ``None``."""
+        self.require("topics", "subscriptions")
+        return self._call("get a subscription", self._get_subscription, topic_name, queue_name)
+
+    def subscribe(self, spec: SubscriptionSpec) -> None:
+        """Subscribe the queue to the topic, or set an existing subscription's filter."""
+        self.require("topics", "subscriptions")
+        if spec.filter is not None:
+            self.require("filters", "subscription filters")
+        self._call("subscribe", self._subscribe, spec)
+
+    # ------------------------------------------------------------------- data
+    def publish(self, queue_name: str, messages: Sequence[OutgoingMessage]) -> list[PublishResult]:
+        """Publish messages to a queue, returning one result per message in order.
+
+        The whole batch is validated before anything is sent; it is split into
+        the broker's batch limits.
+
+        Raises:
+            MessageTooLarge: A message exceeds ``capabilities.max_message_size``.
+            InvalidMessage: A message is malformed.
+            UnsupportedCapability: A message uses a group id, dedup id or delay
+                the backend cannot honour.
+            QueueNotFound: The queue does not exist.
+        """
+        return self._publish_all("publish", queue_name, messages, self._publish_batch)
+
+    def publish_to_topic(
+        self, topic_name: str, messages: Sequence[OutgoingMessage]
+    ) -> list[PublishResult]:
+        """Publish messages to a topic; every subscribed queue whose filter matches gets a copy.
+
+        Same validation and batching as :meth:`publish`.
+        """
+        self.require("topics", "publishing to a topic")
+        return self._publish_all(
+            "publish to a topic", topic_name, messages, self._publish_topic_batch
+        )
+
+    def receive(
+        self, queue_name: str, max_messages: int = 10, wait_seconds: float = 0.0
+    ) -> list[ReceivedMessage]:
+        """Receive up to ``max_messages``, waiting up to ``wait_seconds`` for the first.
+
+        Each returned message is invisible to other receivers until it is acked,
+        nacked, or its visibility timeout passes.
+        """
+        if max_messages < 1:
+            raise InvalidMessage(f"max_messages must be at least 1, got {max_messages}")
+        wait = min(max(wait_seconds, 0.0), self.capabilities.max_wait_seconds)
+        return self._call("receive", self._receive, queue_name, max_messages, wait)
+
+    def ack(self, messages: Sequence[ReceivedMessage]) -> None:
+        """Acknowledge messages: they are removed and never redelivered."""
+        if messages:
+            self._call("acknowledge", self._ack, list(messages))
+
+    def nack(self, messages: Sequence[ReceivedMessage], delay_seconds: float = 0.0) -> None:
+        """Release messages for redelivery after ``delay_seconds`` (0 = at once)."""
+        self.require("nack_delay", "negative acknowledgement")
+        self._check_duration(
+            "delay_seconds", delay_seconds, self.capabilities.max_visibility_timeout
+        )
+        if messages:
+            self._call("negatively acknowledge", self._nack, list(messages), delay_seconds)
+
+    def extend_lease(self, messages: Sequence[ReceivedMessage], seconds: float) -> None:
+        """Keep messages invisible to other receivers for ``seconds`` from now."""
+        self.require("lease_extension", "lease extension")
+        self._check_duration("seconds", seconds, self.capabilities.max_visibility_timeout)
+        if messages:
+            self._call("extend a lease", self._extend_lease, list(messages), seconds)
+
+    def close(self) -> None:
+        """Release connections and resources. Idempotent; later calls fail with BackendClosed."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close()
+
+    # ----------------------------------------------------------- validation
+    @staticmethod
+    def _check_duration(label: str, value: float, limit: float) -> None:
+        if not 0 <= value <= limit:
+            raise InvalidMessage(f"{label} must be between 0 and {limit:g} seconds, got {value!r}")
+
+    def validate_message(self, message: OutgoingMessage) -> None:
+        """Raise the specific MelangeError if ``message`` cannot be sent as it is."""
+        caps = self.capabilities
+        if not isinstance(message.body, (bytes, bytearray)):
+            raise InvalidMessage(
+                f"message body must be bytes, got {type(message.body).__name__}; "
+                "serialize it first (melange.serializers) or encode the string"
+            )
+        for key, value in message.attributes.items():
+            if not isinstance(key, str) or not key or not isinstance(value, str):
+                raise InvalidMessage(
+                    f"attribute {key!r}={value!r} is invalid: names must be non-empty strings "
+                    "and values strings; convert numbers with str()"
+                )
+        if caps.max_attributes is not None and len(message.attributes) > caps.max_attributes:
+            raise InvalidMessage(
+                f"message has {len(message.attributes)} attributes; backend {self.name!r} "
+                f"allows at most {caps.max_attributes}"
+            )
+        if message.size > caps.max_message_size:
+            raise MessageTooLarge(message.size, caps.max_message_size, self.name)
+        if message.group_id is not None:
+            self.require("fifo", "a message group id")
+        if message.dedup_id is not None:
+            self.require("dedup", "a message deduplication id")
+        if message.delay_seconds:
+            self.require("delay", "a message delay")
+            self._check_duration("delay_seconds", message.delay_seconds, caps.max_delay)
+
+    def _publish_all(
+        self,
+        operation: str,
+        destination: str,
+        messages: Sequence[OutgoingMessage],
+        hook: Callable[[str, list[OutgoingMessage]], list[PublishResult]],
+    ) -> list[PublishResult]:
+        batch = list(messages)
+        for message in batch:
+            self.validate_message(message)
+        results: list[PublishResult] = []
+        for offset, chunk in self._chunks(batch):
+            for result in self._call(operation, hook, destination, chunk):
+                results.append(
+                    PublishResult(result.index + offset, result.message_id, result.error)
+                )
+        return results
+
+    def _chunks(self, batch: list[OutgoingMessage]) -> Iterator[tuple[int, list[OutgoingMessage]]]:
+        """Split ``batch`` by the broker's count and byte limits, keeping order."""
+        caps = self.capabilities
+        start, size, chunk = 0, 0, []  # type: tuple[int, int, list[OutgoingMessage]]
+        for index, message in enumerate(batch):
+            too_many = len(chunk) >= caps.max_batch_size
+            too_big = (
+                caps.max_batch_bytes is not None and size + message.size > caps.max_batch_bytes
+            )
+            if chunk and (too_many or too_big):
+                yield start, chunk
+                start, size, chunk = index, 0, []
+            chunk.append(message)
+            size += message.size
+        if chunk:
+            yield start, chunk
+
+    # ------------------------------------------------------------------ hooks
+    @abc.abstractmethod
+    def _get_queue(self, name: str) -> QueueSpec | None:
+        """Return the current state of the queue, or ``None``."""
+
+    @abc.abstractmethod
+    def _declare_queue(self, spec: QueueSpec) -> None:
+        """Create the queue or bring its mutable settings to ``spec``; safe under races."""
+
+    @abc.abstractmethod
+    def _delete_queue(self, name: str) -> None:
+        """Delete the queue; raise QueueNotFound if it does not exist."""
+
+    def _get_topic(self, name: str) -> TopicSpec | None:
+        raise UnsupportedCapability(self.name, "topics", "topics")
+
+    def _declare_topic(self, spec: TopicSpec) -> None:
+        raise UnsupportedCapability(self.name, "topics", "topics")
+
+    def _delete_topic(self, name: str) -> None:
+        raise UnsupportedCapability(self.name, "topics", "topics")
+
+    def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        raise UnsupportedCapability(self.name, "topics", "subscriptions")
+
+    def _subscribe(self, spec: SubscriptionSpec) -> None:
+        raise UnsupportedCapability(self.name, "topics", "subscriptions")
+
+    @abc.abstractmethod
+    def _publish_batch(self, queue_name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
+        """Send one chunk (within the batch limits) to a queue; one result per message.
+
+        ``PublishResult.index`` is the position within ``batch``.
+        """
+
+    def _publish_topic_batch(
+        self, topic_name: str, batch: list[OutgoingMessage]
+    ) -> list[PublishResult]:
+        raise UnsupportedCapability(self.name, "topics", "publishing to a topic")
+
+    @abc.abstractmethod
+    def _receive(
+        self, queue_name: str, max_messages: int, wait_seconds: float
+    ) -> list[ReceivedMessage]:
+        """Receive up to ``max_messages``; ``wait_seconds`` is already clamped."""
+
+    @abc.abstractmethod
+    def _ack(self, messages: list[ReceivedMessage]) -> None:
+        """Remove the messages for good."""
+
+    def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
+        raise UnsupportedCapability(self.name, "nack_delay", "negative acknowledgement")
+
+    def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
+        raise UnsupportedCapability(self.name, "lease_extension", "lease extension")
+
+    def _close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release resources; called once."""

@@ -1,0 +1,475 @@
+"""MessagingBackendFactory: declare topics and queues, idempotently.
+
+Every ``init_*`` call runs in three steps:
+
+1. build the declared specs from the request and validate all of them (names,
+   settings, dead-letter rules, capabilities, the backend's own rules) without
+   touching the broker;
+2. read the broker's current state and plan the difference, refusing drift in
+   settings the broker cannot change;
+3. apply the plan. A converged resource needs no step 3 at all.
+
+``plan_topic`` and ``plan_queue`` stop after step 2 (dry run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from melange.backends.base import MessagingBackend
+from melange.exceptions import (
+    ConfigurationError,
+    ImmutableSettingError,
+    InvalidTopology,
+    did_you_mean,
+)
+from melange.topology import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    Action,
+    Change,
+    DeadLetterPolicy,
+    Plan,
+    QueueSpec,
+    SubscriptionSpec,
+    TopicSpec,
+    is_fifo_name,
+)
+
+QUEUE_SETTINGS = (
+    "fifo",
+    "visibility_timeout",
+    "message_retention_period",
+    "delay_seconds",
+    "max_receive_count",
+    "subscription_filter",
+)
+"""Keyword settings accepted by :meth:`MessagingBackendFactory.init_queue`."""
+
+TOPIC_SETTINGS = ("fifo",)
+"""Keyword settings accepted by :meth:`MessagingBackendFactory.init_topic`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _QueueRequest:
+    """Everything one ``init_queue`` call declares, validated."""
+
+    queue: QueueSpec
+    dead_letter: QueueSpec | None
+    topics: tuple[TopicSpec, ...]
+    subscriptions: tuple[SubscriptionSpec, ...]
+
+
+class MessagingBackendFactory:
+    """Creates and converges topics, queues, dead-letter queues and subscriptions.
+
+    Example:
+        >>> from melange import MessagingBackendFactory
+        >>> from melange.backends import MemoryBackend
+        >>> factory = MessagingBackendFactory(MemoryBackend())
+        >>> plan = factory.init_queue("payment-updates", ["payments"],
+        ...                           dead_letter_queue_name="payment-updates-dlq")
+        >>> [action.kind for action in plan]
+        ['create_topic', 'create_queue', 'create_queue', 'subscribe']
+        >>> len(factory.init_queue("payment-updates", ["payments"],
+        ...                        dead_letter_queue_name="payment-updates-dlq"))
+        0
+
+    Args:
+        backend: The backend to manage. ``None`` loads the configured one
+            (see :func:`melange.config.load_backend_from_config`), which is the
+            embedded ``memory`` backend when nothing is configured.
+    """
+
+    def __init__(self, backend: MessagingBackend | None = None) -> None:
+        if backend is None:
+            from melange.config import load_backend_from_config
+
+            backend = load_backend_from_config()
+        if not isinstance(backend, MessagingBackend):
+            raise ConfigurationError(
+                f"MessagingBackendFactory needs a MessagingBackend instance, got "
+                f"{type(backend).__name__}; create one with melange.backends.load_backend(name)"
+            )
+        self._backend = backend
+
+    @classmethod
+    def from_config(
+        cls,
+        backend: str | None = None,
+        *,
+        config_file: str | None = None,
+        **options: Any,
+    ) -> MessagingBackendFactory:
+        """Create a factory over a backend chosen by name or configuration.
+
+        Args:
+            backend: A backend name; ``None`` reads the environment, then
+                ``melange.toml`` / ``pyproject.toml``, else ``memory``.
+            config_file: An explicit configuration file to read.
+            **options: Backend options; they override configured ones.
+        """
+        from melange.config import load_backend_from_config
+
+        return cls(load_backend_from_config(backend, config_file=config_file, **options))
+
+    @property
+    def backend(self) -> MessagingBackend:
+        """The backend this factory manages."""
+        return self._backend
+
+    def __repr__(self) -> str:
+        return f"MessagingBackendFactory({self._backend!r})"
+
+    # ------------------------------------------------------------------ topics
+    def plan_topic(self, topic_name: str, **settings: Any) -> Plan:
+        """Return what :meth:`init_topic` would do, changing nothing.
+
+        Args:
+            topic_name: The topic; a ``.fifo`` name is a FIFO topic.
+            **settings: ``fifo``.
+        """
+        spec = self._topic_spec(topic_name, settings)
+        actions = self._diff_topic(spec)
+        return Plan(actions, () if actions else (spec.name,))
+
+    def init_topic(self, topic_name: str, **settings: Any) -> Plan:
+        """Create the topic if it does not exist.
+
+        Args:
+            topic_name: The topic; a ``.fifo`` name is a FIFO topic.
+            **settings: ``fifo`` (default: whether the name ends with ``.fifo``).
+
+        Returns:
+            The plan that was applied (empty when the topic already matched).
+
+        Raises:
+            InvalidTopology: Invalid name or setting; nothing was created.
+            UnsupportedCapability: The backend has no topics (or no FIFO topics).
+            ImmutableSettingError: The topic exists with another ``fifo`` value.
+        """
+        return self.apply(self.plan_topic(topic_name, **settings))
+
+    # ------------------------------------------------------------------ queues
+    def plan_queue(
+        self,
+        queue_name: str,
+        topic_names_to_subscribe: Sequence[str] | str | None = None,
+        dead_letter_queue_name: str | None = None,
+        **settings: Any,
+    ) -> Plan:
+        """Return what :meth:`init_queue` would do, changing nothing.
+
+        Takes the same arguments as :meth:`init_queue`.
+        """
+        request = self._queue_request(
+            queue_name, topic_names_to_subscribe, dead_letter_queue_name, settings
+        )
+        actions: list[Action] = []
+        unchanged: list[str] = []
+        for topic in request.topics:
+            found = self._diff_topic(topic)
+            actions.extend(found)
+            if not found:
+                unchanged.append(topic.name)
+        if request.dead_letter is not None:
+            found = self._diff_dead_letter(request.dead_letter, request.queue)
+            actions.extend(found)
+            if not found:
+                unchanged.append(request.dead_letter.name)
+        found = self._diff_queue(request.queue)
+        actions.extend(found)
+        if not found:
+            unchanged.append(request.queue.name)
+        new_topics = {a.spec.name for a in actions if isinstance(a.spec, TopicSpec)}
+        queue_is_new = any(a.kind == "create_queue" and a.spec == request.queue for a in actions)
+        for subscription in request.subscriptions:
+            is_new = queue_is_new or subscription.topic_name in new_topics
+            actions.extend(self._diff_subscription(subscription, is_new))
+        return Plan(tuple(actions), tuple(unchanged))
+
+    def init_queue(
+        self,
+        queue_name: str,
+        topic_names_to_subscribe: Sequence[str] | str | None = None,
+        dead_letter_queue_name: str | None = None,
+        **settings: Any,
+    ) -> Plan:
+        """Create or converge a queue, its dead-letter queue and its subscriptions.
+
+        Idempotent: an existing queue keeps its identity, and every setting
+        melange manages is set back to what is declared here. Topics that do
+        not exist are created. An existing dead-letter queue is used as it is.
+
+        Args:
+            queue_name: The queue; a ``.fifo`` name is a FIFO queue.
+            topic_names_to_subscribe: Topics whose messages the queue receives.
+            dead_letter_queue_name: Where messages go after ``max_receive_count``
+                receives; must be another queue of the same type (FIFO or standard).
+            **settings: ``fifo``, ``visibility_timeout``, ``message_retention_period``,
+                ``delay_seconds`` (seconds), ``max_receive_count`` (needs a dead-letter
+                queue; default 5) and ``subscription_filter``
+                (``{attribute: [allowed values]}``, needs topics).
+
+        Returns:
+            The plan that was applied (empty when everything already matched).
+
+        Raises:
+            InvalidTopology: Invalid names, settings or dead-letter queue; nothing was created.
+            UnsupportedCapability: The request needs something the backend cannot do.
+            ImmutableSettingError: The queue or a topic exists with a setting the
+                broker cannot change; nothing was changed.
+        """
+        return self.apply(
+            self.plan_queue(
+                queue_name, topic_names_to_subscribe, dead_letter_queue_name, **settings
+            )
+        )
+
+    # ------------------------------------------------------------------- apply
+    def apply(self, plan: Plan) -> Plan:
+        """Carry out a plan's actions in order and return it.
+
+        Args:
+            plan: A plan from :meth:`plan_queue`, :meth:`plan_topic` or a topology file.
+        """
+        backend = self._backend
+        for action in plan:
+            spec = action.spec
+            if isinstance(spec, TopicSpec):
+                backend.declare_topic(spec)
+            elif isinstance(spec, QueueSpec):
+                backend.declare_queue(spec)
+            else:
+                backend.subscribe(spec)
+        return plan
+
+    # ------------------------------------------------------- building specs
+    def _topic_spec(self, topic_name: str, settings: Mapping[str, Any]) -> TopicSpec:
+        _reject_unknown("init_topic", settings, TOPIC_SETTINGS)
+        spec = TopicSpec(topic_name, _flag(settings, "fifo", topic_name))
+        self._backend.require("topics", f"topic {topic_name!r}")
+        if spec.fifo:
+            self._backend.require("fifo", f"FIFO topic {topic_name!r}")
+        self._backend.validate_topic(spec)
+        return spec
+
+    def _queue_request(
+        self,
+        queue_name: str,
+        topic_names: Sequence[str] | str | None,
+        dead_letter_queue_name: str | None,
+        settings: Mapping[str, Any],
+    ) -> _QueueRequest:
+        backend = self._backend
+        caps = backend.capabilities
+        _reject_unknown("init_queue", settings, QUEUE_SETTINGS)
+        fifo = _flag(settings, "fifo", queue_name)
+        visibility = _seconds(settings, "visibility_timeout", (0.0, caps.max_visibility_timeout))
+        retention = _seconds(settings, "message_retention_period", caps.retention_range)
+        delay = _seconds(settings, "delay_seconds", (0.0, caps.max_delay))
+
+        dead_letter = None
+        dead_letter_spec = None
+        if dead_letter_queue_name is not None:
+            dead_letter_spec = self._dead_letter_spec(queue_name, fifo, dead_letter_queue_name)
+            count = settings.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT)
+            low, high = caps.max_receive_count_range
+            if isinstance(count, bool) or not isinstance(count, int) or not low <= count <= high:
+                raise InvalidTopology(
+                    f"max_receive_count must be a whole number from {low} to {high} on backend "
+                    f"{backend.name!r}, got {count!r}"
+                )
+            dead_letter = DeadLetterPolicy(dead_letter_queue_name, count)
+        elif "max_receive_count" in settings:
+            raise InvalidTopology(
+                "max_receive_count applies only with a dead-letter queue: pass "
+                f"dead_letter_queue_name to init_queue({queue_name!r}, ...) "
+                "or drop max_receive_count"
+            )
+
+        queue = QueueSpec(queue_name, fifo=fifo, dead_letter=dead_letter)
+        if visibility is not None:
+            queue = dataclasses.replace(queue, visibility_timeout=visibility)
+        if retention is not None:
+            queue = dataclasses.replace(queue, message_retention_period=retention)
+        if delay is not None:
+            queue = dataclasses.replace(queue, delay_seconds=delay)
+        topics = tuple(TopicSpec(name, is_fifo_name(name)) for name in _topic_names(topic_names))
+        subscription_filter = _subscription_filter(settings.get("subscription_filter"), topics)
+        subscriptions = tuple(
+            SubscriptionSpec(topic.name, queue_name, subscription_filter) for topic in topics
+        )
+
+        # Capabilities, then the backend's own rules, all before any broker call.
+        if fifo:
+            backend.require("fifo", f"FIFO queue {queue_name!r}")
+        if dead_letter is not None:
+            backend.require("dead_letter", f"dead-letter queue of {queue_name!r}")
+        if queue.delay_seconds:
+            backend.require("delay", f"delay_seconds on {queue_name!r}")
+        if topics:
+            backend.require("topics", f"subscribing {queue_name!r} to topics")
+        if subscription_filter is not None:
+            backend.require("filters", f"subscription_filter on {queue_name!r}")
+        backend.validate_queue(queue)
+        if dead_letter_spec is not None:
+            backend.validate_queue(dead_letter_spec)
+        for topic in topics:
+            if topic.fifo:
+                backend.require("fifo", f"FIFO topic {topic.name!r}")
+            backend.validate_topic(topic)
+            backend.validate_subscription(topic, queue)
+        return _QueueRequest(queue, dead_letter_spec, topics, subscriptions)
+
+    def _dead_letter_spec(self, queue_name: str, fifo: bool, dlq_name: str) -> QueueSpec:
+        if not isinstance(dlq_name, str) or not dlq_name:
+            raise InvalidTopology(
+                f"dead_letter_queue_name must be a non-empty queue name, got {dlq_name!r}"
+            )
+        if dlq_name == queue_name:
+            example = queue_name.removesuffix(".fifo") + ("-dlq.fifo" if fifo else "-dlq")
+            raise InvalidTopology(
+                f"queue {queue_name!r} cannot be its own dead-letter queue: messages that fail "
+                f"there would come straight back. Name another queue, e.g. {example!r}"
+            )
+        dlq_fifo = is_fifo_name(dlq_name)
+        if dlq_fifo != fifo:
+            raise InvalidTopology(_dead_letter_mismatch(queue_name, fifo, dlq_name))
+        return QueueSpec(dlq_name, fifo=dlq_fifo)
+
+    # --------------------------------------------------------------- diffing
+    def _diff_topic(self, spec: TopicSpec) -> tuple[Action, ...]:
+        current = self._backend.get_topic(spec.name)
+        if current is None:
+            return (Action("create_topic", spec),)
+        if current.fifo != spec.fifo:
+            raise ImmutableSettingError(spec.name, "fifo", current.fifo, spec.fifo)
+        return ()
+
+    def _diff_dead_letter(self, spec: QueueSpec, queue: QueueSpec) -> tuple[Action, ...]:
+        current = self._backend.get_queue(spec.name)
+        if current is None:
+            return (Action("create_queue", spec),)
+        if current.fifo != queue.fifo:
+            raise InvalidTopology(_dead_letter_mismatch(queue.name, queue.fifo, spec.name))
+        return ()  # an existing dead-letter queue keeps its own settings
+
+    def _diff_queue(self, spec: QueueSpec) -> tuple[Action, ...]:
+        current = self._backend.get_queue(spec.name)
+        if current is None:
+            return (Action("create_queue", spec),)
+        immutable = self._backend.capabilities.immutable_queue_settings
+        changes: list[Change] = []
+        declared = spec.settings()
+        for setting, value in current.settings().items():
+            if _same(value, declared[setting]):
+                continue
+            if setting in immutable:
+                raise ImmutableSettingError(spec.name, setting, value, declared[setting])
+            changes.append(Change(setting, value, declared[setting]))
+        return (Action("update_queue", spec, tuple(changes)),) if changes else ()
+
+    def _diff_subscription(self, spec: SubscriptionSpec, is_new: bool) -> tuple[Action, ...]:
+        current = (
+            None if is_new else self._backend.get_subscription(spec.topic_name, spec.queue_name)
+        )
+        if current is None:
+            return (Action("subscribe", spec),)
+        if current.filter != spec.filter:
+            change = Change("filter", current.filter_dict(), spec.filter_dict())
+            return (Action("update_subscription", spec, (change,)),)
+        return ()
+
+
+# ---------------------------------------------------------------- helpers
+def _reject_unknown(call: str, settings: Mapping[str, Any], accepted: Sequence[str]) -> None:
+    for name in settings:
+        if name not in accepted:
+            raise InvalidTopology(
+                f"{call}() got an unknown setting {name!r}{did_you_mean(name, accepted)}; "
+                f"accepted settings: {', '.join(accepted)}"
+            )
+
+
+def _flag(settings: Mapping[str, Any], name: str, resource: str) -> bool:
+    value = settings.get(name, is_fifo_name(resource))
+    if not isinstance(value, bool):
+        raise InvalidTopology(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _seconds(settings: Mapping[str, Any], name: str, bounds: tuple[float, float]) -> float | None:
+    if name not in settings:
+        return None
+    value = settings[name]
+    low, high = bounds
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise InvalidTopology(
+            f"{name} must be a number of seconds from {low:g} to {high:g}, got {value!r}"
+        )
+    return float(value)
+
+
+def _topic_names(names: Sequence[str] | str | None) -> list[str]:
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]  # init_queue("q", "topic") means one topic, not five letters
+    unique: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise InvalidTopology(
+                f"topic_names_to_subscribe must hold non-empty topic names, got {name!r}"
+            )
+        if name not in unique:
+            unique.append(name)
+    return unique
+
+
+def _subscription_filter(
+    value: object, topics: tuple[TopicSpec, ...]
+) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    if value is None:
+        return None
+    if not topics:
+        raise InvalidTopology(
+            "subscription_filter applies to subscriptions: pass topic_names_to_subscribe too"
+        )
+    shape = "subscription_filter must map attribute names to lists of allowed string values"
+    if not isinstance(value, Mapping) or not value:
+        raise InvalidTopology(f"{shape}, e.g. {{'event': ['paid']}}; got {value!r}")
+    for key, allowed in value.items():
+        if (
+            not isinstance(key, str)
+            or not key
+            or isinstance(allowed, str)
+            or not isinstance(allowed, Sequence)
+            or not allowed
+            or not all(isinstance(v, str) for v in allowed)
+        ):
+            raise InvalidTopology(f"{shape}; entry {key!r}: {allowed!r} is not")
+    return SubscriptionSpec.normalize_filter(value)
+
+
+def _dead_letter_mismatch(queue_name: str, fifo: bool, dlq_name: str) -> str:
+    kind, other = ("FIFO", "standard") if fifo else ("standard", "FIFO")
+    fixed = dlq_name + ".fifo" if fifo else dlq_name.removesuffix(".fifo")
+    return (
+        f"{kind} queue {queue_name!r} needs a {kind} dead-letter queue, but {dlq_name!r} is "
+        f"{other}; brokers move messages only between queues of the same type. "
+        f"Use e.g. {fixed!r}"
+    )
+
+
+def _same(current: object, declared: object) -> bool:
+    if isinstance(current, float) and isinstance(declared, float):
+        return math.isclose(current, declared, rel_tol=0, abs_tol=1e-6)
+    return current == declared
