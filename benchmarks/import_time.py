@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -121,6 +122,29 @@ def _importtime(module: str) -> float:
     raise SystemExit(f"-X importtime printed no line for {module!r}")
 
 
+def breakdown(module: str, runs: int = 9) -> list[tuple[str, float, float]]:
+    """Per imported module: median self and cumulative seconds under ``-X importtime``."""
+    self_times: dict[str, list[float]] = {}
+    cumulative_times: dict[str, list[float]] = {}
+    for _ in range(runs):
+        done = _run([sys.executable, "-X", "importtime", "-c", f"import {module}"])
+        for line in done.stderr.splitlines():
+            if not line.startswith("import time:") or "[us]" in line:
+                continue
+            own, cumulative, name = line[len("import time:") :].split("|")
+            self_times.setdefault(name.strip(), []).append(int(own) / 1e6)
+            cumulative_times.setdefault(name.strip(), []).append(int(cumulative) / 1e6)
+    # Modules the interpreter imports at start-up are not melange's doing.
+    startup = _run([sys.executable, "-X", "importtime", "-c", "pass"]).stderr
+    at_startup = {line.split("|")[-1].strip() for line in startup.splitlines()}
+    rows = [
+        (name, statistics.median(own), statistics.median(cumulative_times[name]))
+        for name, own in self_times.items()
+        if name not in at_startup
+    ]
+    return sorted(rows, key=lambda row: row[1], reverse=True)
+
+
 def measure(repeat: int) -> dict[str, dict[str, list[float]]]:
     """Time each target ``repeat`` times, rotating the order every repetition."""
     wall: dict[str, list[float]] = {target: [] for target in TARGETS}
@@ -179,7 +203,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=40, help="repetitions (default 40)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument(
+        "--breakdown",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only list the N modules with the most self time in `import melange`",
+    )
     args = parser.parse_args()
+    if args.breakdown:
+        print("self ms  cumulative ms  module  (-X importtime, median of 9 runs)")
+        for name, own, cumulative in breakdown("melange")[: args.breakdown]:
+            print(f"{own * 1e3:7.2f}  {cumulative * 1e3:13.2f}  {name}")
+        return 0
 
     checks = [check_imports("melange"), check_imports("melange.backends")]
     samples = measure(args.repeat)

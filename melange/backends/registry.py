@@ -152,7 +152,9 @@ def _load_entry_point(name: str) -> type[MessagingBackend]:
     from stevedore.exception import NoMatches
 
     def on_failure(_manager: object, entry_point: EntryPoint, exc: BaseException) -> None:
-        dist = getattr(entry_point.dist, "name", None) or "its distribution"
+        # stevedore's cached entry points carry no distribution: look it up for the message.
+        found = _entry_points().get(name)
+        dist = getattr(found.dist if found else None, "name", None) or "its distribution"
         raise BackendLoadError(
             f"backend {name!r} is installed ({dist}, {entry_point.value}) but failed to "
             f"load: {type(exc).__name__}: {exc}. Reinstall or upgrade {dist}",

@@ -1,0 +1,587 @@
+"""Conformance tests for moving messages: publish, fan-out, receive, settle, dead-letter.
+
+Timing-sensitive tests use a visibility timeout of
+:data:`~melange.testing.conformance._support.VISIBILITY_TIMEOUT` and let broker
+time pass only through the ``melange_wait`` fixture, waiting just beyond each
+timeout, so a run against a real broker stays short.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
+from melange.exceptions import BackendClosed, MessageTooLarge
+from melange.factory import MessagingBackendFactory
+from melange.testing.conformance._support import (
+    MARGIN,
+    POLL_INTERVAL,
+    VISIBILITY_TIMEOUT,
+    ConformanceBase,
+    DeliveryGuarantee,
+    ResourceNames,
+    Wait,
+    assert_empty,
+    drain,
+    drain_bodies,
+    in_range,
+    messages,
+    receive_now,
+    release,
+    requires,
+)
+from melange.topology import QueueSpec
+
+CONSUMERS = 4
+LOAD = 1000
+LOAD_TIMEOUT = 120.0
+"""Real seconds the concurrent-consumer test may take before it fails."""
+
+POISON = (b"\xff\xfe not json", b'{"truncated": ')
+
+
+def _max_receives(backend: MessagingBackend) -> int:
+    """The smallest useful ``max_receive_count`` the backend accepts (2, or its minimum)."""
+    return int(in_range(2, backend.capabilities.max_receive_count_range))
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return False
+    return True
+
+
+class DataConformance(ConformanceBase):
+    """Publishing, receiving and settling messages."""
+
+    # ------------------------------------------------------------ round trip
+    def test_round_trip_of_body_and_attributes(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue)
+        attributes = {"event": "payment.created", "trace-id": "abc-123", "note": "café ✓"}
+        (result,) = melange_backend.publish(
+            queue, [OutgoingMessage(b'{"amount": 42}', attributes)]
+        )
+        assert result.ok and result.index == 0 and result.message_id
+        (received,) = drain(melange_backend, queue, 1, ack=False)
+        assert received.body == b'{"amount": 42}'
+        assert dict(received.attributes) == attributes
+        assert received.message_id == result.message_id
+        assert received.queue_name == queue
+        assert received.receive_count == 1
+        assert received.group_id is None
+        melange_backend.ack([received])
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param(b"", id="empty"),
+            pytest.param("Grüße, 世界 ✓ 🎉".encode(), id="unicode"),
+            pytest.param(bytes(range(256)) + b"\x00\xff" * 8, id="binary"),
+        ],
+    )
+    def test_body_round_trips_byte_for_byte(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        body: bytes,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue)
+        melange_backend.publish(queue, [OutgoingMessage(body)])
+        assert drain_bodies(melange_backend, queue, 1) == [body]
+
+    def test_receive_returns_at_most_max_messages(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=30.0)
+        bodies = [f"m-{index}".encode() for index in range(5)]
+        melange_backend.publish(queue, messages(*bodies))
+        first: list[ReceivedMessage] = []
+        deadline = time.monotonic() + 10
+        while not first and time.monotonic() < deadline:
+            first = melange_backend.receive(queue, max_messages=2)
+        assert 1 <= len(first) <= 2
+        melange_backend.ack(first)
+        rest = drain_bodies(melange_backend, queue, 5 - len(first))
+        assert sorted([message.body for message in first] + rest) == sorted(bodies)
+
+    # --------------------------------------------------------------- fan-out
+    @requires("topics")
+    def test_topic_fans_out_to_every_subscribed_queue_and_no_other(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        topic, other_topic = melange_names.topic(), melange_names.topic("other")
+        subscribed = [melange_names.queue("a"), melange_names.queue("b")]
+        elsewhere, unsubscribed = melange_names.queue("elsewhere"), melange_names.queue("none")
+        for queue in subscribed:
+            melange_factory.init_queue(queue, [topic])
+        melange_factory.init_queue(elsewhere, [other_topic])
+        melange_factory.init_queue(unsubscribed)
+
+        results = melange_backend.publish_to_topic(
+            topic, messages(b"first", b"second", source="fan-out")
+        )
+        assert [(result.index, result.ok) for result in results] == [(0, True), (1, True)]
+        for queue in subscribed:
+            received = drain(melange_backend, queue, 2)
+            assert sorted(message.body for message in received) == [b"first", b"second"]
+            assert all(dict(m.attributes) == {"source": "fan-out"} for m in received)
+            assert_empty(melange_backend, queue)
+        assert_empty(melange_backend, elsewhere)
+        assert_empty(melange_backend, unsubscribed)
+
+    @requires("topics", "filters")
+    def test_subscription_filters_select_messages(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        topic = melange_names.topic()
+        paid, closed, everything = (
+            melange_names.queue("paid"),
+            melange_names.queue("closed"),
+            melange_names.queue("all"),
+        )
+        melange_factory.init_queue(paid, [topic], subscription_filter={"event": ["paid"]})
+        melange_factory.init_queue(
+            closed, [topic], subscription_filter={"event": ["refunded", "cancelled"]}
+        )
+        melange_factory.init_queue(everything, [topic])
+        melange_backend.publish_to_topic(
+            topic,
+            [
+                OutgoingMessage(b"paid", {"event": "paid"}),
+                OutgoingMessage(b"refunded", {"event": "refunded"}),
+                OutgoingMessage(b"no event", {"other": "paid"}),
+            ],
+        )
+        assert sorted(drain_bodies(melange_backend, everything, 3)) == [
+            b"no event",
+            b"paid",
+            b"refunded",
+        ]
+        assert drain_bodies(melange_backend, paid, 1) == [b"paid"]
+        assert drain_bodies(melange_backend, closed, 1) == [b"refunded"]
+        for queue in (paid, closed, everything):
+            assert_empty(melange_backend, queue)
+
+    # ------------------------------------------------------------ settlement
+    def test_ack_removes_the_message(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+        melange_backend.publish(queue, messages(b"acked", b"kept"))
+        received = drain(melange_backend, queue, 2, ack=False)
+        acked = [message for message in received if message.body == b"acked"]
+        assert len(acked) == 1
+        melange_backend.ack(acked)
+        melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+        # Only the unacked one comes back.
+        again = drain(melange_backend, queue, 1)
+        assert [(m.body, m.receive_count) for m in again] == [(b"kept", 2)]
+        assert_empty(melange_backend, queue)
+
+    def test_unacked_message_is_redelivered_after_the_visibility_timeout(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+        melange_backend.publish(queue, [OutgoingMessage(b"again", {"k": "v"})])
+        (first,) = drain(melange_backend, queue, 1, ack=False)
+        assert first.receive_count == 1
+        assert_empty(melange_backend, queue)  # invisible while leased
+        for expected_count in (2, 3):
+            melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+            (again,) = drain(melange_backend, queue, 1, ack=False)
+            assert (again.message_id, again.body, dict(again.attributes)) == (
+                first.message_id,
+                b"again",
+                {"k": "v"},
+            )
+            assert again.receive_count == expected_count
+        melange_backend.ack([again])
+        melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+        assert_empty(melange_backend, queue)
+
+    @requires("nack_delay")
+    def test_nack_releases_the_message_at_once(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=30.0)
+        melange_backend.publish(queue, messages(b"nacked"))
+        (first,) = drain(melange_backend, queue, 1, ack=False)
+        melange_backend.nack([first])
+        (again,) = drain(melange_backend, queue, 1)
+        assert (again.message_id, again.body, again.receive_count) == (
+            first.message_id,
+            b"nacked",
+            2,
+        )
+
+    @requires("nack_delay")
+    def test_nack_with_delay(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        queue = melange_names.queue()
+        # A long visibility timeout: only the nack can bring the message back this soon.
+        melange_factory.init_queue(queue, visibility_timeout=30.0)
+        melange_backend.publish(queue, messages(b"later"))
+        (first,) = drain(melange_backend, queue, 1, ack=False)
+        melange_backend.nack([first], delay_seconds=1.0)
+        assert_empty(melange_backend, queue)
+        melange_wait(0.5)
+        assert_empty(melange_backend, queue)
+        melange_wait(0.5 + MARGIN)
+        (again,) = drain(melange_backend, queue, 1)
+        assert (again.message_id, again.receive_count) == (first.message_id, 2)
+
+    @requires("delay")
+    def test_delayed_messages_wait_for_their_delay(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        per_message, per_queue = melange_names.queue("message"), melange_names.queue("queue")
+        melange_factory.init_queue(per_message)
+        melange_factory.init_queue(per_queue, delay_seconds=1.0)
+        melange_backend.publish(per_message, [OutgoingMessage(b"late", delay_seconds=1.0)])
+        melange_backend.publish(per_queue, messages(b"late too"))
+        assert_empty(melange_backend, per_message)
+        assert_empty(melange_backend, per_queue)
+        melange_wait(1.0 + MARGIN)
+        assert drain_bodies(melange_backend, per_message, 1) == [b"late"]
+        assert drain_bodies(melange_backend, per_queue, 1) == [b"late too"]
+
+    @requires("lease_extension")
+    def test_lease_extension_defers_redelivery(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+        melange_backend.publish(queue, messages(b"acked", b"abandoned"))
+        received = drain(melange_backend, queue, 2, ack=False)
+        melange_backend.extend_lease(received, 2.0)
+        melange_wait(VISIBILITY_TIMEOUT + MARGIN)  # beyond the original timeout
+        assert_empty(melange_backend, queue)
+        # An ack after an extension still settles the message ...
+        melange_backend.ack([m for m in received if m.body == b"acked"])
+        melange_wait(1.0)  # ... and beyond the extension the other one comes back.
+        again = drain(melange_backend, queue, 1)
+        assert [(m.body, m.receive_count) for m in again] == [(b"abandoned", 2)]
+        assert_empty(melange_backend, queue)
+
+    # ----------------------------------------------------------- dead letter
+    @requires("dead_letter")
+    def test_dead_letter_after_max_receives_keeps_body_and_attributes(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        queue, dlq = melange_names.queue(), melange_names.queue("dlq")
+        max_receives = _max_receives(melange_backend)
+        melange_factory.init_queue(
+            queue,
+            dead_letter_queue_name=dlq,
+            max_receive_count=max_receives,
+            visibility_timeout=VISIBILITY_TIMEOUT,
+        )
+        attributes = {"event": "payment.failed", "trace-id": "t-1"}
+        melange_backend.publish(queue, [OutgoingMessage(b"\x00 fails \xff", attributes)])
+        for attempt in range(1, max_receives + 1):
+            (received,) = drain(melange_backend, queue, 1, ack=False)
+            assert received.receive_count == attempt
+            release(melange_backend, [received], melange_wait)
+        assert_empty(melange_backend, queue)  # the next receive moves it
+        (dead,) = drain(melange_backend, dlq, 1)
+        assert dead.body == b"\x00 fails \xff"
+        assert dict(dead.attributes) == attributes
+        assert dead.queue_name == dlq
+        assert_empty(melange_backend, queue)
+
+    @requires("dead_letter")
+    def test_poison_messages_reach_the_dead_letter_queue_while_the_consumer_goes_on(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        queue, dlq = melange_names.queue(), melange_names.queue("dlq")
+        max_receives = _max_receives(melange_backend)
+        melange_factory.init_queue(
+            queue,
+            dead_letter_queue_name=dlq,
+            max_receive_count=max_receives,
+            visibility_timeout=VISIBILITY_TIMEOUT,
+        )
+        good = [json.dumps({"n": index}).encode() for index in range(20)]
+        outgoing = [OutgoingMessage(body) for body in good]
+        outgoing.insert(5, OutgoingMessage(POISON[0], {"kind": "poison"}))
+        outgoing.insert(15, OutgoingMessage(POISON[1], {"kind": "poison"}))
+        melange_backend.publish(queue, outgoing)
+
+        processed: list[bytes] = []
+        poison_receives: Counter[bytes] = Counter()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            batch = receive_now(melange_backend, queue)
+            if not batch:
+                if len(set(processed)) == len(good) and all(
+                    poison_receives[body] >= max_receives for body in POISON
+                ):
+                    break
+                if melange_backend.capabilities.nack_delay:
+                    time.sleep(POLL_INTERVAL)  # nacked poison is back at once
+                else:
+                    melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+                continue
+            decodable = [message for message in batch if _is_json(message.body)]
+            undecodable = [message for message in batch if not _is_json(message.body)]
+            melange_backend.ack(decodable)
+            processed.extend(message.body for message in decodable)
+            poison_receives.update(message.body for message in undecodable)
+            if undecodable and melange_backend.capabilities.nack_delay:
+                melange_backend.nack(undecodable)
+        else:
+            pytest.fail(
+                f"consumer did not finish: processed {len(set(processed))}/{len(good)} good "
+                f"messages, poison received {dict(poison_receives)}"
+            )
+
+        assert sorted(set(processed)) == sorted(good)
+        assert dict(poison_receives) == {body: max_receives for body in POISON}
+        if not melange_backend.capabilities.nack_delay:
+            melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+        assert_empty(melange_backend, queue)  # moves the poison on
+        dead = drain(melange_backend, dlq, 2)
+        assert sorted(message.body for message in dead) == sorted(POISON)
+        assert all(dict(message.attributes) == {"kind": "poison"} for message in dead)
+
+    # ------------------------------------------------------------------ FIFO
+    @requires("fifo")
+    def test_fifo_keeps_order_within_each_group(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.fifo_queue()
+        melange_factory.init_queue(queue, visibility_timeout=30.0)
+        groups = ("g-a", "g-b", "g-c")
+        per_group = 6
+        outgoing = [
+            OutgoingMessage(f"{group}:{index}".encode(), group_id=group)
+            for index in range(per_group)
+            for group in groups
+        ]
+        results = melange_backend.publish(queue, outgoing)
+        assert all(result.ok for result in results)
+
+        seen: dict[str, list[bytes]] = defaultdict(list)
+        for message in drain(melange_backend, queue, len(outgoing)):
+            assert message.group_id is not None
+            seen[message.group_id].append(message.body)
+        assert dict(seen) == {
+            group: [f"{group}:{index}".encode() for index in range(per_group)] for group in groups
+        }
+        assert_empty(melange_backend, queue)
+
+    @requires("fifo", "dedup")
+    def test_fifo_deduplicates_by_dedup_id(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.fifo_queue()
+        melange_factory.init_queue(queue)
+        for body, dedup_id in ((b"first", "d-1"), (b"first again", "d-1"), (b"second", "d-2")):
+            (result,) = melange_backend.publish(
+                queue, [OutgoingMessage(body, group_id="g", dedup_id=dedup_id)]
+            )
+            assert result.ok, "a duplicate is accepted (and dropped), not refused"
+        assert drain_bodies(melange_backend, queue, 2) == [b"first", b"second"]
+        assert_empty(melange_backend, queue)
+
+    # ---------------------------------------------------------------- limits
+    def test_batch_publish_beyond_the_batch_limit(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=60.0)
+        count = max(25, math.ceil(2.5 * melange_backend.capabilities.max_batch_size))
+        bodies = [f"batch-{index}".encode() for index in range(count)]
+        results = melange_backend.publish(queue, messages(*bodies))
+        assert [result.index for result in results] == list(range(count))
+        assert all(result.ok for result in results), [r.error for r in results if not r.ok][:3]
+        assert len({result.message_id for result in results}) == count
+        received = drain(melange_backend, queue, count)
+        assert sorted(message.body for message in received) == sorted(bodies)
+        # Results are in input order: the id of result i is the id of body i.
+        id_of_body = {message.body: message.message_id for message in received}
+        assert [id_of_body[body] for body in bodies] == [r.message_id for r in results]
+
+    def test_maximum_size_message_is_accepted_and_one_byte_more_is_refused(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue)
+        limit = melange_backend.capabilities.max_message_size
+        attributes = {"kind": "largest"}
+        attribute_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
+        pattern = bytes(range(32, 127))
+        body = (pattern * (limit // len(pattern) + 1))[: limit - attribute_bytes]
+        largest = OutgoingMessage(body, attributes)
+        assert largest.size == limit
+
+        (result,) = melange_backend.publish(queue, [largest])
+        assert result.ok
+        (received,) = drain(melange_backend, queue, 1)
+        assert received.body == body and dict(received.attributes) == attributes
+
+        too_large = OutgoingMessage(body + b"x", attributes)
+        with pytest.raises(MessageTooLarge) as caught:
+            melange_backend.publish(queue, [too_large])
+        assert (caught.value.size, caught.value.limit) == (limit + 1, limit)
+        assert str(limit) in str(caught.value)
+        # The whole batch is checked first: the small message before it is not sent either.
+        with pytest.raises(MessageTooLarge):
+            melange_backend.publish(queue, [OutgoingMessage(b"small"), too_large])
+        assert_empty(melange_backend, queue)
+
+    # ----------------------------------------------------------- concurrency
+    def test_concurrent_consumers_process_every_message(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_delivery: DeliveryGuarantee,
+    ) -> None:
+        queue = melange_names.queue()
+        visibility = in_range(60.0, (0.0, melange_backend.capabilities.max_visibility_timeout))
+        melange_factory.init_queue(queue, visibility_timeout=visibility)
+        bodies = [f"load-{index}".encode() for index in range(LOAD)]
+        results = melange_backend.publish(queue, messages(*bodies))
+        assert all(result.ok for result in results)
+
+        processed: Counter[bytes] = Counter()
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+        done = threading.Event()
+        deadline = time.monotonic() + LOAD_TIMEOUT
+
+        def consume() -> None:
+            try:
+                while not done.is_set() and time.monotonic() < deadline:
+                    batch = receive_now(melange_backend, queue)
+                    if not batch:
+                        time.sleep(POLL_INTERVAL)
+                        continue
+                    with lock:
+                        processed.update(message.body for message in batch)
+                        if len(processed) == LOAD:
+                            done.set()
+                    melange_backend.ack(batch)
+            except BaseException as error:  # noqa: BLE001 - reported by the test
+                errors.append(error)
+                done.set()
+
+        consumers = [threading.Thread(target=consume) for _ in range(CONSUMERS)]
+        for consumer in consumers:
+            consumer.start()
+        for consumer in consumers:
+            consumer.join(timeout=LOAD_TIMEOUT + 10)
+        assert not any(consumer.is_alive() for consumer in consumers), "a consumer hung"
+        assert errors == []
+        missing = set(bodies) - set(processed)
+        assert not missing, f"{len(missing)} message(s) lost, e.g. {sorted(missing)[:3]}"
+        assert set(processed) == set(bodies)
+        if melange_delivery == "exactly-once":
+            duplicates = {body: n for body, n in processed.items() if n > 1}
+            assert not duplicates, f"processed more than once: {list(duplicates.items())[:3]}"
+        assert_empty(melange_backend, queue)
+
+    # ----------------------------------------------------------------- close
+    def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue)
+        melange_backend.publish(queue, messages(b"in hand"))
+        (in_hand,) = drain(melange_backend, queue, 1, ack=False)
+        melange_backend.delete_queue(queue)  # leave nothing behind on a shared broker
+
+        melange_backend.close()
+        melange_backend.close()
+        assert melange_backend.closed
+        calls = {
+            "get_queue": lambda: melange_backend.get_queue(queue),
+            "declare_queue": lambda: melange_backend.declare_queue(QueueSpec(queue)),
+            "delete_queue": lambda: melange_backend.delete_queue(queue),
+            "publish": lambda: melange_backend.publish(queue, messages(b"x")),
+            "receive": lambda: melange_backend.receive(queue),
+            "ack": lambda: melange_backend.ack([in_hand]),
+            "init_queue": lambda: melange_factory.init_queue(queue),
+        }
+        for operation, call in calls.items():
+            with pytest.raises(BackendClosed) as caught:
+                call()
+            message = str(caught.value)
+            assert melange_backend.name in message and "closed" in message, (operation, message)

@@ -1,0 +1,135 @@
+"""Choosing a backend by name: arguments, environment, melange.toml, pyproject.toml, default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from melange import MessagingBackendFactory
+from melange.backends import load_backend_from_config
+from melange.config import find_config_file, resolve_backend_config
+from melange.exceptions import BackendNotFound, ConfigurationError
+
+NO_ENV: dict[str, str] = {}
+
+
+def test_default_is_memory_when_nothing_is_configured(tmp_path: Path) -> None:
+    config = resolve_backend_config(environ=NO_ENV, cwd=tmp_path)
+    assert (config.backend, config.options, config.source) == ("memory", {}, "default")
+
+
+def test_explicit_arguments_win_over_environment_and_files(tmp_path: Path) -> None:
+    (tmp_path / "melange.toml").write_text('backend = "nonexistent"\n')
+    env = {"MELANGE_BACKEND": "also-nonexistent"}
+    config = resolve_backend_config("memory", environ=env, cwd=tmp_path, dedup_window=5.0)
+    assert (config.backend, config.options, config.source) == (
+        "memory",
+        {"dedup_window": 5.0},
+        "arguments",
+    )
+
+
+def test_environment_names_the_backend_and_its_options(tmp_path: Path) -> None:
+    (tmp_path / "melange.toml").write_text('backend = "nonexistent"\n')
+    env = {
+        "MELANGE_BACKEND": "memory",
+        "MELANGE_OPTION_MAX_MESSAGE_SIZE": "2048",
+        "MELANGE_OPTION_DEDUP_WINDOW": "1.5",
+    }
+    backend = load_backend_from_config(environ=env, cwd=tmp_path)
+    assert backend.name == "memory"
+    assert backend.capabilities.max_message_size == 2048  # converted to int
+
+
+def test_environment_option_of_the_wrong_type_is_explained(tmp_path: Path) -> None:
+    env = {"MELANGE_BACKEND": "memory", "MELANGE_OPTION_MAX_MESSAGE_SIZE": "big"}
+    with pytest.raises(ConfigurationError) as error:
+        resolve_backend_config(environ=env, cwd=tmp_path)
+    assert "max_message_size='big' from environment is not a valid int" in str(error.value)
+
+
+def test_unknown_environment_option_names_the_accepted_ones(tmp_path: Path) -> None:
+    env = {"MELANGE_BACKEND": "memory", "MELANGE_OPTION_REGION_NAME": "eu-west-1"}
+    with pytest.raises(ConfigurationError) as error:
+        resolve_backend_config(environ=env, cwd=tmp_path)
+    message = str(error.value)
+    assert "region_name" in message
+    assert "accepted options: clock, dedup_window, max_message_size" in message
+    assert "environment" in message
+
+
+def test_melange_toml_in_a_parent_directory(tmp_path: Path) -> None:
+    (tmp_path / "melange.toml").write_text(
+        'backend = "memory"\n[options]\nmax_message_size = 4096\n'
+    )
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    config = resolve_backend_config(environ=NO_ENV, cwd=nested)
+    assert config.options == {"max_message_size": 4096}
+    assert config.source == str(tmp_path / "melange.toml")
+
+
+def test_pyproject_tool_melange_table(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "app"\n[tool.melange]\nbackend = "memory"\n'
+        "[tool.melange.options]\ndedup_window = 60.0\n"
+    )
+    config = resolve_backend_config(environ=NO_ENV, cwd=tmp_path)
+    assert (config.backend, config.options) == ("memory", {"dedup_window": 60.0})
+
+
+def test_search_stops_at_the_project_root(tmp_path: Path) -> None:
+    (tmp_path / "melange.toml").write_text('backend = "nonexistent"\n')
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "app"\n')
+    assert find_config_file(project) is None
+    assert resolve_backend_config(environ=NO_ENV, cwd=project).backend == "memory"
+
+
+def test_explicit_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "custom.toml"
+    path.write_text('backend = "memory"\n')
+    config = resolve_backend_config(config_file=path, environ=NO_ENV, cwd=tmp_path)
+    assert config.source == str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('backend = "memory"\nregion = "x"\n', "unknown key(s) region; accepted keys: backend"),
+        ("backend = [1]\n", 'write backend = "<name>"'),
+        ("backend = = 1\n", "is not valid TOML"),
+    ],
+)
+def test_malformed_files_are_explained(tmp_path: Path, content: str, expected: str) -> None:
+    (tmp_path / "melange.toml").write_text(content)
+    with pytest.raises(ConfigurationError) as error:
+        resolve_backend_config(environ=NO_ENV, cwd=tmp_path)
+    assert expected in str(error.value)
+    assert "melange.toml" in str(error.value)
+
+
+def test_missing_explicit_file_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read configuration file"):
+        resolve_backend_config(config_file=tmp_path / "absent.toml", environ=NO_ENV)
+
+
+def test_configured_plugin_that_is_missing_names_its_extra(tmp_path: Path) -> None:
+    (tmp_path / "melange.toml").write_text('backend = "gcp"\n')
+    with pytest.raises(BackendNotFound, match=r'pip install "melange\[gcp\]"'):
+        resolve_backend_config(environ=NO_ENV, cwd=tmp_path)
+
+
+def test_factory_from_config_and_default_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MELANGE_BACKEND", raising=False)
+    assert MessagingBackendFactory().backend.name == "memory"
+    factory = MessagingBackendFactory.from_config("memory", max_message_size=512)
+    assert factory.backend.capabilities.max_message_size == 512
+    monkeypatch.setenv("MELANGE_BACKEND", "memory")
+    monkeypatch.setenv("MELANGE_OPTION_MAX_MESSAGE_SIZE", "777")
+    assert MessagingBackendFactory.from_config().backend.capabilities.max_message_size == 777
