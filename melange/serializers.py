@@ -94,7 +94,11 @@ def _to_json(obj: Any) -> Any:
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, (set, frozenset)):
-        return list(obj)
+        # Sorted when possible: equal sets give equal bytes (content-based deduplication).
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
     raise TypeError(
         f"objects of type {type(obj).__qualname__} cannot be written as JSON; convert them to "
         "str, numbers, lists, dicts or dataclasses, or bind the type to another serializer"

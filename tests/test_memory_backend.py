@@ -720,9 +720,7 @@ def test_concurrent_publishers_and_consumers_lose_nothing() -> None:
 
     def publish(worker: int) -> None:
         for start in range(0, per_publisher, 5):
-            batch = [
-                OutgoingMessage(f"{worker}-{n}".encode()) for n in range(start, start + 5)
-            ]
+            batch = [OutgoingMessage(f"{worker}-{n}".encode()) for n in range(start, start + 5)]
             backend.publish("q", batch)
 
     def consume() -> None:

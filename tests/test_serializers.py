@@ -124,6 +124,12 @@ def test_unbound_values_are_plain_json_without_manifest() -> None:
     assert back.body == {"payment_id": "p-1"} and back.manifest is None
 
 
+def test_sets_are_written_in_a_stable_order() -> None:
+    registry = SerializerRegistry()
+    bodies = {registry.encode({"tags": set(tags)}).body for tags in (["b", "a", "c"], "cab")}
+    assert bodies == {b'{"tags":["a","b","c"]}'}
+
+
 def test_group_dedup_and_delay_are_carried() -> None:
     registry = SerializerRegistry()
     outgoing = registry.encode(
@@ -183,7 +189,7 @@ def test_undecodable_body_error_names_size_and_manifest_not_content(
 
 def test_values_json_cannot_represent_are_refused_when_encoding() -> None:
     registry = SerializerRegistry()
-    with pytest.raises(SerializationError, match="cannot serialize dict as JSON.*complex"):
+    with pytest.raises(SerializationError, match=r"cannot serialize dict as JSON.*complex"):
         registry.encode({"x": 1j})
     with pytest.raises(SerializationError, match="not JSON compliant"):
         registry.encode({"x": float("nan")})
@@ -264,7 +270,7 @@ def test_bind_conflicts_are_refused() -> None:
     registry = SerializerRegistry()
     registry.bind(PaymentEvent, "payment")
     registry.bind(PaymentEvent, "payment")  # the same binding again is fine
-    with pytest.raises(SerializationError, match="already bound to .*PaymentEvent"):
+    with pytest.raises(SerializationError, match=r"already bound to .*PaymentEvent"):
         registry.bind(Other, "payment")
     registry.register(Upper(), manifests=["shout"])
     with pytest.raises(SerializationError, match="already routed to serializer 'upper'"):
@@ -294,7 +300,7 @@ def test_replacing_a_serializer_keeps_its_bindings() -> None:
 # -------------------------------------------------------------------- pickle
 def test_pickle_is_refused_unless_allowed() -> None:
     registry = SerializerRegistry()
-    with pytest.raises(SerializationError, match="arbitrary|runs code") as info:
+    with pytest.raises(SerializationError, match="runs code") as info:
         registry.register(PickleSerializer())
     assert "allow_pickle=True" in str(info.value)
     with pytest.raises(SerializationError, match="pickle serializer is disabled"):

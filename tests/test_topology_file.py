@@ -12,7 +12,7 @@ from melange.exceptions import (
     InvalidName,
     InvalidTopology,
 )
-from melange.topology import DeadLetterPolicy
+from melange.topology import DeadLetterPolicy, QueueSpec
 from melange.topology_file import QueueEntry, TopicEntry, load_topology
 
 PAYMENTS = """
@@ -93,12 +93,32 @@ def test_plan_changes_nothing_and_merges_shared_resources(
         ("subscribe", "refunds -> payment-updates"),
         ("subscribe", "payments -> audit"),
     ]
-    dlq = next(a for a in plan if a.target == "payment-updates-dlq")
+    dlq = next(a.spec for a in plan if a.target == "payment-updates-dlq")
     # The dead-letter queue's own entry wins over the defaults its users would give it.
-    assert dlq.spec.visibility_timeout == 120  # type: ignore[union-attr]
+    assert isinstance(dlq, QueueSpec) and dlq.visibility_timeout == 120
     backend = factory.backend
     assert backend.get_topic("payments") is None
     assert backend.get_queue("payment-updates-dlq") is None
+
+
+def test_each_declared_queue_keeps_its_own_settings_even_in_a_dead_letter_cycle(
+    tmp_path: Path, factory: MessagingBackendFactory
+) -> None:
+    text = """
+[[queues]]
+name = "a"
+dead_letter_queue = "b"
+visibility_timeout = 11
+[[queues]]
+name = "b"
+dead_letter_queue = "a"
+visibility_timeout = 22
+"""
+    plan = load_topology(write(tmp_path, text)).plan(factory)
+    specs = {a.target: a.spec for a in plan}
+    assert len(plan) == 2
+    assert specs["a"] == QueueSpec("a", visibility_timeout=11, dead_letter=DeadLetterPolicy("b", 5))
+    assert specs["b"] == QueueSpec("b", visibility_timeout=22, dead_letter=DeadLetterPolicy("a", 5))
 
 
 def test_apply_creates_everything_then_converges(
@@ -182,7 +202,8 @@ def test_specific_factory_errors_keep_their_class(
         ),
         (
             '[[queues]]\nname = "q"\nvisibility_timeout = "30"\n',
-            "in [[queues]] entry #1 ('q'), visibility_timeout must be a number, got '30' (a string)",
+            "in [[queues]] entry #1 ('q'), visibility_timeout must be a number, "
+            "got '30' (a string)",
         ),
         (
             '[[queues]]\nname = "q"\ndead_letter_queue = "d"\nmax_receive_count = true\n',
@@ -205,7 +226,7 @@ def test_specific_factory_errors_keep_their_class(
             "subscription_filter.event must be a non-empty array of strings",
         ),
         ('[[topics]]\nname = "t"\nfifo = "yes"\n', "fifo must be true or false"),
-        ('[[queues]]\nvisibility_timeout = 3\n', "[[queues]] entry #1 needs a name"),
+        ("[[queues]]\nvisibility_timeout = 3\n", "[[queues]] entry #1 needs a name"),
         ('[[queues]]\nname = ""\n', "name must not be empty"),
         ('[[queues]]\nname = "q"\n[[queues]]\nname = "q"\n', "repeats the name 'q'"),
         ('topics = ["payments"]\n', "[[topics]] entry #1 must be a table, got 'payments'"),
@@ -226,7 +247,7 @@ def test_invalid_files_name_the_file_and_the_problem(
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(InvalidTopology, match="cannot read topology file .*nope.toml"):
+    with pytest.raises(InvalidTopology, match=r"cannot read topology file .*nope\.toml"):
         load_topology(tmp_path / "nope.toml")
 
 

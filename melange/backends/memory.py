@@ -20,9 +20,9 @@ import heapq
 import itertools
 import threading
 import time
-from random import getrandbits
 from collections import deque
 from operator import attrgetter
+from random import getrandbits
 from typing import NamedTuple
 
 from melange.backends.base import (
@@ -193,6 +193,11 @@ class _StandardQueue(_Queue):
         self._schedule(stored, now)
 
     def reschedule(self, stored: _Stored, now: float) -> None:
+        # Every delivery reschedules, and acked or rescheduled messages leave stale
+        # entries behind: rebuild the heaps here when stale entries dominate, so
+        # memory stays proportional to the queue.
+        if len(self._ready) + len(self._waiting) > 2 * len(self.messages) + 64:
+            self._compact()
         stored.version += 1
         self._schedule(stored, now)
 
@@ -202,10 +207,6 @@ class _StandardQueue(_Queue):
         else:
             entry = (stored.visible_at, stored.seq, stored.version, stored.message_id)
             heapq.heappush(self._waiting, entry)
-        # Acked and rescheduled messages leave stale entries behind; rebuild the
-        # heaps when stale entries dominate so memory stays proportional to the queue.
-        if len(self._ready) + len(self._waiting) > 2 * len(self.messages) + 64:
-            self._compact()
 
     def _valid(self, version: int, message_id: str) -> bool:
         stored = self.messages.get(message_id)

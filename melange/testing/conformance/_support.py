@@ -179,9 +179,7 @@ class ConformanceBase:
         """Describe the backend for the report and skip what it cannot do."""
         request.node.stash[BACKEND_INFO] = describe_backend(melange_backend)
         needed = [
-            str(name)
-            for mark in request.node.iter_markers(REQUIRES_MARKER)
-            for name in mark.args
+            str(name) for mark in request.node.iter_markers(REQUIRES_MARKER) for name in mark.args
         ]
         missing = [name for name in needed if not getattr(melange_backend.capabilities, name)]
         if missing:

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import pytest
 
@@ -69,12 +70,11 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Body, attributes and message id arrive as published."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue)
         attributes = {"event": "payment.created", "trace-id": "abc-123", "note": "café ✓"}
-        (result,) = melange_backend.publish(
-            queue, [OutgoingMessage(b'{"amount": 42}', attributes)]
-        )
+        (result,) = melange_backend.publish(queue, [OutgoingMessage(b'{"amount": 42}', attributes)])
         assert result.ok and result.index == 0 and result.message_id
         (received,) = drain(melange_backend, queue, 1, ack=False)
         assert received.body == b'{"amount": 42}'
@@ -100,6 +100,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         body: bytes,
     ) -> None:
+        """Empty, unicode and binary bodies arrive byte for byte."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue)
         melange_backend.publish(queue, [OutgoingMessage(body)])
@@ -111,6 +112,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """``receive`` never returns more than ``max_messages``."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue, visibility_timeout=30.0)
         bodies = [f"m-{index}".encode() for index in range(5)]
@@ -132,6 +134,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Every subscribed queue gets one copy; other queues get none."""
         topic, other_topic = melange_names.topic(), melange_names.topic("other")
         subscribed = [melange_names.queue("a"), melange_names.queue("b")]
         elsewhere, unsubscribed = melange_names.queue("elsewhere"), melange_names.queue("none")
@@ -159,6 +162,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A filtered subscription lets through only matching attributes."""
         topic = melange_names.topic()
         paid, closed, everything = (
             melange_names.queue("paid"),
@@ -196,6 +200,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_wait: Wait,
     ) -> None:
+        """An acked message never comes back; an unacked one does."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
         melange_backend.publish(queue, messages(b"acked", b"kept"))
@@ -216,6 +221,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_wait: Wait,
     ) -> None:
+        """Unacked messages return after the visibility timeout, counting receives."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
         melange_backend.publish(queue, [OutgoingMessage(b"again", {"k": "v"})])
@@ -242,6 +248,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A nack without delay makes the message receivable again at once."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue, visibility_timeout=30.0)
         melange_backend.publish(queue, messages(b"nacked"))
@@ -262,6 +269,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_wait: Wait,
     ) -> None:
+        """A nacked message stays invisible for the delay, then returns."""
         queue = melange_names.queue()
         # A long visibility timeout: only the nack can bring the message back this soon.
         melange_factory.init_queue(queue, visibility_timeout=30.0)
@@ -283,6 +291,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_wait: Wait,
     ) -> None:
+        """Per-message and per-queue delays hold messages back."""
         per_message, per_queue = melange_names.queue("message"), melange_names.queue("queue")
         melange_factory.init_queue(per_message)
         melange_factory.init_queue(per_queue, delay_seconds=1.0)
@@ -302,6 +311,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_wait: Wait,
     ) -> None:
+        """An extended lease outlasts the visibility timeout, and only until it ends."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
         melange_backend.publish(queue, messages(b"acked", b"abandoned"))
@@ -325,6 +335,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_wait: Wait,
     ) -> None:
+        """After ``max_receive_count`` receives a message moves, intact, to the DLQ."""
         queue, dlq = melange_names.queue(), melange_names.queue("dlq")
         max_receives = _max_receives(melange_backend)
         melange_factory.init_queue(
@@ -354,6 +365,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_wait: Wait,
     ) -> None:
+        """Undecodable messages end in the DLQ; every good message is processed."""
         queue, dlq = melange_names.queue(), melange_names.queue("dlq")
         max_receives = _max_receives(melange_backend)
         melange_factory.init_queue(
@@ -413,6 +425,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A FIFO queue delivers each group's messages in publish order."""
         queue = melange_names.fifo_queue()
         melange_factory.init_queue(queue, visibility_timeout=30.0)
         groups = ("g-a", "g-b", "g-c")
@@ -441,6 +454,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A repeated dedup id is accepted but delivered once."""
         queue = melange_names.fifo_queue()
         melange_factory.init_queue(queue)
         for body, dedup_id in ((b"first", "d-1"), (b"first again", "d-1"), (b"second", "d-2")):
@@ -458,6 +472,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A batch larger than the broker's limit gets one result per message, in order."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue, visibility_timeout=60.0)
         count = max(25, math.ceil(2.5 * melange_backend.capabilities.max_batch_size))
@@ -478,6 +493,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A message at the size limit round-trips; one byte more is refused unsent."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue)
         limit = melange_backend.capabilities.max_message_size
@@ -511,6 +527,7 @@ class DataConformance(ConformanceBase):
         melange_names: ResourceNames,
         melange_delivery: DeliveryGuarantee,
     ) -> None:
+        """Concurrent consumers process every message; none is lost."""
         queue = melange_names.queue()
         visibility = in_range(60.0, (0.0, melange_backend.capabilities.max_visibility_timeout))
         melange_factory.init_queue(queue, visibility_timeout=visibility)
@@ -536,7 +553,7 @@ class DataConformance(ConformanceBase):
                         if len(processed) == LOAD:
                             done.set()
                     melange_backend.ack(batch)
-            except BaseException as error:  # noqa: BLE001 - reported by the test
+            except BaseException as error:  # reported by the test
                 errors.append(error)
                 done.set()
 
@@ -562,6 +579,7 @@ class DataConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """``close`` twice is fine; any use afterwards raises BackendClosed."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue)
         melange_backend.publish(queue, messages(b"in hand"))
@@ -571,7 +589,7 @@ class DataConformance(ConformanceBase):
         melange_backend.close()
         melange_backend.close()
         assert melange_backend.closed
-        calls = {
+        calls: dict[str, Callable[[], object]] = {
             "get_queue": lambda: melange_backend.get_queue(queue),
             "declare_queue": lambda: melange_backend.declare_queue(QueueSpec(queue)),
             "delete_queue": lambda: melange_backend.delete_queue(queue),

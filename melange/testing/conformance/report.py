@@ -84,12 +84,24 @@ def describe_backend(backend: MessagingBackend) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _distribution_of(module: str) -> tuple[str | None, str | None]:
-    """Return the installed distribution providing ``module``'s top-level package, if any."""
+    """Return the installed distribution providing ``module``'s top-level package, if any.
+
+    Tried in order: a distribution registering a backend from that package
+    (works for editable installs too), the installed files' top-level
+    packages, then a distribution named like the package (``melange_aws`` ->
+    ``melange-aws``).
+    """
     top_level = module.partition(".")[0]
-    names = importlib.metadata.packages_distributions().get(top_level, [])
-    for name in names:
+    candidates: list[str] = []
+    for entry_point in importlib.metadata.entry_points(group="melange.backends"):
+        dist = getattr(entry_point, "dist", None)
+        if dist is not None and entry_point.module.partition(".")[0] == top_level:
+            candidates.append(dist.metadata["Name"])
+    candidates += importlib.metadata.packages_distributions().get(top_level, [])
+    candidates.append(top_level)
+    for name in candidates:
         try:
             return name, importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -245,7 +257,9 @@ class ConformanceRecorder:
         """Print one line per written report."""
         for path, name, totals in self.written:
             counts = ", ".join(f"{totals[outcome]} {outcome}" for outcome in OUTCOMES)
-            terminalreporter.write_line(f"melange conformance report for {name!r}: {counts} -> {path}")
+            terminalreporter.write_line(
+                f"melange conformance report for {name!r}: {counts} -> {path}"
+            )
 
 
 def _safe_filename(name: str) -> str:

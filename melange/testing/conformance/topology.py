@@ -60,7 +60,7 @@ def _run_in_threads(count: int, work: Callable[[int], object]) -> list[BaseExcep
         try:
             barrier.wait(timeout=10)
             work(index)
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:  # reported by the test
             with lock:
                 errors.append(error)
 
@@ -113,9 +113,12 @@ def _queue_name_too_long(names: ResourceNames, backend: MessagingBackend) -> _Ba
 def _fifo_flag_contradicts_name(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     return _BadRequest(
-        InvalidName, (queue, ".fifo"), queue=queue, settings={"fifo": True},
+        InvalidName,
+        (queue, ".fifo"),
+        queue=queue,
+        settings={"fifo": True},
         must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+    )
 
 
 def _invalid_topic_name(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
@@ -133,113 +136,153 @@ def _invalid_topic_name_alone(names: ResourceNames, backend: MessagingBackend) -
 def _invalid_dead_letter_name(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue, bad = names.queue(), names.queue("dlq") + " bad dlq!"
     return _BadRequest(
-        InvalidName, (bad,), queue=queue, dead_letter_queue=bad,
+        InvalidName,
+        (bad,),
+        queue=queue,
+        dead_letter_queue=bad,
         must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+    )
 
 
 def _own_dead_letter_queue(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     return _BadRequest(
-        InvalidTopology, (queue, "own dead-letter queue"), queue=queue, dead_letter_queue=queue,
+        InvalidTopology,
+        (queue, "own dead-letter queue"),
+        queue=queue,
+        dead_letter_queue=queue,
         must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+    )
 
 
 def _fifo_queue_standard_dlq(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue, dlq = names.fifo_queue(), names.queue("dlq")
     return _BadRequest(
-        InvalidTopology, (queue, dlq, "FIFO", "standard"), queue=queue, dead_letter_queue=dlq,
+        InvalidTopology,
+        (queue, dlq, "FIFO", "standard"),
+        queue=queue,
+        dead_letter_queue=dlq,
         must_not_exist=(("queue", queue), ("queue", dlq)),
-    )  # fmt: skip
+    )
 
 
 def _standard_queue_fifo_dlq(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue, dlq = names.queue(), names.fifo_queue("dlq")
     return _BadRequest(
-        InvalidTopology, (queue, dlq, "FIFO", "standard"), queue=queue, dead_letter_queue=dlq,
+        InvalidTopology,
+        (queue, dlq, "FIFO", "standard"),
+        queue=queue,
+        dead_letter_queue=dlq,
         must_not_exist=(("queue", queue), ("queue", dlq)),
-    )  # fmt: skip
+    )
 
 
 def _unknown_setting(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     return _BadRequest(
-        InvalidTopology, ("visiblity_timeout", "visibility_timeout"), queue=queue,
-        settings={"visiblity_timeout": 5}, must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+        InvalidTopology,
+        ("visiblity_timeout", "visibility_timeout"),
+        queue=queue,
+        settings={"visiblity_timeout": 5},
+        must_not_exist=(("queue", queue),),
+    )
 
 
 def _max_receive_count_without_dlq(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     return _BadRequest(
-        InvalidTopology, ("max_receive_count", "dead_letter_queue_name"), queue=queue,
-        settings={"max_receive_count": 3}, must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+        InvalidTopology,
+        ("max_receive_count", "dead_letter_queue_name"),
+        queue=queue,
+        settings={"max_receive_count": 3},
+        must_not_exist=(("queue", queue),),
+    )
 
 
 def _negative_visibility_timeout(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     return _BadRequest(
-        InvalidTopology, ("visibility_timeout", "-1"), queue=queue,
-        settings={"visibility_timeout": -1.0}, must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+        InvalidTopology,
+        ("visibility_timeout", "-1"),
+        queue=queue,
+        settings={"visibility_timeout": -1.0},
+        must_not_exist=(("queue", queue),),
+    )
 
 
 def _visibility_timeout_too_long(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     too_long = backend.capabilities.max_visibility_timeout + 1
     return _BadRequest(
-        InvalidTopology, ("visibility_timeout", f"{too_long!r}"), queue=queue,
-        settings={"visibility_timeout": too_long}, must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+        InvalidTopology,
+        ("visibility_timeout", f"{too_long!r}"),
+        queue=queue,
+        settings={"visibility_timeout": too_long},
+        must_not_exist=(("queue", queue),),
+    )
 
 
 def _retention_out_of_range(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     too_long = backend.capabilities.retention_range[1] + 1
     return _BadRequest(
-        InvalidTopology, ("message_retention_period",), queue=queue,
-        settings={"message_retention_period": too_long}, must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+        InvalidTopology,
+        ("message_retention_period",),
+        queue=queue,
+        settings={"message_retention_period": too_long},
+        must_not_exist=(("queue", queue),),
+    )
 
 
 def _max_receive_count_above(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue, dlq = names.queue(), names.queue("dlq")
     count = backend.capabilities.max_receive_count_range[1] + 1
     return _BadRequest(
-        InvalidTopology, ("max_receive_count", str(count)), queue=queue, dead_letter_queue=dlq,
+        InvalidTopology,
+        ("max_receive_count", str(count)),
+        queue=queue,
+        dead_letter_queue=dlq,
         settings={"max_receive_count": count},
         must_not_exist=(("queue", queue), ("queue", dlq)),
-    )  # fmt: skip
+    )
 
 
 def _max_receive_count_below(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue, dlq = names.queue(), names.queue("dlq")
     count = backend.capabilities.max_receive_count_range[0] - 1
     return _BadRequest(
-        InvalidTopology, ("max_receive_count", str(count)), queue=queue, dead_letter_queue=dlq,
+        InvalidTopology,
+        ("max_receive_count", str(count)),
+        queue=queue,
+        dead_letter_queue=dlq,
         settings={"max_receive_count": count},
         must_not_exist=(("queue", queue), ("queue", dlq)),
-    )  # fmt: skip
+    )
 
 
 def _filter_without_topics(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     queue = names.queue()
     return _BadRequest(
-        InvalidTopology, ("subscription_filter",), queue=queue,
-        settings={"subscription_filter": {"kind": ["a"]}}, must_not_exist=(("queue", queue),),
-    )  # fmt: skip
+        InvalidTopology,
+        ("subscription_filter",),
+        queue=queue,
+        settings={"subscription_filter": {"kind": ["a"]}},
+        must_not_exist=(("queue", queue),),
+    )
 
 
 def _bad_request_with_everything(names: ResourceNames, backend: MessagingBackend) -> _BadRequest:
     # Valid topic and dead-letter queue, one bad setting at the end: nothing may be created.
     queue, dlq, topic = names.queue(), names.queue("dlq"), names.topic()
     return _BadRequest(
-        InvalidTopology, ("delay_seconds",), queue=queue, topics=(topic,), dead_letter_queue=dlq,
+        InvalidTopology,
+        ("delay_seconds",),
+        queue=queue,
+        topics=(topic,),
+        dead_letter_queue=dlq,
         settings={"delay_seconds": -5.0},
         must_not_exist=(("queue", queue), ("queue", dlq), ("topic", topic)),
-    )  # fmt: skip
+    )
 
 
 BAD_REQUESTS = [
@@ -253,9 +296,7 @@ BAD_REQUESTS = [
     pytest.param(
         _invalid_dead_letter_name, marks=requires("dead_letter"), id="invalid-dead-letter-name"
     ),
-    pytest.param(
-        _own_dead_letter_queue, marks=requires("dead_letter"), id="own-dead-letter-queue"
-    ),
+    pytest.param(_own_dead_letter_queue, marks=requires("dead_letter"), id="own-dead-letter-queue"),
     pytest.param(
         _fifo_queue_standard_dlq,
         marks=requires("fifo", "dead_letter"),
@@ -300,6 +341,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """``init_queue`` creates a queue with the declared settings."""
         queue = melange_names.queue()
         retention = in_range(3600.0, melange_backend.capabilities.retention_range)
         plan = melange_factory.init_queue(
@@ -319,6 +361,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A ``.fifo`` queue name makes a FIFO queue."""
         queue = melange_names.fifo_queue()
         melange_factory.init_queue(queue)
         spec = melange_backend.get_queue(queue)
@@ -331,6 +374,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """``init_topic`` creates a standard topic."""
         topic = melange_names.topic()
         plan = melange_factory.init_topic(topic)
         assert [(action.kind, action.target) for action in plan] == [("create_topic", topic)]
@@ -343,6 +387,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A ``.fifo`` topic name makes a FIFO topic."""
         topic = melange_names.fifo_topic()
         melange_factory.init_topic(topic)
         assert melange_backend.get_topic(topic) == TopicSpec(topic, fifo=True)
@@ -354,6 +399,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """One ``init_queue`` creates its topics, DLQ and subscriptions."""
         queue, dlq = melange_names.queue(), melange_names.queue("dlq")
         topics = [melange_names.topic("a"), melange_names.topic("b")]
         count = _receive_counts(melange_backend)
@@ -377,8 +423,9 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Re-init of an unchanged queue plans and changes nothing."""
         queue = melange_names.queue()
-        settings = {"visibility_timeout": 2.0}
+        settings: dict[str, Any] = {"visibility_timeout": 2.0}
         assert melange_factory.init_queue(queue, **settings)
         before = melange_backend.get_queue(queue)
         assert not melange_factory.plan_queue(queue, **settings)
@@ -393,6 +440,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Repeated ``init_topic`` creates the topic once."""
         topic = melange_names.topic()
         assert len(melange_factory.init_topic(topic)) == 1
         for _ in range(3):
@@ -406,6 +454,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Repeated init leaves one subscription per queue: one copy per message."""
         topic = melange_names.topic()
         queues = [melange_names.queue("a"), melange_names.queue("b")]
         for _ in range(3):
@@ -427,6 +476,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Re-init of queue, DLQ and topic returns an empty plan naming them unchanged."""
         queue, dlq, topic = melange_names.queue(), melange_names.queue("dlq"), melange_names.topic()
         count = _receive_counts(melange_backend)
         request: dict[str, Any] = {
@@ -446,6 +496,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A setting changed by hand shows in the plan and init restores it."""
         queue = melange_names.queue()
         melange_factory.init_queue(queue, visibility_timeout=2.0)
         declared = melange_backend.get_queue(queue)
@@ -475,9 +526,12 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A dead-letter policy changed by hand is restored."""
         queue, dlq = melange_names.queue(), melange_names.queue("dlq")
         declared_count, other_count = _receive_counts(melange_backend)
-        melange_factory.init_queue(queue, dead_letter_queue_name=dlq, max_receive_count=declared_count)
+        melange_factory.init_queue(
+            queue, dead_letter_queue_name=dlq, max_receive_count=declared_count
+        )
         spec = melange_backend.get_queue(queue)
         assert spec is not None
         melange_backend.declare_queue(
@@ -498,6 +552,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A subscription filter changed by hand is restored."""
         queue, topic = melange_names.queue(), melange_names.topic()
         wanted = {"kind": ["paid"]}
         melange_factory.init_queue(queue, [topic], subscription_filter=wanted)
@@ -520,6 +575,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """FIFO drift is refused, naming both values, and the queue is untouched."""
         # A FIFO queue under a standard name: what a hand-made queue may look like.
         queue = melange_names.queue()
         try:
@@ -554,6 +610,7 @@ class TopologyConformance(ConformanceBase):
         melange_names: ResourceNames,
         build: _BuildBadRequest,
     ) -> None:
+        """Each invalid request raises its specific error and creates nothing."""
         request = build(melange_names, melange_backend)
         with pytest.raises(request.error) as caught:
             request.send(melange_factory)
@@ -580,6 +637,7 @@ class TopologyConformance(ConformanceBase):
         monkeypatch: pytest.MonkeyPatch,
         hook: str,
     ) -> None:
+        """A request the backend's own rules refuse creates nothing."""
         # Stand in for a broker rule that refuses only the last part of the request.
         queue, dlq, topic = melange_names.queue(), melange_names.queue("dlq"), melange_names.topic()
         original: Callable[..., None] = getattr(melange_backend, hook)
@@ -615,9 +673,10 @@ class TopologyConformance(ConformanceBase):
         melange_names: ResourceNames,
         capability: str,
     ) -> None:
+        """A request needing a capability the backend lacks is refused, naming both."""
         # Narrow this backend instance, so the refusal is tested on every backend.
         queue = melange_names.fifo_queue() if capability == "fifo" else melange_names.queue()
-        request: dict[str, Any] = {
+        requests: dict[str, dict[str, Any]] = {
             "dead_letter": {"dead_letter_queue_name": melange_names.queue("dlq")},
             "fifo": {},
             "topics": {"topic_names_to_subscribe": [melange_names.topic()]},
@@ -626,9 +685,11 @@ class TopologyConformance(ConformanceBase):
                 "subscription_filter": {"kind": ["a"]},
             },
             "delay": {"delay_seconds": 1.0},
-        }[capability]
+        }
+        request = requests[capability]
         original = melange_backend.capabilities
-        melange_backend.capabilities = dataclasses.replace(original, **{capability: False})
+        narrowed: dict[str, Any] = {capability: False}
+        melange_backend.capabilities = dataclasses.replace(original, **narrowed)
         try:
             with pytest.raises(UnsupportedCapability) as caught:
                 melange_factory.init_queue(queue, **request)
@@ -645,6 +706,7 @@ class TopologyConformance(ConformanceBase):
     def test_missing_queue_errors(
         self, melange_backend: MessagingBackend, melange_names: ResourceNames
     ) -> None:
+        """Publish, receive and delete on a missing queue raise QueueNotFound."""
         queue = melange_names.queue("missing")
         assert melange_backend.get_queue(queue) is None
         operations: list[Callable[[], object]] = [
@@ -660,6 +722,7 @@ class TopologyConformance(ConformanceBase):
     def test_missing_topic_errors(
         self, melange_backend: MessagingBackend, melange_names: ResourceNames
     ) -> None:
+        """Publish and delete on a missing topic raise TopicNotFound."""
         topic, queue = melange_names.topic("missing"), melange_names.queue("missing")
         assert melange_backend.get_topic(topic) is None
         assert melange_backend.get_subscription(topic, queue) is None
@@ -675,6 +738,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A deleted queue is gone, and only that queue."""
         queue, other = melange_names.queue(), melange_names.queue("other")
         melange_factory.init_queue(queue)
         melange_factory.init_queue(other)
@@ -694,6 +758,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Deleting a topic removes its subscriptions but not its queues."""
         queue, topic = melange_names.queue(), melange_names.topic()
         melange_factory.init_queue(queue, [topic])
         melange_backend.delete_topic(topic)
@@ -715,6 +780,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """A topic keeps fanning out after one subscribed queue is deleted."""
         topic = melange_names.topic()
         deleted, kept = melange_names.queue("deleted"), melange_names.queue("kept")
         melange_factory.init_queue(deleted, [topic])
@@ -730,6 +796,7 @@ class TopologyConformance(ConformanceBase):
         melange_backend: MessagingBackend,
         melange_names: ResourceNames,
     ) -> None:
+        """Threads initializing one queue at once all succeed; one queue results."""
         queue = melange_names.queue()
 
         def init(_: int) -> None:
@@ -749,6 +816,7 @@ class TopologyConformance(ConformanceBase):
         melange_factory: MessagingBackendFactory,
         melange_names: ResourceNames,
     ) -> None:
+        """Threads initializing queue, topic and DLQ at once leave one subscription."""
         queue, dlq, topic = melange_names.queue(), melange_names.queue("dlq"), melange_names.topic()
         count = _receive_counts(melange_backend)
 
@@ -763,11 +831,14 @@ class TopologyConformance(ConformanceBase):
         assert melange_backend.get_queue(dlq) is not None
         assert melange_backend.get_topic(topic) == TopicSpec(topic)
         assert melange_backend.get_subscription(topic, queue) == SubscriptionSpec(topic, queue)
-        assert len(
-            melange_factory.init_queue(
-                queue, [topic], dead_letter_queue_name=dlq, max_receive_count=count[0]
+        assert (
+            len(
+                melange_factory.init_queue(
+                    queue, [topic], dead_letter_queue_name=dlq, max_receive_count=count[0]
+                )
             )
-        ) == 0
+            == 0
+        )
         # One subscription: one copy.
         melange_backend.publish_to_topic(topic, [OutgoingMessage(b"fan-out once")])
         assert drain_bodies(melange_backend, queue, 1) == [b"fan-out once"]

@@ -1,0 +1,65 @@
+"""The conformance suite: the contract every melange backend must honour, as pytest mixins.
+
+A backend plugin runs the whole suite with a few lines in its own tests::
+
+    import pytest
+    from melange.testing.conformance import ConformanceSuite
+
+    class TestMyBackend(ConformanceSuite):
+        @pytest.fixture
+        def melange_backend(self):
+            backend = MyBackend(...)
+            yield backend
+            backend.close()
+
+Tests that need an optional capability say so with :func:`requires` and are
+skipped, with a reason naming the backend and the capability, when the backend
+does not declare it. Load :mod:`melange.testing.conformance.report` from your
+``conftest.py`` for a JSON report of the run. See ``docs/conformance.md``.
+"""
+
+from __future__ import annotations
+
+from melange.testing.conformance._support import (
+    MARGIN,
+    POLL_TIMEOUT,
+    VISIBILITY_TIMEOUT,
+    ConformanceBase,
+    DeliveryGuarantee,
+    ResourceNames,
+    Wait,
+    assert_empty,
+    drain,
+    drain_bodies,
+    messages,
+    receive_now,
+    release,
+    requires,
+)
+from melange.testing.conformance.data import DataConformance
+from melange.testing.conformance.topology import TopologyConformance
+
+
+class ConformanceSuite(TopologyConformance, DataConformance):
+    """Every conformance test: subclass it (as ``Test...``) and provide ``melange_backend``."""
+
+
+__all__ = [
+    "MARGIN",
+    "POLL_TIMEOUT",
+    "VISIBILITY_TIMEOUT",
+    "ConformanceBase",
+    "ConformanceSuite",
+    "DataConformance",
+    "DeliveryGuarantee",
+    "ResourceNames",
+    "TopologyConformance",
+    "Wait",
+    "assert_empty",
+    "drain",
+    "drain_bodies",
+    "messages",
+    "receive_now",
+    "release",
+    "requires",
+]

@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from melange.backends import register_backend, unregister_backend
+from melange.cli import main
+from melange.demo import DEAD_LETTER_QUEUE, QUEUE, run_demo
+
+TOPOLOGY = """
+[[topics]]
+name = "payments"
+
+[[queues]]
+name = "payment-updates"
+topics = ["payments"]
+dead_letter_queue = "payment-updates-dlq"
+max_receive_count = 3
+visibility_timeout = 30
+subscription_filter = { event = ["paid"] }
+"""
+
+MISSING_PLUGINS = {
+    "aws": "melange-aws",
+    "localsqs": "melange-localsqs",
+    "gcp": "melange-gcp",
+    "azure": "melange-azure",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MELANGE_BACKEND", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Path:
+    path = tmp_path / "payments.toml"
+    path.write_text(TOPOLOGY)
+    return path
+
+
+@pytest.fixture
+def broken_backend() -> Iterator[str]:
+    register_backend("broken-example", "melange_no_such_module:Backend")
+    yield "broken-example"
+    unregister_backend("broken-example")
+
+
+def table_rows(text: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in text.splitlines()[1:] if line.strip()}
+
+
+# ------------------------------------------------------------------ backends
+def test_backends_table(capsys: pytest.CaptureFixture[str], broken_backend: str) -> None:
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["NAME", "DISTRIBUTION", "VERSION", "CAPABILITIES", "STATUS", "ERROR"]
+    rows = table_rows(out)
+
+    memory = rows["memory"].split()
+    assert memory[1:3] == ["melange", "8.0.0.dev0"]
+    assert "topics" in memory[3].split(",") and "dead_letter" in memory[3].split(",")
+    assert memory[4] == "ok" and len(memory) == 5
+
+    for name, distribution in MISSING_PLUGINS.items():
+        assert rows[name].split()[1] == distribution
+        assert "not installed" in rows[name]
+        assert f'pip install "melange[{name}]"' in rows[name]
+
+    # A plugin that cannot load is reported with its cause and hides nothing else.
+    assert "error" in rows[broken_backend].split()
+    assert "melange_no_such_module" in rows[broken_backend]
+
+
+def test_backends_json(capsys: pytest.CaptureFixture[str], broken_backend: str) -> None:
+    assert main(["backends", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["memory"]["status"] == "ok"
+    assert rows["memory"]["error"] is None
+    assert "filters" in rows["memory"]["capabilities"]
+    assert rows["aws"] == {
+        "name": "aws",
+        "distribution": "melange-aws",
+        "version": None,
+        "capabilities": None,
+        "status": "not installed",
+        "error": None,
+        "install": 'pip install "melange[aws]"',
+    }
+    assert rows[broken_backend]["status"] == "error"
+    assert "failed to load" in rows[broken_backend]["error"]
+
+
+# ------------------------------------------------------------- plan / apply
+def test_plan_prints_the_plan(capsys: pytest.CaptureFixture[str], topology: Path) -> None:
+    assert main(["plan", str(topology)]) == 0
+    out = capsys.readouterr().out
+    assert f"Plan for {topology} on backend 'memory' (nothing was changed):" in out
+    assert "+ create topic 'payments'" in out
+    assert "+ create queue 'payment-updates-dlq'" in out
+    assert "dead_letter='payment-updates-dlq' after 3 receives" in out
+    assert "+ subscribe 'payments -> payment-updates' filter={'event': ['paid']}" in out
+    assert "keeps nothing after it ends" in out
+
+
+def test_apply_prints_what_was_done(capsys: pytest.CaptureFixture[str], topology: Path) -> None:
+    assert main(["apply", str(topology), "--backend", "memory", "-o", "dedup_window=60"]) == 0
+    out = capsys.readouterr().out
+    assert f"Applied {topology} on backend 'memory':" in out
+    assert out.count("+ ") == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["plan", "{file}", "--backend", "aws"], 'pip install "melange[aws]"'),
+        (["plan", "{missing}"], "cannot read topology file"),
+        (["apply", "{file}", "-o", "colour=red"], "does not accept option(s) colour"),
+        (["apply", "{bad}"], "unknown key 'visiblity_timeout'"),
+        (["apply", "{own_dlq}"], "cannot be its own dead-letter queue"),
+    ],
+)
+def test_errors_exit_2_with_the_message_on_stderr(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    topology: Path,
+    argv: list[str],
+    expected: str,
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[queues]]\nname = "q"\nvisiblity_timeout = 3\n')
+    own_dlq = tmp_path / "own.toml"
+    own_dlq.write_text('[[queues]]\nname = "q"\ndead_letter_queue = "q"\n')
+    paths = {"file": topology, "missing": tmp_path / "nope.toml", "bad": bad, "own_dlq": own_dlq}
+    assert main([arg.format(**paths) for arg in argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("melange: error: ")
+    assert expected in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "required: COMMAND" in capsys.readouterr().err
+    assert main(["plan", "x.toml", "-o", "novalue"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("melange 8.")
+
+
+# ---------------------------------------------------------------------- demo
+SUMMARY = {
+    "published": "5",
+    "processed": "4",
+    "retried": "3",
+    "dead-lettered": "1",
+    "left in queues": "1",
+}
+
+
+def assert_demo_output(out: str) -> None:
+    # The topology, then the poison message's three deliveries and its move to the DLQ.
+    assert "+ create queue 'payment-updates-dlq'" in out
+    assert "dead_letter='payment-updates-dlq' after 3 receives" in out
+    poison = re.findall(r"msg (\w{8}) delivery (\d)", out)
+    assert [count for _, count in poison] == ["1", "2", "3"]
+    assert len({message_id for message_id, _ in poison}) == 1
+    assert "is not valid JSON" in out
+    assert "max_receive_count=3, so the queue moves it" in out
+    dlq_section = out.split("== 4. Dead-letter queue 'payment-updates-dlq'")[1]
+    assert f"msg {poison[0][0]}: 45 bytes (body intact)" in dlq_section
+    assert "melange.manifest=payment.v1" in dlq_section
+    # The transient failure is retried once and then succeeds.
+    assert "pay-1002 delivery 1: handler failed: TimeoutError" in out
+    assert "pay-1002 delivery 2: recorded 99.00 USD paid -> ack" in out
+    summary = out.split("== 5. Summary")[1]
+    for label, count in SUMMARY.items():
+        assert re.search(rf"^\s+{label}\s+{count}\s", summary, re.MULTILINE), label
+    assert "payment-updates: 0, payment-updates-dlq: 1" in summary
+
+
+def test_demo_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    assert_demo_output(capsys.readouterr().out)
+
+
+def test_demo_summary_counts_come_from_the_run() -> None:
+    import io
+
+    summary = run_demo(io.StringIO())
+    assert (summary.published, summary.processed, summary.retried, summary.dead_lettered) == (
+        5,
+        4,
+        3,
+        1,
+    )
+    assert summary.left_in_queues == {QUEUE: 0, DEAD_LETTER_QUEUE: 1}
+
+
+def test_installed_console_script_runs_the_demo(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / ("melange.exe" if os.name == "nt" else "melange")
+    if not script.exists():
+        pytest.fail(f"console script {script} is missing; run `make install`")
+    result = subprocess.run(
+        [str(script), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**os.environ, "MELANGE_BACKEND": "aws"},  # the demo must not read configuration
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert_demo_output(result.stdout)
