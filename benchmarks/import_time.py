@@ -232,6 +232,7 @@ def main() -> int:
         "machine": machine(),
         "repeat": args.repeat,
         "results": results,
+        "samples_seconds": samples,
         "goal": {"ratio_at_most": GOAL_RATIO, "met": headline <= GOAL_RATIO},
         "import_checks": checks,
         "import_checks_ok": ok,

@@ -276,6 +276,7 @@ def main() -> int:
         "repeat": args.repeat,
         "body_size": args.body_size,
         "msgs_per_second": stats,
+        "samples_msgs_per_second": rates,
         "ratio_melange_over_kombu": ratios,
         "batched_over_kombu_single": (
             stats["melange batched x10"]["median"] / stats["kombu single"]["median"]

@@ -177,13 +177,19 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 
 class LeaseLost(MelangeError):
-    """A message's lease expired and it was delivered again; it can no longer be extended."""
+    """A message's lease cannot be extended any more (redelivered, acked, or queue gone)."""
 
-    def __init__(self, message_id: str, queue_name: str):
+    def __init__(
+        self,
+        message_id: str,
+        queue_name: str,
+        reason: str = "it was acknowledged, delivered again after its visibility timeout, "
+        "or its queue was deleted",
+    ):
         super().__init__(
-            f"lease on message {message_id!r} from queue {queue_name!r} was lost: its "
-            "visibility timeout passed and it was delivered again. Extend leases before "
-            "they expire (or raise the queue's visibility_timeout)"
+            f"lease on message {message_id!r} from queue {queue_name!r} was lost: {reason}. "
+            "Extend leases before they expire (or raise the queue's visibility_timeout)"
         )
         self.message_id = message_id
         self.queue_name = queue_name
+        self.reason = reason

@@ -12,6 +12,7 @@ into the broker's limits.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -399,10 +400,12 @@ class MessagingBackend(abc.ABC):
             self.validate_message(message)
         results: list[PublishResult] = []
         for offset, chunk in self._chunks(batch):
-            for result in self._call(operation, hook, destination, chunk):
-                results.append(
-                    PublishResult(result.index + offset, result.message_id, result.error)
-                )
+            chunk_results = self._call(operation, hook, destination, chunk)
+            if offset:  # hooks number results within their chunk
+                chunk_results = [
+                    dataclasses.replace(r, index=r.index + offset) for r in chunk_results
+                ]
+            results.extend(chunk_results)
         return results
 
     def _chunks(self, batch: list[OutgoingMessage]) -> Iterator[tuple[int, list[OutgoingMessage]]]:

@@ -16,6 +16,15 @@ from melange_example_sqlite import SQLiteBackend
 
 from melange.testing.conformance import ConformanceSuite
 
+KNOWN_DEVIATIONS = {
+    "test_invalid_request_is_refused_before_anything_is_created[fifo-flag-without-fifo-name]": (
+        "init_queue('name', fifo=True) on a backend without FIFO raises UnsupportedCapability "
+        "('fifo') before the name check that would raise InvalidName; the case needs "
+        "requires('fifo')"
+    ),
+}
+"""Conformance tests expected to fail here, by test id, each with the reason."""
+
 
 class TestSQLiteBackend(ConformanceSuite):
     @pytest.fixture
@@ -24,3 +33,10 @@ class TestSQLiteBackend(ConformanceSuite):
         backend = SQLiteBackend(tmp_path / "conformance.sqlite3")
         yield backend
         backend.close()
+
+    @pytest.fixture(autouse=True)
+    def _known_deviation(self, request: pytest.FixtureRequest) -> None:
+        reason = KNOWN_DEVIATIONS.get(request.node.name)
+        if reason is not None:
+            # strict: once the deviation is gone the XPASS fails, so the entry gets removed.
+            request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

@@ -288,7 +288,9 @@ def _bad_request_with_everything(names: ResourceNames, backend: MessagingBackend
 BAD_REQUESTS = [
     pytest.param(_invalid_queue_name, id="invalid-queue-name"),
     pytest.param(_queue_name_too_long, id="queue-name-too-long"),
-    pytest.param(_fifo_flag_contradicts_name, id="fifo-flag-without-fifo-name"),
+    pytest.param(
+        _fifo_flag_contradicts_name, marks=requires("fifo"), id="fifo-flag-without-fifo-name"
+    ),
     pytest.param(_invalid_topic_name, marks=requires("topics"), id="invalid-topic-name"),
     pytest.param(
         _invalid_topic_name_alone, marks=requires("topics"), id="invalid-topic-name-init-topic"
