@@ -3,14 +3,41 @@
 Create topics and queues with :class:`MessagingBackendFactory`, pick a broker by
 name (:func:`melange.backends.load_backend`), publish and consume through the
 :class:`~melange.backends.MessagingBackend` contract.
+
+The names below are imported on first use, so ``import melange`` stays cheap
+for command-line tools and short-lived processes.
 """
 
 from __future__ import annotations
 
-from melange.exceptions import MelangeError
-from melange.factory import MessagingBackendFactory
-from melange.message import Message
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from melange.exceptions import MelangeError
+    from melange.factory import MessagingBackendFactory
+    from melange.message import Message
 
 __version__ = "8.0.0.dev0"
 
+_LAZY = {
+    "MelangeError": "melange.exceptions",
+    "MessagingBackendFactory": "melange.factory",
+    "Message": "melange.message",
+}
+
 __all__ = ["MelangeError", "Message", "MessagingBackendFactory", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -496,8 +496,8 @@ class MemoryBackend(MessagingBackend):
         delay = message.delay_seconds if message.delay_seconds > 0 else queue.spec.delay_seconds
         stored = _Stored(
             message_id,
-            bytes(message.body),
-            dict(message.attributes),
+            body if type(body := message.body) is bytes else bytes(body),  # copy a bytearray
+            dict(message.attributes) if message.attributes else {},
             message.group_id,
             next(self._seq),
             now,

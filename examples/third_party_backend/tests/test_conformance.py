@@ -16,12 +16,8 @@ from melange_example_sqlite import SQLiteBackend
 
 from melange.testing.conformance import ConformanceSuite
 
-KNOWN_DEVIATIONS = {
-    "test_invalid_request_is_refused_before_anything_is_created[fifo-flag-without-fifo-name]": (
-        "init_queue('name', fifo=True) on a backend without FIFO raises UnsupportedCapability "
-        "('fifo') before the name check that would raise InvalidName; the case needs "
-        "requires('fifo')"
-    ),
+KNOWN_DEVIATIONS: dict[str, str] = {
+    # "test_name[param-id]": "why this backend behaves differently, and since when",
 }
 """Conformance tests expected to fail here, by test id, each with the reason."""
 

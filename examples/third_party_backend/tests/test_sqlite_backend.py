@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,11 +93,18 @@ def test_two_connections_never_hold_the_same_message(db_path: Path) -> None:
         sent = set(send(setup, "work", *(str(n).encode() for n in range(200))))
 
     claimed: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+    start_together = threading.Barrier(2)
 
     def drain(slot: int) -> None:
-        with SQLiteBackend(db_path) as own_connection:
-            while batch := own_connection.receive("work", max_messages=7):
-                claimed[slot].extend(m.message_id for m in batch)
+        try:
+            with SQLiteBackend(db_path) as own_connection:
+                start_together.wait(timeout=10)
+                while batch := own_connection.receive("work", max_messages=3):
+                    claimed[slot].extend(m.message_id for m in batch)
+                    time.sleep(0.002)  # "process" the batch, leaving the lock to the other
+        except BaseException as error:  # reported below: a thread's error would be lost
+            errors.append(error)
 
     threads = [threading.Thread(target=drain, args=(slot,)) for slot in (0, 1)]
     for thread in threads:
@@ -104,6 +112,8 @@ def test_two_connections_never_hold_the_same_message(db_path: Path) -> None:
     for thread in threads:
         thread.join(timeout=30)
 
+    assert errors == []
+    assert claimed[0] and claimed[1], "both connections should have claimed some messages"
     everything = claimed[0] + claimed[1]
     assert len(everything) == len(set(everything)), "a message was claimed twice"
     assert set(everything) == sent
@@ -149,6 +159,15 @@ def test_visibility_timeout_redelivers_with_a_new_receipt(
     backend.ack([first])  # stale receipt: ignored, the new holder still owns it
     clock.now += 10
     assert receive_one(backend, "q").receive_count == 3
+
+
+def test_zero_visibility_timeout_hands_each_message_out_once_per_receive(
+    backend: SQLiteBackend,
+) -> None:
+    backend.declare_queue(QueueSpec("q", visibility_timeout=0.0))
+    sent = send(backend, "q", b"a", b"b", b"c")
+    assert [m.message_id for m in backend.receive("q", max_messages=10)] == sent
+    assert [m.receive_count for m in backend.receive("q", max_messages=10)] == [2, 2, 2]
 
 
 def test_dead_letter_on_the_receive_that_would_exceed_the_limit(
@@ -247,6 +266,8 @@ def test_refused_settings_create_nothing(backend: SQLiteBackend) -> None:
         backend.declare_queue(QueueSpec("q.fifo", fifo=True))
     with pytest.raises(InvalidTopology, match=r"visibility_timeout=-1\.0 is out of range"):
         backend.declare_queue(QueueSpec("q", visibility_timeout=-1.0))
+    with pytest.raises(InvalidTopology, match="cannot be its own dead-letter queue"):
+        backend.declare_queue(QueueSpec("q", dead_letter=DeadLetterPolicy("q", 3)))
     assert backend.get_queue("q") is None
 
 

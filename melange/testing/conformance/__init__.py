@@ -20,7 +20,16 @@ does not declare it. Load :mod:`melange.testing.conformance.report` from your
 
 from __future__ import annotations
 
-from melange.testing.conformance._support import (
+import pytest
+
+# Before the test modules are imported: failing asserts then show their values.
+pytest.register_assert_rewrite(
+    "melange.testing.conformance._support",
+    "melange.testing.conformance.data",
+    "melange.testing.conformance.topology",
+)
+
+from melange.testing.conformance._support import (  # noqa: E402
     MARGIN,
     POLL_TIMEOUT,
     VISIBILITY_TIMEOUT,
@@ -36,8 +45,8 @@ from melange.testing.conformance._support import (
     release,
     requires,
 )
-from melange.testing.conformance.data import DataConformance
-from melange.testing.conformance.topology import TopologyConformance
+from melange.testing.conformance.data import DataConformance  # noqa: E402
+from melange.testing.conformance.topology import TopologyConformance  # noqa: E402
 
 
 class ConformanceSuite(TopologyConformance, DataConformance):

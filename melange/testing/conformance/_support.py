@@ -255,16 +255,21 @@ def assert_empty(backend: MessagingBackend, queue: str) -> None:
     )
 
 
-def release(backend: MessagingBackend, received: Sequence[ReceivedMessage], wait: Wait) -> None:
+def release(
+    backend: MessagingBackend,
+    received: Sequence[ReceivedMessage],
+    wait: Wait,
+    visibility_timeout: float = VISIBILITY_TIMEOUT,
+) -> None:
     """Make received messages receivable again, the quickest way the backend offers.
 
     With nack support that is an immediate nack; otherwise the queue's
-    visibility timeout (assumed :data:`VISIBILITY_TIMEOUT`) has to pass.
+    ``visibility_timeout`` has to pass (through ``wait``).
     """
     if backend.capabilities.nack_delay:
         backend.nack(received)
     else:
-        wait(VISIBILITY_TIMEOUT + MARGIN)
+        wait(visibility_timeout + MARGIN)
 
 
 def in_range(value: float, bounds: tuple[float, float]) -> float:

@@ -121,6 +121,8 @@ class DataConformance(ConformanceBase):
         deadline = time.monotonic() + 10
         while not first and time.monotonic() < deadline:
             first = melange_backend.receive(queue, max_messages=2)
+            if not first:
+                time.sleep(POLL_INTERVAL)
         assert 1 <= len(first) <= 2
         melange_backend.ack(first)
         rest = drain_bodies(melange_backend, queue, 5 - len(first))
@@ -237,8 +239,7 @@ class DataConformance(ConformanceBase):
                 {"k": "v"},
             )
             assert again.receive_count == expected_count
-        melange_backend.ack([again])
-        melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+        melange_backend.ack([again])  # the latest delivery's receipt settles it
         assert_empty(melange_backend, queue)
 
     @requires("nack_delay")

@@ -130,6 +130,15 @@ def _class_key(nodeid: str) -> str:
     return nodeid.split("[", 1)[0].rsplit("::", 1)[0]
 
 
+def _failure_reason(report: pytest.TestReport) -> str:
+    """The first line of what went wrong, prefixed with the phase (setup, call, teardown)."""
+    if isinstance(report.longrepr, str):  # e.g. "[XPASS(strict)] reason"
+        return report.longrepr
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = str(getattr(crash, "message", "") or "").strip()
+    return f"{report.when}: {message.splitlines()[0]}" if message else f"{report.when} failed"
+
+
 def _skip_reason(report: pytest.TestReport) -> str | None:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
@@ -194,10 +203,7 @@ class ConformanceRecorder:
         if report.failed:
             # A failure in any phase (a strict XPASS included) makes the test failed.
             if record.outcome != "failed":
-                record.outcome = "failed"
-                record.reason = f"{report.when} failed"
-                if isinstance(report.longrepr, str):
-                    record.reason = report.longrepr
+                record.outcome, record.reason = "failed", _failure_reason(report)
         elif report.skipped:
             if xfail_reason is not None:
                 record.outcome, record.reason = "xfailed", xfail_reason

@@ -640,7 +640,7 @@ class TopologyConformance(ConformanceBase):
         hook: str,
     ) -> None:
         """A request the backend's own rules refuse creates nothing."""
-        # Stand in for a broker rule that refuses only the last part of the request.
+        # Stand in for a broker rule refusing one part of an otherwise valid request.
         queue, dlq, topic = melange_names.queue(), melange_names.queue("dlq"), melange_names.topic()
         original: Callable[..., None] = getattr(melange_backend, hook)
         refused = dlq if hook == "validate_queue" else topic

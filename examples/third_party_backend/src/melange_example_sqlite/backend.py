@@ -179,16 +179,13 @@ class SQLiteBackend(MessagingBackend):
                 raise BackendClosed(self.name, operation)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+                yield self._db
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 raise self._unavailable(exc) from exc
+            finally:
+                if self._db.in_transaction:  # the block raised: undo all of it
+                    self._db.execute("ROLLBACK")
 
     @staticmethod
     def _load_queue(db: sqlite3.Connection, name: str) -> QueueSpec | None:
@@ -225,7 +222,7 @@ class SQLiteBackend(MessagingBackend):
         Raises:
             InvalidName: The name breaks :attr:`queue_name_rule`.
             UnsupportedCapability: ``spec`` is a FIFO queue.
-            InvalidTopology: A setting is out of range.
+            InvalidTopology: A setting is out of range, or the queue is its own dead-letter queue.
         """
         super().validate_queue(spec)
         if spec.fifo:
@@ -238,6 +235,10 @@ class SQLiteBackend(MessagingBackend):
         ]
         if spec.dead_letter is not None:
             self.queue_name_rule.check("queue", spec.dead_letter.queue_name, False)
+            if spec.dead_letter.queue_name == spec.name:
+                raise InvalidTopology(
+                    f"queue {spec.name!r} cannot be its own dead-letter queue; name another queue"
+                )
             receives = spec.dead_letter.max_receive_count
             limits = [*limits, ("max_receive_count", receives, *caps.max_receive_count_range)]
         for setting, value, low, high in limits:
