@@ -226,3 +226,22 @@ def test_import_melange_scans_no_entry_point_and_imports_no_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "0 []"
+
+
+def test_every_install_hint_names_an_extra_that_exists() -> None:
+    import tomllib
+
+    from melange.backends import KNOWN_BACKENDS
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    excluded = set(project["tool"]["uv"].get("exclude-dependencies", []))
+    for known in KNOWN_BACKENDS.values():
+        if known.extra is None:
+            continue
+        assert extras[known.extra] == [known.distribution], known.name
+        assert known.extra in extras["all"][0], known.name
+        # A plugin is left out of the lock only while its directory does not exist yet.
+        has_plugin = (root / "plugins" / known.distribution.replace("-", "_")).is_dir()
+        assert (known.distribution in excluded) != has_plugin, known.name
