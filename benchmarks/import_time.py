@@ -199,6 +199,25 @@ def check_imports(module: str) -> dict[str, Any]:
     }
 
 
+FIRST_USE = {
+    "melange": "from melange import MessagingBackendFactory",
+    "kombu": "from kombu import Connection",
+}
+"""Extra, not the goal: importing what an application uses first (both packages import lazily)."""
+
+
+def measure_first_use(repeat: int) -> dict[str, list[float]]:
+    """Wall time of each FIRST_USE statement, alternating the order every repetition."""
+    samples: dict[str, list[float]] = {name: [] for name in FIRST_USE}
+    for code in FIRST_USE.values():  # warm the bytecode caches; not timed
+        _wall(code)
+    for rep in range(repeat):
+        base = _wall("pass")
+        for name in list(FIRST_USE)[:: -1 if rep % 2 else 1]:
+            samples[name].append(_wall(FIRST_USE[name]) - base)
+    return samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=40, help="repetitions (default 40)")
@@ -225,6 +244,13 @@ def main() -> int:
         ratio = stats["melange"]["median"] / stats["kombu"]["median"]
         results[metric] = {**stats, "ratio_melange_over_kombu": ratio}
     results["baseline"] = summary(samples["baseline"]["pass"])
+    first_use = measure_first_use(args.repeat)
+    first_stats = {name: summary(values) for name, values in first_use.items()}
+    results["first_use"] = {
+        **first_stats,
+        "ratio_melange_over_kombu": first_stats["melange"]["median"]
+        / first_stats["kombu"]["median"],
+    }
     headline = results["wall_minus_baseline"]["ratio_melange_over_kombu"]
     ok = all(check["ok"] for check in checks)
     payload = {
@@ -266,6 +292,11 @@ def report(payload: dict[str, Any]) -> None:
                 f"(q1 {stats['q1'] * 1e3:.2f}, q3 {stats['q3'] * 1e3:.2f})"
             )
         print(f"    ratio melange/kombu: {row['ratio_melange_over_kombu']:.2f}x")
+    first = results["first_use"]
+    print("  extra, first use (wall time minus `python -c pass`):")
+    for name, code in FIRST_USE.items():
+        print(f"    {code:<46} median {first[name]['median'] * 1e3:7.2f} ms")
+    print(f"    ratio melange/kombu: {first['ratio_melange_over_kombu']:.2f}x")
     goal = payload["goal"]
     verdict = "met" if goal["met"] else "NOT met"
     print(
