@@ -229,9 +229,8 @@ def test_import_melange_scans_no_entry_point_and_imports_no_sdk() -> None:
 
 
 def test_every_install_hint_names_an_extra_that_exists() -> None:
-    import tomllib
-
     from melange.backends import KNOWN_BACKENDS
+    from melange.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())
