@@ -1,0 +1,19 @@
+"""The README's example runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(capsys: object) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert blocks, "README.md has no python example"
+    namespace: dict[str, object] = {}
+    exec(blocks[0], namespace)
+    backend = namespace["backend"]
+    # The example acked what it received: nothing is left, and the DLQ exists.
+    assert backend.receive("payment-updates") == []  # type: ignore[attr-defined]
+    assert backend.get_queue("payment-updates-dlq") is not None  # type: ignore[attr-defined]
