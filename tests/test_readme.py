@@ -8,12 +8,14 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_example_runs(capsys: object) -> None:
+def test_readme_python_example_runs() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "README.md has no python example"
     namespace: dict[str, object] = {}
     exec(blocks[0], namespace)
     backend = namespace["backend"]
+    # The loop ran: the message published to the topic reached the subscribed queue.
+    assert namespace["message"].body == b'{"id": 1}'  # type: ignore[attr-defined]
     # The example acked what it received: nothing is left, and the DLQ exists.
     assert backend.receive("payment-updates") == []  # type: ignore[attr-defined]
     assert backend.get_queue("payment-updates-dlq") is not None  # type: ignore[attr-defined]
