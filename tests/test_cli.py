@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from melange.backends import register_backend, unregister_backend
+from melange.backends import (
+    KNOWN_BACKENDS,
+    available_backends,
+    register_backend,
+    unregister_backend,
+)
+from melange.backends.registry import KnownBackend
 from melange.cli import main
 from melange.demo import DEAD_LETTER_QUEUE, QUEUE, run_demo
 
@@ -26,13 +32,6 @@ max_receive_count = 3
 visibility_timeout = 30
 subscription_filter = { event = ["paid"] }
 """
-
-MISSING_PLUGINS = {
-    "aws": "melange-aws",
-    "localsqs": "melange-localsqs",
-    "gcp": "melange-gcp",
-    "azure": "melange-azure",
-}
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +59,9 @@ def table_rows(text: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ backends
-def test_backends_table(capsys: pytest.CaptureFixture[str], broken_backend: str) -> None:
+def test_backends_table(
+    capsys: pytest.CaptureFixture[str], broken_backend: str, uninstalled_backend: KnownBackend
+) -> None:
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0].split()
@@ -72,30 +73,34 @@ def test_backends_table(capsys: pytest.CaptureFixture[str], broken_backend: str)
     assert "topics" in memory[3].split(",") and "dead_letter" in memory[3].split(",")
     assert memory[4] == "ok" and len(memory) == 5
 
-    for name, distribution in MISSING_PLUGINS.items():
-        assert rows[name].split()[1] == distribution
-        assert "not installed" in rows[name]
-        assert f'pip install "melange[{name}]"' in rows[name]
+    missing = [k for k in KNOWN_BACKENDS.values() if k.name not in available_backends()]
+    assert uninstalled_backend in missing
+    for known in missing:
+        assert rows[known.name].split()[1] == known.distribution
+        assert "not installed" in rows[known.name]
+        assert f'pip install "melange[{known.extra}]"' in rows[known.name]
 
     # A plugin that cannot load is reported with its cause and hides nothing else.
     assert "error" in rows[broken_backend].split()
     assert "melange_no_such_module" in rows[broken_backend]
 
 
-def test_backends_json(capsys: pytest.CaptureFixture[str], broken_backend: str) -> None:
+def test_backends_json(
+    capsys: pytest.CaptureFixture[str], broken_backend: str, uninstalled_backend: KnownBackend
+) -> None:
     assert main(["backends", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["memory"]["status"] == "ok"
     assert rows["memory"]["error"] is None
     assert "filters" in rows["memory"]["capabilities"]
-    assert rows["aws"] == {
-        "name": "aws",
-        "distribution": "melange-aws",
+    assert rows["examplemq"] == {
+        "name": "examplemq",
+        "distribution": "melange-examplemq",
         "version": None,
         "capabilities": None,
         "status": "not installed",
         "error": None,
-        "install": 'pip install "melange[aws]"',
+        "install": 'pip install "melange[examplemq]"',
     }
     assert rows[broken_backend]["status"] == "error"
     assert "failed to load" in rows[broken_backend]["error"]
@@ -123,7 +128,7 @@ def test_apply_prints_what_was_done(capsys: pytest.CaptureFixture[str], topology
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["plan", "{file}", "--backend", "aws"], 'pip install "melange[aws]"'),
+        (["plan", "{file}", "--backend", "examplemq"], 'pip install "melange[examplemq]"'),
         (["plan", "{missing}"], "cannot read topology file"),
         (["apply", "{file}", "-o", "colour=red"], "does not accept option(s) colour"),
         (["apply", "{bad}"], "unknown key 'visiblity_timeout'"),
@@ -132,6 +137,7 @@ def test_apply_prints_what_was_done(capsys: pytest.CaptureFixture[str], topology
 )
 def test_errors_exit_2_with_the_message_on_stderr(
     capsys: pytest.CaptureFixture[str],
+    uninstalled_backend: KnownBackend,
     tmp_path: Path,
     topology: Path,
     argv: list[str],
@@ -218,7 +224,7 @@ def test_installed_console_script_runs_the_demo(tmp_path: Path) -> None:
         text=True,
         timeout=30,
         cwd=tmp_path,
-        env={**os.environ, "MELANGE_BACKEND": "aws"},  # the demo must not read configuration
+        env={**os.environ, "MELANGE_BACKEND": "gone"},  # the demo must not read configuration
         check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -14,6 +14,7 @@ from stevedore import ExtensionManager
 import melange.backends
 from melange.backends import (
     ENTRY_POINT_GROUP,
+    KNOWN_BACKENDS,
     MessagingBackend,
     available_backends,
     describe_backends,
@@ -22,6 +23,7 @@ from melange.backends import (
     register_backend,
     unregister_backend,
 )
+from melange.backends.registry import KnownBackend
 from melange.exceptions import BackendLoadError, BackendNotFound, ConfigurationError
 
 
@@ -92,30 +94,28 @@ def test_unknown_option_names_the_accepted_ones() -> None:
     assert "accepted options: clock, dedup_window, max_message_size" in message
 
 
-@pytest.mark.parametrize(
-    ("attribute", "extra", "distribution"),
-    [
-        ("AWSBackend", "aws", "melange-aws"),
-        ("LocalSQSBackend", "localsqs", "melange-localsqs"),
-        ("GCPPubSubBackend", "gcp", "melange-gcp"),
-        ("AzureServiceBusBackend", "azure", "melange-azure"),
-    ],
-)
-def test_missing_first_party_plugin_names_the_install_command(
-    attribute: str, extra: str, distribution: str
-) -> None:
+NOT_INSTALLED = [k for k in KNOWN_BACKENDS.values() if k.name not in available_backends()]
+
+
+@pytest.mark.parametrize("known", NOT_INSTALLED, ids=[k.name for k in NOT_INSTALLED])
+def test_missing_first_party_plugin_names_the_install_command(known: KnownBackend) -> None:
     with pytest.raises(BackendNotFound) as error:
-        getattr(melange.backends, attribute)
+        getattr(melange.backends, known.class_name)
     message = str(error.value)
-    assert f'pip install "melange[{extra}]"' in message
-    assert distribution in message
-    assert error.value.install_hint == f'pip install "melange[{extra}]"'
+    assert f'pip install "melange[{known.extra}]"' in message
+    assert known.distribution in message
+    assert error.value.install_hint == f'pip install "melange[{known.extra}]"'
 
 
-def test_from_import_of_a_missing_plugin_raises_import_error() -> None:
-    # The design promise: `from melange.backends import AWSBackend` fails like any import.
-    with pytest.raises(ImportError, match=r'pip install "melange\[aws\]"'):
-        from melange.backends import AWSBackend  # noqa: F401
+def test_missing_plugin_raises_import_error_naming_its_extra(
+    uninstalled_backend: KnownBackend,
+) -> None:
+    # The design promise: `from melange.backends import AWSBackend` fails like any import
+    # when the plugin is not installed.
+    with pytest.raises(ImportError, match=r'pip install "melange\[examplemq\]"') as error:
+        from melange.backends import ExampleMQBackend  # type: ignore[attr-defined]  # noqa: F401
+    assert isinstance(error.value, BackendNotFound)
+    assert "melange-examplemq" in str(error.value)
 
 
 def test_memory_class_resolves_lazily_by_attribute() -> None:
@@ -188,7 +188,9 @@ def test_entry_point_to_a_non_backend_is_refused(fake_plugins: Path) -> None:
         get_backend_class("fakenotabackend")
 
 
-def test_a_broken_plugin_hides_no_other(fake_plugins: Path) -> None:
+def test_a_broken_plugin_hides_no_other(
+    fake_plugins: Path, uninstalled_backend: KnownBackend
+) -> None:
     names = available_backends()
     assert {"fakegood", "fakebroken", "fakenotabackend", "memory"} <= set(names)
     assert get_backend_class("fakegood").__name__ == "GoodBackend"
@@ -198,8 +200,8 @@ def test_a_broken_plugin_hides_no_other(fake_plugins: Path) -> None:
     assert infos["fakebroken"].status == "error"
     assert "a_dependency_that_is_not_installed_anywhere" in (infos["fakebroken"].error or "")
     assert infos["memory"].status == "ok"
-    assert infos["aws"].status == "not installed"
-    assert infos["aws"].error == 'pip install "melange[aws]"'
+    assert infos["examplemq"].status == "not installed"
+    assert infos["examplemq"].error == 'pip install "melange[examplemq]"'
 
 
 def test_listing_backends_imports_no_plugin(fake_plugins: Path) -> None:
@@ -229,7 +231,6 @@ def test_import_melange_scans_no_entry_point_and_imports_no_sdk() -> None:
 
 
 def test_every_install_hint_names_an_extra_that_exists() -> None:
-    from melange.backends import KNOWN_BACKENDS
     from melange.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
     root = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ import pytest
 
 from melange import MessagingBackendFactory
 from melange.backends.memory import MemoryBackend
+from melange.backends.registry import KnownBackend
 from melange.exceptions import (
     BackendNotFound,
     ConfigurationError,
@@ -265,14 +266,16 @@ def test_factory_uses_the_files_backend_and_options(tmp_path: Path) -> None:
     assert topology.factory(max_message_size=2048).backend.capabilities.max_message_size == 2048
 
 
-def test_backend_override_drops_the_files_options(tmp_path: Path) -> None:
+def test_backend_override_drops_the_files_options(
+    tmp_path: Path, uninstalled_backend: KnownBackend
+) -> None:
     text = PAYMENTS.replace('name = "memory"', 'name = "sqlite"', 1)
     topology = load_topology(write(tmp_path, text))
     backend = topology.factory("memory").backend
     assert backend.name == "memory"
     assert backend.capabilities.max_message_size == 256 * 1024
-    with pytest.raises(BackendNotFound, match=r'pip install "melange\[aws\]"'):
-        topology.factory("aws")
+    with pytest.raises(BackendNotFound, match=r'pip install "melange\[examplemq\]"'):
+        topology.factory("examplemq")
 
 
 def test_unknown_backend_option_is_refused(tmp_path: Path) -> None:
