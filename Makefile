@@ -14,7 +14,7 @@ RUN := $(VENV)/bin
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
 
-$(VENV)/.installed: pyproject.toml uv.lock examples/third_party_backend/pyproject.toml | $(UV)
+$(VENV)/.installed: pyproject.toml uv.lock $(wildcard plugins/*/pyproject.toml) examples/third_party_backend/pyproject.toml | $(UV)
 	$(UV) sync --locked --all-extras
 	touch $@
 

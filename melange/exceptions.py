@@ -13,7 +13,14 @@ from collections.abc import Iterable, Sequence
 
 
 class MelangeError(Exception):
-    """Base class of every error melange raises on purpose."""
+    """Base class of every error melange raises on purpose.
+
+    Attributes:
+        broker_code: The broker's own error code when the error was translated from
+            one (e.g. ``"AWS.SimpleQueueService.NonExistentQueue"``), else ``None``.
+    """
+
+    broker_code: str | None = None
 
 
 class ConfigurationError(MelangeError, ValueError):
@@ -152,6 +159,18 @@ class InvalidMessage(MelangeError, ValueError):
 
 class BackendUnavailable(MelangeError, ConnectionError):
     """The broker cannot be reached or refused the credentials."""
+
+
+class BrokerError(MelangeError):
+    """The broker refused a request for a reason no more specific error describes.
+
+    Backends raise it with :attr:`broker_code` set, so callers can still branch on
+    the broker's own code.
+    """
+
+    def __init__(self, message: str, *, broker_code: str | None = None):
+        super().__init__(message)
+        self.broker_code = broker_code
 
 
 class BackendClosed(MelangeError, RuntimeError):
