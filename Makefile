@@ -8,7 +8,7 @@ export UV_PYTHON := $(PYTHON)
 VENV := .venv
 RUN := $(VENV)/bin
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test test-localstack lint typecheck bench clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -26,10 +26,14 @@ demo: install  ## Run the payments demo on the embedded memory backend.
 test: install lint  ## The whole suite: lint, type check, tests (with the conformance report).
 	$(RUN)/pytest --melange-report=build/conformance
 
+test-localstack: install  ## The localsqs tests against LocalStack run natively (no Docker; needs Python >= 3.13).
+	plugins/melange_localsqs/scripts/localstack.sh run $(RUN)/pytest plugins/melange_localsqs/tests -k "LocalStack or localstack" --melange-report=build/conformance-localstack
+
 lint: install  ## ruff and mypy --strict.
 	$(RUN)/ruff check .
-	$(RUN)/ruff format --check melange
+	$(RUN)/ruff format --check melange plugins
 	$(RUN)/mypy melange
+	$(RUN)/mypy plugins/melange_aws/src plugins/melange_localsqs/src
 
 bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/import_time.py

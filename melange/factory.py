@@ -317,11 +317,11 @@ class MessagingBackendFactory:
         backend.validate_queue(queue)
         if dead_letter_spec is not None:
             backend.validate_queue(dead_letter_spec)
-        for topic in topics:
+        for topic, subscription in zip(topics, subscriptions, strict=True):
             if topic.fifo:
                 backend.require("fifo", f"FIFO topic {topic.name!r}")
             backend.validate_topic(topic)
-            backend.validate_subscription(topic, queue)
+            backend.validate_subscription(topic, queue, subscription)
         return _QueueRequest(queue, dead_letter_spec, topics, subscriptions)
 
     def _dead_letter_spec(self, queue_name: str, fifo: bool, dlq_name: str) -> QueueSpec:

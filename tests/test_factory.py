@@ -309,7 +309,9 @@ def test_request_the_backend_cannot_honour_names_backend_and_capability(
 
 def test_backend_rules_run_before_any_call(backend: RecordingBackend) -> None:
     class NoFifoOnStandardTopics(RecordingBackend):
-        def validate_subscription(self, topic: TopicSpec, queue: QueueSpec) -> None:
+        def validate_subscription(
+            self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec
+        ) -> None:
             if queue.fifo and not topic.fifo:
                 raise InvalidTopology(
                     f"FIFO queue {queue.name!r} cannot subscribe to {topic.name!r}"

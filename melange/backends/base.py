@@ -16,7 +16,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from melange.exceptions import (
     BackendClosed,
@@ -236,11 +236,32 @@ class MessagingBackend(abc.ABC):
         self.topic_name_rule.check("topic", spec.name, spec.fifo)
 
     def validate_subscription(  # noqa: B027 - optional hook: most brokers accept every pair
-        self, topic: TopicSpec, queue: QueueSpec
+        self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec
     ) -> None:
-        """Raise :class:`~melange.exceptions.InvalidTopology` if ``queue`` may not subscribe.
+        """Raise :class:`~melange.exceptions.InvalidTopology` if the broker refuses it.
 
-        The default accepts every pair; e.g. SNS refuses a FIFO queue on a standard topic.
+        The default accepts every subscription; e.g. SNS refuses a FIFO queue on a
+        standard topic, and limits the size of filter policies.
+
+        Args:
+            topic: The topic subscribed to.
+            queue: The subscribing queue.
+            subscription: The subscription itself, with its filter.
+        """
+
+    def validate_batch(  # noqa: B027 - optional hook: most brokers accept what validate_message did
+        self, destination: Literal["queue", "topic"], name: str, batch: Sequence[OutgoingMessage]
+    ) -> None:
+        """Raise a MelangeError if the broker would refuse ``batch`` at this destination.
+
+        Called by :meth:`publish` and :meth:`publish_to_topic` after every message
+        passed :meth:`validate_message` and before anything is sent, for rules that
+        depend on where messages go (e.g. no per-message delay on a FIFO queue).
+
+        Args:
+            destination: ``"queue"`` or ``"topic"``.
+            name: The queue or topic name.
+            batch: Every message of the call.
         """
 
     # --------------------------------------------------------------- topology
@@ -297,7 +318,7 @@ class MessagingBackend(abc.ABC):
                 the backend cannot honour.
             QueueNotFound: The queue does not exist.
         """
-        return self._publish_all("publish", queue_name, messages, self._publish_batch)
+        return self._publish_all("queue", queue_name, messages, self._publish_batch)
 
     def publish_to_topic(
         self, topic_name: str, messages: Sequence[OutgoingMessage]
@@ -307,9 +328,7 @@ class MessagingBackend(abc.ABC):
         Same validation and batching as :meth:`publish`.
         """
         self.require("topics", "publishing to a topic")
-        return self._publish_all(
-            "publish to a topic", topic_name, messages, self._publish_topic_batch
-        )
+        return self._publish_all("topic", topic_name, messages, self._publish_topic_batch)
 
     def receive(
         self, queue_name: str, max_messages: int = 10, wait_seconds: float = 0.0
@@ -400,13 +419,15 @@ class MessagingBackend(abc.ABC):
 
     def _publish_all(
         self,
-        operation: str,
+        kind: Literal["queue", "topic"],
         destination: str,
         messages: Sequence[OutgoingMessage],
         hook: Callable[[str, list[OutgoingMessage]], list[PublishResult]],
     ) -> list[PublishResult]:
         batch = list(messages)
         sizes = [self.validate_message(message) for message in batch]
+        self.validate_batch(kind, destination, batch)
+        operation = "publish" if kind == "queue" else "publish to a topic"
         caps = self.capabilities
         fits = caps.max_batch_bytes is None or sum(sizes) <= caps.max_batch_bytes
         if self._closed:

@@ -1,0 +1,786 @@
+"""The ``aws`` backend: topics on Amazon SNS, queues on Amazon SQS.
+
+How each part of melange's contract maps to AWS (details in docs/backends/aws.md):
+
+- queue: an SQS queue (``.fifo`` names are FIFO queues); settings are queue
+  attributes, the dead-letter queue a ``RedrivePolicy``;
+- topic: an SNS topic (``.fifo`` names are FIFO topics);
+- subscription: an SNS subscription of protocol ``sqs`` with raw message
+  delivery, its filter an SNS filter policy, plus one statement in the queue's
+  access policy admitting the subscribed topics;
+- publish: SendMessageBatch / PublishBatch in chunks of 10 within 256 KiB;
+- receive: ReceiveMessage with long polling; ack: DeleteMessageBatch;
+  nack and lease extension: ChangeMessageVisibilityBatch.
+
+The helpers live next to this module, one idea each: :mod:`~melange_aws.clients`
+(boto3 configuration), :mod:`~melange_aws.resources` (cached URLs and ARNs,
+read-only lookups), :mod:`~melange_aws.names` and :mod:`~melange_aws.validation`
+(what AWS refuses), :mod:`~melange_aws.wire` (bodies and attributes on the
+wire), :mod:`~melange_aws.policy` (the queue policy), :mod:`~melange_aws.filters`
+(filter policies), :mod:`~melange_aws.receipts` and :mod:`~melange_aws.errors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NoReturn
+
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+
+from melange.backends.base import (
+    Capabilities,
+    MessagingBackend,
+    OutgoingMessage,
+    PublishResult,
+    ReceivedMessage,
+)
+from melange.exceptions import (
+    BackendClosed,
+    BrokerError,
+    InvalidName,
+    InvalidTopology,
+    LeaseLost,
+    MelangeError,
+    QueueNotFound,
+    TopicNotFound,
+)
+from melange.topology import (
+    DeadLetterPolicy,
+    QueueSpec,
+    SubscriptionSpec,
+    TopicSpec,
+    is_fifo_name,
+)
+from melange_aws import filters, policy, receipts
+from melange_aws.clients import ClientSettings, client_config, make_client, make_session
+from melange_aws.errors import (
+    DEFAULT_UNREACHABLE_HINT,
+    QUEUE_MISSING,
+    TOPIC_MISSING,
+    ErrorContext,
+    entry_error,
+    error_code,
+    raise_translated,
+    safe_endpoint,
+)
+from melange_aws.names import QUEUE_NAME_RULE, TOPIC_NAME_RULE, arn_prefix, name_from_arn
+from melange_aws.receipts import AWSReceipt
+from melange_aws.resources import BOTO_ERRORS, ResourceIndex
+from melange_aws.validation import check_destination, check_message
+from melange_aws.wire import (
+    DEFAULT_GROUP_ID,
+    MAX_ATTRIBUTES,
+    MAX_MESSAGE_SIZE,
+    MESSAGE_LIMIT,
+    decode_message,
+    encode_body,
+    message_attributes,
+    wire_size,
+)
+
+__all__ = ["AWSBackend", "AWSReceipt"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 10
+"""Entries per SendMessageBatch and PublishBatch call, and messages per ReceiveMessage."""
+
+QUEUE_EXISTS = frozenset(
+    {"QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueNameExists"}
+)
+
+SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
+"""The system attributes a receive asks for: the receive count and the FIFO group."""
+
+
+class AWSBackend(MessagingBackend):
+    """Topics on Amazon SNS and queues on Amazon SQS, through boto3.
+
+    Every option is optional: with none, boto3's standard configuration chain
+    applies (credentials from the environment, profiles, SSO or an instance
+    role; region from ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` or the profile;
+    endpoints from ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SQS`` /
+    ``AWS_ENDPOINT_URL_SNS``). An option overrides its link of the chain.
+
+    Subclasses (such as ``localsqs``) change defaults by passing options to
+    ``super().__init__``, and may override :meth:`_client_config`,
+    :meth:`_create_client`, :meth:`_unreachable_hint` and, per instance or
+    class, :attr:`capabilities`.
+
+    Args:
+        region_name: The AWS region, e.g. ``"eu-west-1"``.
+        endpoint_url: One endpoint for SQS, SNS and STS (a local emulator).
+        sns_endpoint_url: The SNS endpoint, if different from ``endpoint_url``.
+        sqs_endpoint_url: The SQS endpoint, if different from ``endpoint_url``.
+        profile_name: A profile of ``~/.aws/config`` / ``~/.aws/credentials``.
+        aws_access_key_id: An access key id (with ``aws_secret_access_key``).
+        aws_secret_access_key: Its secret key; never shown in errors or ``repr``.
+        aws_session_token: A session token for temporary credentials.
+        max_attempts: Attempts per call, first one included, of botocore's
+            "standard" retry mode; botocore's default (3, or ``AWS_MAX_ATTEMPTS``)
+            when ``None``.
+        max_pool_connections: HTTP connections kept per client (botocore's
+            default is 10); raise it for more concurrent consumers.
+        session: A ready boto3 session to make the clients from (e.g. with
+            assumed-role credentials), instead of a profile or keys.
+
+    Raises:
+        ConfigurationError: Options contradict each other, the profile does not
+            exist, or no region is configured.
+    """
+
+    name = "aws"
+    capabilities = Capabilities(
+        topics=True,
+        dead_letter=True,
+        fifo=True,
+        dedup=True,
+        delay=True,
+        batch=True,
+        lease_extension=True,
+        nack_delay=True,
+        filters=True,
+        max_message_size=MAX_MESSAGE_SIZE,
+        max_batch_size=BATCH_SIZE,
+        max_batch_bytes=MESSAGE_LIMIT,
+        max_attributes=MAX_ATTRIBUTES,
+        max_delay=900.0,
+        max_visibility_timeout=43_200.0,
+        max_receive_count_range=(1, 1000),
+        retention_range=(60.0, 1_209_600.0),
+        max_wait_seconds=20.0,
+        immutable_queue_settings=frozenset({"fifo"}),
+    )
+    queue_name_rule = QUEUE_NAME_RULE
+    topic_name_rule = TOPIC_NAME_RULE
+
+    def __init__(
+        self,
+        *,
+        region_name: str | None = None,
+        endpoint_url: str | None = None,
+        sns_endpoint_url: str | None = None,
+        sqs_endpoint_url: str | None = None,
+        profile_name: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        max_attempts: int | None = None,
+        max_pool_connections: int | None = None,
+        session: boto3.session.Session | None = None,
+    ) -> None:
+        settings = ClientSettings(
+            region_name=region_name,
+            endpoint_url=endpoint_url,
+            sns_endpoint_url=sns_endpoint_url,
+            sqs_endpoint_url=sqs_endpoint_url,
+            profile_name=profile_name,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            max_attempts=max_attempts,
+            max_pool_connections=max_pool_connections,
+            session=session,
+        )
+        settings.validate()
+        super().__init__()
+        self._settings = settings
+        self._secrets = settings.secrets()
+        self._session = make_session(settings)
+        self._config = self._client_config()
+        self._sqs: Any = self._create_client("sqs")
+        self._sns: Any = self._create_client("sns")
+        self._sts: Any = None  # made on first need: only topic lookups use it
+        self._lock = threading.Lock()
+        self._policy_locks: dict[str, threading.Lock] = {}
+        self._index = ResourceIndex(
+            self._sqs, self._sns, self._sts_client, self._fail, self._valid_name
+        )
+
+    # ------------------------------------------------------ extension points
+    def _client_config(self) -> Config:
+        """Return the botocore Config of every client (override to add timeouts, proxies...)."""
+        return client_config(self._settings)
+
+    def _create_client(self, service: str) -> Any:
+        """Return a boto3 client for ``"sqs"``, ``"sns"`` or ``"sts"``."""
+        return make_client(
+            self._session,
+            service,
+            endpoint_url=self._settings.endpoint_for(service),
+            region_name=self._settings.region_name,
+            config=self._config,
+        )
+
+    def _unreachable_hint(self) -> str:
+        """Return how to fix an endpoint that cannot be reached (subclasses name their own)."""
+        return DEFAULT_UNREACHABLE_HINT
+
+    @property
+    def sqs_client(self) -> Any:
+        """The boto3 SQS client (e.g. to register botocore event hooks)."""
+        return self._sqs
+
+    @property
+    def sns_client(self) -> Any:
+        """The boto3 SNS client."""
+        return self._sns
+
+    @property
+    def region_name(self) -> str:
+        """The region the clients talk to."""
+        return str(self._sqs.meta.region_name)
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return (
+            f"<{type(self).__name__} {self.name!r} region={self.region_name!r} "
+            f"sqs={safe_endpoint(self._sqs.meta.endpoint_url)!r} "
+            f"sns={safe_endpoint(self._sns.meta.endpoint_url)!r}{state}>"
+        )
+
+    def _sts_client(self) -> Any:
+        with self._lock:  # boto3 sessions are not thread-safe: make the client once
+            if self._sts is None:
+                self._sts = self._create_client("sts")
+            return self._sts
+
+    def _valid_name(self, kind: str, name: str) -> bool:
+        rule = self.queue_name_rule if kind == "queue" else self.topic_name_rule
+        try:
+            rule.check(kind, name, is_fifo_name(name))
+        except InvalidName:
+            return False
+        return True
+
+    # ---------------------------------------------------------------- errors
+    def _fail(
+        self,
+        error: Exception,
+        action: str,
+        client: Any,
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+    ) -> NoReturn:
+        """Raise the melange error for ``error``, which happened trying to ``action``."""
+        if self.closed:  # the clients were closed under a call in flight
+            raise BackendClosed(self.name, action) from None
+        raise_translated(error, self._context(action, client, queue=queue, topic=topic))
+
+    def _context(
+        self,
+        action: str,
+        client: Any,
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        size: int | None = None,
+    ) -> ErrorContext:
+        return ErrorContext(
+            action=action,
+            endpoint=str(client.meta.endpoint_url),
+            queue=queue,
+            topic=topic,
+            size=size,
+            unreachable_hint=self._unreachable_hint(),
+            backend_name=self.name,
+            secrets=self._known_secrets(),
+        )
+
+    def _known_secrets(self) -> tuple[str, ...]:
+        """The credentials in use, wherever they came from, to keep out of messages."""
+        secrets = list(self._secrets)
+        try:
+            # Resolved (and cached by the session) when the clients were made.
+            credentials = self._session.get_credentials()
+            if credentials is not None:
+                secrets += [credentials.access_key, credentials.secret_key, credentials.token]
+        except Exception:  # an error message must not fail on its way out
+            logger.debug("could not read the session's credentials to redact them")
+        return tuple(secret for secret in secrets if secret)
+
+    # ------------------------------------------------------------ validation
+    def validate_queue(self, spec: QueueSpec) -> None:
+        """Refuse what SQS would refuse: names, fractional seconds, dead-letter mismatches."""
+        super().validate_queue(spec)
+        for setting in ("visibility_timeout", "message_retention_period", "delay_seconds"):
+            value = getattr(spec, setting)
+            if not float(value).is_integer():
+                raise InvalidTopology(
+                    f"{setting}={value!r} on queue {spec.name!r}: SQS takes whole seconds; "
+                    f"use e.g. {setting}={math.ceil(value)}"
+                )
+        dead_letter = spec.dead_letter
+        if dead_letter is None:
+            return
+        # The dead-letter queue must be of the queue's type: the name rule checks both.
+        self.queue_name_rule.check("dead-letter queue", dead_letter.queue_name, spec.fifo)
+        if dead_letter.queue_name == spec.name:
+            raise InvalidTopology(f"queue {spec.name!r} cannot be its own dead-letter queue")
+        low, high = self.capabilities.max_receive_count_range
+        if not low <= dead_letter.max_receive_count <= high:
+            raise InvalidTopology(
+                f"max_receive_count must be from {low} to {high} on SQS, "
+                f"got {dead_letter.max_receive_count!r}"
+            )
+
+    def validate_subscription(
+        self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec
+    ) -> None:
+        """Refuse what SNS refuses: a FIFO queue on a standard topic, oversized filters.
+
+        A FIFO topic may deliver to a standard queue (SNS supports it, with
+        best-effort order and at-least-once delivery there).
+        """
+        filters.check(subscription)
+        if queue.fifo and not topic.fifo:
+            raise InvalidTopology(
+                f"FIFO queue {queue.name!r} cannot subscribe to standard topic {topic.name!r}: "
+                "SNS delivers to FIFO queues only from FIFO topics. Subscribe it to a FIFO "
+                f"topic (e.g. {topic.name + '.fifo'!r}) or use a standard queue"
+            )
+
+    def validate_message(self, message: OutgoingMessage) -> int:
+        """Check ``message`` against SQS/SNS rules; return its size as AWS counts it.
+
+        On top of the common checks: attribute names and values as SQS/SNS accept
+        them, group and deduplication id format, and the encoded size (a binary
+        body travels as base64, a third larger) within 256 KiB.
+        """
+        super().validate_message(message)
+        return check_message(message, self.name)
+
+    # --------------------------------------------------------------- queues
+    def _get_queue(self, name: str) -> QueueSpec | None:
+        attributes = self._index.queue_attributes(name, ["All"])
+        if attributes is None:
+            return None
+        return QueueSpec(
+            name,
+            fifo=attributes.get("FifoQueue") == "true",
+            visibility_timeout=float(attributes.get("VisibilityTimeout", 30)),
+            message_retention_period=float(attributes.get("MessageRetentionPeriod", 345_600)),
+            delay_seconds=float(attributes.get("DelaySeconds", 0)),
+            dead_letter=self._dead_letter_policy(attributes),
+        )
+
+    @staticmethod
+    def _dead_letter_policy(attributes: Mapping[str, str]) -> DeadLetterPolicy | None:
+        redrive = attributes.get("RedrivePolicy")
+        if not redrive:
+            return None
+        try:
+            document = json.loads(redrive)
+            target = str(document["deadLetterTargetArn"])
+            count = int(document["maxReceiveCount"])
+        except (ValueError, KeyError, TypeError):
+            # Unreadable: report something no declaration equals, so init rewrites it.
+            return DeadLetterPolicy(f"<unreadable RedrivePolicy {redrive!r}>", 0)
+        own_arn = attributes.get("QueueArn", "")
+        # A dead-letter queue in another account or region shows as its ARN, not a name.
+        same_place = not own_arn or arn_prefix(own_arn) == arn_prefix(target)
+        return DeadLetterPolicy(name_from_arn(target) if same_place else target, count)
+
+    def _settable_attributes(self, spec: QueueSpec) -> dict[str, str]:
+        attributes = {
+            "VisibilityTimeout": str(int(spec.visibility_timeout)),
+            "MessageRetentionPeriod": str(int(spec.message_retention_period)),
+            "DelaySeconds": str(int(spec.delay_seconds)),
+            "RedrivePolicy": "",  # "" removes a policy nobody declared
+        }
+        if spec.dead_letter is not None:
+            target = self._index.queue_arn(spec.dead_letter.queue_name)
+            if target is None:
+                raise QueueNotFound(
+                    spec.dead_letter.queue_name,
+                    f"it is the dead-letter queue of {spec.name!r}; create it first "
+                    "(MessagingBackendFactory.init_queue creates both)",
+                )
+            redrive = {
+                "deadLetterTargetArn": target,
+                "maxReceiveCount": spec.dead_letter.max_receive_count,
+            }
+            attributes["RedrivePolicy"] = json.dumps(redrive)
+        return attributes
+
+    def _declare_queue(self, spec: QueueSpec) -> None:
+        self.validate_queue(spec)
+        attributes = self._settable_attributes(spec)
+        url = self._index.queue_url(spec.name)
+        if url is None:
+            created = {key: value for key, value in attributes.items() if value}
+            if spec.fifo:
+                created["FifoQueue"] = "true"
+            try:
+                response = self._sqs.create_queue(QueueName=spec.name, Attributes=created)
+            except BOTO_ERRORS as error:
+                if error_code(error) not in QUEUE_EXISTS:
+                    self._fail(error, f"create queue {spec.name!r}", self._sqs, queue=spec.name)
+                # Created meanwhile with other settings (a concurrent init): converge it.
+                url = self._index.require_queue_url(spec.name)
+            else:
+                self._index.remember_queue(spec.name, str(response["QueueUrl"]))
+                logger.debug("created queue %r", spec.name)
+                return
+        try:
+            self._sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        except BOTO_ERRORS as error:
+            if error_code(error) in QUEUE_MISSING:
+                self._index.forget_queue(spec.name)
+            self._fail(error, f"update queue {spec.name!r}", self._sqs, queue=spec.name)
+        logger.debug("set the attributes of queue %r", spec.name)
+
+    def _delete_queue(self, name: str) -> None:
+        missing = QueueNotFound(name, "nothing was deleted; check the name")
+        url = self._index.queue_url(name)
+        if url is None:
+            raise missing
+        try:
+            self._sqs.delete_queue(QueueUrl=url)
+        except BOTO_ERRORS as error:
+            self._index.forget_queue(name)
+            if error_code(error) in QUEUE_MISSING:
+                raise missing from None
+            self._fail(error, f"delete queue {name!r}", self._sqs, queue=name)
+        self._index.forget_queue(name)
+        with self._lock:
+            self._policy_locks.pop(name, None)
+
+    # --------------------------------------------------------------- topics
+    def _get_topic(self, name: str) -> TopicSpec | None:
+        attributes = self._index.topic_attributes(name)
+        if attributes is None:
+            return None
+        return TopicSpec(name, fifo=attributes.get("FifoTopic") == "true")
+
+    def _declare_topic(self, spec: TopicSpec) -> None:
+        self.validate_topic(spec)
+        attributes = {"FifoTopic": "true"} if spec.fifo else {}
+        try:
+            response = self._sns.create_topic(Name=spec.name, Attributes=attributes)
+        except BOTO_ERRORS as error:
+            self._fail(error, f"create topic {spec.name!r}", self._sns, topic=spec.name)
+        self._index.remember_topic(spec.name, str(response["TopicArn"]))
+        logger.debug("created topic %r", spec.name)
+
+    def _delete_topic(self, name: str) -> None:
+        try:
+            arn = self._index.require_topic_arn(name)
+        except TopicNotFound:
+            raise TopicNotFound(name, "nothing was deleted; check the name") from None
+        try:
+            self._sns.delete_topic(TopicArn=arn)
+        except BOTO_ERRORS as error:
+            self._fail(error, f"delete topic {name!r}", self._sns, topic=name)
+        finally:
+            self._index.forget_topic(name)
+
+    # -------------------------------------------------------- subscriptions
+    def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        queue = self._index.queue_attributes(queue_name, ["QueueArn", "Policy"])
+        topic_arn = self._index.topic_arn(topic_name)
+        if queue is None or topic_arn is None:
+            return None
+        queue_arn = queue["QueueArn"]
+        try:
+            subscription_arn = self._index.find_subscription(topic_name, topic_arn, queue_arn)
+        except TopicNotFound:
+            return None
+        if subscription_arn is None:
+            return None
+        attributes = self._index.subscription_attributes(subscription_arn, topic_name)
+        if attributes is None:
+            return None
+        filter_policy = attributes.get("FilterPolicy") or None
+        scope = attributes.get("FilterPolicyScope") or "MessageAttributes"
+        # Anything but what melange sets counts as no subscription, so init subscribes
+        # again (idempotent on SNS) and puts raw delivery, the policy statement and the
+        # filter scope back.
+        if (
+            attributes.get("RawMessageDelivery") != "true"
+            or (filter_policy is not None and scope != "MessageAttributes")
+            or topic_arn not in policy.admitted_topics(queue.get("Policy"), queue_arn)
+        ):
+            return None
+        return SubscriptionSpec(topic_name, queue_name, filters.from_policy(filter_policy))
+
+    def _policy_lock(self, queue_name: str) -> threading.Lock:
+        with self._lock:
+            return self._policy_locks.setdefault(queue_name, threading.Lock())
+
+    def _admit_topic(self, queue_name: str, topic_arn: str) -> str:
+        """Make the queue's policy admit the topic; return the queue's ARN."""
+        with self._policy_lock(queue_name):  # read-modify-write: one thread at a time
+            queue = self._index.queue_attributes(queue_name, ["QueueArn", "Policy"])
+            if queue is None:
+                raise QueueNotFound(queue_name)
+            queue_arn = queue["QueueArn"]
+            updated = policy.with_topic(queue.get("Policy"), queue_arn, topic_arn)
+            if updated is not None:
+                url = self._index.require_queue_url(queue_name)
+                try:
+                    self._sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": updated})
+                except BOTO_ERRORS as error:
+                    action = f"update the access policy of queue {queue_name!r}"
+                    self._fail(error, action, self._sqs, queue=queue_name)
+                logger.debug("queue %r now admits deliveries from %s", queue_name, topic_arn)
+            return queue_arn
+
+    def _subscribe(self, spec: SubscriptionSpec) -> None:
+        topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
+        queue = QueueSpec(spec.queue_name, fifo=is_fifo_name(spec.queue_name))
+        self.validate_topic(topic)
+        self.validate_queue(queue)
+        self.validate_subscription(topic, queue, spec)
+        topic_arn = self._index.require_topic_arn(spec.topic_name)
+        # The policy first: SNS may deliver as soon as the subscription exists.
+        queue_arn = self._admit_topic(spec.queue_name, topic_arn)
+        action = f"subscribe queue {spec.queue_name!r} to topic {spec.topic_name!r}"
+        subscription_arn = self._index.find_subscription(spec.topic_name, topic_arn, queue_arn)
+        if subscription_arn is None:
+            attributes = {"RawMessageDelivery": "true"}
+            if spec.filter is not None:
+                attributes["FilterPolicyScope"] = "MessageAttributes"
+                attributes["FilterPolicy"] = filters.to_policy(spec.filter)
+            try:
+                self._sns.subscribe(
+                    TopicArn=topic_arn,
+                    Protocol="sqs",
+                    Endpoint=queue_arn,
+                    Attributes=attributes,
+                    ReturnSubscriptionArn=True,
+                )
+            except BOTO_ERRORS as error:
+                # "Already exists with different attributes": made meanwhile; converge it.
+                subscription_arn = self._index.find_subscription(
+                    spec.topic_name, topic_arn, queue_arn
+                )
+                if subscription_arn is None:
+                    self._fail(error, action, self._sns, topic=spec.topic_name)
+            else:
+                logger.debug("subscribed queue %r to topic %r", spec.queue_name, spec.topic_name)
+                return
+        self._converge_subscription(subscription_arn, spec, action)
+
+    def _converge_subscription(self, arn: str, spec: SubscriptionSpec, action: str) -> None:
+        """Set the attributes of an existing subscription that differ from ``spec``."""
+        current = self._index.subscription_attributes(arn, spec.topic_name) or {}
+        changes: list[tuple[str, str]] = []
+        if current.get("RawMessageDelivery") != "true":
+            changes.append(("RawMessageDelivery", "true"))
+        if filters.from_policy(current.get("FilterPolicy")) != spec.filter:
+            changes.append(("FilterPolicy", filters.to_policy(spec.filter)))  # "" removes it
+        scope = current.get("FilterPolicyScope") or "MessageAttributes"
+        if spec.filter is not None and scope != "MessageAttributes":
+            # After the policy: melange's flat policy is valid in either scope.
+            changes.append(("FilterPolicyScope", "MessageAttributes"))
+        for name, value in changes:
+            try:
+                self._sns.set_subscription_attributes(
+                    SubscriptionArn=arn, AttributeName=name, AttributeValue=value
+                )
+            except BOTO_ERRORS as error:
+                self._fail(error, action, self._sns, topic=spec.topic_name)
+        logger.debug("converged the subscription of %r to %r", spec.queue_name, spec.topic_name)
+
+    # ---------------------------------------------------------------- publish
+    def validate_batch(
+        self, destination: Literal["queue", "topic"], name: str, batch: Sequence[OutgoingMessage]
+    ) -> None:
+        """Refuse what SQS/SNS refuse per destination, before anything is sent.
+
+        A per-message delay on a FIFO queue or on any topic (SNS has none), and a
+        ``dedup_id`` on a standard queue or topic.
+        """
+        check_destination(destination, name, is_fifo_name(name), batch)
+
+    @staticmethod
+    def _entry(index: int, message: OutgoingMessage, fifo: bool, body_key: str) -> dict[str, Any]:
+        """Return one SendMessageBatch (``"MessageBody"``) or PublishBatch (``"Message"``) entry."""
+        text, encoding = encode_body(message.body)
+        entry: dict[str, Any] = {"Id": str(index), body_key: text}
+        if message.attributes or encoding is not None:
+            entry["MessageAttributes"] = message_attributes(message.attributes, encoding)
+        if fifo:
+            entry["MessageGroupId"] = message.group_id or DEFAULT_GROUP_ID
+            # Only an explicit dedup_id deduplicates: every other message gets a unique one.
+            entry["MessageDeduplicationId"] = message.dedup_id or uuid.uuid4().hex
+        elif message.group_id is not None:
+            entry["MessageGroupId"] = message.group_id  # fair queues on standard queues
+        if message.delay_seconds:  # publish() lets it through for standard queues only
+            entry["DelaySeconds"] = math.ceil(message.delay_seconds)
+        return entry
+
+    def _results(
+        self, batch: list[OutgoingMessage], response: Mapping[str, Any], context: ErrorContext
+    ) -> list[PublishResult]:
+        """One result per message of ``batch`` from a batch response, in order."""
+        results: list[PublishResult | None] = [None] * len(batch)
+        for accepted in response.get("Successful", []):
+            index = int(accepted["Id"])
+            results[index] = PublishResult(index, str(accepted["MessageId"]))
+        for refused in response.get("Failed", []):
+            index = int(refused["Id"])
+            message = batch[index]
+            size = wire_size(message.body, message.attributes)
+            error = entry_error(
+                str(refused.get("Code", "Unknown")),
+                str(refused.get("Message", "")),
+                dataclasses.replace(context, size=size),
+            )
+            results[index] = PublishResult(index, error=error)
+        return [
+            PublishResult(
+                index,
+                error=BrokerError(
+                    f"AWS returned no result for message {index} when asked to {context.action}"
+                ),
+            )
+            if result is None
+            else result
+            for index, result in enumerate(results)
+        ]
+
+    def _publish_batch(self, queue_name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
+        url = self._index.require_queue_url(queue_name)
+        fifo = is_fifo_name(queue_name)
+        entries = [self._entry(index, m, fifo, "MessageBody") for index, m in enumerate(batch)]
+        action = f"publish to queue {queue_name!r}"
+        try:
+            response = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        except BOTO_ERRORS as error:
+            if error_code(error) in QUEUE_MISSING:
+                self._index.forget_queue(queue_name)
+            self._fail(error, action, self._sqs, queue=queue_name)
+        return self._results(batch, response, self._context(action, self._sqs, queue=queue_name))
+
+    def _publish_topic_batch(
+        self, topic_name: str, batch: list[OutgoingMessage]
+    ) -> list[PublishResult]:
+        arn = self._index.topic_arn(topic_name)
+        if arn is None:
+            raise TopicNotFound(topic_name)
+        fifo = is_fifo_name(topic_name)
+        entries = [self._entry(index, m, fifo, "Message") for index, m in enumerate(batch)]
+        action = f"publish to topic {topic_name!r}"
+        try:
+            response = self._sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=entries)
+        except BOTO_ERRORS as error:
+            if error_code(error) in TOPIC_MISSING:
+                self._index.forget_topic(topic_name)
+            self._fail(error, action, self._sns, topic=topic_name)
+        return self._results(batch, response, self._context(action, self._sns, topic=topic_name))
+
+    # ---------------------------------------------------------------- receive
+    def _receive(
+        self, queue_name: str, max_messages: int, wait_seconds: float
+    ) -> list[ReceivedMessage]:
+        url = self._index.require_queue_url(queue_name)
+        try:
+            response = self._sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=min(max_messages, BATCH_SIZE),
+                WaitTimeSeconds=int(wait_seconds),  # whole seconds, never longer than asked
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=SYSTEM_ATTRIBUTES,
+            )
+        except BOTO_ERRORS as error:
+            if error_code(error) in QUEUE_MISSING:
+                self._index.forget_queue(queue_name)
+            self._fail(error, f"receive from queue {queue_name!r}", self._sqs, queue=queue_name)
+        received: list[ReceivedMessage] = []
+        for raw in response.get("Messages", []):
+            decoded = decode_message(raw)
+            count = (raw.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
+            received.append(
+                ReceivedMessage(
+                    queue_name,
+                    decoded.body,
+                    decoded.attributes,
+                    str(raw.get("MessageId", "")),
+                    int(count),
+                    decoded.group_id,
+                    AWSReceipt(url, str(raw.get("ReceiptHandle", ""))),
+                )
+            )
+        return received
+
+    # ------------------------------------------------------------------ settle
+    def _settle(
+        self, messages: list[ReceivedMessage], operation: str, visibility: int | None
+    ) -> list[tuple[ReceivedMessage, str]]:
+        """Delete deliveries (``visibility=None``) or change their visibility.
+
+        Returns:
+            The deliveries SQS no longer accepts (received again or deleted since,
+            or their queue is gone), each with the reason.
+
+        Raises:
+            MelangeError: SQS refused for another reason; raised after every
+                chunk was tried, so one bad entry does not hold back the others.
+        """
+        lost: list[tuple[ReceivedMessage, str]] = []
+        first_error: MelangeError | None = None
+        for url, deliveries in receipts.by_queue(messages).items():
+            for chunk in receipts.chunks(deliveries):
+                queue_name = chunk[0][0].queue_name
+                action = f"{operation} messages of queue {queue_name!r}"
+                entries: list[dict[str, Any]] = [
+                    {"Id": str(index), "ReceiptHandle": handle}
+                    for index, (_, handle) in enumerate(chunk)
+                ]
+                try:
+                    if visibility is None:
+                        response = self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+                    else:
+                        for entry in entries:
+                            entry["VisibilityTimeout"] = visibility
+                        response = self._sqs.change_message_visibility_batch(
+                            QueueUrl=url, Entries=entries
+                        )
+                except BOTO_ERRORS as error:
+                    if error_code(error) not in QUEUE_MISSING:
+                        self._fail(error, action, self._sqs, queue=queue_name)
+                    self._index.forget_queue(queue_name)
+                    lost.extend((message, "its queue no longer exists") for message, _ in chunk)
+                    continue
+                for refused in response.get("Failed", []):
+                    message = chunk[int(refused["Id"])][0]
+                    code = str(refused.get("Code", "Unknown"))
+                    text = str(refused.get("Message", ""))
+                    if receipts.receipt_refused(code, text):
+                        lost.append((message, f"SQS no longer accepts its receipt ({code})"))
+                    elif first_error is None:
+                        context = self._context(action, self._sqs, queue=queue_name)
+                        first_error = entry_error(code, text, context)
+        if first_error is not None:
+            raise first_error
+        return lost
+
+    def _ack(self, messages: list[ReceivedMessage]) -> None:
+        # A receipt SQS no longer accepts settles nothing, as on the memory backend:
+        # whoever received the message since holds the current receipt.
+        self._settle(messages, "acknowledge", None)
+
+    def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
+        self._settle(messages, "release", math.ceil(delay_seconds))
+
+    def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
+        # Whole seconds, rounded up: the lease lasts at least as long as asked.
+        lost = self._settle(messages, "extend the lease of", math.ceil(seconds))
+        if lost:
+            message, reason = lost[0]
+            raise LeaseLost(message.message_id, message.queue_name, reason)
+
+    def _close(self) -> None:
+        for client in (self._sqs, self._sns, self._sts):
+            if client is not None:
+                client.close()

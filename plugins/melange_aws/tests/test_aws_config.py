@@ -1,0 +1,261 @@
+"""Options and the AWS configuration chain; credentials never shown; unreachable endpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from melange_aws import AWSBackend
+
+import melange.backends
+from melange import MessagingBackendFactory
+from melange.backends import load_backend
+from melange.backends.base import OutgoingMessage
+from melange.exceptions import BackendUnavailable, ConfigurationError, MelangeError
+from melange.topology import QueueSpec
+
+ACCESS_KEY_ID = "AKIAEXPLICITKEY00001"
+SECRET_ACCESS_KEY = "explicit/SECRET+key/abcdefghij0123456789"
+SESSION_TOKEN = "FwoGZXIvYXdzEJr//////////wEaDMELANGETOKEN+secret/part=="
+
+
+def test_with_no_option_the_environment_decides(aws_environment: None) -> None:
+    """Region and endpoints come from AWS_* variables, as in any boto3 program."""
+    os.environ["AWS_DEFAULT_REGION"] = "eu-west-3"
+    os.environ["AWS_ENDPOINT_URL"] = "http://localhost:4566"
+    os.environ["AWS_ENDPOINT_URL_SNS"] = "http://localhost:9911"
+    with AWSBackend() as backend:
+        assert backend.region_name == "eu-west-3"
+        assert backend.sqs_client.meta.endpoint_url == "http://localhost:4566"
+        assert backend.sns_client.meta.endpoint_url == "http://localhost:9911"
+
+
+def test_without_endpoint_settings_the_public_endpoints_are_used(aws_environment: None) -> None:
+    """No endpoint anywhere: AWS's regional endpoints."""
+    with AWSBackend(region_name="eu-central-1") as backend:
+        assert backend.sqs_client.meta.endpoint_url == "https://sqs.eu-central-1.amazonaws.com"
+        assert backend.sns_client.meta.endpoint_url == "https://sns.eu-central-1.amazonaws.com"
+
+
+def test_options_override_the_environment(aws_environment: None) -> None:
+    """endpoint_url serves both services unless a service endpoint is given."""
+    os.environ["AWS_ENDPOINT_URL"] = "http://localhost:4566"
+    with AWSBackend(
+        region_name="ap-south-1",
+        endpoint_url="http://127.0.0.1:5000",
+        sns_endpoint_url="http://127.0.0.1:5001",
+    ) as backend:
+        assert backend.region_name == "ap-south-1"
+        assert backend.sqs_client.meta.endpoint_url == "http://127.0.0.1:5000"
+        assert backend.sns_client.meta.endpoint_url == "http://127.0.0.1:5001"
+    with AWSBackend(sqs_endpoint_url="http://127.0.0.1:7000") as backend:
+        assert backend.sqs_client.meta.endpoint_url == "http://127.0.0.1:7000"
+        assert backend.sns_client.meta.endpoint_url == "http://localhost:4566"
+
+
+def test_retries_are_botocore_standard_mode(aws_environment: None) -> None:
+    """max_attempts configures botocore's standard retry mode; the pool size is an option."""
+    with AWSBackend(max_attempts=7, max_pool_connections=32) as backend:
+        config = backend.sqs_client.meta.config
+        assert config.retries == {"mode": "standard", "total_max_attempts": 7}
+        assert config.max_pool_connections == 32
+        assert backend.sns_client.meta.config.retries["mode"] == "standard"
+    with AWSBackend() as backend:
+        assert backend.sqs_client.meta.config.retries == {"mode": "standard"}
+
+
+def test_a_profile_supplies_region_and_credentials(aws_environment: None, tmp_path: Path) -> None:
+    """profile_name reads ~/.aws-style files (here AWS_CONFIG_FILE)."""
+    config = tmp_path / "config"
+    config.write_text(
+        "[profile melange]\nregion = sa-east-1\n"
+        "aws_access_key_id = AKIAPROFILEKEY000001\naws_secret_access_key = profile-secret\n"
+    )
+    os.environ["AWS_CONFIG_FILE"] = str(config)
+    del os.environ["AWS_DEFAULT_REGION"]
+    with AWSBackend(profile_name="melange") as backend:
+        assert backend.region_name == "sa-east-1"
+        credentials = backend._session.get_credentials()
+        assert credentials.access_key == "AKIAPROFILEKEY000001"
+
+
+def test_a_ready_session_can_be_passed(aws_environment: None) -> None:
+    """A boto3 session (e.g. with assumed-role credentials) is used as it is."""
+    session = boto3.session.Session(region_name="us-west-2")
+    with AWSBackend(session=session) as backend:
+        assert backend.region_name == "us-west-2"
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        pytest.param({"aws_access_key_id": "AKIAONLYKEY"}, "go together", id="key-without-secret"),
+        pytest.param({"aws_secret_access_key": "s"}, "go together", id="secret-without-key"),
+        pytest.param({"aws_session_token": "t"}, "needs aws_access_key_id", id="token-alone"),
+        pytest.param(
+            {"profile_name": "p", "aws_access_key_id": "k", "aws_secret_access_key": "s"},
+            "either profile_name or explicit keys",
+            id="profile-and-keys",
+        ),
+        pytest.param({"endpoint_url": "localhost:4566"}, "http://", id="endpoint-without-scheme"),
+        pytest.param({"max_attempts": 0}, "at least 1", id="zero-attempts"),
+        pytest.param({"max_attempts": True}, "whole number", id="boolean-attempts"),
+        pytest.param({"region_name": ""}, "non-empty string", id="empty-region"),
+        pytest.param({"session": "not a session"}, "boto3.session.Session", id="bad-session"),
+        pytest.param({"profile_name": "missing-profile"}, "not defined", id="unknown-profile"),
+    ],
+)
+def test_inconsistent_options_are_configuration_errors(
+    aws_environment: None, options: dict[str, Any], fragment: str
+) -> None:
+    """Each contradiction or mistyped option raises ConfigurationError saying how to fix it."""
+    with pytest.raises(ConfigurationError, match=fragment):
+        AWSBackend(**options)
+
+
+def test_no_region_anywhere_is_a_configuration_error(aws_environment: None) -> None:
+    """Without a region the error says where to set one."""
+    del os.environ["AWS_DEFAULT_REGION"]
+    with pytest.raises(ConfigurationError, match="AWS_REGION"):
+        AWSBackend()
+
+
+def test_the_backend_is_found_by_name(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry point, the lazy import and configuration by environment all reach it."""
+    assert melange.backends.AWSBackend is AWSBackend
+    with load_backend("aws", region_name="eu-west-1") as backend:
+        assert isinstance(backend, AWSBackend) and backend.region_name == "eu-west-1"
+    monkeypatch.setenv("MELANGE_BACKEND", "aws")
+    monkeypatch.setenv("MELANGE_OPTION_MAX_ATTEMPTS", "4")
+    monkeypatch.setenv("MELANGE_OPTION_REGION_NAME", "eu-north-1")
+    factory = MessagingBackendFactory.from_config()
+    backend = factory.backend
+    assert isinstance(backend, AWSBackend)
+    assert backend.sqs_client.meta.config.retries["total_max_attempts"] == 4
+    assert backend.region_name == "eu-north-1"
+    backend.close()
+
+
+# ------------------------------------------------------------------ credentials
+@pytest.mark.parametrize("source", ["options", "environment"])
+def test_credentials_never_appear_in_repr_errors_or_logs(
+    aws_environment: None, caplog: pytest.LogCaptureFixture, source: str
+) -> None:
+    """Keys, from options or the environment, stay out of repr, errors, tracebacks and logs."""
+    caplog.set_level(logging.DEBUG)
+    if source == "options":
+        backend = AWSBackend(
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
+            aws_session_token=SESSION_TOKEN,
+        )
+        secrets = (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN)
+    else:
+        os.environ["AWS_SESSION_TOKEN"] = SESSION_TOKEN
+        backend = AWSBackend()
+        secrets = (
+            os.environ["AWS_ACCESS_KEY_ID"],
+            os.environ["AWS_SECRET_ACCESS_KEY"],
+            SESSION_TOKEN,
+        )
+    shown = [repr(backend), repr(backend._settings), str(backend.capabilities)]
+    errors: list[MelangeError] = []
+    with Stubber(backend.sqs_client) as stubber:
+        for code in ("InvalidClientTokenId", "SignatureDoesNotMatch", "InvalidParameterValue"):
+            stubber.add_client_error(
+                "get_queue_url",
+                service_error_code=code,
+                service_message=f"rejected {' '.join(secrets)}",
+                http_status_code=403,
+            )
+            with pytest.raises(MelangeError) as caught:
+                backend.get_queue("orders")
+            errors.append(caught.value)
+    assert [type(error).__name__ for error in errors] == [
+        "BackendUnavailable",
+        "BackendUnavailable",
+        "BrokerError",
+    ]
+    for error in errors:
+        shown += [str(error), repr(error), "".join(traceback.format_exception(error))]
+    shown.append(caplog.text)
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text
+    backend.close()
+
+
+def test_a_mistyped_secret_is_not_echoed(aws_environment: None) -> None:
+    """Even a wrongly typed secret option is not shown in the ConfigurationError."""
+    with pytest.raises(ConfigurationError) as caught:
+        AWSBackend(aws_access_key_id="AKIAX", aws_secret_access_key=12345)  # type: ignore[arg-type]
+    assert "12345" not in str(caught.value)
+
+
+def test_missing_credentials_are_reported_with_the_fix(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No credentials anywhere: BackendUnavailable naming the ways to provide them."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role lookup
+    with AWSBackend() as backend, pytest.raises(BackendUnavailable) as caught:
+        backend.declare_queue(QueueSpec("orders"))
+    message = str(caught.value)
+    assert "NoCredentialsError" in message and "AWS_PROFILE" in message
+    assert "create queue 'orders'" in message or "look up queue 'orders'" in message
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_endpoint_names_the_endpoint_without_user_info(
+    aws_environment: None,
+) -> None:
+    """Connection refused: BackendUnavailable with the endpoint tried, never its password."""
+    port = free_port()
+    with (
+        AWSBackend(
+            endpoint_url=f"http://melange:pa55word@127.0.0.1:{port}", max_attempts=1
+        ) as backend,
+        pytest.raises(BackendUnavailable) as caught,
+    ):
+        backend.receive("orders")
+    message = str(caught.value)
+    assert f"http://127.0.0.1:{port}" in message
+    assert "look up queue 'orders'" in message and "endpoint_url" in message
+    assert "pa55word" not in message and "pa55word" not in repr(backend)
+
+
+def test_melange_logs_name_resources_never_credentials(
+    mocked_aws: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A whole topology-and-data run logs what it did under melange_aws, without credentials."""
+    caplog.set_level(logging.DEBUG, logger="melange_aws")
+    with AWSBackend(
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        aws_session_token=SESSION_TOKEN,
+    ) as backend:
+        MessagingBackendFactory(backend).init_queue("orders", ["order-events"])
+        backend.publish_to_topic("order-events", [OutgoingMessage(b"x")])
+        backend.ack(backend.receive("orders"))
+    records = [record for record in caplog.records if record.name.startswith("melange_aws")]
+    assert any("orders" in record.getMessage() for record in records)
+    for record in records:
+        for secret in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN):
+            assert secret not in record.getMessage()

@@ -1,0 +1,218 @@
+"""botocore errors translated into melange's exceptions, with AWS's code kept and no secret."""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+
+import pytest
+from botocore import exceptions as botocore_errors
+from melange_aws.errors import (
+    ErrorContext,
+    entry_error,
+    is_sensitive,
+    raise_translated,
+    safe_endpoint,
+    scrub,
+    translate,
+)
+
+from melange.exceptions import (
+    BackendUnavailable,
+    BrokerError,
+    InvalidMessage,
+    MelangeError,
+    MessageTooLarge,
+    QueueNotFound,
+    TopicNotFound,
+)
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+CONTEXT = ErrorContext(
+    action="publish to queue 'orders'",
+    endpoint="https://sqs.eu-west-1.amazonaws.com",
+    queue="orders",
+    topic="events",
+    secrets=(KEY_ID, SECRET),
+)
+
+
+def client_error(code: str, message: str = "details", operation: str = "Op") -> Exception:
+    """A ClientError as botocore raises it for an AWS error response."""
+    response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {}}
+    return botocore_errors.ClientError(response, operation)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("AWS.SimpleQueueService.NonExistentQueue", QueueNotFound),
+        ("QueueDoesNotExist", QueueNotFound),
+        ("NotFound", TopicNotFound),
+        ("InvalidClientTokenId", BackendUnavailable),
+        ("SignatureDoesNotMatch", BackendUnavailable),
+        ("AccessDenied", BackendUnavailable),
+        ("AuthorizationError", BackendUnavailable),
+        ("ExpiredToken", BackendUnavailable),
+        ("ThrottlingException", BackendUnavailable),
+        ("AWS.SimpleQueueService.BatchRequestTooLong", BrokerError),
+        ("AWS.SimpleQueueService.QueueDeletedRecently", BrokerError),
+        ("InvalidParameterValue", BrokerError),
+        ("SomethingNew", BrokerError),
+    ],
+)
+def test_client_errors_become_the_specific_melange_error_keeping_the_code(
+    code: str, expected: type[MelangeError]
+) -> None:
+    """Each AWS code maps to its melange class, and broker_code is AWS's code."""
+    error = translate(client_error(code), CONTEXT)
+    assert type(error) is expected
+    assert error.broker_code == code
+
+
+def test_missing_resources_name_the_resource() -> None:
+    """QueueNotFound and TopicNotFound name what is missing and how to create it."""
+    queue = translate(client_error("QueueDoesNotExist"), CONTEXT)
+    topic = translate(client_error("NotFound"), CONTEXT)
+    assert isinstance(queue, QueueNotFound) and queue.name == "orders"
+    assert "init_queue('orders')" in str(queue)
+    assert isinstance(topic, TopicNotFound) and topic.name == "events"
+
+
+def test_a_missing_queue_code_without_a_queue_is_a_broker_error() -> None:
+    """Without a queue in the context there is nothing to name: a BrokerError keeps the code."""
+    error = translate(client_error("QueueDoesNotExist"), ErrorContext("list", "https://x"))
+    assert type(error) is BrokerError and error.broker_code == "QueueDoesNotExist"
+
+
+def test_size_refusals_become_message_too_large_when_the_size_is_known() -> None:
+    """A size refusal of a message whose size is known is MessageTooLarge with AWS's limit."""
+    sized = dataclasses.replace(CONTEXT, size=300_000)
+    error = entry_error("InvalidParameter", "Invalid parameter: Message too long", sized)
+    assert isinstance(error, MessageTooLarge)
+    assert (error.size, error.limit, error.broker_code) == (300_000, 262_144, "InvalidParameter")
+    unsized = entry_error("AWS.SimpleQueueService.BatchRequestTooLong", "too long", CONTEXT)
+    assert type(unsized) is BrokerError and "too large" in str(unsized)
+
+
+def test_unknown_refusals_say_what_was_attempted_and_what_aws_said() -> None:
+    """A BrokerError names the action, AWS's code and AWS's message."""
+    error = translate(client_error("InvalidParameterValue", "Value x is invalid"), CONTEXT)
+    message = str(error)
+    assert "publish to queue 'orders'" in message
+    assert "InvalidParameterValue" in message and "Value x is invalid" in message
+
+
+def test_credential_refusals_give_the_fix_and_never_aws_text() -> None:
+    """Credential errors carry the code and a fix, not AWS's text (which may quote the key)."""
+    error = translate(
+        client_error("InvalidClientTokenId", f"The security token {KEY_ID} is invalid"), CONTEXT
+    )
+    message = str(error)
+    assert "InvalidClientTokenId" in message and "AWS_PROFILE" in message
+    assert KEY_ID not in message and "security token" not in message
+
+
+def test_throttling_after_retries_suggests_max_attempts() -> None:
+    """Throttling that outlasted botocore's retries says so and names max_attempts."""
+    message = str(translate(client_error("ThrottlingException", "Rate exceeded"), CONTEXT))
+    assert "max_attempts" in message and "retries" in message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        botocore_errors.EndpointConnectionError(endpoint_url="http://localhost:4566"),
+        botocore_errors.ConnectTimeoutError(endpoint_url="http://localhost:4566"),
+        botocore_errors.ReadTimeoutError(endpoint_url="http://localhost:4566"),
+    ],
+)
+def test_unreachable_endpoints_are_backend_unavailable_naming_the_endpoint(
+    error: Exception,
+) -> None:
+    """A connection failure names the endpoint tried and the hint of the backend."""
+    context = ErrorContext(
+        "receive from queue 'q'",
+        "http://user:pw@localhost:4566/?token=t",
+        unreachable_hint="Start LocalStack.",
+    )
+    translated = translate(error, context)
+    assert isinstance(translated, BackendUnavailable)
+    message = str(translated)
+    assert "http://localhost:4566" in message and "Start LocalStack." in message
+    assert "pw" not in message and "token" not in message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        botocore_errors.NoCredentialsError(),
+        botocore_errors.PartialCredentialsError(provider="env", cred_var="AWS_SECRET_ACCESS_KEY"),
+    ],
+)
+def test_missing_credentials_are_backend_unavailable_with_the_fix(error: Exception) -> None:
+    """No (or partial) credentials say how to configure them."""
+    translated = translate(error, CONTEXT)
+    assert isinstance(translated, BackendUnavailable)
+    assert "AWS_ACCESS_KEY_ID" in str(translated) and "profile_name" in str(translated)
+
+
+def test_parameter_errors_are_invalid_messages() -> None:
+    """Parameters botocore itself refuses become InvalidMessage."""
+    error = botocore_errors.ParamValidationError(report="Invalid length for parameter Id")
+    assert isinstance(translate(error, CONTEXT), InvalidMessage)
+
+
+def test_sensitive_errors_are_not_chained() -> None:
+    """Credential errors drop the botocore cause, so no traceback shows AWS's text."""
+    original = client_error("SignatureDoesNotMatch", f"canonical request with {KEY_ID}")
+    assert is_sensitive(original)
+    with pytest.raises(BackendUnavailable) as caught:
+        raise_translated(original, CONTEXT)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    printed = "".join(traceback.format_exception(caught.value))
+    assert KEY_ID not in printed and SECRET not in printed
+
+
+def test_errors_quoting_a_secret_are_not_chained_either() -> None:
+    """An error whose AWS text happens to contain a credential is not chained."""
+    quoting = client_error("InvalidParameterValue", f"bad value {SECRET}")
+    assert is_sensitive(quoting, (SECRET,))
+    with pytest.raises(BrokerError) as caught:
+        raise_translated(quoting, CONTEXT)
+    assert caught.value.__cause__ is None
+    assert SECRET not in "".join(traceback.format_exception(caught.value))
+
+
+def test_other_errors_keep_the_botocore_cause() -> None:
+    """Non-sensitive errors are chained to the botocore error, for debugging."""
+    original = client_error("InvalidParameterValue")
+    assert not is_sensitive(original)
+    with pytest.raises(BrokerError) as caught:
+        raise_translated(original, CONTEXT)
+    assert caught.value.__cause__ is original
+
+
+def test_scrub_removes_secrets_and_access_key_ids() -> None:
+    """Given secrets and anything shaped like an access key id are redacted."""
+    text = f"key {KEY_ID} secret {SECRET} temp ASIAABCDEFGHIJKLMNOP user AIDAEXAMPLEUSERID1"
+    scrubbed = scrub(text, (SECRET,))
+    assert KEY_ID not in scrubbed and SECRET not in scrubbed and "ASIA" not in scrubbed
+    assert "AIDAEXAMPLEUSERID1" in scrubbed  # user ids are not credentials
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://localhost:4566", "http://localhost:4566"),
+        (
+            "https://me:secret@proxy.example:8443/sqs?X-Amz-Security-Token=t",
+            "https://proxy.example:8443/sqs",
+        ),
+        (None, "the default AWS endpoint"),
+    ],
+)
+def test_safe_endpoint_drops_user_info_and_query(url: str | None, shown: str) -> None:
+    """Endpoints in messages never carry user info or query strings."""
+    assert safe_endpoint(url) == shown

@@ -1,0 +1,361 @@
+"""LocalSQSBackend's own behaviour: defaults, options, the SNS question, unreachable endpoints.
+
+Tests that take the ``endpoint_url`` fixture run against every emulator of the
+session (a moto server, and LocalStack when MELANGE_LOCALSTACK_ENDPOINT is set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import melange_localsqs
+import pytest
+from melange_aws import AWSBackend
+from melange_localsqs import LocalSQSBackend
+
+from melange import MessagingBackendFactory
+from melange.backends import describe_backends, load_backend, load_backend_from_config
+from melange.backends.base import OutgoingMessage
+from melange.exceptions import (
+    BackendUnavailable,
+    BrokerError,
+    ConfigurationError,
+    UnsupportedCapability,
+)
+from melange.testing.conformance import ResourceNames, drain
+
+
+# ------------------------------------------------------------------ helpers
+@pytest.fixture
+def clean_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AWS_* variable and no AWS config file of this machine takes part."""
+    for variable in list(os.environ):
+        if variable.startswith(("AWS_", "MELANGE_")):
+            monkeypatch.delenv(variable)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+
+
+@pytest.fixture
+def names() -> ResourceNames:
+    return ResourceNames()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def signed_access_keys(backend: AWSBackend) -> list[str]:
+    """Record the access key id of every request the backend's clients sign from now on."""
+    seen: list[str] = []
+
+    def record(request: Any, **_: Any) -> None:
+        authorization = request.headers.get("Authorization", b"")
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode()
+        seen.append(authorization.split("Credential=")[1].split("/")[0])
+
+    for client in (backend.sqs_client, backend.sns_client):
+        client.meta.events.register("before-send", record)
+    return seen
+
+
+def requests_sent(backend: AWSBackend) -> list[str]:
+    """Record the name of every API call the backend's clients make from now on."""
+    calls: list[str] = []
+    for client in (backend.sqs_client, backend.sns_client):
+        client.meta.events.register("before-call", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+class _NoSNSHandler(BaseHTTPRequestHandler):
+    """Answers every request the way an endpoint without SNS does (set per server)."""
+
+    status = 400
+    code = "InvalidAction"
+    message = "not here"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.headers.get("X-Amz-Target"):  # SQS's JSON protocol
+            content_type = "application/x-amz-json-1.0"
+            body = json.dumps({"__type": f"com.amazonaws.sqs#{self.code}", "message": self.message})
+        else:  # SNS's query protocol
+            content_type = "text/xml"
+            body = (
+                "<ErrorResponse><Error><Type>Sender</Type>"
+                f"<Code>{self.code}</Code><Message>{self.message}</Message></Error>"
+                "<RequestId>1</RequestId></ErrorResponse>"
+            )
+        self.send_response(self.status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body.encode())))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An HTTP endpoint answering every call with ``request.param`` = (status, code[, message])."""
+    status, code, *message = request.param
+    attributes = {"status": status, "code": code, "message": message[0] if message else "not here"}
+    handler = type("Handler", (_NoSNSHandler,), attributes)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+# ------------------------------------------------------------------ defaults
+def test_no_arguments_means_localstack_defaults(clean_aws_environment: None) -> None:
+    backend = LocalSQSBackend()
+    assert backend.endpoint_url == "http://localhost:4566"
+    assert backend.sns_endpoint_url == "http://localhost:4566"
+    assert backend.region_name == "us-east-1"
+    assert backend.name == "localsqs"
+    backend.close()
+
+
+def test_machine_aws_settings_do_not_leak_into_a_local_backend(
+    monkeypatch: pytest.MonkeyPatch, endpoint_url: str, names: ResourceNames
+) -> None:
+    # Real-looking settings for AWS: a profile that does not exist, another endpoint and region.
+    monkeypatch.setenv("AWS_PROFILE", "production-profile-that-does-not-exist")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALKEYREALKEY12")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "real/secret")
+    backend = LocalSQSBackend(endpoint_url=endpoint_url)
+    keys = signed_access_keys(backend)
+    MessagingBackendFactory(backend).init_queue(names.queue())
+    assert backend.region_name == "us-east-1"
+    assert keys and set(keys) == {"test"}  # the dummy key, never the machine's
+    names.cleanup(backend)
+    backend.close()
+
+
+def test_host_and_port_build_the_endpoint(clean_aws_environment: None) -> None:
+    assert LocalSQSBackend(port=9324).endpoint_url == "http://localhost:9324"
+    assert LocalSQSBackend(host="sqs.internal").endpoint_url == "http://sqs.internal:4566"
+    assert LocalSQSBackend(host="::1", port=4599).endpoint_url == "http://[::1]:4599"
+
+
+def test_endpoint_url_overrides_host_and_port(clean_aws_environment: None) -> None:
+    backend = LocalSQSBackend(host="ignored", port=1, endpoint_url="http://127.0.0.1:5000")
+    assert backend.endpoint_url == "http://127.0.0.1:5000"
+    separate = LocalSQSBackend(sns_endpoint_url="http://127.0.0.1:5001")
+    assert (separate.endpoint_url, separate.sns_endpoint_url) == (
+        "http://localhost:4566",
+        "http://127.0.0.1:5001",
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"host": "http://localhost"}, "host must be a host name"),
+        ({"host": ""}, "host must be a host name"),
+        ({"port": 0}, "port must be a whole number from 1 to 65535"),
+        ({"port": 70000}, "port must be a whole number from 1 to 65535"),
+        ({"port": "4566"}, "port must be a whole number"),
+        ({"sns": "no"}, "sns must be True, False or None"),
+        ({"endpoint_url": "localhost:4566"}, "endpoint_url must be an http:// or https:// URL"),
+        ({"aws_access_key_id": ""}, "aws_access_key_id must be a non-empty string"),
+        ({"aws_session_token": ""}, "aws_session_token must be a non-empty string"),
+    ],
+)
+def test_malformed_options_are_refused(
+    clean_aws_environment: None, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        LocalSQSBackend(**options)
+
+
+def test_found_by_name_and_by_import(clean_aws_environment: None) -> None:
+    from melange.backends import LocalSQSBackend as resolved
+
+    assert resolved is LocalSQSBackend is melange_localsqs.LocalSQSBackend
+    backend = load_backend("localsqs", port=4599, sns=False)
+    assert isinstance(backend, LocalSQSBackend)
+    assert backend.endpoint_url == "http://localhost:4599"
+
+
+def test_configured_from_the_environment(
+    clean_aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MELANGE_BACKEND", "localsqs")
+    monkeypatch.setenv("MELANGE_OPTION_PORT", "9324")  # strings become the declared types
+    monkeypatch.setenv("MELANGE_OPTION_SNS", "false")
+    backend = load_backend_from_config()
+    assert isinstance(backend, LocalSQSBackend)
+    assert backend.endpoint_url == "http://localhost:9324"
+    assert backend.capabilities.topics is False
+
+
+def test_the_class_lists_every_capability() -> None:
+    # `melange backends` reads capabilities from the class: the implementation's full set.
+    info = {row.name: row for row in describe_backends()}["localsqs"]
+    assert info.error is None and info.capabilities is not None
+    assert info.capabilities == AWSBackend.capabilities
+    assert LocalSQSBackend.capabilities.topics
+
+
+# ------------------------------------------------------------- the SNS question
+def test_an_endpoint_with_sns_supports_topics(endpoint_url: str) -> None:
+    backend = LocalSQSBackend(endpoint_url=endpoint_url)
+    assert backend.capabilities.topics and backend.capabilities.filters
+    calls = requests_sent(backend)
+    assert backend.capabilities.topics
+    assert calls == []  # asked once, then remembered
+    backend.close()
+
+
+def _assert_topics_refused(backend: LocalSQSBackend, names: ResourceNames, why: str) -> None:
+    factory = MessagingBackendFactory(backend)
+    assert backend.capabilities.topics is False
+    assert backend.capabilities.filters is False
+    with pytest.raises(UnsupportedCapability, match=why) as refused:
+        factory.init_topic(names.topic())
+    assert (refused.value.backend_name, refused.value.capability) == ("localsqs", "topics")
+    assert "'localsqs'" in str(refused.value)
+    queue = names.queue()
+    with pytest.raises(UnsupportedCapability, match="subscribing"):
+        factory.init_queue(queue, [names.topic()])
+    assert backend.get_queue(queue) is None  # refused before anything was created
+
+
+def test_sqs_only_endpoint_reports_topics_unsupported(
+    endpoint_url: str, names: ResourceNames
+) -> None:
+    # An SNS endpoint where nothing listens, next to a working SQS: as with ElasticMQ.
+    sns_url = f"http://127.0.0.1:{closed_port()}"
+    backend = LocalSQSBackend(endpoint_url=endpoint_url, sns_endpoint_url=sns_url)
+    _assert_topics_refused(backend, names, f"nothing answers at the SNS endpoint {sns_url}")
+    # Queues still work in full.
+    queue = names.queue()
+    MessagingBackendFactory(backend).init_queue(queue, dead_letter_queue_name=names.queue("dlq"))
+    backend.publish(queue, [OutgoingMessage(b"queues only", {"kind": "test"})])
+    received = drain(backend, queue, 1)
+    assert [(m.body, dict(m.attributes)) for m in received] == [(b"queues only", {"kind": "test"})]
+    names.cleanup(backend)
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "stub_endpoint",
+    [(400, "InvalidAction"), (501, "InternalFailure"), (404, "NotFound")],
+    ids=["elasticmq-invalid-action", "localstack-service-not-enabled", "not-found"],
+    indirect=True,
+)
+def test_endpoint_answering_without_sns_reports_topics_unsupported(
+    moto_server: Any, stub_endpoint: str, names: ResourceNames
+) -> None:
+    backend = LocalSQSBackend(endpoint_url=moto_server.endpoint_url, sns_endpoint_url=stub_endpoint)
+    _assert_topics_refused(backend, names, f"the endpoint {stub_endpoint} has no SNS")
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "stub_endpoint", [(403, "InvalidClientTokenId")], ids=["auth-error"], indirect=True
+)
+def test_an_sns_error_answer_still_means_sns_is_there(stub_endpoint: str) -> None:
+    backend = LocalSQSBackend(endpoint_url=stub_endpoint)
+    assert backend.capabilities.topics is True
+    backend.close()
+
+
+def test_sns_false_declares_an_sqs_only_endpoint_without_asking(
+    moto_server: Any, names: ResourceNames
+) -> None:
+    backend = LocalSQSBackend(endpoint_url=moto_server.endpoint_url, sns=False)
+    calls = requests_sent(backend)
+    _assert_topics_refused(backend, names, "sns=False was passed")
+    assert "ListTopics" not in calls
+    backend.close()
+
+
+def test_sns_true_skips_the_question() -> None:
+    backend = LocalSQSBackend(port=closed_port(), sns=True)
+    calls = requests_sent(backend)
+    assert backend.capabilities.topics is True
+    assert calls == []
+    backend.close()
+
+
+# ------------------------------------------------------- unreachable endpoints
+def test_nothing_listening_names_the_endpoint_and_how_to_start_one(
+    clean_aws_environment: None,
+) -> None:
+    port = closed_port()
+    backend = LocalSQSBackend(port=port)
+    started = time.monotonic()
+    assert backend.capabilities.topics is True  # unknown: assumed, the call below says why
+    with pytest.raises(BackendUnavailable) as unavailable:
+        MessagingBackendFactory(backend).init_queue("orders", ["order-events"])
+    message = str(unavailable.value)
+    assert f"http://localhost:{port}" in message
+    for how in ("localstack start", "localstack/localstack", "python -m moto.server -p 4566"):
+        assert how in message
+    assert "ElasticMQ" in message and "sns=False" in message
+    with pytest.raises(BackendUnavailable, match=f"localhost:{port}"):
+        backend.publish("orders", [OutgoingMessage(b"x")])
+    assert time.monotonic() - started < 10  # a quick, clear failure, not a hang
+    backend.close()
+
+
+def test_a_down_endpoint_is_asked_again_later_not_on_every_look(
+    clean_aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = LocalSQSBackend(port=closed_port())
+    probes: list[bool | None] = []
+    probe = backend._probe_sns
+    monkeypatch.setattr(backend, "_probe_sns", lambda: probes.append(probe()) or probes[-1])
+    for _ in range(5):
+        assert backend.capabilities.topics is True
+    assert probes == [None]  # nothing answered; not asked again on every look
+    backend._next_probe = 0.0  # as if PROBE_RETRY_SECONDS had passed
+    assert backend.capabilities.topics is True
+    assert probes == [None, None]
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "stub_endpoint",
+    [(400, "InvalidParameterValue", "queue test-orders: key s3cr3t/K3Y is not valid")],
+    indirect=True,
+)
+def test_given_credentials_are_redacted_but_the_dummy_ones_are_not(stub_endpoint: str) -> None:
+    dummy = LocalSQSBackend(endpoint_url=stub_endpoint, sns=True)
+    with pytest.raises(BrokerError) as refused:
+        dummy.get_queue("test-orders")
+    assert "queue test-orders" in str(refused.value)  # "test" is no secret: names stay readable
+    assert refused.value.broker_code == "InvalidParameterValue"
+    given = LocalSQSBackend(
+        endpoint_url=stub_endpoint,
+        sns=True,
+        aws_access_key_id="AKIALOCALKEY00000001",
+        aws_secret_access_key="s3cr3t/K3Y",
+    )
+    with pytest.raises(BrokerError) as refused:
+        given.get_queue("test-orders")
+    assert "s3cr3t/K3Y" not in str(refused.value)
+    assert "<redacted>" in str(refused.value)
+    dummy.close()
+    given.close()

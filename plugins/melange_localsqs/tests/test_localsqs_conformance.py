@@ -1,0 +1,78 @@
+"""melange's conformance suite against LocalSQSBackend over real HTTP.
+
+Always against a moto server the session starts on a free port; also against
+LocalStack when ``MELANGE_LOCALSTACK_ENDPOINT`` names one
+(``plugins/melange_localsqs/scripts/localstack.sh run pytest ...``).
+
+Where an emulator deviates from AWS, the backend follows the AWS documentation
+and the test is marked, one at a time, in that emulator's table with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from melange_localsqs import LocalSQSBackend
+from melange_localsqs.testing import LOCALSTACK_ENDPOINT_ENV, MotoServer
+
+from melange.testing.conformance import ConformanceSuite
+from melange.testing.conformance._support import DeliveryGuarantee
+
+MOTO_DEVIATIONS: dict[str, str] = {
+    "test_deleting_a_subscribed_queue_leaves_the_topic_working": (
+        "moto 5.2: once a subscribed queue is deleted, SNS PublishBatch answers with neither a "
+        "Successful nor a Failed entry and delivers to no remaining queue (Publish fails with "
+        "NonExistentQueue); AWS accepts the message and delivers it to the other subscriptions"
+    ),
+}
+"""Conformance tests expected to fail on the moto server, by test id, each with the reason."""
+
+LOCALSTACK_DEVIATIONS: dict[str, str] = {}
+"""Conformance tests expected to fail on LocalStack, by test id, each with the reason."""
+
+
+class LocalSQSConformance(ConformanceSuite):
+    """The suite against one local endpoint; subclasses say which."""
+
+    deviations: dict[str, str] = {}
+
+    @pytest.fixture
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def melange_backend(self, endpoint: str) -> Iterator[LocalSQSBackend]:
+        backend = LocalSQSBackend(endpoint_url=endpoint)  # fresh per test, the server is shared
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def melange_delivery(self) -> DeliveryGuarantee:
+        return "at-least-once"  # SQS standard queues may deliver a message twice
+
+    @pytest.fixture(autouse=True)
+    def _known_deviation(self, request: pytest.FixtureRequest) -> None:
+        reason = self.deviations.get(request.node.name)
+        if reason is not None:
+            # strict: once the emulator is fixed the XPASS fails, so the entry gets removed.
+            request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+class TestLocalSQSOnMoto(LocalSQSConformance):
+    deviations = MOTO_DEVIATIONS
+
+    @pytest.fixture
+    def endpoint(self, moto_server: MotoServer) -> str:
+        return moto_server.endpoint_url
+
+
+if os.environ.get(LOCALSTACK_ENDPOINT_ENV):
+
+    class TestLocalSQSOnLocalStack(LocalSQSConformance):
+        deviations = LOCALSTACK_DEVIATIONS
+
+        @pytest.fixture
+        def endpoint(self, localstack_endpoint: str) -> str:
+            return localstack_endpoint
