@@ -38,6 +38,7 @@ lint: install  ## ruff and mypy --strict.
 bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/import_time.py
 	$(RUN)/python benchmarks/round_trip.py
+	$(RUN)/python benchmarks/sqs_throughput.py
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .ruff_cache .pytest_cache
