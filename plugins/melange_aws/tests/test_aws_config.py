@@ -11,15 +11,17 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.stub import Stubber
 from melange_aws import AWSBackend
+from melange_aws.clients import ClientSettings, make_session
 
 import melange.backends
 from melange import MessagingBackendFactory
 from melange.backends import load_backend
 from melange.backends.base import OutgoingMessage
 from melange.exceptions import BackendUnavailable, ConfigurationError, MelangeError
-from melange.topology import QueueSpec
+from melange.topology import QueueSpec, TopicSpec
 
 ACCESS_KEY_ID = "AKIAEXPLICITKEY00001"
 SECRET_ACCESS_KEY = "explicit/SECRET+key/abcdefghij0123456789"
@@ -109,7 +111,11 @@ def test_a_ready_session_can_be_passed(aws_environment: None) -> None:
         pytest.param({"max_attempts": True}, "whole number", id="boolean-attempts"),
         pytest.param({"region_name": ""}, "non-empty string", id="empty-region"),
         pytest.param({"session": "not a session"}, "boto3.session.Session", id="bad-session"),
-        pytest.param({"profile_name": "missing-profile"}, "not defined", id="unknown-profile"),
+        pytest.param(
+            {"profile_name": "missing-profile"},
+            "'missing-profile', named by the profile_name option, is not defined",
+            id="unknown-profile",
+        ),
     ],
 )
 def test_inconsistent_options_are_configuration_errors(
@@ -118,6 +124,96 @@ def test_inconsistent_options_are_configuration_errors(
     """Each contradiction or mistyped option raises ConfigurationError saying how to fix it."""
     with pytest.raises(ConfigurationError, match=fragment):
         AWSBackend(**options)
+
+
+@pytest.mark.parametrize("variable", ["AWS_PROFILE", "AWS_DEFAULT_PROFILE"])
+def test_a_missing_profile_named_by_the_environment_is_named_with_the_fix(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """The error names the profile and the variable it came from, and how to fix it."""
+    monkeypatch.setenv(variable, "team-prod")
+    with pytest.raises(ConfigurationError) as caught:
+        AWSBackend()
+    message = str(caught.value)
+    assert f"AWS profile 'team-prod', named by the environment variable {variable}" in message
+    assert os.environ["AWS_CONFIG_FILE"] in message  # where it was looked for
+    assert "aws configure --profile team-prod" in message and f"unset {variable}" in message
+    assert "None" not in message
+    shown = message + "".join(traceback.format_exception(caught.value))
+    for secret in (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in shown
+    # Keys passed as options do not make the named profile any less missing.
+    with pytest.raises(ConfigurationError, match=f"unset {variable}"):
+        AWSBackend(aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY)
+
+
+def test_a_session_can_ignore_the_environment_profile(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make_session(environment_profile=False): a profile meant for AWS does not apply."""
+    monkeypatch.setenv("AWS_PROFILE", "team-prod")
+    settings = ClientSettings(
+        region_name="eu-west-1", aws_access_key_id="local", aws_secret_access_key="local"
+    )
+    with pytest.raises(ConfigurationError, match="team-prod"):
+        make_session(settings)
+    session = make_session(settings, environment_profile=False)
+    assert session.get_credentials().access_key == "local"
+    assert session.region_name == "eu-west-1"
+
+
+def data_loader(session: boto3.session.Session) -> Any:
+    """The botocore data loader a boto3 session makes its clients with."""
+    return session._session.get_component("data_loader")
+
+
+def test_backends_share_the_data_loader_and_nothing_else(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One parsed copy of the service models per process; credentials and region per backend."""
+    first = AWSBackend(region_name="eu-west-1")
+    second = AWSBackend(
+        region_name="us-west-2",
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+    )
+    sessions = [backend._session for backend in (first, second)]
+    assert sessions[0] is not sessions[1]
+    assert data_loader(sessions[0]) is data_loader(sessions[1])
+    assert [session.get_credentials().access_key for session in sessions] == [
+        os.environ["AWS_ACCESS_KEY_ID"],
+        ACCESS_KEY_ID,
+    ]
+    assert [first.region_name, second.region_name] == ["eu-west-1", "us-west-2"]
+    # A session of the caller's is used as it is.
+    own = boto3.session.Session()
+    own_loader = data_loader(own)
+    with AWSBackend(session=own) as given:
+        assert given._session is own and data_loader(own) is own_loader
+    # AWS_DATA_PATH (extra service models) gets a loader of its own.
+    monkeypatch.setenv("AWS_DATA_PATH", "/nonexistent/models")
+    with AWSBackend() as custom:
+        loader = data_loader(custom._session)
+        assert loader is not data_loader(sessions[0])
+        assert "/nonexistent/models" in loader.search_paths
+    first.close()
+    second.close()
+
+
+def test_subclasses_make_extra_clients_with_the_backend_session(aws_environment: None) -> None:
+    """_create_client: the backend's region and config, another endpoint or settings if asked."""
+    with AWSBackend(endpoint_url="http://127.0.0.1:4566", max_attempts=2) as backend:
+        extra = backend._create_client(
+            "sns", endpoint_url="http://127.0.0.1:5000", config=Config(connect_timeout=2)
+        )
+        assert extra.meta.endpoint_url == "http://127.0.0.1:5000"
+        assert extra.meta.region_name == backend.region_name
+        assert extra.meta.config.connect_timeout == 2
+        assert extra.meta.config.retries["total_max_attempts"] == 2  # the backend's, merged
+        plain = backend._create_client("sqs")
+        assert plain.meta.endpoint_url == "http://127.0.0.1:4566"
+        extra.close()
+        plain.close()
 
 
 def test_no_region_anywhere_is_a_configuration_error(aws_environment: None) -> None:
@@ -236,9 +332,43 @@ def test_an_unreachable_endpoint_names_the_endpoint_without_user_info(
     ):
         backend.receive("orders")
     message = str(caught.value)
-    assert f"http://127.0.0.1:{port}" in message
+    assert f"cannot reach the SQS endpoint http://127.0.0.1:{port}" in message
     assert "look up queue 'orders'" in message and "endpoint_url" in message
     assert "pa55word" not in message and "pa55word" not in repr(backend)
+
+
+def test_an_unreachable_sns_endpoint_is_named_as_such(aws_environment: None) -> None:
+    """The message says which service's endpoint was tried, not "AWS"."""
+    port = free_port()
+    with (
+        AWSBackend(
+            endpoint_url=f"http://127.0.0.1:{port}",
+            sns_endpoint_url=f"http://127.0.0.1:{port}/sns",
+            max_attempts=1,
+        ) as backend,
+        pytest.raises(BackendUnavailable) as caught,
+    ):
+        backend.get_topic("events")
+    message = str(caught.value)
+    assert f"cannot reach the SNS endpoint http://127.0.0.1:{port}/sns" in message
+    assert "look up topic 'events'" in message and "cannot reach AWS" not in message
+
+
+def test_refusals_name_the_service_that_refused(aws_environment: None) -> None:
+    """An emulator answers as SQS or SNS, so messages say which, not "AWS"."""
+    with AWSBackend(endpoint_url="http://127.0.0.1:4566") as backend:
+        with Stubber(backend.sqs_client) as stubber, pytest.raises(MelangeError) as sqs_refused:
+            stubber.add_client_error("get_queue_url", service_error_code="InvalidParameterValue")
+            backend.get_queue("orders")
+        with Stubber(backend.sns_client) as stubber, pytest.raises(MelangeError) as throttled:
+            stubber.add_client_error(
+                "create_topic", service_error_code="Throttling", http_status_code=400
+            )
+            backend.declare_topic(TopicSpec("events"))
+    assert str(sqs_refused.value).startswith("SQS refused to look up queue 'orders'")
+    assert str(throttled.value).startswith(
+        "SNS at http://127.0.0.1:4566 could not create topic 'events' (Throttling"
+    )
 
 
 def test_melange_logs_name_resources_never_credentials(

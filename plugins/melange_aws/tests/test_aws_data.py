@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -50,14 +51,19 @@ def sqs_sent(backend: AWSBackend) -> Sent:
 
 
 def receive_all(backend: AWSBackend, queue: str, expected: int) -> list[ReceivedMessage]:
-    """Receive and ack until ``expected`` messages arrived (moto delivers at once)."""
+    """Receive and ack until ``expected`` messages arrived, for up to 5 s.
+
+    moto compares visibility deadlines with the wall clock, so a message released
+    with a zero timeout can take a moment to come back: poll, don't spin.
+    """
     received: list[ReceivedMessage] = []
-    for _ in range(20):
+    deadline = time.monotonic() + 5
+    while len(received) < expected and time.monotonic() < deadline:
         batch = backend.receive(queue)
         backend.ack(batch)
         received.extend(batch)
-        if len(received) >= expected:
-            break
+        if not batch:
+            time.sleep(0.02)
     return received
 
 

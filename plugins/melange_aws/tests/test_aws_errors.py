@@ -144,6 +144,34 @@ def test_unreachable_endpoints_are_backend_unavailable_naming_the_endpoint(
     assert "pw" not in message and "token" not in message
 
 
+def test_unreachable_endpoints_are_named_by_service_not_as_aws() -> None:
+    """What was tried is an SQS (or SNS, STS) endpoint, which may well be local."""
+    error = botocore_errors.EndpointConnectionError(endpoint_url="http://127.0.0.1:4566")
+    context = ErrorContext("look up queue 'q'", "http://127.0.0.1:4566", service="SQS")
+    message = str(translate(error, context))
+    assert message.startswith(
+        "cannot reach the SQS endpoint http://127.0.0.1:4566 to look up queue 'q' "
+        "(EndpointConnectionError). "
+    )
+    assert "AWS at" not in message
+
+
+@pytest.mark.parametrize(
+    ("code", "start"),
+    [
+        ("InvalidParameterValue", "SNS refused to publish to queue 'orders' (InvalidParameter"),
+        ("AccessDenied", "SNS refused to publish to queue 'orders' (AccessDenied)"),
+        ("ThrottlingException", "SNS at https://sqs.eu-west-1.amazonaws.com could not publish"),
+        ("AWS.SimpleQueueService.QueueDeletedRecently", "SNS refused to publish"),
+        ("AWS.SimpleQueueService.BatchRequestTooLong", "SNS refused to publish"),
+    ],
+)
+def test_refusals_name_the_service(code: str, start: str) -> None:
+    """Every refusal names the service of the context rather than "AWS"."""
+    context = dataclasses.replace(CONTEXT, service="SNS")
+    assert str(translate(client_error(code), context)).startswith(start)
+
+
 @pytest.mark.parametrize(
     "error",
     [

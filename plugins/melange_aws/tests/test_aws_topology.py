@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
-from botocore.exceptions import EndpointConnectionError
-from melange_aws import AWSBackend
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError, EndpointConnectionError
+from melange_aws import AWSBackend, resources
 from melange_aws.policy import SID, statement_for
 
 from melange import MessagingBackendFactory
@@ -171,8 +175,8 @@ def test_topics_are_found_by_listing_when_sts_is_unavailable(mocked_aws: None) -
     """Without STS at the endpoint, get_topic falls back to ListTopics (still read-only)."""
 
     class NoSTS(AWSBackend):
-        def _create_client(self, service: str) -> Any:
-            client = super()._create_client(service)
+        def _create_client(self, service: str, **options: Any) -> Any:
+            client = super()._create_client(service, **options)
             if service == "sts":
 
                 def unreachable(**_: Any) -> None:
@@ -187,6 +191,134 @@ def test_topics_are_found_by_listing_when_sts_is_unavailable(mocked_aws: None) -
         assert reader.get_topic("listed.fifo") == TopicSpec("listed.fifo", fifo=True)
         assert reader.get_topic("missing") is None
     assert "ListTopics" in log.calls and set(log.calls) <= READ_ONLY
+
+
+class _Body:
+    """The raw body of a canned HTTP response, as botocore reads it."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+class STSAnswers:
+    """A boto3 session whose STS GetCallerIdentity gets canned HTTP answers; counts the calls.
+
+    ``answers`` are (status, code) pairs given out in turn, each an error answer
+    in STS's XML, the last one repeated; ``None`` lets the call through to moto.
+    Counted with botocore's ``before-call`` event: API calls, not retries.
+    """
+
+    def __init__(self, *answers: tuple[int, str] | None) -> None:
+        self.session = boto3.session.Session()
+        self.calls = 0
+        self._answers = list(answers)
+        self._lock = threading.Lock()
+        self.session.events.register("before-call.sts.GetCallerIdentity", self._count)
+        # Before moto's own before-send handler, which would answer as STS.
+        self.session.events.register_first("before-send.sts.GetCallerIdentity", self._answer)
+
+    def _count(self, **_: Any) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def _answer(self, request: Any, **_: Any) -> AWSResponse | None:
+        with self._lock:
+            answer = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+        if answer is None:
+            return None
+        status, code = answer
+        body = (
+            f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+            "<Message>no STS here</Message></Error><RequestId>1</RequestId></ErrorResponse>"
+        ).encode()
+        return AWSResponse(request.url, status, {"Content-Type": "text/xml"}, _Body(body))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [(501, "InternalFailure"), (400, "InvalidAction"), (404, "NotFound")],
+    ids=["localstack-sts-not-enabled", "elasticmq-invalid-action", "not-found"],
+)
+def test_an_endpoint_without_sts_is_asked_once_per_backend(
+    mocked_aws: None, answer: tuple[int, str]
+) -> None:
+    """STS answering that it is not there is remembered: later lookups go straight to listing."""
+    sts = STSAnswers(answer)
+    with AWSBackend() as writer, AWSBackend(session=sts.session) as reader:
+        writer.declare_topic(TopicSpec("listed"))
+        log = CallLog(reader.sns_client)
+        # Missing topics teach no account id, so each of these needed STS before.
+        for name in ("missing-1", "missing-2", "missing-3"):
+            assert reader.get_topic(name) is None
+        assert sts.calls == 1
+        assert reader.get_topic("listed") == TopicSpec("listed")
+        assert reader.get_subscription("missing-4", "no-queue") is None
+        assert sts.calls == 1
+    assert "ListTopics" in log.calls and set(log.calls) <= READ_ONLY
+
+
+def test_concurrent_first_lookups_ask_sts_once(mocked_aws: None) -> None:
+    """Threads looking topics up at the same time make one GetCallerIdentity call between them."""
+    sts = STSAnswers((501, "InternalFailure"))
+    with AWSBackend(session=sts.session) as backend:
+        start = threading.Barrier(8)
+        found: list[TopicSpec | None] = []
+
+        def look_up(index: int) -> None:
+            start.wait()
+            found.append(backend.get_topic(f"missing-{index}"))
+
+        threads = [threading.Thread(target=look_up, args=(index,)) for index in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert found == [None] * 8
+    assert sts.calls == 1
+
+
+def test_a_passing_sts_failure_is_not_remembered_for_good(
+    mocked_aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Throttled or down for a moment: STS is asked again after a pause, then used."""
+    sts = STSAnswers((503, "ServiceUnavailable"), (400, "Throttling"), None)
+    with AWSBackend(session=sts.session, max_attempts=1) as backend:
+        assert backend.get_topic("missing-1") is None
+        assert backend.get_topic("missing-2") is None
+        assert sts.calls == 1  # within the pause: not asked again
+        monkeypatch.setattr(resources, "STS_RETRY_SECONDS", 0.0)
+        for name in ("missing-3", "missing-4", "missing-5", "missing-6"):
+            assert backend.get_topic(name) is None
+        # 503 (the first), throttled, then STS answered (moto): the account is known since.
+        assert sts.calls == 3
+
+
+def _client_error(status: int, code: str) -> ClientError:
+    response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "GetCallerIdentity")
+
+
+@pytest.mark.parametrize(
+    ("error", "missing"),
+    [
+        (_client_error(501, "InternalFailure"), True),
+        (_client_error(400, "InvalidAction"), True),
+        (_client_error(400, "UnknownOperationException"), True),
+        (_client_error(404, "NotFound"), True),
+        (_client_error(503, "ServiceUnavailable"), False),
+        (_client_error(500, "InternalError"), False),
+        (_client_error(400, "Throttling"), False),
+        (_client_error(403, "InvalidClientTokenId"), False),
+        (_client_error(400, "ExpiredToken"), False),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), False),
+    ],
+)
+def test_which_sts_failures_mean_no_sts(error: Exception, missing: bool) -> None:
+    """Only an answer saying STS is not served there is kept for the backend's lifetime."""
+    assert resources.sts_is_missing(error) is missing
 
 
 # ---------------------------------------------------------------- convergence

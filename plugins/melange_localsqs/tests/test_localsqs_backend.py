@@ -6,8 +6,11 @@ session (a moto server, and LocalStack when MELANGE_LOCALSTACK_ENDPOINT is set).
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import melange_localsqs
+import melange_localsqs.backend
 import pytest
 from melange_aws import AWSBackend
 from melange_localsqs import LocalSQSBackend
@@ -310,12 +314,19 @@ def test_nothing_listening_names_the_endpoint_and_how_to_start_one(
     with pytest.raises(BackendUnavailable) as unavailable:
         MessagingBackendFactory(backend).init_queue("orders", ["order-events"])
     message = str(unavailable.value)
-    assert f"http://localhost:{port}" in message
+    # Named by the service tried first (the plan looks the topic up before the queue).
+    assert re.search(f"cannot reach the (SNS|SQS) endpoint http://localhost:{port} to ", message)
+    assert "cannot reach AWS" not in message
     for how in ("localstack start", "localstack/localstack", "python -m moto.server -p 4566"):
         assert how in message
     assert "ElasticMQ" in message and "sns=False" in message
-    with pytest.raises(BackendUnavailable, match=f"localhost:{port}"):
+    with pytest.raises(BackendUnavailable, match=f"the SQS endpoint http://localhost:{port}"):
         backend.publish("orders", [OutgoingMessage(b"x")])
+    with pytest.raises(BackendUnavailable) as unavailable:
+        backend.publish_to_topic("order-events", [OutgoingMessage(b"x")])
+    message = str(unavailable.value)
+    assert f"cannot reach the SNS endpoint http://localhost:{port} to " in message
+    assert "localstack start" in message
     assert time.monotonic() - started < 10  # a quick, clear failure, not a hang
     backend.close()
 
@@ -359,3 +370,86 @@ def test_given_credentials_are_redacted_but_the_dummy_ones_are_not(stub_endpoint
     assert "<redacted>" in str(refused.value)
     dummy.close()
     given.close()
+
+
+# ------------------------------------------------------------------ STS
+@pytest.mark.parametrize(
+    "stub_endpoint", [(501, "InternalFailure")], ids=["sts-not-enabled"], indirect=True
+)
+def test_an_endpoint_without_sts_is_asked_once(
+    moto_server: Any, stub_endpoint: str, names: ResourceNames
+) -> None:
+    """STS answering as LocalStack without it does: asked once, topics found by listing."""
+
+    class STSElsewhere(LocalSQSBackend):
+        """Sends STS to the stub endpoint, counting GetCallerIdentity calls."""
+
+        sts_calls = 0
+
+        def _create_client(self, service: str, **options: Any) -> Any:
+            if service == "sts":
+                options["endpoint_url"] = stub_endpoint
+            client = super()._create_client(service, **options)
+            if service == "sts":
+                client.meta.events.register("before-call.sts.GetCallerIdentity", self._count)
+            return client
+
+        def _count(self, **_: Any) -> None:
+            self.sts_calls += 1
+
+    backend = STSElsewhere(endpoint_url=moto_server.endpoint_url, sns=True)
+    for _ in range(3):
+        assert backend.get_topic(names.topic("missing")) is None
+    assert backend.sts_calls == 1
+    queue, topic = names.queue(), names.topic()
+    MessagingBackendFactory(backend).init_queue(queue, [topic])
+    assert backend.publish_to_topic(topic, [OutgoingMessage(b"listed")])[0].ok
+    assert [m.body for m in drain(backend, queue, 1)] == [b"listed"]
+    assert backend.sts_calls == 1
+    names.cleanup(backend)
+    backend.close()
+
+
+# ------------------------------------------------------- construction, hooks
+def test_shares_the_data_loader_of_aws_backends(clean_aws_environment: None) -> None:
+    """One parsed copy of botocore's models for every backend; credentials stay apart."""
+    local = LocalSQSBackend(port=closed_port())
+    keyed = LocalSQSBackend(aws_access_key_id="local-key", aws_secret_access_key="local-secret")
+    aws = AWSBackend(region_name="eu-west-1", aws_access_key_id="k", aws_secret_access_key="s")
+    loaders = [b._session._session.get_component("data_loader") for b in (local, keyed, aws)]
+    assert loaders[0] is loaders[1] is loaders[2]
+    access_keys = [b._session.get_credentials().access_key for b in (local, keyed, aws)]
+    assert access_keys == ["test", "local-key", "k"]
+    for backend in (local, keyed, aws):
+        backend.close()
+
+
+def _private_names_taken_from(base: type, cls: type) -> set[str]:
+    """Underscored names of ``base`` that ``cls``'s module reads (self, super()) or overrides."""
+    tree = ast.parse(inspect.getsource(inspect.getmodule(cls)))  # type: ignore[arg-type]
+    (body,) = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls.__name__]
+    methods = {n.name for n in body.body if isinstance(n, ast.FunctionDef)}
+    stored = {
+        node.id if isinstance(node, ast.Name) else node.attr
+        for node in ast.walk(body)
+        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Store)
+    }
+    read: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        target = node.value
+        on_instance = isinstance(target, ast.Name) and target.id in ("self", "instance")
+        on_super = isinstance(target, ast.Call) and ast.unparse(target.func) == "super"
+        if (on_instance or on_super) and not node.attr.startswith("__"):
+            read.add(node.attr)
+    overridden = {name for name in methods if name.startswith("_") and name in vars(base)}
+    return (read - methods - stored) | {n for n in overridden if not n.startswith("__")}
+
+
+def test_local_sqs_backend_uses_only_documented_extension_points() -> None:
+    """What LocalSQSBackend takes from AWSBackend's internals is a documented hook, nothing else."""
+    inherited = _private_names_taken_from(AWSBackend, melange_localsqs.backend.LocalSQSBackend)
+    assert inherited == {"_create_client", "_unreachable_hint", "_known_secrets"}
+    for name in inherited:
+        assert "Extension point" in (getattr(AWSBackend, name).__doc__ or ""), name

@@ -23,12 +23,13 @@ wire), :mod:`~melange_aws.policy` (the queue policy), :mod:`~melange_aws.filters
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NoReturn
 
 import boto3  # type: ignore[import-untyped]
@@ -109,10 +110,14 @@ class AWSBackend(MessagingBackend):
     endpoints from ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SQS`` /
     ``AWS_ENDPOINT_URL_SNS``). An option overrides its link of the chain.
 
-    Subclasses (such as ``localsqs``) change defaults by passing options to
-    ``super().__init__``, and may override :meth:`_client_config`,
-    :meth:`_create_client`, :meth:`_unreachable_hint` and, per instance or
-    class, :attr:`capabilities`.
+    Subclassing: a subclass (such as ``localsqs``) changes defaults by passing
+    options to ``super().__init__``, including a ``session`` of its own making
+    (:func:`melange_aws.clients.make_session`, e.g. with
+    ``environment_profile=False``). Its extension points are the protected
+    methods :meth:`_client_config`, :meth:`_create_client` (override it, or
+    call it for extra clients), :meth:`_unreachable_hint` and
+    :meth:`_known_secrets`, and :attr:`capabilities` per class or instance.
+    Other underscored names are internal and may change.
 
     Args:
         region_name: The AWS region, e.g. ``"eu-west-1"``.
@@ -129,7 +134,9 @@ class AWSBackend(MessagingBackend):
         max_pool_connections: HTTP connections kept per client (botocore's
             default is 10); raise it for more concurrent consumers.
         session: A ready boto3 session to make the clients from (e.g. with
-            assumed-role credentials), instead of a profile or keys.
+            assumed-role credentials), instead of a profile or keys. It is
+            used as it is; sessions the backend makes itself share only
+            botocore's read-only data loader with each other.
 
     Raises:
         ConfigurationError: Options contradict each other, the profile does not
@@ -194,6 +201,7 @@ class AWSBackend(MessagingBackend):
         self._settings = settings
         self._secrets = settings.secrets()
         self._session = make_session(settings)
+        self._session_lock = threading.Lock()  # boto3 sessions are not thread-safe
         self._config = self._client_config()
         self._sqs: Any = self._create_client("sqs")
         self._sns: Any = self._create_client("sns")
@@ -206,22 +214,66 @@ class AWSBackend(MessagingBackend):
 
     # ------------------------------------------------------ extension points
     def _client_config(self) -> Config:
-        """Return the botocore Config of every client (override to add timeouts, proxies...)."""
+        """Return the botocore Config of every client.
+
+        Extension point: override to add timeouts, proxies...; called once, by
+        ``__init__``.
+        """
         return client_config(self._settings)
 
-    def _create_client(self, service: str) -> Any:
-        """Return a boto3 client for ``"sqs"``, ``"sns"`` or ``"sts"``."""
-        return make_client(
-            self._session,
-            service,
-            endpoint_url=self._settings.endpoint_for(service),
-            region_name=self._settings.region_name,
-            config=self._config,
-        )
+    def _create_client(
+        self, service: str, *, endpoint_url: str | None = None, config: Config | None = None
+    ) -> Any:
+        """Return a new boto3 client for ``"sqs"``, ``"sns"`` or ``"sts"`` from the session.
+
+        Extension point: override to adjust every client the backend makes
+        (e.g. register botocore event hooks), or call it to make an extra client
+        with the backend's session, region and configuration; the caller closes
+        such a client. Thread-safe.
+
+        Args:
+            service: The boto3 service name.
+            endpoint_url: The endpoint; by default the one configured for ``service``.
+            config: Settings merged over :meth:`_client_config`'s, e.g. shorter timeouts.
+
+        Raises:
+            ConfigurationError: No region is configured.
+        """
+        merged = self._config if config is None else self._config.merge(config)
+        with self._session_lock:
+            return make_client(
+                self._session,
+                service,
+                endpoint_url=endpoint_url or self._settings.endpoint_for(service),
+                region_name=self._settings.region_name,
+                config=merged,
+            )
 
     def _unreachable_hint(self) -> str:
-        """Return how to fix an endpoint that cannot be reached (subclasses name their own)."""
+        """Return how to fix an endpoint that cannot be reached.
+
+        Extension point: ends the message of every BackendUnavailable raised
+        because nothing answered; a subclass for a local endpoint says how to
+        start one.
+        """
         return DEFAULT_UNREACHABLE_HINT
+
+    def _known_secrets(self) -> tuple[str, ...]:
+        """Return the credentials in use, wherever they came from, to keep out of messages.
+
+        Extension point: each string returned is replaced by ``<redacted>`` in
+        error messages. A subclass whose credentials are public placeholders
+        may leave them out (redacting ``"test"`` would mangle resource names).
+        """
+        secrets = list(self._secrets)
+        try:
+            # Resolved (and cached by the session) when the clients were made.
+            credentials = self._session.get_credentials()
+            if credentials is not None:
+                secrets += [credentials.access_key, credentials.secret_key, credentials.token]
+        except Exception:  # an error message must not fail on its way out
+            logger.debug("could not read the session's credentials to redact them")
+        return tuple(secret for secret in secrets if secret)
 
     @property
     def sqs_client(self) -> Any:
@@ -247,7 +299,7 @@ class AWSBackend(MessagingBackend):
         )
 
     def _sts_client(self) -> Any:
-        with self._lock:  # boto3 sessions are not thread-safe: make the client once
+        with self._lock:  # made once, whichever thread needs it first
             if self._sts is None:
                 self._sts = self._create_client("sts")
             return self._sts
@@ -293,19 +345,8 @@ class AWSBackend(MessagingBackend):
             unreachable_hint=self._unreachable_hint(),
             backend_name=self.name,
             secrets=self._known_secrets(),
+            service=_service_label(client),
         )
-
-    def _known_secrets(self) -> tuple[str, ...]:
-        """The credentials in use, wherever they came from, to keep out of messages."""
-        secrets = list(self._secrets)
-        try:
-            # Resolved (and cached by the session) when the clients were made.
-            credentials = self._session.get_credentials()
-            if credentials is not None:
-                secrets += [credentials.access_key, credentials.secret_key, credentials.token]
-        except Exception:  # an error message must not fail on its way out
-            logger.debug("could not read the session's credentials to redact them")
-        return tuple(secret for secret in secrets if secret)
 
     # ------------------------------------------------------------ validation
     def validate_queue(self, spec: QueueSpec) -> None:
@@ -620,13 +661,23 @@ class AWSBackend(MessagingBackend):
         return entry
 
     def _results(
-        self, batch: list[OutgoingMessage], response: Mapping[str, Any], context: ErrorContext
+        self,
+        batch: list[OutgoingMessage],
+        response: Mapping[str, Any],
+        error_context: Callable[[], ErrorContext],
     ) -> list[PublishResult]:
-        """One result per message of ``batch`` from a batch response, in order."""
+        """One result per message of ``batch`` from a batch response, in order.
+
+        ``error_context`` is called only when something failed: building it on every
+        successful publish showed up in the SQS benchmark's profile.
+        """
+        accepted = {int(a["Id"]): str(a["MessageId"]) for a in response.get("Successful", [])}
+        if len(accepted) == len(batch):  # the common case: no error context needed
+            return [PublishResult(index, accepted[index]) for index in range(len(batch))]
         results: list[PublishResult | None] = [None] * len(batch)
-        for accepted in response.get("Successful", []):
-            index = int(accepted["Id"])
-            results[index] = PublishResult(index, str(accepted["MessageId"]))
+        for index, message_id in accepted.items():
+            results[index] = PublishResult(index, message_id)
+        context = error_context()
         for refused in response.get("Failed", []):
             index = int(refused["Id"])
             message = batch[index]
@@ -641,7 +692,8 @@ class AWSBackend(MessagingBackend):
             PublishResult(
                 index,
                 error=BrokerError(
-                    f"AWS returned no result for message {index} when asked to {context.action}"
+                    f"{context.service} returned no result for message {index} when asked to "
+                    f"{context.action}"
                 ),
             )
             if result is None
@@ -660,7 +712,9 @@ class AWSBackend(MessagingBackend):
             if error_code(error) in QUEUE_MISSING:
                 self._index.forget_queue(queue_name)
             self._fail(error, action, self._sqs, queue=queue_name)
-        return self._results(batch, response, self._context(action, self._sqs, queue=queue_name))
+        return self._results(
+            batch, response, functools.partial(self._context, action, self._sqs, queue=queue_name)
+        )
 
     def _publish_topic_batch(
         self, topic_name: str, batch: list[OutgoingMessage]
@@ -677,7 +731,9 @@ class AWSBackend(MessagingBackend):
             if error_code(error) in TOPIC_MISSING:
                 self._index.forget_topic(topic_name)
             self._fail(error, action, self._sns, topic=topic_name)
-        return self._results(batch, response, self._context(action, self._sns, topic=topic_name))
+        return self._results(
+            batch, response, functools.partial(self._context, action, self._sns, topic=topic_name)
+        )
 
     # ---------------------------------------------------------------- receive
     def _receive(
@@ -784,3 +840,9 @@ class AWSBackend(MessagingBackend):
         for client in (self._sqs, self._sns, self._sts):
             if client is not None:
                 client.close()
+
+
+def _service_label(client: Any) -> str:
+    """Return ``"SQS"``, ``"SNS"`` or ``"STS"`` for a boto3 client, as messages name it."""
+    service_id = getattr(getattr(client.meta, "service_model", None), "service_id", None)
+    return str(service_id) if service_id else "AWS"

@@ -12,11 +12,15 @@ throttling and transient errors), configured with :class:`botocore.config.Config
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
-from botocore import exceptions as botocore_errors  # type: ignore[import-untyped]
+import botocore.loaders  # type: ignore[import-untyped]
+import botocore.session  # type: ignore[import-untyped]
+from botocore import exceptions as botocore_errors
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from melange.exceptions import ConfigurationError
@@ -135,29 +139,95 @@ def client_config(settings: ClientSettings) -> Config:
     return Config(**options)
 
 
-def make_session(settings: ClientSettings) -> boto3.session.Session:
+_PROFILE_VARIABLES = ("AWS_DEFAULT_PROFILE", "AWS_PROFILE")
+"""Where botocore reads the profile from, first match wins (botocore's ``profile`` variable)."""
+
+_shared_loaders: dict[str | None, Any] = {}
+_shared_loaders_lock = threading.Lock()
+
+
+def shared_data_loader(data_path: str | None = None) -> Any:
+    """Return the process's botocore data loader for ``data_path`` (``AWS_DATA_PATH``).
+
+    A loader parses and caches the service models and endpoint rules; a fresh
+    one per session makes every new backend parse them again (tens of
+    milliseconds). What it caches is read-only, so sessions of any thread may
+    share it; credentials, region and every other setting stay per session.
+    """
+    with _shared_loaders_lock:
+        loader = _shared_loaders.get(data_path)
+        if loader is None:
+            loader = _shared_loaders[data_path] = botocore.loaders.create_loader(data_path)
+        return loader
+
+
+def make_session(
+    settings: ClientSettings, *, environment_profile: bool = True
+) -> boto3.session.Session:
     """Return the boto3 session the clients are made from.
 
+    ``settings.session`` is returned as it is. Otherwise the session is new,
+    with its own credentials and region, and shares only the process's
+    read-only data loader (:func:`shared_data_loader`) with other sessions.
+
+    Args:
+        settings: The connection options.
+        environment_profile: Whether ``AWS_PROFILE`` / ``AWS_DEFAULT_PROFILE``
+            select a profile. ``False`` ignores them, for a session that must
+            not depend on the machine's AWS setup (a local emulator).
+
     Raises:
-        ConfigurationError: The named profile does not exist.
+        ConfigurationError: The profile named by ``profile_name`` or the
+            environment does not exist.
     """
     if settings.session is not None:
         session: boto3.session.Session = settings.session
         return session
+    # An empty list of variables for "profile" makes botocore ignore AWS_PROFILE.
+    session_vars: dict[str, Any] = (
+        {} if environment_profile else {"profile": (None, [], None, None)}
+    )
+    core = botocore.session.Session(session_vars=session_vars)
     try:
-        return boto3.session.Session(
+        session = boto3.session.Session(
             aws_access_key_id=settings.aws_access_key_id,
             aws_secret_access_key=settings.aws_secret_access_key,
             aws_session_token=settings.aws_session_token,
             region_name=settings.region_name,
             profile_name=settings.profile_name,
+            botocore_session=core,
         )
-    except botocore_errors.ProfileNotFound:
-        raise ConfigurationError(
-            f"AWS profile {settings.profile_name!r} is not defined in ~/.aws/config or "
-            "~/.aws/credentials (or AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE); "
-            "check the name or drop profile_name"
-        ) from None
+        data_path = core.get_config_variable("data_path")
+    except botocore_errors.ProfileNotFound as error:
+        raise _unknown_profile(str(error.kwargs.get("profile", "")), settings) from None
+    # After boto3's own setup, which adds its resource models to the session's first loader:
+    # clients read only botocore's data, from the shared loader.
+    core.register_component("data_loader", shared_data_loader(data_path))
+    return session
+
+
+def _unknown_profile(profile: str, settings: ClientSettings) -> ConfigurationError:
+    """The error for a profile no AWS config file defines, naming where the name came from."""
+    files = (
+        f"{os.environ.get('AWS_CONFIG_FILE', '~/.aws/config')} or "
+        f"{os.environ.get('AWS_SHARED_CREDENTIALS_FILE', '~/.aws/credentials')}"
+    )
+    if settings.profile_name is not None:
+        source = "the profile_name option"
+        fix = "check the name, or drop profile_name to use the standard credential chain"
+    else:
+        variable = next(
+            (name for name in _PROFILE_VARIABLES if os.environ.get(name) == profile),
+            "AWS_PROFILE",
+        )
+        source = f"the environment variable {variable}"
+        fix = (
+            f"create it (e.g. `aws configure --profile {profile}`), or unset {variable} "
+            "to use the standard credential chain"
+        )
+    return ConfigurationError(
+        f"AWS profile {profile!r}, named by {source}, is not defined in {files}: {fix}"
+    )
 
 
 def make_client(

@@ -115,8 +115,8 @@ CREDENTIALS_HINT = (
     "listed in docs/backends/aws.md"
 )
 DEFAULT_UNREACHABLE_HINT = (
-    "Check the region_name / endpoint_url options (or AWS_REGION, AWS_ENDPOINT_URL) and the "
-    "network between this process and AWS"
+    "Check the region_name and endpoint_url options (or AWS_REGION, AWS_ENDPOINT_URL and "
+    "AWS_ENDPOINT_URL_<SERVICE>), and that the endpoint is up and reachable from this process"
 )
 
 # Access key ids (AKIA... long-term, ASIA... temporary) are not secret keys, but stay out too.
@@ -136,6 +136,8 @@ class ErrorContext:
         unreachable_hint: How to fix an endpoint that cannot be reached.
         backend_name: The backend's registered name, for messages.
         secrets: Strings that must never appear in a message.
+        service: Who was called, as messages name it: ``"SQS"``, ``"SNS"`` or
+            ``"STS"`` (an emulator answers for AWS, so "AWS" would mislead).
     """
 
     action: str
@@ -146,6 +148,7 @@ class ErrorContext:
     unreachable_hint: str = DEFAULT_UNREACHABLE_HINT
     backend_name: str = "aws"
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    service: str = "AWS"
 
 
 def safe_endpoint(url: str | None) -> str:
@@ -187,13 +190,13 @@ def entry_error(code: str, message: str, context: ErrorContext) -> MelangeError:
         error = TopicNotFound(context.topic)
     elif code in ACCESS_REFUSED:
         error = BackendUnavailable(
-            f"AWS refused to {context.action} ({code}): the credentials are missing, invalid or "
-            f"expired, or lack a permission. {CREDENTIALS_HINT}"
+            f"{context.service} refused to {context.action} ({code}): the credentials are "
+            f"missing, invalid or expired, or lack a permission. {CREDENTIALS_HINT}"
         )
     elif code in UNAVAILABLE:
         error = BackendUnavailable(
-            f"AWS could not {context.action} ({code}: {text}) at "
-            f"{safe_endpoint(context.endpoint)}, even after botocore's retries; "
+            f"{context.service} at {safe_endpoint(context.endpoint)} could not "
+            f"{context.action} ({code}: {text}), even after botocore's retries; "
             "retry later, or raise the max_attempts option"
         )
     elif code in TOO_LARGE or (
@@ -203,17 +206,21 @@ def entry_error(code: str, message: str, context: ErrorContext) -> MelangeError:
             MessageTooLarge(context.size, MESSAGE_LIMIT, context.backend_name)
             if context.size is not None
             else BrokerError(
-                f"AWS refused to {context.action} as too large ({code}: {text})", broker_code=code
+                f"{context.service} refused to {context.action} as too large ({code}: {text})",
+                broker_code=code,
             )
         )
     elif code in DELETED_RECENTLY:
         error = BrokerError(
-            f"AWS refused to {context.action} ({code}): SQS does not let a queue be created "
-            "within 60 seconds of deleting one of the same name; wait a minute and init again",
+            f"{context.service} refused to {context.action} ({code}): SQS does not let a queue be "
+            "created within 60 seconds of deleting one of the same name; wait a minute and init "
+            "again",
             broker_code=code,
         )
     else:
-        error = BrokerError(f"AWS refused to {context.action} ({code}: {text})", broker_code=code)
+        error = BrokerError(
+            f"{context.service} refused to {context.action} ({code}: {text})", broker_code=code
+        )
     error.broker_code = code
     return error
 
@@ -227,8 +234,8 @@ def translate(error: Exception, context: ErrorContext) -> MelangeError:
         return entry_error(code, message, context)
     if isinstance(error, CONNECTION_ERRORS):
         return BackendUnavailable(
-            f"cannot reach AWS at {safe_endpoint(context.endpoint)} to {context.action} "
-            f"({type(error).__name__}). {context.unreachable_hint}"
+            f"cannot reach the {context.service} endpoint {safe_endpoint(context.endpoint)} "
+            f"to {context.action} ({type(error).__name__}). {context.unreachable_hint}"
         )
     if isinstance(error, CREDENTIAL_ERRORS):
         return BackendUnavailable(

@@ -15,18 +15,48 @@ step never changes anything.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from melange.exceptions import QueueNotFound, TopicNotFound
-from melange_aws.errors import QUEUE_MISSING, TOPIC_MISSING, error_code
+from melange_aws.errors import (
+    ACCESS_REFUSED,
+    QUEUE_MISSING,
+    TOPIC_MISSING,
+    UNAVAILABLE,
+    error_code,
+)
 from melange_aws.names import arn_prefix, name_from_arn
 
 logger = logging.getLogger(__name__)
 
 BOTO_ERRORS = (ClientError, BotoCoreError)
+
+STS_RETRY_SECONDS = 60.0
+"""After a passing STS failure (unreachable, throttled), seconds before STS is asked again."""
+
+
+def sts_is_missing(error: Exception) -> bool:
+    """Whether STS's answer means it is not served there (so asking again is pointless).
+
+    An answer that is not a passing fault counts: ElasticMQ's ``InvalidAction``
+    (400), LocalStack's 501 for a service left out of ``SERVICES``, a 404, an
+    unknown operation. Passing faults are connection errors, throttling, other
+    5xx answers, and refused or missing credentials (temporary credentials are
+    refreshed, and SNS would refuse the same ones).
+    """
+    if not isinstance(error, ClientError):
+        return False
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status == 501:  # Not Implemented
+        return True
+    passing = UNAVAILABLE | ACCESS_REFUSED
+    server_fault = isinstance(status, int) and status >= 500
+    return not server_fault and error_code(error) not in passing
 
 
 class Fail(Protocol):
@@ -48,7 +78,8 @@ class ResourceIndex:
     """Cached queue URLs and ARNs, topic ARNs, and read-only lookups of subscriptions.
 
     Thread-safe: the caches are plain dicts whose single operations are atomic,
-    and a lookup racing another only repeats a read.
+    and a lookup racing another only repeats a read. STS is asked by one thread
+    at a time, so concurrent first lookups make one GetCallerIdentity call.
 
     Args:
         sqs: The SQS client.
@@ -75,6 +106,9 @@ class ResourceIndex:
         self._queue_arns: dict[str, str] = {}
         self._topic_arns: dict[str, str] = {}
         self._topic_arn_prefix: str | None = None
+        self._sts_lock = threading.Lock()
+        self._sts_missing = False  # for the index's lifetime, once STS answered it is not there
+        self._sts_failed_at: float | None = None  # monotonic time of the last passing fault
 
     # ----------------------------------------------------------------- queues
     def forget_queue(self, name: str) -> None:
@@ -158,21 +192,47 @@ class ResourceIndex:
         """Build the topic's ARN from the caller's account, learnt once with STS.
 
         GetCallerIdentity needs no IAM permission. Returns ``None`` when the
-        account cannot be learnt (an endpoint without STS).
+        account cannot be learnt: STS is not served at the endpoint (remembered
+        for the index's lifetime, so it is asked once), or it failed in passing
+        (asked again after :data:`STS_RETRY_SECONDS`).
         """
-        if self._topic_arn_prefix is None:
+        prefix = self._topic_arn_prefix
+        if prefix is None:
+            prefix = self._learn_topic_arn_prefix()
+        return None if prefix is None else prefix + name
+
+    def _learn_topic_arn_prefix(self) -> str | None:
+        with self._sts_lock:
+            if self._topic_arn_prefix is not None:  # learnt by another thread meanwhile
+                return self._topic_arn_prefix
+            failed_at = self._sts_failed_at
+            if self._sts_missing or (
+                failed_at is not None and time.monotonic() - failed_at < STS_RETRY_SECONDS
+            ):
+                return None
             try:
                 identity = self._sts().get_caller_identity()
             except BOTO_ERRORS as error:
-                logger.debug(
-                    "STS GetCallerIdentity failed (%s); topics are looked up by listing them",
-                    type(error).__name__,
-                )
+                if sts_is_missing(error):
+                    self._sts_missing = True
+                    logger.info(
+                        "STS GetCallerIdentity is not available (%s); topics are looked up by "
+                        "listing them from now on",
+                        error_code(error),
+                    )
+                else:
+                    self._sts_failed_at = time.monotonic()
+                    logger.debug(
+                        "STS GetCallerIdentity failed (%s); topics are looked up by listing "
+                        "them for %.0f s",
+                        error_code(error) or type(error).__name__,
+                        STS_RETRY_SECONDS,
+                    )
                 return None
             partition = str(identity["Arn"]).split(":")[1]
             region = self._sns.meta.region_name
             self._topic_arn_prefix = f"arn:{partition}:sns:{region}:{identity['Account']}:"
-        return self._topic_arn_prefix + name
+            return self._topic_arn_prefix
 
     def _listed_topic_arn(self, name: str) -> str | None:
         """Find the topic's ARN by listing topics: the fallback when STS is unavailable."""

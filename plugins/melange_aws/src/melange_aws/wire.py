@@ -68,12 +68,15 @@ DEFAULT_GROUP_ID = "melange-default"
 They form one group, as on the memory backend, and arrive with ``group_id=None``."""
 
 _DISALLOWED = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_DISALLOWED_ASCII = re.compile(b"[^\t\n\r\x20-\x7f]")  # the same rule, for ASCII bytes
 
 
 def body_encoding(body: bytes) -> str | None:
     """Return how ``body`` has to be encoded to travel as text: ``None``, BASE64 or EMPTY."""
     if not body:
         return EMPTY
+    if body.isascii():  # the common case, checked without decoding
+        return BASE64 if _DISALLOWED_ASCII.search(body) else None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -19,12 +19,10 @@ import threading
 import time
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
-import botocore.loaders  # type: ignore[import-untyped]
-import botocore.session  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 from melange_aws import AWSBackend
+from melange_aws.clients import ClientSettings, make_session
 from melange_aws.errors import CONNECTION_ERRORS, safe_endpoint
 
 from melange.backends.base import Capabilities
@@ -68,9 +66,6 @@ _NO_SERVICE_CODES = frozenset(
     {"InvalidAction", "UnknownOperation", "UnknownOperationException", "NotImplemented"}
 )
 _NO_SERVICE_STATUS = frozenset({404, 501})
-
-_LOADER: Any = None
-_LOADER_LOCK = threading.Lock()
 
 PROBE_RETRY_SECONDS = 5.0
 """While nothing answers at the endpoint, seconds before SNS is asked about again."""
@@ -157,7 +152,6 @@ class LocalSQSBackend(AWSBackend):
                 not isinstance(value, str) or not value
             ):
                 raise ConfigurationError(f"{label} must be a non-empty string")
-        credentials = (aws_access_key_id, aws_secret_access_key, aws_session_token)
         self._fixed_capabilities: Capabilities | None = None
         self._probed: Capabilities | None = None
         self._probe_lock = threading.Lock()
@@ -169,7 +163,17 @@ class LocalSQSBackend(AWSBackend):
             region_name=region_name,
             max_attempts=max_attempts,
             max_pool_connections=max_pool_connections,
-            session=_isolated_session(*credentials, region_name),
+            session=make_session(
+                ClientSettings(
+                    region_name=region_name,
+                    aws_access_key_id=aws_access_key_id,
+                    aws_secret_access_key=aws_secret_access_key,
+                    aws_session_token=aws_session_token,
+                ),
+                # A profile named in the environment is meant for AWS: a missing one must not
+                # stop a local backend, and its settings must not apply here.
+                environment_profile=False,
+            ),
         )
         if sns is True:
             self._probed = AWSBackend.capabilities
@@ -217,7 +221,7 @@ class LocalSQSBackend(AWSBackend):
             ``True`` if it answers as SNS, ``False`` if it does not (and SQS
             does), ``None`` if nothing answers at all.
         """
-        sns = self._probe_client("sns", self.sns_endpoint_url)
+        sns = self._create_client("sns", config=_PROBE_CONFIG)
         where = safe_endpoint(self.sns_endpoint_url)
         try:
             sns.list_topics()
@@ -241,17 +245,8 @@ class LocalSQSBackend(AWSBackend):
             sns.close()
         return True
 
-    def _probe_client(self, service: str, endpoint_url: str) -> Any:
-        with self._lock:  # boto3 sessions are not thread-safe (AWSBackend guards them so)
-            return self._session.client(
-                service,
-                endpoint_url=endpoint_url,
-                region_name=self.region_name,
-                config=self._config.merge(_PROBE_CONFIG),
-            )
-
     def _sqs_answers(self) -> bool:
-        sqs = self._probe_client("sqs", self.endpoint_url)
+        sqs = self._create_client("sqs", config=_PROBE_CONFIG)
         try:
             sqs.list_queues(MaxResults=1)
         except ClientError:
@@ -276,46 +271,15 @@ class LocalSQSBackend(AWSBackend):
 
     # ----------------------------------------------------------------- errors
     def _unreachable_hint(self) -> str:
+        """Say how to start a local endpoint (AWSBackend's extension point)."""
         return START_HINT
 
     def _known_secrets(self) -> tuple[str, ...]:
-        # The dummy defaults are no secret, and redacting "test" would mangle names in messages.
+        """Leave out the dummy credentials (AWSBackend's extension point).
+
+        They are no secret, and redacting ``"test"`` would mangle names in messages.
+        """
         return tuple(s for s in super()._known_secrets() if s not in DUMMY_CREDENTIALS)
-
-
-def _isolated_session(
-    access_key_id: str, secret_access_key: str, session_token: str | None, region_name: str
-) -> boto3.session.Session:
-    """A boto3 session with the given credentials that ignores ``AWS_PROFILE``.
-
-    A profile named in the environment is meant for AWS; a missing one must not
-    stop a local backend, and its settings must not apply here.
-    """
-    no_profile = botocore.session.Session(session_vars={"profile": (None, [], None, None)})
-    session = boto3.session.Session(
-        aws_access_key_id=access_key_id,
-        aws_secret_access_key=secret_access_key,
-        aws_session_token=session_token,
-        region_name=region_name,
-        botocore_session=no_profile,
-    )
-    # After boto3 set up its own loader (for resource models, which clients do not use).
-    no_profile.register_component("data_loader", _shared_loader())
-    return session
-
-
-def _shared_loader() -> Any:
-    """One botocore data loader for every LocalSQSBackend of the process.
-
-    A loader caches the service models and endpoint data it parses; sharing it
-    makes a new backend about three times cheaper (tests make one per test).
-    The cache holds read-only data, so sessions in several threads may share it.
-    """
-    global _LOADER
-    with _LOADER_LOCK:
-        if _LOADER is None:
-            _LOADER = botocore.loaders.create_loader()
-        return _LOADER
 
 
 def _endpoint(host: str | None, port: int | None) -> str:
