@@ -1,0 +1,162 @@
+"""Hooks for metrics, tracing and logging around publishing and consuming.
+
+Publishers and dispatchers call a :class:`Hooks` object at each step. The base
+class does nothing, so an implementation overrides only what it needs::
+
+    class Counting(Hooks):
+        def on_handled(self, queue_name, message, consumer, seconds):
+            HANDLED.labels(queue_name, consumer).inc()
+
+    dispatcher = MessageDispatcher(backend, "orders", [consumer], hooks=Counting())
+
+Several hook objects combine with :class:`CompositeHooks`. A hook that raises
+is logged and ignored: observability never changes what happens to a message.
+
+Hooks receive message ids, queue names, consumer names and errors. They receive
+bodies only through the :class:`~melange.message.Message` objects they are
+given, and the default logging never writes a body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from melange.backends.base import OutgoingMessage, PublishResult, ReceivedMessage
+    from melange.message import Message
+
+logger = logging.getLogger("melange.observability")
+
+
+class Hooks:
+    """Called by publishers and dispatchers; every method is a no-op by default."""
+
+    # ---------------------------------------------------------------- publish
+    def prepare_attributes(self, attributes: MutableMapping[str, str]) -> None:
+        """Add attributes (e.g. trace context) to a message about to be published."""
+
+    def on_publish(
+        self,
+        destination: str,
+        messages: Sequence[OutgoingMessage],
+        results: Sequence[PublishResult],
+    ) -> None:
+        """A batch was published to a queue or topic; ``results`` match ``messages``."""
+
+    # ---------------------------------------------------------------- consume
+    def on_receive(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> None:
+        """A receive call returned ``messages`` (never called with an empty batch)."""
+
+    @contextlib.contextmanager
+    def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
+        """Wrap one consumer handling one message (e.g. a tracing span)."""
+        yield
+
+    def on_handled(self, queue_name: str, message: Message, consumer: str, seconds: float) -> None:
+        """A consumer handled a message successfully in ``seconds``."""
+
+    def on_handler_error(
+        self,
+        queue_name: str,
+        message: Message,
+        consumer: str,
+        error: BaseException,
+        retry_in: float | None,
+    ) -> None:
+        """A consumer raised; ``retry_in`` is the redelivery delay, ``None`` if unknown."""
+
+    def on_undecodable(
+        self, queue_name: str, received: ReceivedMessage, error: Exception, outcome: str
+    ) -> None:
+        """A message could not be decoded; ``outcome`` is the policy applied."""
+
+    def on_unhandled(self, queue_name: str, message: Message, outcome: str) -> None:
+        """No consumer accepted a message; ``outcome`` is the policy applied."""
+
+    def on_dead_lettered(self, queue_name: str, received: ReceivedMessage, reason: str) -> None:
+        """The dispatcher moved a message to the dead-letter queue itself."""
+
+    def on_acked(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> None:
+        """Messages were acknowledged after every accepting consumer succeeded."""
+
+    def on_lease_extended(self, queue_name: str, received: ReceivedMessage, seconds: float) -> None:
+        """A running handler's message was kept invisible for ``seconds`` more."""
+
+    def on_lease_lost(self, queue_name: str, received: ReceivedMessage, error: Exception) -> None:
+        """A running handler's message could not be kept: it may be delivered again."""
+
+
+class CompositeHooks(Hooks):
+    """Calls several hook objects in order; one that raises is logged and skipped."""
+
+    def __init__(self, *hooks: Hooks) -> None:
+        self.hooks = list(hooks)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, method)(*args)
+            except Exception:
+                logger.exception("hook %s.%s failed; ignored", type(hook).__name__, method)
+
+    def prepare_attributes(self, attributes: MutableMapping[str, str]) -> None:  # noqa: D102
+        self._each("prepare_attributes", attributes)
+
+    def on_publish(  # noqa: D102
+        self,
+        destination: str,
+        messages: Sequence[OutgoingMessage],
+        results: Sequence[PublishResult],
+    ) -> None:
+        self._each("on_publish", destination, messages, results)
+
+    def on_receive(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> None:  # noqa: D102
+        self._each("on_receive", queue_name, messages)
+
+    @contextlib.contextmanager
+    def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:  # noqa: D102
+        with contextlib.ExitStack() as stack:
+            for hook in self.hooks:
+                stack.enter_context(hook.handling(queue_name, message, consumer))
+            yield
+
+    def on_handled(self, queue_name: str, message: Message, consumer: str, seconds: float) -> None:  # noqa: D102
+        self._each("on_handled", queue_name, message, consumer, seconds)
+
+    def on_handler_error(  # noqa: D102
+        self,
+        queue_name: str,
+        message: Message,
+        consumer: str,
+        error: BaseException,
+        retry_in: float | None,
+    ) -> None:
+        self._each("on_handler_error", queue_name, message, consumer, error, retry_in)
+
+    def on_undecodable(  # noqa: D102
+        self, queue_name: str, received: ReceivedMessage, error: Exception, outcome: str
+    ) -> None:
+        self._each("on_undecodable", queue_name, received, error, outcome)
+
+    def on_unhandled(self, queue_name: str, message: Message, outcome: str) -> None:  # noqa: D102
+        self._each("on_unhandled", queue_name, message, outcome)
+
+    def on_dead_lettered(self, queue_name: str, received: ReceivedMessage, reason: str) -> None:  # noqa: D102
+        self._each("on_dead_lettered", queue_name, received, reason)
+
+    def on_acked(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> None:  # noqa: D102
+        self._each("on_acked", queue_name, messages)
+
+    def on_lease_extended(self, queue_name: str, received: ReceivedMessage, seconds: float) -> None:  # noqa: D102
+        self._each("on_lease_extended", queue_name, received, seconds)
+
+    def on_lease_lost(self, queue_name: str, received: ReceivedMessage, error: Exception) -> None:  # noqa: D102
+        self._each("on_lease_lost", queue_name, received, error)
+
+
+def safe(hooks: Hooks) -> Hooks:
+    """Return ``hooks`` wrapped so that an exception in a hook never escapes."""
+    return hooks if isinstance(hooks, CompositeHooks) else CompositeHooks(hooks)
