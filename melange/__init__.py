@@ -14,19 +14,43 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from melange.consumers import Consumer, SingleDispatchConsumer, consumer, handler
+    from melange.dispatcher import MessageDispatcher, SimpleMessageDispatcher
     from melange.exceptions import MelangeError
     from melange.factory import MessagingBackendFactory
     from melange.message import Message
+    from melange.publishers import QueuePublisher, TopicPublisher
 
 __version__ = "8.0.0.dev0"
 
 _LAZY = {
+    "Consumer": "melange.consumers",
     "MelangeError": "melange.exceptions",
-    "MessagingBackendFactory": "melange.factory",
     "Message": "melange.message",
+    "MessageDispatcher": "melange.dispatcher",
+    "MessagingBackendFactory": "melange.factory",
+    "QueuePublisher": "melange.publishers",
+    "SimpleMessageDispatcher": "melange.dispatcher",
+    "SingleDispatchConsumer": "melange.consumers",
+    "TopicPublisher": "melange.publishers",
+    "consumer": "melange.consumers",
+    "handler": "melange.consumers",
 }
 
-__all__ = ["MelangeError", "Message", "MessagingBackendFactory", "__version__"]
+__all__ = [
+    "Consumer",
+    "MelangeError",
+    "Message",
+    "MessageDispatcher",
+    "MessagingBackendFactory",
+    "QueuePublisher",
+    "SimpleMessageDispatcher",
+    "SingleDispatchConsumer",
+    "TopicPublisher",
+    "__version__",
+    "consumer",
+    "handler",
+]
 
 
 def __getattr__(name: str) -> Any:

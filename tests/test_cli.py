@@ -167,30 +167,48 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 # ---------------------------------------------------------------------- demo
 SUMMARY = {
-    "published": "5",
-    "processed": "4",
-    "retried": "3",
+    "published": "9",
+    "received": "10",
+    "handled": "8",
+    "retried": "1",
     "dead-lettered": "1",
+    "acked": "9",
+    "in flight": "4",
     "left in queues": "1",
 }
 
 
 def assert_demo_output(out: str) -> None:
-    # The topology, then the poison message's three deliveries and its move to the DLQ.
     assert "+ create queue 'payment-updates-dlq'" in out
     assert "dead_letter='payment-updates-dlq' after 3 receives" in out
-    poison = re.findall(r"msg (\w{8}) delivery (\d)", out)
-    assert [count for _, count in poison] == ["1", "2", "3"]
-    assert len({message_id for message_id, _ in poison}) == 1
-    assert "is not valid JSON" in out
-    assert "max_receive_count=3, so the queue moves it" in out
+    consume = out.split("== 3. Consume 'payment-updates' with a MessageDispatcher")[1]
+    consume = consume.split("== 4.")[0]
+
+    # Every payment but the flaky one is recorded on its first delivery, exactly once.
+    for n in (1001, *range(1003, 1009)):
+        recorded = re.findall(rf"pay-{n}\s+delivery (\d): recorded .* -> ack", consume)
+        assert recorded == ["1"], (n, recorded)
+    # The flaky one fails once, is nacked with the retry delay, and succeeds 2 simulated s later.
+    assert re.search(r"t=\s+0s .*pay-1002\s+delivery 1: handler failed: TimeoutError", consume)
+    assert "-> nack, redelivered in 2s" in consume
+    assert re.search(
+        r"t=\s+2s \[9/9\] worker \d\s+pay-1002\s+delivery 2: recorded 99.00 USD", consume
+    )
+    # The poison message is received once and dead-lettered by the dispatcher.
+    assert len(re.findall(r"msg \w{8} delivery 1: cannot decode it", consume)) == 1
+    assert "is not valid JSON" in consume
+    assert "-> on_undecodable: moved to 'payment-updates-dlq', then acked" in consume
+    # Several workers handled messages.
+    assert len(set(re.findall(r"worker (\d)", consume))) >= 2
+
     dlq_section = out.split("== 4. Dead-letter queue 'payment-updates-dlq'")[1]
-    assert f"msg {poison[0][0]}: 45 bytes (body intact)" in dlq_section
-    assert "melange.manifest=payment.v1" in dlq_section
-    # The transient failure is retried once and then succeeds.
-    assert "pay-1002 delivery 1: handler failed: TimeoutError" in out
-    assert "pay-1002 delivery 2: recorded 99.00 USD paid -> ack" in out
-    summary = out.split("== 5. Summary")[1]
+    assert re.search(r"msg \w{8}: 45 bytes \(body intact\)", dlq_section)
+    assert "event=paid, melange.manifest=payment.v1, melange.serializer=json" in dlq_section
+    # Logs show ids, never bodies: the poison body's content appears nowhere.
+    assert "melange.dispatcher: queue=payment-updates message_id=" in out
+    assert "pay-1009" not in out
+
+    summary = out.split("== 6. Summary")[1]
     for label, count in SUMMARY.items():
         assert re.search(rf"^\s+{label}\s+{count}\s", summary, re.MULTILINE), label
     assert "payment-updates: 0, payment-updates-dlq: 1" in summary
@@ -198,20 +216,25 @@ def assert_demo_output(out: str) -> None:
 
 def test_demo_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo"]) == 0
-    assert_demo_output(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert_demo_output(captured.out)
+    assert captured.err == ""
 
 
 def test_demo_summary_counts_come_from_the_run() -> None:
     import io
 
+    from melange.demo import POISON_BODY
+
     summary = run_demo(io.StringIO())
-    assert (summary.published, summary.processed, summary.retried, summary.dead_lettered) == (
-        5,
-        4,
-        3,
-        1,
-    )
+    assert summary.published == 9
+    stats = summary.stats
+    assert (stats.received, stats.handled, stats.retried, stats.dead_lettered) == (10, 8, 1, 1)
+    assert (stats.acked, stats.undecodable, stats.max_in_flight) == (9, 1, 4)
+    assert summary.dead_letter_bodies == [POISON_BODY]
     assert summary.left_in_queues == {QUEUE: 0, DEAD_LETTER_QUEUE: 1}
+    assert summary.workers_used >= 2
+    assert summary.seconds < 3.0
 
 
 def test_installed_console_script_runs_the_demo(tmp_path: Path) -> None:
@@ -228,5 +251,5 @@ def test_installed_console_script_runs_the_demo(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert result.stderr == ""  # the dispatcher's warnings are shown in the output, not leaked
     assert_demo_output(result.stdout)

@@ -1,0 +1,193 @@
+"""OpenTelemetry tracing: trace context carried in message attributes.
+
+:class:`OpenTelemetryHooks` links a consumer's work to the code that published
+the message, across processes and brokers:
+
+* on publish, the current trace context is written into the message's
+  attributes (W3C ``traceparent``/``tracestate``, plus ``baggage`` when the
+  global propagator carries it);
+* around each consumer's handling, it is read back and a ``CONSUMER`` span
+  ``"<queue> process"`` is started as a child of the publisher's span.
+
+Publishers and dispatchers use :func:`default_hooks` when given no hooks, so
+tracing works as soon as ``opentelemetry-api`` is installed
+(``pip install "melange[otel]"``) and an SDK is configured. Without an SDK no
+span is started (the context is still passed on) and the cost per message is a
+few microseconds. OpenTelemetry is imported on first use, never by ``import melange``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator, MutableMapping
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from melange.exceptions import ConfigurationError
+from melange.observability import Hooks
+
+if TYPE_CHECKING:
+    from opentelemetry.propagators.textmap import TextMapPropagator
+    from opentelemetry.trace import Tracer, TracerProvider
+
+    from melange.message import Message
+
+__all__ = ["OpenTelemetryHooks", "default_hooks", "opentelemetry_available"]
+
+MESSAGING_SYSTEM = "melange"
+"""The ``messaging.system`` attribute of the spans melange starts."""
+
+INSTALL_HINT = 'pip install "melange[otel]"'
+
+_available: bool | None = None
+
+
+def opentelemetry_available() -> bool:
+    """Return whether ``opentelemetry-api`` can be imported (checked once, without importing it)."""
+    global _available
+    if _available is None:
+        try:
+            found = importlib.util.find_spec("opentelemetry.trace") is not None
+            found = found and importlib.util.find_spec("opentelemetry.propagate") is not None
+        except (ImportError, ValueError):  # a parent package missing or blocked
+            found = False
+        _available = found
+    return _available
+
+
+def default_hooks() -> Hooks:
+    """Return the hooks publishers and dispatchers use when none are given.
+
+    Returns:
+        An :class:`OpenTelemetryHooks` when ``opentelemetry-api`` is installed,
+        else a plain :class:`~melange.observability.Hooks` that does nothing.
+    """
+    return OpenTelemetryHooks() if opentelemetry_available() else Hooks()
+
+
+class OpenTelemetryHooks(Hooks):
+    """Propagates W3C trace context through message attributes and traces handling.
+
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider  # doctest: +SKIP
+        >>> hooks = OpenTelemetryHooks(tracer_provider=TracerProvider())  # doctest: +SKIP
+        >>> TopicPublisher(backend, hooks=hooks)  # doctest: +SKIP
+
+    Args:
+        tracer_provider: Where consumer spans go; the global provider when omitted
+            (``opentelemetry.trace.set_tracer_provider``).
+        propagator: How context is written to and read from attributes; the
+            global propagator when omitted (W3C trace context and baggage unless
+            ``OTEL_PROPAGATORS`` says otherwise).
+
+    Raises:
+        ConfigurationError: ``opentelemetry-api`` is not installed.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        propagator: TextMapPropagator | None = None,
+    ) -> None:
+        if not opentelemetry_available():
+            raise ConfigurationError(
+                f"OpenTelemetryHooks needs the opentelemetry-api package; install it with "
+                f"`{INSTALL_HINT}`, or use melange.observability.Hooks() for no tracing"
+            )
+        self._tracer_provider = tracer_provider
+        self._propagator = propagator
+        self._tracer: Tracer | None = None
+        self._modules: tuple[ModuleType, ModuleType, ModuleType] | None = None
+        self._fields: tuple[TextMapPropagator, frozenset[str]] | None = None
+
+    def _otel(self) -> tuple[ModuleType, ModuleType, ModuleType]:
+        """Import the OpenTelemetry API modules on first use."""
+        if self._modules is None:
+            from opentelemetry import context, propagate, trace
+
+            self._modules = (context, propagate, trace)
+        return self._modules
+
+    @property
+    def tracer(self) -> Tracer:
+        """The tracer consumer spans are started with (created on first use)."""
+        if self._tracer is None:
+            from opentelemetry import trace
+
+            from melange import __version__
+
+            self._tracer = trace.get_tracer(
+                "melange", __version__, tracer_provider=self._tracer_provider
+            )
+        return self._tracer
+
+    def _textmap(self, propagate: ModuleType) -> TextMapPropagator:
+        if self._propagator is not None:
+            return self._propagator
+        global_textmap: TextMapPropagator = propagate.get_global_textmap()
+        return global_textmap  # read on each call: the application may set it later
+
+    def _carried_fields(self, propagator: TextMapPropagator) -> frozenset[str]:
+        """The attribute names ``propagator`` reads; cached, as a composite builds a new set."""
+        cached = self._fields
+        if cached is None or cached[0] is not propagator:
+            cached = self._fields = (propagator, frozenset(propagator.fields))
+        return cached[1]
+
+    def _recording(self, trace: ModuleType) -> bool:
+        """Whether spans go anywhere: an SDK (or another real provider) is configured."""
+        provider = self._tracer_provider
+        if provider is None:
+            provider = trace.get_tracer_provider()
+        return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+    def prepare_attributes(self, attributes: MutableMapping[str, str]) -> None:
+        """Write the current trace context into ``attributes`` (nothing when no span is active)."""
+        _, propagate, _ = self._otel()
+        self._textmap(propagate).inject(attributes)
+
+    @contextlib.contextmanager
+    def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
+        """Run one consumer's handling in a ``CONSUMER`` span, child of the publisher's context.
+
+        The span is named ``"<queue> process"``; an exception the handler raises
+        is recorded on it, its status set to error, and re-raised unchanged.
+        Without an OpenTelemetry SDK no span is started, but the publisher's
+        context is still made current, so messages the handler publishes carry it on.
+        """
+        context, propagate, trace = self._otel()
+        propagator = self._textmap(propagate)
+        # Extract into an empty context: the span's parent is the producer, never
+        # whatever span happens to be current in the worker thread.
+        parent = context.Context()
+        if not self._carried_fields(propagator).isdisjoint(message.attributes):
+            parent = propagator.extract(message.attributes, context=parent)
+        if not self._recording(trace):
+            # The API's no-op tracer would only make the parent current, at several
+            # times the cost; do that directly (this runs for every message).
+            token = context.attach(parent)
+            try:
+                yield
+            finally:
+                context.detach(token)
+            return
+        attributes: dict[str, str] = {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.destination.name": queue_name,
+            "messaging.operation.type": "process",
+            "melange.consumer": consumer,
+        }
+        if message.id is not None:
+            attributes["messaging.message.id"] = message.id
+        if message.manifest is not None:
+            attributes["melange.manifest"] = message.manifest
+        with self.tracer.start_as_current_span(
+            f"{queue_name} process",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=True,
+            set_status_on_exception=True,
+        ):
+            yield
