@@ -1,0 +1,210 @@
+"""Asynchronous publishers: the synchronous ones, called off the event loop.
+
+Serializing and sending happen in a worker thread (:func:`asyncio.to_thread`),
+because the backend contract is synchronous: the event loop keeps running
+while the broker answers. The thread sees the caller's context variables, so
+hooks that read them (OpenTelemetry's current span) work as they do in
+synchronous code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from melange.backends.base import MessagingBackend, PublishResult
+from melange.message import Message
+from melange.observability import Hooks
+from melange.publishers import QueuePublisher, TopicPublisher
+from melange.serializers import SerializerRegistry
+
+__all__ = ["AsyncQueuePublisher", "AsyncTopicPublisher"]
+
+
+class AsyncQueuePublisher:
+    """Publishes messages straight to a queue, from asyncio code.
+
+    Behaves exactly like :class:`~melange.publishers.QueuePublisher` (same
+    arguments, results and errors); only the calls are awaited.
+
+    Example:
+        >>> publisher = AsyncQueuePublisher(backend)  # doctest: +SKIP
+        >>> result = await publisher.publish("payment-updates", event)  # doctest: +SKIP
+
+    Args:
+        backend: The backend to publish through.
+        serializers: The registry that serializes payloads; a new JSON registry
+            when omitted.
+        hooks: Called before each message is encoded and after each publish; by
+            default :func:`melange.tracing.default_hooks`. Pass ``Hooks()`` for none.
+    """
+
+    def __init__(
+        self,
+        backend: MessagingBackend,
+        serializers: SerializerRegistry | None = None,
+        *,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.publisher = QueuePublisher(backend, serializers, hooks=hooks)
+        """The synchronous publisher doing the work, for code that is not async."""
+
+    @property
+    def backend(self) -> MessagingBackend:
+        """The backend messages are published through."""
+        return self.publisher.backend
+
+    @property
+    def serializers(self) -> SerializerRegistry:
+        """The registry serializing payloads."""
+        return self.publisher.serializers
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend.name!r}>"
+
+    async def publish(
+        self,
+        queue_name: str,
+        data: Message | Any,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
+        delay_seconds: float = 0.0,
+    ) -> PublishResult:
+        """Serialize and publish one message to a queue.
+
+        See :meth:`melange.publishers.QueuePublisher.publish` for the arguments
+        and the errors.
+
+        Args:
+            queue_name: The queue.
+            data: A :class:`~melange.message.Message` or a bare payload object.
+            attributes: Attributes added to the message's own; these win on a clash.
+            group_id: The FIFO message group; replaces the message's.
+            dedup_id: The deduplication id; replaces the message's.
+            delay_seconds: Seconds before the message can be received.
+
+        Returns:
+            The result of the accepted message, with the broker's message id.
+        """
+        return await asyncio.to_thread(
+            self.publisher.publish,
+            queue_name,
+            data,
+            attributes=attributes,
+            group_id=group_id,
+            dedup_id=dedup_id,
+            delay_seconds=delay_seconds,
+        )
+
+    async def publish_batch(
+        self, queue_name: str, items: Sequence[Message | Any]
+    ) -> list[PublishResult]:
+        """Serialize and publish several messages; nothing is sent if one is invalid.
+
+        See :meth:`melange.publishers.QueuePublisher.publish_batch`.
+
+        Args:
+            queue_name: The queue.
+            items: The messages or payloads, in order.
+
+        Returns:
+            One result per item, in order.
+        """
+        return await asyncio.to_thread(self.publisher.publish_batch, queue_name, items)
+
+
+class AsyncTopicPublisher:
+    """Publishes messages to a topic from asyncio code; every matching subscribed queue gets a copy.
+
+    Behaves exactly like :class:`~melange.publishers.TopicPublisher`; only the
+    calls are awaited.
+
+    Example:
+        >>> publisher = AsyncTopicPublisher(backend)  # doctest: +SKIP
+        >>> await publisher.publish("payments", event)  # doctest: +SKIP
+
+    Args:
+        backend: The backend to publish through; it must support topics.
+        serializers: The registry that serializes payloads; a new JSON registry
+            when omitted.
+        hooks: Called before each message is encoded and after each publish; by
+            default :func:`melange.tracing.default_hooks`. Pass ``Hooks()`` for none.
+    """
+
+    def __init__(
+        self,
+        backend: MessagingBackend,
+        serializers: SerializerRegistry | None = None,
+        *,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.publisher = TopicPublisher(backend, serializers, hooks=hooks)
+        """The synchronous publisher doing the work, for code that is not async."""
+
+    @property
+    def backend(self) -> MessagingBackend:
+        """The backend messages are published through."""
+        return self.publisher.backend
+
+    @property
+    def serializers(self) -> SerializerRegistry:
+        """The registry serializing payloads."""
+        return self.publisher.serializers
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend.name!r}>"
+
+    async def publish(
+        self,
+        topic_name: str,
+        data: Message | Any,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
+        delay_seconds: float = 0.0,
+    ) -> PublishResult:
+        """Serialize and publish one message to a topic.
+
+        See :meth:`melange.publishers.TopicPublisher.publish` for the arguments
+        and the errors.
+
+        Args:
+            topic_name: The topic.
+            data: A :class:`~melange.message.Message` or a bare payload object.
+            attributes: Attributes added to the message's own; these win on a clash.
+            group_id: The FIFO message group; replaces the message's.
+            dedup_id: The deduplication id; replaces the message's.
+            delay_seconds: Seconds before the message can be received.
+
+        Returns:
+            The result of the accepted message, with the broker's message id.
+        """
+        return await asyncio.to_thread(
+            self.publisher.publish,
+            topic_name,
+            data,
+            attributes=attributes,
+            group_id=group_id,
+            dedup_id=dedup_id,
+            delay_seconds=delay_seconds,
+        )
+
+    async def publish_batch(
+        self, topic_name: str, items: Sequence[Message | Any]
+    ) -> list[PublishResult]:
+        """Serialize and publish several messages to a topic; nothing is sent if one is invalid.
+
+        See :meth:`melange.publishers.TopicPublisher.publish_batch`.
+
+        Args:
+            topic_name: The topic.
+            items: The messages or payloads, in order.
+
+        Returns:
+            One result per item, in order.
+        """
+        return await asyncio.to_thread(self.publisher.publish_batch, topic_name, items)

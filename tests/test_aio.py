@@ -1,0 +1,667 @@
+"""asyncio publishers and dispatcher on the memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from melange.aio import (
+    AsyncConsumer,
+    AsyncMessageDispatcher,
+    AsyncQueuePublisher,
+    AsyncTopicPublisher,
+)
+from melange.backends.base import OutgoingMessage, ReceivedMessage
+from melange.backends.memory import MemoryBackend
+from melange.consumers import Consumer, consumer
+from melange.dedup import MemoryDedupCache
+from melange.dispatcher import LeasePolicy, RetryPolicy
+from melange.exceptions import ConfigurationError, MessageTooLarge, QueueNotFound
+from melange.factory import MessagingBackendFactory
+from melange.message import Message
+from melange.observability import Hooks
+from melange.serializers import SerializerRegistry
+
+QUEUE = "orders"
+DLQ = "orders-dlq"
+FIFO_QUEUE = "orders.fifo"
+FIFO_DLQ = "orders-dlq.fifo"
+FAST = {"wait_seconds": 0.1, "close_backend": False}
+"""Dispatcher options for tests: short polls, and the backend stays open to be inspected."""
+
+
+@dataclass(frozen=True)
+class Paid:
+    order: str
+
+
+@dataclass(frozen=True)
+class Refunded:
+    order: str
+
+
+class RecordingBackend(MemoryBackend):
+    """Records nacks and whether a receive is waiting right now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.nacks: list[tuple[str, int, float]] = []  # (message id, receive count, delay)
+        self.waiting_receives = 0
+        self.peak_receives = 0
+        self.receive_threads: set[int] = set()
+
+    def _receive(self, queue_name: str, max_messages: int, wait: float) -> list[ReceivedMessage]:
+        with self.lock:
+            self.waiting_receives += 1
+            self.peak_receives = max(self.peak_receives, self.waiting_receives)
+            self.receive_threads.add(threading.get_ident())
+        try:
+            return super()._receive(queue_name, max_messages, wait)
+        finally:
+            with self.lock:
+                self.waiting_receives -= 1
+
+    def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
+        with self.lock:
+            self.nacks.extend((m.message_id, m.receive_count, delay_seconds) for m in messages)
+        super()._nack(messages, delay_seconds)
+
+
+@pytest.fixture
+def backend() -> Iterator[RecordingBackend]:
+    backend = RecordingBackend()
+    factory = MessagingBackendFactory(backend)
+    factory.init_queue(QUEUE, dead_letter_queue_name=DLQ, max_receive_count=3)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def registry() -> SerializerRegistry:
+    registry = SerializerRegistry()
+    registry.bind(Paid, "paid.v1")
+    registry.bind(Refunded, "refunded.v1")
+    return registry
+
+
+def publish(backend: MemoryBackend, registry: SerializerRegistry, *items: Any) -> None:
+    AsyncQueuePublisher(backend, registry, hooks=Hooks()).publisher.publish_batch(QUEUE, items)
+
+
+def drain(backend: MemoryBackend, queue: str) -> list[ReceivedMessage]:
+    return backend.receive(queue, 10, 0.0)
+
+
+# ------------------------------------------------------------------ publishing
+def test_async_publishers_and_dispatch_round_trip(registry: SerializerRegistry) -> None:
+    backend = MemoryBackend()
+    factory = MessagingBackendFactory(backend)
+    factory.init_queue(QUEUE, ["payments"], dead_letter_queue_name=DLQ)
+    seen: list[tuple[str, str, bool]] = []  # (consumer, order, ran on the loop's thread)
+    loop_thread: list[int] = []
+
+    @consumer
+    async def ledger(event: Paid) -> None:
+        await asyncio.sleep(0)
+        seen.append(("ledger", event.order, threading.get_ident() == loop_thread[0]))
+
+    class Audit(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            seen.append(("audit", message.body.order, threading.get_ident() == loop_thread[0]))
+
+    @consumer
+    def mailer(event: Paid) -> None:  # blocking code: runs in a thread
+        seen.append(("mailer", event.order, threading.get_ident() == loop_thread[0]))
+
+    async def main() -> None:
+        loop_thread.append(threading.get_ident())
+        topics = AsyncTopicPublisher(backend, registry, hooks=Hooks())
+        queues = AsyncQueuePublisher(backend, registry, hooks=Hooks())
+        first = await topics.publish("payments", Paid("o-1"), attributes={"k": "v"})
+        assert first.ok and first.message_id
+        results = await queues.publish_batch(QUEUE, [Paid("o-2"), Message(Paid("o-3"))])
+        assert [r.ok for r in results] == [True, True]
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [ledger, Audit(), mailer], registry, **FAST
+        )
+        async with dispatcher:
+            stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=5)
+        assert stats.handled == 3 and stats.acked == 3 and stats.failed == 0
+
+    asyncio.run(main())
+    orders = {"o-1", "o-2", "o-3"}
+    assert {order for name, order, _ in seen if name == "ledger"} == orders
+    assert {order for name, order, _ in seen if name == "audit"} == orders
+    assert {order for name, order, _ in seen if name == "mailer"} == orders
+    assert all(on_loop for name, _, on_loop in seen if name != "mailer")
+    assert not any(on_loop for name, _, on_loop in seen if name == "mailer")
+    assert drain(backend, QUEUE) == []  # all acked
+
+
+def test_async_publish_errors_before_sending(backend: RecordingBackend) -> None:
+    publisher = AsyncQueuePublisher(backend, hooks=Hooks())
+    too_big = "x" * (backend.capabilities.max_message_size + 1)
+
+    async def main() -> None:
+        with pytest.raises(MessageTooLarge):
+            await publisher.publish_batch(QUEUE, ["fine", too_big])
+        with pytest.raises(MessageTooLarge):
+            await publisher.publish(QUEUE, too_big)
+
+    asyncio.run(main())
+    assert drain(backend, QUEUE) == []  # not even the fine one was sent
+
+
+# ----------------------------------------------------------------- concurrency
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_concurrency_bounds_running_handlers(
+    backend: RecordingBackend, registry: SerializerRegistry, kind: str
+) -> None:
+    publish(backend, registry, *[Paid(f"o-{i}") for i in range(12)])
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    def enter() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+
+    def leave() -> None:
+        nonlocal running
+        with lock:
+            running -= 1
+
+    class Slow(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            enter()
+            await asyncio.sleep(0.05)
+            leave()
+
+    class SlowSync(Consumer):
+        def process(self, message: Message) -> None:
+            enter()
+            time.sleep(0.05)
+            leave()
+
+    slow = Slow() if kind == "async" else SlowSync()
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [slow], registry, concurrency=3, concurrent_receives=2, **FAST
+        )
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=5, stop=True)
+        assert stats.handled == 12
+        assert stats.max_in_flight <= 3  # no prefetch beyond capacity
+
+    asyncio.run(main())
+    assert peak == 3
+
+
+def test_event_loop_keeps_running_while_receive_long_polls(backend: RecordingBackend) -> None:
+    @consumer
+    async def never(message: Message) -> None:
+        raise AssertionError("the queue is empty")
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [never], wait_seconds=1.0, close_backend=False
+        )
+        await dispatcher.start()
+        ticks: list[float] = []
+        polled_while_ticking = False
+        for _ in range(40):
+            ticks.append(time.monotonic())
+            polled_while_ticking |= backend.waiting_receives > 0
+            await asyncio.sleep(0.01)
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert polled_while_ticking
+        assert max(gaps) < 0.2  # a receive on the loop would stall it for 1 s
+        assert threading.get_ident() not in backend.receive_threads
+        started = time.monotonic()
+        await dispatcher.stop()  # waits for the poll in progress, not longer
+        assert time.monotonic() - started < 2.5
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- failures
+class RecordingHooks(Hooks):
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, float | None]] = []
+        self.outcomes: list[tuple[str, str]] = []
+
+    def on_handler_error(
+        self,
+        queue_name: str,
+        message: Message,
+        consumer: str,
+        error: BaseException,
+        retry_in: float | None,
+    ) -> None:
+        self.errors.append((str(error), retry_in))
+
+    def on_undecodable(
+        self, queue_name: str, received: ReceivedMessage, error: Exception, outcome: str
+    ) -> None:
+        self.outcomes.append(("undecodable", outcome))
+
+    def on_unhandled(self, queue_name: str, message: Message, outcome: str) -> None:
+        self.outcomes.append(("unhandled", outcome))
+
+
+def test_failed_handler_is_retried_through_a_nack_with_the_policy_delay(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    publish(backend, registry, Paid("o-1"))
+    deliveries: list[int] = []
+    hooks = RecordingHooks()
+
+    class FlakyOnce(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            deliveries.append(len(deliveries) + 1)
+            if len(deliveries) == 1:
+                raise RuntimeError("database down")
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend,
+            QUEUE,
+            [FlakyOnce()],
+            registry,
+            retry=RetryPolicy(base=0.15, factor=1.0, jitter=0.0),
+            hooks=hooks,
+            **FAST,
+        )
+        stats = await dispatcher.run_until_idle(idle_seconds=0.4, timeout=5, stop=True)
+        assert (stats.failed, stats.retried, stats.handled, stats.acked) == (1, 1, 1, 1)
+
+    asyncio.run(main())
+    assert deliveries == [1, 2]
+    assert [(count, delay) for _, count, delay in backend.nacks] == [(1, 0.15)]
+    assert hooks.errors == [("database down", 0.15)]
+    assert drain(backend, QUEUE) == []
+
+
+def test_permanently_failing_message_reaches_the_dead_letter_queue_intact(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    publish(backend, registry, Message(Paid("o-bad"), attributes={"tenant": "t1"}))
+
+    @consumer
+    def broken(event: Paid) -> None:
+        raise ValueError("always")
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [broken], registry, retry=RetryPolicy(base=0.0), **FAST
+        )
+        stats = await dispatcher.run_until_idle(idle_seconds=0.3, timeout=5, stop=True)
+        assert stats.failed == 3 and stats.acked == 0  # max_receive_count=3, never acked
+
+    asyncio.run(main())
+    assert drain(backend, QUEUE) == []
+    (dead,) = drain(backend, DLQ)
+    assert registry.decode(dead).body == Paid("o-bad")
+    assert dead.attributes["tenant"] == "t1"
+
+
+def test_undecodable_and_unhandled_messages_follow_their_outcome(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    backend.publish(QUEUE, [OutgoingMessage(b"\xff not json", {"origin": "legacy"})])
+    publish(backend, registry, Refunded("o-2"), Paid("o-3"))
+    hooks = RecordingHooks()
+    handled: list[Paid] = []
+
+    @consumer
+    async def on_paid(event: Paid) -> None:
+        handled.append(event)
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [on_paid], registry, hooks=hooks, **FAST
+        )
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=5, stop=True)
+        assert (stats.undecodable, stats.unhandled, stats.dead_lettered) == (1, 1, 2)
+        assert stats.acked == 3  # the two dead-lettered ones and o-3
+
+    asyncio.run(main())
+    assert handled == [Paid("o-3")]
+    assert sorted(hooks.outcomes) == [("undecodable", "dead_letter"), ("unhandled", "dead_letter")]
+    dead = {m.body: m for m in drain(backend, DLQ)}
+    assert dead[b"\xff not json"].attributes == {"origin": "legacy"}
+    assert [registry.decode(m).body for b, m in dead.items() if b != b"\xff not json"] == [
+        Refunded("o-2")
+    ]
+    assert drain(backend, QUEUE) == []
+
+
+@pytest.mark.parametrize(("outcome", "left_in_queue"), [("ack", 0), ("leave", 1)])
+def test_unhandled_outcomes_ack_and_leave(
+    backend: RecordingBackend, registry: SerializerRegistry, outcome: Any, left_in_queue: int
+) -> None:
+    publish(backend, registry, Refunded("o-1"))
+
+    @consumer
+    async def on_paid(event: Paid) -> None:
+        raise AssertionError("not for this consumer")
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [on_paid], registry, on_unhandled=outcome, **FAST
+        )
+        await dispatcher.run_until_idle(idle_seconds=0.2, timeout=5, stop=True)
+
+    asyncio.run(main())
+    assert drain(backend, DLQ) == []
+    assert len(backend.receive(QUEUE, 10, 0.0)) == 0  # invisible or gone
+    depth = backend.queue_depth(QUEUE)
+    assert depth.visible + depth.in_flight + depth.delayed == left_in_queue
+
+
+# ---------------------------------------------------------------- dedup, leases
+def test_dedup_skips_what_a_consumer_already_handled(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    publisher = AsyncQueuePublisher(backend, registry, hooks=Hooks()).publisher
+    first, second = (r.message_id for r in publisher.publish_batch(QUEUE, [Paid("1"), Paid("2")]))
+    cache = MemoryDedupCache()
+    cache.complete(f"ledger:{first}", 60)  # handled before, e.g. by a crashed worker
+    handled: list[str | None] = []
+
+    @consumer(name="ledger")
+    async def ledger(message: Message) -> None:
+        handled.append(message.id)
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [ledger], registry, dedup=cache, **FAST)
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=5, stop=True)
+        assert (stats.duplicates, stats.handled, stats.acked) == (1, 2, 2)
+
+    asyncio.run(main())
+    assert handled == [second]
+    assert cache.claim(f"ledger:{second}", 60) == "done"
+
+
+def test_long_handler_keeps_its_lease(registry: SerializerRegistry) -> None:
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue(QUEUE, visibility_timeout=0.4)
+    publish(backend, registry, Paid("o-1"))
+    deliveries: list[int] = []
+
+    class Slow(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            deliveries.append(1)
+            await asyncio.sleep(1.2)  # three visibility timeouts
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [Slow()], registry, concurrency=2, lease=LeasePolicy(0.5), **FAST
+        )
+        stats = await dispatcher.run_until_idle(idle_seconds=0.3, timeout=5, stop=True)
+        assert stats.lease_extended >= 2 and stats.lease_lost == 0
+        assert stats.received == 1 and stats.acked == 1
+
+    asyncio.run(main())
+    assert deliveries == [1]  # never redelivered to the second slot while it ran
+
+
+# ---------------------------------------------------------------- shutdown
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_stop_finishes_in_flight_handlers_and_releases_unstarted(
+    registry: SerializerRegistry, kind: str
+) -> None:
+    backend = RecordingBackend()
+    MessagingBackendFactory(backend).init_queue(FIFO_QUEUE)
+    publisher = AsyncQueuePublisher(backend, registry, hooks=Hooks()).publisher
+    items = [Message(Paid(f"o-{i}"), group_id="g", dedup_id=str(i)) for i in range(3)]
+    ids = [r.message_id for r in publisher.publish_batch(FIFO_QUEUE, items)]
+    finished: list[str] = []
+    started = threading.Event()
+
+    class SlowAsync(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            started.set()
+            await asyncio.sleep(0.3)
+            finished.append(message.body.order)
+
+    class SlowSync(Consumer):
+        def process(self, message: Message) -> None:
+            started.set()
+            time.sleep(0.3)
+            finished.append(message.body.order)
+
+    slow = SlowAsync() if kind == "async" else SlowSync()
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, FIFO_QUEUE, [slow], registry, concurrency=3, **FAST
+        )
+        await dispatcher.start()
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        assert dispatcher.in_flight == 3  # one running, two waiting behind it in their group
+        await dispatcher.stop()
+        assert not dispatcher.running
+        stats = dispatcher.stats.snapshot()
+        assert (stats.handled, stats.acked, stats.released) == (1, 1, 2)
+
+    asyncio.run(main())
+    assert finished == ["o-0"]  # finished although stop() came while it ran
+    assert sorted((i, d) for i, _, d in backend.nacks) == sorted([(ids[1], 0.0), (ids[2], 0.0)])
+    again = backend.receive(FIFO_QUEUE, 10, 0.0)
+    assert [m.message_id for m in again] == ids[1:]  # released in order, the first acked
+
+
+def test_stop_closes_the_backend_and_is_idempotent(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    @consumer
+    async def noop(message: Message) -> None:
+        pass
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [noop], registry, wait_seconds=0.1)
+        await dispatcher.start()
+        await asyncio.gather(dispatcher.stop(), dispatcher.stop())
+        await dispatcher.stop()
+        assert backend.closed
+        with pytest.raises(ConfigurationError, match="cannot start again"):
+            await dispatcher.start()
+
+    asyncio.run(main())
+
+
+def test_handlers_past_the_grace_period_are_cancelled_and_not_acked(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    publisher = AsyncQueuePublisher(backend, registry, hooks=Hooks()).publisher
+    (message_id,) = (r.message_id for r in publisher.publish_batch(QUEUE, [Paid("o-1")]))
+    cache = MemoryDedupCache()
+    cancelled = asyncio.Event()
+
+    class Stuck(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [Stuck()], registry, dedup=cache, grace_period=0.2, **FAST
+        )
+        await dispatcher.start()
+        while dispatcher.in_flight == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(dispatcher.stop(), timeout=3)
+        assert cancelled.is_set()
+        assert dispatcher.stats.acked == 0 and dispatcher.stats.handled == 0
+
+    asyncio.run(main())
+    depth = backend.queue_depth(QUEUE)
+    assert depth.in_flight == 1  # not acked: it comes back after the visibility timeout
+    time.sleep(0.1)  # the claim is released in the background
+    assert cache.claim(f"Stuck:{message_id}", 60) == "claimed"  # a retry may handle it
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_handler_can_stop_its_dispatcher(
+    backend: RecordingBackend, registry: SerializerRegistry, kind: str
+) -> None:
+    publish(backend, registry, Paid("o-1"))
+    box: list[AsyncMessageDispatcher] = []
+
+    class StopsAsync(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            await box[0].stop()  # returns at once: waiting would wait for this handler
+
+    class StopsSync(Consumer):
+        def process(self, message: Message) -> None:
+            box[0].request_stop()  # from the handler's thread
+
+    stopper = StopsAsync() if kind == "async" else StopsSync()
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [stopper], registry, **FAST)
+        box.append(dispatcher)
+        await asyncio.gather(dispatcher.start(), dispatcher.start())  # started once
+        await asyncio.wait_for(dispatcher.run(install_signal_handlers=False), timeout=3)
+        assert (dispatcher.stats.handled, dispatcher.stats.acked) == (1, 1)
+
+    asyncio.run(main())
+    assert backend.peak_receives == 1  # concurrent_receives=1: one receiver although two starts
+
+
+def test_cancelling_run_stops_gracefully(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    publish(backend, registry, Paid("o-1"))
+    finished: list[str] = []
+
+    class Slow(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            await asyncio.sleep(0.2)
+            finished.append(message.body.order)
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [Slow()], registry, **FAST)
+        task = asyncio.create_task(dispatcher.run(install_signal_handlers=False))
+        while dispatcher.in_flight == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not dispatcher.running
+        await dispatcher.stop()
+        assert dispatcher.stats.acked == 1
+
+    asyncio.run(main())
+    assert finished == ["o-1"]
+
+
+def test_sigterm_stops_run_gracefully(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    publish(backend, registry, Paid("o-1"))
+    finished: list[str] = []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    class SignalledMidway(AsyncConsumer):
+        async def process(self, message: Message) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            finished.append(message.body.order)
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [SignalledMidway()], registry, **FAST)
+        await asyncio.wait_for(dispatcher.run(), timeout=5)
+        assert dispatcher.stats.acked == 1
+
+    asyncio.run(main())
+    assert finished == ["o-1"]
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+# ---------------------------------------------------------------- details
+def test_handling_hook_context_reaches_async_and_sync_consumers(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("current", default="none")
+    publish(backend, registry, Paid("o-1"))
+    seen: dict[str, str] = {}
+
+    class Tracing(Hooks):
+        @contextlib.contextmanager
+        def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
+            token = current.set(f"span:{consumer}")
+            try:
+                yield
+            finally:
+                current.reset(token)
+
+    @consumer(name="async")
+    async def in_loop(event: Paid) -> None:
+        seen["async"] = current.get()
+
+    @consumer(name="sync")
+    def in_thread(event: Paid) -> None:
+        seen["sync"] = current.get()
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [in_loop, in_thread], registry, hooks=Tracing(), **FAST
+        )
+        await dispatcher.run_until_idle(idle_seconds=0.2, timeout=5, stop=True)
+        assert current.get() == "none"  # nothing leaked into the caller's context
+
+    asyncio.run(main())
+    assert seen == {"async": "span:async", "sync": "span:sync"}
+
+
+def test_configuration_errors(backend: RecordingBackend) -> None:
+    @consumer
+    async def noop(message: Message) -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        AsyncMessageDispatcher(backend, QUEUE, [noop], concurrency=0)
+    with pytest.raises(ConfigurationError, match="on_unhandled"):
+        AsyncMessageDispatcher(backend, QUEUE, [noop], on_unhandled="drop")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="at least one consumer"):
+        AsyncMessageDispatcher(backend, QUEUE, [])
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(backend, "missing", [noop], close_backend=False)
+        with pytest.raises(QueueNotFound):
+            await dispatcher.start()
+
+    asyncio.run(main())
+
+
+def test_the_asyncio_guide_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    guide = Path(__file__).resolve().parents[1] / "docs" / "asyncio.md"
+    example = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.DOTALL)[0]
+    namespace: dict[str, Any] = {}
+    exec(example, namespace)
+    assert sorted(namespace["recorded"]) == ["pay-1", "pay-2", "pay-3"]
+    assert capsys.readouterr().out.split() == ["3", "3"]
+    assert namespace["backend"].closed
