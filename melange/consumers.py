@@ -98,8 +98,11 @@ class Consumer(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def process(self, message: Message) -> None:
+    def process(self, message: Message) -> object:
         """Handle ``message``; raise to have it retried.
+
+        The return value is ignored (``object`` so that subclasses may return
+        anything, including the coroutine of an ``async def process``).
 
         The message is acknowledged only after every accepting consumer returned
         without raising. A message may be delivered more than once (at-least-once

@@ -35,8 +35,6 @@ Logging goes to the ``melange.dispatcher`` logger with ``extra`` fields
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 import queue
 import signal
@@ -44,18 +42,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
-from melange.consumers import Consumer, is_async_consumer
-from melange.exceptions import BackendClosed, ConfigurationError, QueueNotFound
-from melange.lease import Lease, LeaseKeeper, LeasePolicy
-from melange.message import Message
-from melange.observability import Hooks, safe
+from melange._options import DispatcherOptions, positive_int
+from melange.backends.base import MessagingBackend, ReceivedMessage
+from melange.consumers import Consumer
+from melange.exceptions import BackendClosed, ConfigurationError
+from melange.lease import LeaseKeeper, LeasePolicy
+from melange.observability import Hooks
 from melange.retry import RetryPolicy
 from melange.serializers import SerializerRegistry
+from melange.settlement import ACK_BATCH, Delivery, DispatchStats, Outcome, log_extra
 
 if TYPE_CHECKING:
     from melange.dedup import DedupCache
@@ -71,110 +69,10 @@ __all__ = [
 
 logger = logging.getLogger("melange.dispatcher")
 
-Outcome = Literal["dead_letter", "ack", "leave"]
-"""What happens to a message that cannot be decoded or that no consumer accepts."""
-
-_OUTCOMES: tuple[Outcome, ...] = ("dead_letter", "ack", "leave")
-
-_ACK_BATCH = 100
-"""Most acknowledgements sent in one call; the backend splits them into its own limits."""
-
-_RECEIVE_BACKOFF = RetryPolicy(base=0.1, factor=2.0, max_delay=10.0, jitter=0.2)
-"""Waits between receive attempts while the backend fails."""
+_SYNC_AWAITABLE_HINT = "; async consumers need melange.aio.AsyncMessageDispatcher"
 
 
-@dataclass
-class DispatchStats:
-    """Counters of what a dispatcher did; thread-safe. Read a consistent copy with :meth:`snapshot`.
-
-    Attributes:
-        received: Messages returned by the backend.
-        handled: Messages every accepting consumer succeeded with (or had already
-            handled, according to the deduplication cache).
-        failed: Consumer calls that raised.
-        retried: Messages released for another delivery because a consumer failed.
-        acked: Messages acknowledged.
-        undecodable: Messages that could not be decoded.
-        unhandled: Messages no consumer accepted.
-        dead_lettered: Messages the dispatcher itself published to the dead-letter queue.
-        left: Messages left to the broker's visibility timeout by the ``"leave"`` outcome
-            (or because there was no dead-letter queue to move them to).
-        duplicates: Consumer calls skipped because the deduplication cache said "done".
-        busy: Messages released because another worker held a deduplication claim.
-        released: Messages received but not started, released at shutdown or
-            behind a failed message of their FIFO group.
-        lease_extended: Lease extensions (one per message per extension).
-        lease_lost: Leases the broker refused to extend.
-        receive_errors: Receive calls that failed (and were retried).
-        max_in_flight: The most messages held (received, not finished) at once.
-    """
-
-    received: int = 0
-    handled: int = 0
-    failed: int = 0
-    retried: int = 0
-    acked: int = 0
-    undecodable: int = 0
-    unhandled: int = 0
-    dead_lettered: int = 0
-    left: int = 0
-    duplicates: int = 0
-    busy: int = 0
-    released: int = 0
-    lease_extended: int = 0
-    lease_lost: int = 0
-    receive_errors: int = 0
-    max_in_flight: int = 0
-    _lock: threading.Lock = field(
-        default_factory=threading.Lock, init=False, repr=False, compare=False
-    )
-
-    def add(self, counter: str, count: int = 1) -> None:
-        """Add ``count`` to the counter named ``counter``."""
-        with self._lock:
-            setattr(self, counter, getattr(self, counter) + count)
-
-    def peak(self, counter: str, value: int) -> None:
-        """Raise the counter named ``counter`` to ``value`` if it is lower (a high-water mark)."""
-        with self._lock:
-            if value > getattr(self, counter):
-                setattr(self, counter, value)
-
-    def snapshot(self) -> DispatchStats:
-        """Return a copy of the counters taken at one instant."""
-        with self._lock:
-            return DispatchStats(**self._values())
-
-    def as_dict(self) -> dict[str, int]:
-        """Return the counters as a dict, taken at one instant."""
-        with self._lock:
-            return self._values()
-
-    def _values(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-
-
-class _Delivery:
-    """One received message while the dispatcher holds it."""
-
-    __slots__ = ("cancelled", "lease", "received", "started")
-
-    def __init__(self, received: ReceivedMessage, lease: Lease) -> None:
-        self.received = received
-        self.lease = lease
-        self.started = False
-        self.cancelled = False  # released before it started (shutdown, failed group predecessor)
-
-
-def _extra(received: ReceivedMessage, consumer: str | None = None) -> dict[str, Any]:
-    return {
-        "queue": received.queue_name,
-        "message_id": received.message_id,
-        "consumer": consumer,
-    }
-
-
-class MessageDispatcher:
+class MessageDispatcher(DispatcherOptions):
     """Receives messages from one queue and hands them to consumers, on a pool of threads.
 
     Example:
@@ -239,72 +137,27 @@ class MessageDispatcher:
         grace_period: float = 30.0,
         close_backend: bool = True,
     ) -> None:
-        if not isinstance(backend, MessagingBackend):
-            raise ConfigurationError(
-                f"backend must be a melange MessagingBackend, got {type(backend).__name__}; "
-                "create one with melange.backends.load_backend(...)"
-            )
-        if not isinstance(queue_name, str) or not queue_name:
-            raise ConfigurationError(f"queue_name must be a non-empty string, got {queue_name!r}")
-        self.backend = backend
-        self.queue_name = queue_name
-        self.consumers = _check_consumers(consumers)
-        if serializers is not None and not isinstance(serializers, SerializerRegistry):
-            raise ConfigurationError(
-                f"serializers must be a melange.serializers.SerializerRegistry, "
-                f"got {type(serializers).__name__}"
-            )
-        self.serializers = serializers if serializers is not None else SerializerRegistry()
-        self.workers = _positive_int("workers", workers)
-        self.concurrent_receives = _positive_int("concurrent_receives", concurrent_receives)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.wait_seconds = _seconds("wait_seconds", wait_seconds)
-        self.grace_period = _seconds("grace_period", grace_period)
-        if dedup_ttl is not None and not (_seconds("dedup_ttl", dedup_ttl) > 0):
-            raise ConfigurationError(f"dedup_ttl must be a positive number, got {dedup_ttl!r}")
-        self.dedup_ttl = dedup_ttl
-        if dedup_claim_ttl is not None and not (_seconds("dedup_claim_ttl", dedup_claim_ttl) > 0):
-            raise ConfigurationError(
-                f"dedup_claim_ttl must be a positive number, got {dedup_claim_ttl!r}"
-            )
-        self.dedup_claim_ttl = dedup_claim_ttl
-        for label, outcome in (("on_undecodable", on_undecodable), ("on_unhandled", on_unhandled)):
-            if outcome not in _OUTCOMES:
-                raise ConfigurationError(
-                    f"{label} must be one of {', '.join(map(repr, _OUTCOMES))}, got {outcome!r}"
-                )
-        self.on_undecodable: Outcome = on_undecodable
-        self.on_unhandled: Outcome = on_unhandled
-        for label, value, kind in (("retry", retry, RetryPolicy), ("lease", lease, LeasePolicy)):
-            if value is not None and not isinstance(value, kind):
-                raise ConfigurationError(
-                    f"{label} must be a melange {kind.__name__}, got {type(value).__name__}"
-                )
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.lease = lease if lease is not None else LeasePolicy()
-        self.dedup = dedup
-        if hooks is None:
-            from melange.tracing import default_hooks  # OpenTelemetry only when installed
-
-            hooks = default_hooks()
-        elif not isinstance(hooks, Hooks):
-            raise ConfigurationError(
-                f"hooks must be a melange.observability.Hooks, got {type(hooks).__name__}"
-            )
-        self.hooks = hooks
-        self._hooks = safe(hooks)  # a failing hook is logged, never changes a message's fate
-        self.close_backend = bool(close_backend)
-        self.stats = DispatchStats()
-        """What the dispatcher did so far; live counters."""
-
-        self._can_nack = backend.capabilities.nack_delay
-        self._max_delay = backend.capabilities.max_visibility_timeout
-        # Set by start() from one get_queue() call.
-        self._visibility_timeout = 30.0
-        self._retention = 4 * 24 * 3600.0
-        self._dead_letter_queue: str | None = None
-        self._max_receives: int | None = None
-        self._fifo = False
+        self._configure(
+            backend,
+            queue_name,
+            consumers,
+            serializers,
+            asynchronous=False,
+            concurrent_receives=concurrent_receives,
+            batch_size=batch_size,
+            wait_seconds=wait_seconds,
+            retry=retry,
+            on_undecodable=on_undecodable,
+            on_unhandled=on_unhandled,
+            dedup=dedup,
+            dedup_ttl=dedup_ttl,
+            dedup_claim_ttl=dedup_claim_ttl,
+            hooks=hooks,
+            lease=lease,
+            grace_period=grace_period,
+            close_backend=close_backend,
+        )
+        self.workers = positive_int("workers", workers)
 
         self._lock = threading.Lock()
         self._capacity = threading.Condition(self._lock)
@@ -312,12 +165,12 @@ class MessageDispatcher:
         self._held = 0  # received, not finished
         self._reserved = 0  # asked for by receive calls in progress
         self._pending_acks = 0
-        self._deliveries: set[_Delivery] = set()
+        self._deliveries: set[Delivery] = set()
         self._active_groups: set[str] = set()
-        self._waiting: dict[str, deque[_Delivery]] = {}  # behind the running message of a group
+        self._waiting: dict[str, deque[Delivery]] = {}  # behind the running message of a group
         self._last_activity = time.monotonic()
-        self._work: queue.SimpleQueue[_Delivery | None] = queue.SimpleQueue()
-        self._acks: queue.SimpleQueue[_Delivery | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._acks: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._receivers: list[threading.Thread] = []
@@ -345,7 +198,7 @@ class MessageDispatcher:
 
     @property
     def _queue_extra(self) -> dict[str, Any]:
-        return {"queue": self.queue_name, "message_id": None, "consumer": None}
+        return self._settlement.queue_extra
 
     # ------------------------------------------------------------- lifecycle
     @property
@@ -376,26 +229,8 @@ class MessageDispatcher:
                     f"this dispatcher for queue {self.queue_name!r} was stopped and cannot "
                     "start again; create a new MessageDispatcher"
                 )
-            spec = self.backend.get_queue(self.queue_name)
-            if spec is None:
-                raise QueueNotFound(self.queue_name)
-            self._visibility_timeout = spec.visibility_timeout
-            self._retention = spec.message_retention_period
-            self._fifo = spec.fifo
-            if spec.dead_letter is not None:
-                self._dead_letter_queue = spec.dead_letter.queue_name
-                self._max_receives = spec.dead_letter.max_receive_count
-            if self.backend.capabilities.lease_extension and self._visibility_timeout > 0:
-                self._keeper = LeaseKeeper(
-                    self.backend,
-                    self.queue_name,
-                    self._visibility_timeout,
-                    self.lease,
-                    self._hooks,
-                    on_extended=lambda count: self.stats.add("lease_extended", count),
-                    on_lost=lambda _lease: self.stats.add("lease_lost"),
-                )
-                self._keeper.start()
+            self._settlement.load(self.backend.get_queue(self.queue_name))
+            self._keeper = self._settlement.lease_keeper(self.lease)
             name = self.queue_name
             self._worker_threads = [
                 _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(self.workers)
@@ -528,7 +363,7 @@ class MessageDispatcher:
             lambda: self._shutdown(unstarted), f"melange-shutdown-{self.queue_name}"
         )
 
-    def _cancel_unstarted(self) -> list[_Delivery]:
+    def _cancel_unstarted(self) -> list[Delivery]:
         """Mark every held message that has not started as cancelled; call with the lock held."""
         unstarted = [d for d in self._deliveries if not d.started and not d.cancelled]
         for delivery in unstarted:
@@ -536,7 +371,7 @@ class MessageDispatcher:
         self._waiting.clear()
         return unstarted
 
-    def _shutdown(self, unstarted: list[_Delivery]) -> None:
+    def _shutdown(self, unstarted: list[Delivery]) -> None:
         deadline = time.monotonic() + self.grace_period
         try:
             logger.info(
@@ -584,15 +419,8 @@ class MessageDispatcher:
             )
 
     def _close_backend(self) -> None:
-        if not self.close_backend:
-            return
-        try:
-            self.backend.close()
-        except Exception:
-            logger.exception(
-                "closing the backend failed",
-                extra=self._queue_extra,
-            )
+        if self.close_backend:
+            self._settlement.close_backend()
 
     # -------------------------------------------------------------- receiving
     def _reserve(self) -> int:
@@ -628,17 +456,7 @@ class MessageDispatcher:
             except Exception as exc:
                 self._unreserve(count)
                 failures += 1
-                self.stats.add("receive_errors")
-                delay = _RECEIVE_BACKOFF.delay(failures)
-                logger.error(
-                    "receiving from queue %s failed (%s: %s); retrying in %.1fs",
-                    self.queue_name,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    extra=self._queue_extra,
-                )
-                self._stop_requested.wait(delay)
+                self._stop_requested.wait(self._settlement.receive_failed(failures, exc))
                 continue
             failures = 0
             self._accept(received, count, received_at)
@@ -650,14 +468,8 @@ class MessageDispatcher:
 
     def _accept(self, received: list[ReceivedMessage], reserved: int, received_at: float) -> None:
         """Take the messages of one receive call: queue them for the workers, or release them."""
-        expires_at = received_at + self._visibility_timeout
-        deliveries = [
-            _Delivery(message, Lease(message, received_at, expires_at)) for message in received
-        ]
-        if received:  # before any handler can start, so hooks see the steps in order
-            self.stats.add("received", len(received))
-            self._hooks.on_receive(self.queue_name, received)
-        release: list[_Delivery] = []
+        deliveries = self._settlement.deliveries(received, received_at)
+        release: list[Delivery] = []
         held = 0
         with self._capacity:
             self._reserved -= reserved
@@ -687,7 +499,7 @@ class MessageDispatcher:
             extra=self._queue_extra,
         )
 
-    def _schedule(self, delivery: _Delivery) -> None:
+    def _schedule(self, delivery: Delivery) -> None:
         """Queue a delivery for a worker, behind a running message of its group; lock held."""
         group = delivery.received.group_id
         if group is not None:
@@ -714,39 +526,41 @@ class MessageDispatcher:
                 logger.exception(
                     "internal error while handling message %s; it will be delivered again",
                     delivery.received.message_id,
-                    extra=_extra(delivery.received),
+                    extra=log_extra(delivery.received),
                 )
             finally:
                 self._finish(delivery, acked)
 
-    def _finish(self, delivery: _Delivery, acked: bool) -> None:
+    def _finish(self, delivery: Delivery, acked: bool) -> None:
         """Free the delivery's worker slot and start the next message of its group."""
         group = delivery.received.group_id
-        behind: list[_Delivery] = []
+        behind: list[Delivery] = []
         with self._capacity:
             self._deliveries.discard(delivery)
             self._held -= 1
             self._last_activity = time.monotonic()
             if group is not None:
                 waiting = self._waiting.pop(group, None)
-                if waiting and not acked:
-                    # Keep the group's order: the messages behind a failed one go back
-                    # to the broker, which hands them out again after it.
-                    behind = list(waiting)
-                    for other in behind:
-                        other.cancelled = True
-                elif waiting:
+                if waiting and acked:
+                    # The group stays active while its next message runs, so one that
+                    # arrives meanwhile waits behind it.
                     self._work.put(waiting.popleft())
                     if waiting:
                         self._waiting[group] = waiting
-                if not waiting or behind:
+                else:
                     self._active_groups.discard(group)
+                    if waiting:
+                        # Keep the group's order: the messages behind a failed one go back
+                        # to the broker, which hands them out again after it.
+                        behind = list(waiting)
+                        for other in behind:
+                            other.cancelled = True
             self._capacity.notify_all()
         if self._keeper is not None:
             self._keeper.release(delivery.lease)
         self._release(behind, "released")
 
-    def _release(self, deliveries: list[_Delivery], counter: str) -> None:
+    def _release(self, deliveries: list[Delivery], counter: str) -> None:
         """Drop messages that were not handled and make them receivable again (nack, no delay)."""
         if not deliveries:
             return
@@ -759,289 +573,47 @@ class MessageDispatcher:
         if self._keeper is not None:
             for delivery in deliveries:
                 self._keeper.release(delivery.lease)
-        self.stats.add(counter, len(deliveries))
-        if not self._can_nack:
-            return  # they come back after the visibility timeout
-        try:
-            self.backend.nack([d.received for d in deliveries], 0.0)
-        except Exception as exc:
-            logger.warning(
-                "could not release %d message(s) (%s); they come back after the visibility timeout",
-                len(deliveries),
-                type(exc).__name__,
-                extra=self._queue_extra,
-            )
+        self._settlement.release(deliveries, counter)
 
-    def _handle(self, delivery: _Delivery) -> bool:
+    def _handle(self, delivery: Delivery) -> bool:
         """Decode and handle one message; settle it. Return whether it is being acknowledged."""
+        settlement = self._settlement
         received = delivery.received
         try:
             message = self.serializers.decode(received)
         except Exception as exc:  # SerializationError, or a serializer's own bug
-            self.stats.add("undecodable")
-            outcome = self._apply_outcome(delivery, self.on_undecodable, "undecodable", exc)
-            self._hooks.on_undecodable(self.queue_name, received, exc, outcome)
-            return outcome in ("ack", "dead_letter")
-        failures: list[tuple[Consumer, BaseException]] = []
-        accepting: list[Consumer] = []
-        for candidate in self.consumers:
-            try:
-                if candidate.accepts(message):
-                    accepting.append(candidate)
-            except Exception as exc:
-                failures.append((candidate, exc))
+            return self._ack_if(
+                delivery, settlement.undecodable(received, self.on_undecodable, exc)
+            )
+        accepting, failures = settlement.select(self.consumers, message)
         if not accepting and not failures:
-            self.stats.add("unhandled")
-            outcome = self._apply_outcome(delivery, self.on_unhandled, "unhandled", None)
-            self._hooks.on_unhandled(self.queue_name, message, outcome)
-            return outcome in ("ack", "dead_letter")
+            return self._ack_if(
+                delivery, settlement.unhandled(received, self.on_unhandled, message)
+            )
         busy = False
         for candidate in accepting:
-            result = self._call(candidate, message, received)
+            result = settlement.call_sync(candidate, message, received, _SYNC_AWAITABLE_HINT)
             if result == "busy":
                 busy = True
             elif isinstance(result, BaseException):
                 failures.append((candidate, result))
         if failures:
-            self._retry(delivery, message, failures)
+            settlement.retry(received, message, failures)
             return False
         if busy:
-            self._busy(delivery)
+            settlement.busy(received)
             return False
         self.stats.add("handled")
         self._queue_ack(delivery)
         return True
 
-    def _call(
-        self, candidate: Consumer, message: Message, received: ReceivedMessage
-    ) -> Literal["ok", "skipped", "busy"] | BaseException:
-        """Run one consumer on one message under the deduplication cache."""
-        key = f"{candidate.name}:{received.message_id}"
-        if self.dedup is not None:
-            try:
-                claim = self.dedup.claim(
-                    key, self.dedup_claim_ttl or max(self._visibility_timeout, 1.0)
-                )
-            except Exception as exc:
-                return exc
-            if claim == "done":
-                self.stats.add("duplicates")
-                logger.debug(
-                    "skipped message %s: consumer %s handled it already",
-                    received.message_id,
-                    candidate.name,
-                    extra=_extra(received, candidate.name),
-                )
-                return "skipped"
-            if claim == "busy":
-                return "busy"
-        started = time.monotonic()
-        context = self._enter_handling(message, candidate, received)
-        try:
-            result = candidate.process(message)
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()  # never awaited: close it to avoid a RuntimeWarning
-                raise ConfigurationError(
-                    f"consumer {candidate.name!r} returned an awaitable; async consumers need "
-                    "melange.aio.AsyncMessageDispatcher"
-                )
-        except BaseException as exc:  # SystemExit in a handler thread is a failure too
-            _exit_handling(context, exc, received, candidate.name)
-            if self.dedup is not None:
-                try:
-                    self.dedup.release(key)
-                except Exception as release_error:
-                    logger.warning(
-                        "could not release the deduplication claim %s (%s)",
-                        key,
-                        type(release_error).__name__,
-                        extra=_extra(received, candidate.name),
-                    )
-            return exc
-        _exit_handling(context, None, received, candidate.name)
-        seconds = time.monotonic() - started
-        if self.dedup is not None:
-            try:
-                self.dedup.complete(key, self.dedup_ttl or self._retention)
-            except Exception as exc:
-                logger.error(
-                    "could not mark %s done in the deduplication cache (%s); the message may "
-                    "be handled again if it is delivered again",
-                    key,
-                    type(exc).__name__,
-                    extra=_extra(received, candidate.name),
-                )
-        self._hooks.on_handled(self.queue_name, message, candidate.name, seconds)
-        logger.debug(
-            "consumer %s handled message %s in %.3fs",
-            candidate.name,
-            received.message_id,
-            seconds,
-            extra=_extra(received, candidate.name),
-        )
-        return "ok"
-
-    def _enter_handling(
-        self, message: Message, candidate: Consumer, received: ReceivedMessage
-    ) -> contextlib.AbstractContextManager[None] | None:
-        try:
-            context = self._hooks.handling(self.queue_name, message, candidate.name)
-            context.__enter__()
-        except Exception:
-            logger.exception(
-                "hooks.handling failed; handling without it", extra=_extra(received, candidate.name)
-            )
-            return None
-        return context
-
-    # ------------------------------------------------------------- settling
-    def _retry_delay(self, received: ReceivedMessage) -> float:
-        return min(self.retry.delay(received.receive_count), self._max_delay)
-
-    def _retry(
-        self,
-        delivery: _Delivery,
-        message: Message,
-        failures: list[tuple[Consumer, BaseException]],
-    ) -> None:
-        received = delivery.received
-        delay = self._retry_delay(received) if self._can_nack else None
-        last = self._max_receives is not None and received.receive_count >= self._max_receives
-        for failed, error in failures:
-            self.stats.add("failed")
-            if last:
-                what = (
-                    f"that was delivery {received.receive_count} of {self._max_receives}: the "
-                    f"broker moves it to {self._dead_letter_queue!r}"
-                )
-            elif delay is not None:
-                what = f"retrying in {delay:.1f}s"
-            else:
-                what = "retrying after the visibility timeout"
-            logger.warning(
-                "consumer %s failed on message %s (delivery %d): %s: %s; %s",
-                failed.name,
-                received.message_id,
-                received.receive_count,
-                type(error).__name__,
-                error,
-                what,
-                exc_info=error,
-                extra=_extra(received, failed.name),
-            )
-            self._hooks.on_handler_error(self.queue_name, message, failed.name, error, delay)
-        self.stats.add("retried")
-        if delay is not None:
-            self._nack(received, delay)
-
-    def _busy(self, delivery: _Delivery) -> None:
-        received = delivery.received
-        self.stats.add("busy")
-        logger.info(
-            "message %s is being handled by another worker; leaving it for redelivery",
-            received.message_id,
-            extra=_extra(received),
-        )
-        if self._can_nack:
-            self._nack(received, self._retry_delay(received))
-
-    def _nack(self, received: ReceivedMessage, delay: float) -> None:
-        try:
-            self.backend.nack([received], delay)
-        except Exception as exc:
-            logger.warning(
-                "could not release message %s (%s); it comes back after the visibility timeout",
-                received.message_id,
-                type(exc).__name__,
-                extra=_extra(received),
-            )
-
-    def _apply_outcome(
-        self, delivery: _Delivery, outcome: Outcome, reason: str, error: Exception | None
-    ) -> Outcome:
-        """Apply the undecodable/unhandled policy; return the outcome actually applied."""
-        received = delivery.received
-        extra = _extra(received)
-        detail = f": {error}" if error is not None else ""
-        if outcome == "dead_letter":
-            if self._dead_letter_queue is None:
-                logger.error(
-                    "message %s is %s%s, and queue %s has no dead-letter queue to move it to; "
-                    "leaving it (declare one with init_queue(..., dead_letter_queue_name=...))",
-                    received.message_id,
-                    reason,
-                    detail,
-                    self.queue_name,
-                    extra=extra,
-                )
-                outcome = "leave"
-            elif self._dead_letter(received, reason):
-                self._queue_ack(delivery)
-                return "dead_letter"
-            else:
-                outcome = "leave"
-        if outcome == "ack":
-            logger.warning(
-                "message %s is %s%s; acknowledging it (on_%s='ack'): it is dropped",
-                received.message_id,
-                reason,
-                detail,
-                reason,
-                extra=extra,
-            )
+    def _ack_if(self, delivery: Delivery, ack: bool) -> bool:
+        if ack:
             self._queue_ack(delivery)
-            return "ack"
-        self.stats.add("left")
-        logger.warning(
-            "message %s is %s%s; leaving it for redelivery",
-            received.message_id,
-            reason,
-            detail,
-            extra=extra,
-        )
-        return "leave"
-
-    def _dead_letter(self, received: ReceivedMessage, reason: str) -> bool:
-        """Publish the message unchanged to the dead-letter queue; return whether it worked."""
-        target = self._dead_letter_queue
-        assert target is not None
-        outgoing = OutgoingMessage(
-            body=received.body,
-            attributes=dict(received.attributes),
-            group_id=received.group_id,
-            # A FIFO dead-letter queue drops a second copy if we crash before the ack below.
-            dedup_id=received.message_id if self._fifo else None,
-        )
-        try:
-            results = self.backend.publish(target, [outgoing])
-            error: BaseException | None = results[0].error if results else None
-        except Exception as exc:
-            error = exc
-        if error is not None:
-            logger.error(
-                "could not move message %s (%s) to dead-letter queue %s (%s: %s); leaving it",
-                received.message_id,
-                reason,
-                target,
-                type(error).__name__,
-                error,
-                extra=_extra(received),
-            )
-            return False
-        self.stats.add("dead_lettered")
-        logger.warning(
-            "moved message %s (%s) to dead-letter queue %s",
-            received.message_id,
-            reason,
-            target,
-            extra=_extra(received),
-        )
-        self._hooks.on_dead_lettered(self.queue_name, received, reason)
-        return True
+        return ack
 
     # ----------------------------------------------------------------- acking
-    def _queue_ack(self, delivery: _Delivery) -> None:
+    def _queue_ack(self, delivery: Delivery) -> None:
         with self._lock:
             self._pending_acks += 1
         self._acks.put(delivery)
@@ -1049,14 +621,14 @@ class MessageDispatcher:
     def _ack_loop(self) -> None:
         done = False
         while not done:
-            batch: list[_Delivery] = []
+            batch: list[Delivery] = []
             item = self._acks.get()
             while True:
                 if item is None:
                     done = True
                 else:
                     batch.append(item)
-                if len(batch) >= _ACK_BATCH:
+                if len(batch) >= ACK_BATCH:
                     break
                 try:
                     item = self._acks.get_nowait()
@@ -1065,28 +637,8 @@ class MessageDispatcher:
             if batch:
                 self._send_acks(batch)
 
-    def _send_acks(self, batch: list[_Delivery]) -> None:
-        # A lost lease means a stale receipt: ack those one by one so they cannot
-        # fail the others (the broker ignores or refuses a stale receipt).
-        current = [d.received for d in batch if not d.lease.lost]
-        stale = [d.received for d in batch if d.lease.lost]
-        acked: list[ReceivedMessage] = []
-        for group in ([current] if current else []) + [[m] for m in stale]:
-            try:
-                self.backend.ack(group)
-            except Exception as exc:
-                logger.error(
-                    "could not acknowledge %d message(s) (%s: %s); they will be delivered again",
-                    len(group),
-                    type(exc).__name__,
-                    exc,
-                    extra=self._queue_extra,
-                )
-            else:
-                acked.extend(group)
-        if acked:
-            self.stats.add("acked", len(acked))
-            self._hooks.on_acked(self.queue_name, acked)
+    def _send_acks(self, batch: list[Delivery]) -> None:
+        self._settlement.send_acks(batch)
         with self._lock:
             self._pending_acks -= len(batch)
             self._last_activity = time.monotonic()
@@ -1128,75 +680,3 @@ def _thread(target: Any, name: str) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
-
-
-def _exit_handling(
-    context: contextlib.AbstractContextManager[None] | None,
-    error: BaseException | None,
-    received: ReceivedMessage,
-    consumer: str,
-) -> None:
-    if context is None:
-        return
-    try:
-        if error is None:
-            context.__exit__(None, None, None)
-        else:
-            context.__exit__(type(error), error, error.__traceback__)
-    except BaseException as exc:
-        if exc is not error:
-            logger.warning(
-                "hooks.handling failed on exit (%s); ignored",
-                type(exc).__name__,
-                extra=_extra(received, consumer),
-            )
-
-
-def _check_consumers(consumers: Sequence[Consumer]) -> tuple[Consumer, ...]:
-    if isinstance(consumers, (Consumer, str, bytes)) or not isinstance(consumers, Sequence):
-        raise ConfigurationError(
-            "consumers must be a list of Consumer objects, e.g. [record_payment]; "
-            "for one consumer use SimpleMessageDispatcher(consumer, backend, queue_name)"
-        )
-    if not consumers:
-        raise ConfigurationError("a dispatcher needs at least one consumer")
-    names: dict[str, Consumer] = {}
-    for candidate in consumers:
-        if not isinstance(candidate, Consumer):
-            hint = (
-                " (decorate the function with @melange.consumers.consumer)"
-                if callable(candidate)
-                else ""
-            )
-            raise ConfigurationError(f"{candidate!r} is not a melange Consumer{hint}")
-        if is_async_consumer(candidate):
-            raise ConfigurationError(
-                f"consumer {candidate.name!r} is asynchronous (async def); run it with "
-                "melange.aio.AsyncMessageDispatcher, or make it a plain function"
-            )
-        candidate.validate()
-        other = names.get(candidate.name)
-        if other is not None:
-            raise ConfigurationError(
-                f"two consumers are named {candidate.name!r} ({other!r} and {candidate!r}); "
-                "names key the deduplication cache and logs, so give each a distinct one "
-                "with name=..."
-            )
-        names[candidate.name] = candidate
-    return tuple(consumers)
-
-
-def _positive_int(label: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{label} must be a whole number >= 1, got {value!r}")
-    return value
-
-
-def _seconds(label: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0 <= value < float("inf")
-    ):
-        raise ConfigurationError(f"{label} must be a number of seconds >= 0, got {value!r}")
-    return float(value)

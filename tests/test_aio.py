@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import itertools
 import os
 import re
@@ -28,7 +29,7 @@ from melange.backends.base import OutgoingMessage, ReceivedMessage
 from melange.backends.memory import MemoryBackend
 from melange.consumers import Consumer, consumer
 from melange.dedup import MemoryDedupCache
-from melange.dispatcher import LeasePolicy, RetryPolicy
+from melange.dispatcher import DispatchStats, LeasePolicy, RetryPolicy
 from melange.exceptions import ConfigurationError, MessageTooLarge, QueueNotFound
 from melange.factory import MessagingBackendFactory
 from melange.message import Message
@@ -397,6 +398,58 @@ def test_dedup_skips_what_a_consumer_already_handled(
     asyncio.run(main())
     assert handled == [second]
     assert cache.claim(f"ledger:{second}", 60) == "done"
+
+
+class GroupingBackend(RecordingBackend):
+    """A broker that does not hold a FIFO group back: every message comes out as group "g"."""
+
+    def _receive(self, queue_name: str, max_messages: int, wait: float) -> list[ReceivedMessage]:
+        received = super()._receive(queue_name, max_messages, wait)
+        return [dataclasses.replace(m, group_id="g") for m in received]
+
+
+def test_a_group_message_received_while_its_predecessor_runs_waits_for_it(
+    registry: SerializerRegistry,
+) -> None:
+    backend = GroupingBackend()
+    MessagingBackendFactory(backend).init_queue(QUEUE)
+    running: list[str] = []
+    overlapped: list[tuple[str, str]] = []
+    order: list[str] = []
+    third_started = asyncio.Event()
+
+    @consumer
+    async def record(event: Paid) -> None:
+        overlapped.extend((other, event.order) for other in running)
+        running.append(event.order)
+        order.append(event.order)
+        if event.order == "third":
+            third_started.set()
+        if event.order == "second":
+            await asyncio.to_thread(publish, backend, registry, Paid("third"))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(third_started.wait(), 1.0)
+        running.remove(event.order)
+
+    async def main() -> DispatchStats:
+        publish(backend, registry, Paid("first"), Paid("second"))
+        dispatcher = AsyncMessageDispatcher(
+            backend,
+            QUEUE,
+            [record],
+            registry,
+            concurrency=3,
+            batch_size=2,
+            wait_seconds=0.05,
+            close_backend=False,
+            hooks=Hooks(),
+        )
+        return await dispatcher.run_until_idle(0.15, timeout=10.0, stop=True)
+
+    stats = asyncio.run(main())
+    assert order == ["first", "second", "third"]
+    assert overlapped == []
+    assert stats.handled == 3
 
 
 def test_long_handler_keeps_its_lease(registry: SerializerRegistry) -> None:

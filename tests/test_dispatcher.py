@@ -454,6 +454,57 @@ def test_fifo_groups_keep_their_order_and_run_in_parallel(registry: SerializerRe
     assert overlap["max"] > 1  # different groups were handled at the same time
 
 
+class GroupingBackend(RecordingBackend):
+    """A broker that does not hold a FIFO group back while one of its messages is in flight.
+
+    Every message of the standard queue comes out as group "g", so a message of
+    the group can arrive while the dispatcher still runs an earlier one: only
+    the dispatcher keeps the group's messages one after another.
+    """
+
+    def _receive(self, queue_name: str, max_messages: int, wait: float) -> list[ReceivedMessage]:
+        received = super()._receive(queue_name, max_messages, wait)
+        return [dataclasses.replace(m, group_id="g") for m in received]
+
+
+def test_a_group_message_received_while_its_predecessor_runs_waits_for_it(
+    registry: SerializerRegistry,
+) -> None:
+    # The last waiting message of a group (second) is handed to a worker when
+    # the first finishes; third arrives while second runs and must wait for it.
+    backend = GroupingBackend()
+    MessagingBackendFactory(backend).init_queue(QUEUE)
+    running: list[str] = []
+    overlapped: list[tuple[str, str]] = []
+    order: list[str] = []
+    third_started = threading.Event()
+    lock = threading.Lock()
+
+    @consumer
+    def record(message: Message) -> None:
+        order_id = message.body.order
+        with lock:
+            overlapped.extend((other, order_id) for other in running)
+            running.append(order_id)
+            order.append(order_id)
+        if order_id == "third":
+            third_started.set()
+        if order_id == "second":
+            publish(backend, registry, Paid("third"))
+            third_started.wait(1.0)  # gives a concurrent start every chance to happen
+        with lock:
+            running.remove(order_id)
+
+    publish(backend, registry, Paid("first"), Paid("second"))
+    with dispatcher(backend, [record], registry, workers=3, batch_size=2) as d:
+        stats = d.run_until_idle(IDLE, timeout=10.0)
+
+    assert backend.asked[0] == 2  # first and second came in one receive call
+    assert order == ["first", "second", "third"]
+    assert overlapped == []
+    assert stats.handled == 3
+
+
 def test_a_failed_fifo_message_holds_back_the_rest_of_its_group(
     registry: SerializerRegistry, clock: ManualClock
 ) -> None:

@@ -29,7 +29,7 @@ class AsyncConsumer(Consumer):
     """
 
     @abc.abstractmethod
-    async def process(self, message: Message) -> None:  # type: ignore[override]
+    async def process(self, message: Message) -> None:
         """Handle ``message``; raise to have it retried.
 
         The message is acknowledged only after every accepting consumer finished

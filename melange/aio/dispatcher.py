@@ -42,18 +42,20 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
+from melange._options import DispatcherOptions, positive_int
+from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer, is_async_consumer
 from melange.dispatcher import DispatchStats, Outcome
-from melange.exceptions import BackendClosed, ConfigurationError, QueueNotFound
-from melange.lease import Lease, LeaseKeeper, LeasePolicy
+from melange.exceptions import BackendClosed, ConfigurationError
+from melange.lease import LeaseKeeper, LeasePolicy
 from melange.message import Message
-from melange.observability import Hooks, safe
+from melange.observability import Hooks
 from melange.retry import RetryPolicy
 from melange.serializers import SerializerRegistry
+from melange.settlement import ACK_BATCH, CallResult, Delivery, exit_handling, log_extra
 
 if TYPE_CHECKING:
-    from melange.dedup import ClaimResult, DedupCache
+    from melange.dedup import DedupCache
 
 __all__ = ["AsyncMessageDispatcher"]
 
@@ -61,38 +63,13 @@ logger = logging.getLogger("melange.dispatcher")
 
 _T = TypeVar("_T")
 
-_OUTCOMES: tuple[Outcome, ...] = ("dead_letter", "ack", "leave")
-
-_ACK_BATCH = 100
-"""Most acknowledgements sent in one call; the backend splits them into its own limits."""
-
-_RECEIVE_BACKOFF = RetryPolicy(base=0.1, factor=2.0, max_delay=10.0, jitter=0.2)
-"""Waits between receive attempts while the backend fails."""
-
-_CallResult = Literal["ok", "skipped", "busy"]
+_AWAITABLE_HINT = (
+    " from a plain process(); declare it `async def process`"
+    " (or subclass melange.aio.AsyncConsumer)"
+)
 
 
-class _Delivery:
-    """One received message while the dispatcher holds it."""
-
-    __slots__ = ("cancelled", "lease", "received", "started")
-
-    def __init__(self, received: ReceivedMessage, lease: Lease) -> None:
-        self.received = received
-        self.lease = lease
-        self.started = False
-        self.cancelled = False  # released before it started (shutdown, failed group predecessor)
-
-
-def _extra(received: ReceivedMessage, consumer: str | None = None) -> dict[str, Any]:
-    return {
-        "queue": received.queue_name,
-        "message_id": received.message_id,
-        "consumer": consumer,
-    }
-
-
-class AsyncMessageDispatcher:
+class AsyncMessageDispatcher(DispatcherOptions):
     """Receives messages from one queue and hands them to consumers, as asyncio tasks.
 
     Example:
@@ -158,76 +135,31 @@ class AsyncMessageDispatcher:
         grace_period: float = 30.0,
         close_backend: bool = True,
     ) -> None:
-        if not isinstance(backend, MessagingBackend):
-            raise ConfigurationError(
-                f"backend must be a melange MessagingBackend, got {type(backend).__name__}; "
-                "create one with melange.backends.load_backend(...)"
-            )
-        if not isinstance(queue_name, str) or not queue_name:
-            raise ConfigurationError(f"queue_name must be a non-empty string, got {queue_name!r}")
-        self.backend = backend
-        self.queue_name = queue_name
-        self.consumers = _check_consumers(consumers)
-        if serializers is not None and not isinstance(serializers, SerializerRegistry):
-            raise ConfigurationError(
-                f"serializers must be a melange.serializers.SerializerRegistry, "
-                f"got {type(serializers).__name__}"
-            )
-        self.serializers = serializers if serializers is not None else SerializerRegistry()
-        self.concurrency = _positive_int("concurrency", concurrency)
-        self.concurrent_receives = _positive_int("concurrent_receives", concurrent_receives)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.wait_seconds = _seconds("wait_seconds", wait_seconds)
-        self.grace_period = _seconds("grace_period", grace_period)
-        if dedup_ttl is not None and not (_seconds("dedup_ttl", dedup_ttl) > 0):
-            raise ConfigurationError(f"dedup_ttl must be a positive number, got {dedup_ttl!r}")
-        self.dedup_ttl = dedup_ttl
-        if dedup_claim_ttl is not None and not (_seconds("dedup_claim_ttl", dedup_claim_ttl) > 0):
-            raise ConfigurationError(
-                f"dedup_claim_ttl must be a positive number, got {dedup_claim_ttl!r}"
-            )
-        self.dedup_claim_ttl = dedup_claim_ttl
-        for label, outcome in (("on_undecodable", on_undecodable), ("on_unhandled", on_unhandled)):
-            if outcome not in _OUTCOMES:
-                raise ConfigurationError(
-                    f"{label} must be one of {', '.join(map(repr, _OUTCOMES))}, got {outcome!r}"
-                )
-        self.on_undecodable: Outcome = on_undecodable
-        self.on_unhandled: Outcome = on_unhandled
-        for label, value, kind in (("retry", retry, RetryPolicy), ("lease", lease, LeasePolicy)):
-            if value is not None and not isinstance(value, kind):
-                raise ConfigurationError(
-                    f"{label} must be a melange {kind.__name__}, got {type(value).__name__}"
-                )
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.lease = lease if lease is not None else LeasePolicy()
-        self.dedup = dedup
-        if hooks is None:
-            from melange.tracing import default_hooks  # OpenTelemetry only when installed
-
-            hooks = default_hooks()
-        elif not isinstance(hooks, Hooks):
-            raise ConfigurationError(
-                f"hooks must be a melange.observability.Hooks, got {type(hooks).__name__}"
-            )
-        self.hooks = hooks
-        self._hooks = safe(hooks)  # a failing hook is logged, never changes a message's fate
-        self.close_backend = bool(close_backend)
-        self.stats = DispatchStats()
-        """What the dispatcher did so far; live counters."""
+        self._configure(
+            backend,
+            queue_name,
+            consumers,
+            serializers,
+            asynchronous=True,
+            concurrent_receives=concurrent_receives,
+            batch_size=batch_size,
+            wait_seconds=wait_seconds,
+            retry=retry,
+            on_undecodable=on_undecodable,
+            on_unhandled=on_unhandled,
+            dedup=dedup,
+            dedup_ttl=dedup_ttl,
+            dedup_claim_ttl=dedup_claim_ttl,
+            hooks=hooks,
+            lease=lease,
+            grace_period=grace_period,
+            close_backend=close_backend,
+        )
+        self.concurrency = positive_int("concurrency", concurrency)
 
         self._async_consumers = frozenset(
             candidate for candidate in self.consumers if is_async_consumer(candidate)
         )
-        self._can_nack = backend.capabilities.nack_delay
-        self._max_delay = backend.capabilities.max_visibility_timeout
-        # Set by start() from one get_queue() call.
-        self._visibility_timeout = 30.0
-        self._retention = 4 * 24 * 3600.0
-        self._dead_letter_queue: str | None = None
-        self._max_receives: int | None = None
-        self._fifo = False
-
         # Everything below is touched only from the event loop's thread.
         self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,11 +168,11 @@ class AsyncMessageDispatcher:
         self._held = 0  # received, not finished
         self._reserved = 0  # asked for by receive calls in progress
         self._pending_acks = 0
-        self._deliveries: set[_Delivery] = set()
+        self._deliveries: set[Delivery] = set()
         self._active_groups: set[str] = set()
-        self._waiting: dict[str, deque[_Delivery]] = {}  # behind the running message of a group
+        self._waiting: dict[str, deque[Delivery]] = {}  # behind the running message of a group
         self._last_activity = time.monotonic()
-        self._ack_queue: deque[_Delivery] = deque()
+        self._ack_queue: deque[Delivery] = deque()
         self._ack_task: asyncio.Task[None] | None = None
         self._receivers: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
@@ -271,7 +203,7 @@ class AsyncMessageDispatcher:
 
     @property
     def _queue_extra(self) -> dict[str, Any]:
-        return {"queue": self.queue_name, "message_id": None, "consumer": None}
+        return self._settlement.queue_extra
 
     # ------------------------------------------------------------- lifecycle
     @property
@@ -334,34 +266,16 @@ class AsyncMessageDispatcher:
             thread_name_prefix=f"melange-aio-{self.queue_name}",
         )
         try:
-            spec = await self._io(self.backend.get_queue, self.queue_name)
-            if spec is None:
-                raise QueueNotFound(self.queue_name)
+            self._settlement.load(await self._io(self.backend.get_queue, self.queue_name))
         except BaseException:
             if self._state == "starting":  # else stop() was called meanwhile and owns the pool
                 self._state = "new"
                 self._pool.shutdown(wait=False)
                 self._pool = None
             raise
-        self._visibility_timeout = spec.visibility_timeout
-        self._retention = spec.message_retention_period
-        self._fifo = spec.fifo
-        if spec.dead_letter is not None:
-            self._dead_letter_queue = spec.dead_letter.queue_name
-            self._max_receives = spec.dead_letter.max_receive_count
         if self._state != "starting":  # stop() was called meanwhile
             return
-        if self.backend.capabilities.lease_extension and self._visibility_timeout > 0:
-            self._keeper = LeaseKeeper(
-                self.backend,
-                self.queue_name,
-                self._visibility_timeout,
-                self.lease,
-                self._hooks,
-                on_extended=lambda count: self.stats.add("lease_extended", count),
-                on_lost=lambda _lease: self.stats.add("lease_lost"),
-            )
-            self._keeper.start()
+        self._keeper = self._settlement.lease_keeper(self.lease)
         self._receivers = [
             loop.create_task(self._receive_loop(), name=f"melange-receiver-{self.queue_name}-{i}")
             for i in range(self.concurrent_receives)
@@ -512,7 +426,7 @@ class AsyncMessageDispatcher:
             await self.stop()
         return self.stats.snapshot()
 
-    def _cancel_unstarted(self) -> list[_Delivery]:
+    def _cancel_unstarted(self) -> list[Delivery]:
         """Mark every held message that has not started as cancelled."""
         unstarted = [d for d in self._deliveries if not d.started and not d.cancelled]
         for delivery in unstarted:
@@ -527,7 +441,7 @@ class AsyncMessageDispatcher:
         finally:
             self._finish_shutdown()
 
-    async def _shutdown(self, unstarted: list[_Delivery]) -> None:
+    async def _shutdown(self, unstarted: list[Delivery]) -> None:
         deadline = time.monotonic() + self.grace_period
         try:
             logger.info(
@@ -588,13 +502,10 @@ class AsyncMessageDispatcher:
     async def _close_backend(self) -> None:
         if not self.close_backend:
             return
-        try:
-            if self._pool is not None:
-                await self._io(self.backend.close)
-            else:
-                await asyncio.to_thread(self.backend.close)
-        except Exception:
-            logger.exception("closing the backend failed", extra=self._queue_extra)
+        if self._pool is not None:
+            await self._io(self._settlement.close_backend)
+        else:
+            await asyncio.to_thread(self._settlement.close_backend)
 
     # ---------------------------------------------------------------- threads
     def _io(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
@@ -663,17 +574,7 @@ class AsyncMessageDispatcher:
             except Exception as exc:
                 self._unreserve(count)
                 failures += 1
-                self.stats.add("receive_errors")
-                delay = _RECEIVE_BACKOFF.delay(failures)
-                logger.error(
-                    "receiving from queue %s failed (%s: %s); retrying in %.1fs",
-                    self.queue_name,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    extra=self._queue_extra,
-                )
-                await self._pause(delay)
+                await self._pause(self._settlement.receive_failed(failures, exc))
                 continue
             failures = 0
             await self._accept(received, count, received_at)
@@ -683,16 +584,11 @@ class AsyncMessageDispatcher:
     ) -> None:
         """Take the messages of one receive call: start their handlers, or release them."""
         assert self._stop_requested is not None and self._capacity_changed is not None
-        expires_at = received_at + self._visibility_timeout
-        deliveries = [
-            _Delivery(message, Lease(message, received_at, expires_at)) for message in received
-        ]
         self._reserved -= reserved
         self._capacity_changed.set()
         if not received:
             return
-        self.stats.add("received", len(received))
-        self._hooks.on_receive(self.queue_name, received)
+        deliveries = self._settlement.deliveries(received, received_at)
         if self._stop_requested.is_set():
             for delivery in deliveries:
                 delivery.cancelled = True
@@ -708,7 +604,7 @@ class AsyncMessageDispatcher:
             self._schedule(delivery)
         logger.debug("received %d message(s)", len(received), extra=self._queue_extra)
 
-    def _schedule(self, delivery: _Delivery) -> None:
+    def _schedule(self, delivery: Delivery) -> None:
         """Start a delivery's handler, or queue it behind the running message of its group."""
         group = delivery.received.group_id
         if group is not None:
@@ -718,14 +614,14 @@ class AsyncMessageDispatcher:
             self._active_groups.add(group)
         self._start(delivery)
 
-    def _start(self, delivery: _Delivery) -> None:
+    def _start(self, delivery: Delivery) -> None:
         assert self._loop is not None
         task = self._loop.create_task(self._work(delivery))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
     # --------------------------------------------------------------- handling
-    async def _work(self, delivery: _Delivery) -> None:
+    async def _work(self, delivery: Delivery) -> None:
         if delivery.cancelled:
             return
         delivery.started = True
@@ -736,16 +632,16 @@ class AsyncMessageDispatcher:
             logger.exception(
                 "internal error while handling message %s; it will be delivered again",
                 delivery.received.message_id,
-                extra=_extra(delivery.received),
+                extra=log_extra(delivery.received),
             )
         finally:
             self._finish(delivery, acked)
 
-    def _finish(self, delivery: _Delivery, acked: bool) -> None:
+    def _finish(self, delivery: Delivery, acked: bool) -> None:
         """Free the delivery's capacity and start the next message of its group."""
         assert self._capacity_changed is not None
         group = delivery.received.group_id
-        behind: list[_Delivery] = []
+        behind: list[Delivery] = []
         self._deliveries.discard(delivery)
         self._held -= 1
         self._last_activity = time.monotonic()
@@ -769,7 +665,7 @@ class AsyncMessageDispatcher:
         if behind:
             self._spawn(self._release(behind, "released"))
 
-    async def _release(self, deliveries: list[_Delivery], counter: str) -> None:
+    async def _release(self, deliveries: list[Delivery], counter: str) -> None:
         """Drop messages that were not handled and make them receivable again (nack, no delay)."""
         if not deliveries:
             return
@@ -782,351 +678,84 @@ class AsyncMessageDispatcher:
         if self._keeper is not None:
             for delivery in deliveries:
                 self._keeper.release(delivery.lease)
-        self.stats.add(counter, len(deliveries))
-        if not self._can_nack:
-            return  # they come back after the visibility timeout
-        try:
-            await self._io(self.backend.nack, [d.received for d in deliveries], 0.0)
-        except Exception as exc:
-            logger.warning(
-                "could not release %d message(s) (%s); they come back after the visibility timeout",
-                len(deliveries),
-                type(exc).__name__,
-                extra=self._queue_extra,
-            )
+        await self._io(self._settlement.release, deliveries, counter)
 
-    async def _handle(self, delivery: _Delivery) -> bool:
+    async def _handle(self, delivery: Delivery) -> bool:
         """Decode and handle one message; settle it. Return whether it is being acknowledged."""
+        settlement = self._settlement
         received = delivery.received
         try:
             message = self.serializers.decode(received)
         except Exception as exc:  # SerializationError, or a serializer's own bug
-            self.stats.add("undecodable")
-            outcome = await self._io(
-                self._apply_outcome, received, self.on_undecodable, "undecodable", exc
-            )
-            self._hooks.on_undecodable(self.queue_name, received, exc, outcome)
-            return self._settle_outcome(delivery, outcome)
-        failures: list[tuple[Consumer, BaseException]] = []
-        accepting: list[Consumer] = []
-        for candidate in self.consumers:
-            try:
-                if candidate.accepts(message):
-                    accepting.append(candidate)
-            except Exception as exc:
-                failures.append((candidate, exc))
+            ack = await self._io(settlement.undecodable, received, self.on_undecodable, exc)
+            return self._ack_if(delivery, ack)
+        accepting, failures = settlement.select(self.consumers, message)
         if not accepting and not failures:
-            self.stats.add("unhandled")
-            outcome = await self._io(
-                self._apply_outcome, received, self.on_unhandled, "unhandled", None
-            )
-            self._hooks.on_unhandled(self.queue_name, message, outcome)
-            return self._settle_outcome(delivery, outcome)
+            ack = await self._io(settlement.unhandled, received, self.on_unhandled, message)
+            return self._ack_if(delivery, ack)
         busy = False
         for candidate in accepting:
             if candidate in self._async_consumers:
                 result = await self._call_async(candidate, message, received)
             else:
-                result = await self._io(self._call_sync, candidate, message, received)
+                result = await self._io(
+                    settlement.call_sync, candidate, message, received, _AWAITABLE_HINT
+                )
             if result == "busy":
                 busy = True
             elif isinstance(result, BaseException):
                 failures.append((candidate, result))
         if failures:
-            await self._io(self._retry, received, message, failures)
+            await self._io(settlement.retry, received, message, failures)
             return False
         if busy:
-            await self._io(self._busy, received)
+            await self._io(settlement.busy, received)
             return False
         self.stats.add("handled")
         self._queue_ack(delivery)
         return True
 
-    def _settle_outcome(self, delivery: _Delivery, outcome: Outcome) -> bool:
-        if outcome in ("ack", "dead_letter"):
+    def _ack_if(self, delivery: Delivery, ack: bool) -> bool:
+        if ack:
             self._queue_ack(delivery)
-            return True
-        return False
-
-    # One consumer on one message under the deduplication cache: the steps around
-    # process() are synchronous, so both kinds of consumer share them.
-    def _claim(self, candidate: Consumer, received: ReceivedMessage) -> ClaimResult | BaseException:
-        assert self.dedup is not None
-        key = f"{candidate.name}:{received.message_id}"
-        try:
-            claim = self.dedup.claim(
-                key, self.dedup_claim_ttl or max(self._visibility_timeout, 1.0)
-            )
-        except Exception as exc:
-            return exc
-        if claim == "done":
-            self.stats.add("duplicates")
-            logger.debug(
-                "skipped message %s: consumer %s handled it already",
-                received.message_id,
-                candidate.name,
-                extra=_extra(received, candidate.name),
-            )
-        return claim
-
-    def _handled(
-        self, candidate: Consumer, message: Message, received: ReceivedMessage, seconds: float
-    ) -> None:
-        if self.dedup is not None:
-            key = f"{candidate.name}:{received.message_id}"
-            try:
-                self.dedup.complete(key, self.dedup_ttl or self._retention)
-            except Exception as exc:
-                logger.error(
-                    "could not mark %s done in the deduplication cache (%s); the message may "
-                    "be handled again if it is delivered again",
-                    key,
-                    type(exc).__name__,
-                    extra=_extra(received, candidate.name),
-                )
-        self._hooks.on_handled(self.queue_name, message, candidate.name, seconds)
-        logger.debug(
-            "consumer %s handled message %s in %.3fs",
-            candidate.name,
-            received.message_id,
-            seconds,
-            extra=_extra(received, candidate.name),
-        )
-
-    def _unclaim(self, candidate: Consumer, received: ReceivedMessage) -> None:
-        if self.dedup is None:
-            return
-        key = f"{candidate.name}:{received.message_id}"
-        try:
-            self.dedup.release(key)
-        except Exception as exc:
-            logger.warning(
-                "could not release the deduplication claim %s (%s)",
-                key,
-                type(exc).__name__,
-                extra=_extra(received, candidate.name),
-            )
-
-    def _call_sync(
-        self, candidate: Consumer, message: Message, received: ReceivedMessage
-    ) -> _CallResult | BaseException:
-        """Run a synchronous consumer; in a pool thread."""
-        if self.dedup is not None:
-            claim = self._claim(candidate, received)
-            if claim != "claimed":
-                return "skipped" if claim == "done" else claim
-        started = time.monotonic()
-        context = self._enter_handling(message, candidate, received)
-        try:
-            result = candidate.process(message)
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()  # never awaited: close it to avoid a RuntimeWarning
-                raise ConfigurationError(
-                    f"consumer {candidate.name!r} returned an awaitable from a plain process(); "
-                    "declare it `async def process` (or subclass melange.aio.AsyncConsumer)"
-                )
-        except BaseException as exc:  # SystemExit in a handler thread is a failure too
-            _exit_handling(context, exc, received, candidate.name)
-            self._unclaim(candidate, received)
-            return exc
-        _exit_handling(context, None, received, candidate.name)
-        self._handled(candidate, message, received, time.monotonic() - started)
-        return "ok"
+        return ack
 
     async def _call_async(
         self, candidate: Consumer, message: Message, received: ReceivedMessage
-    ) -> _CallResult | BaseException:
+    ) -> CallResult | BaseException:
         """Run an asynchronous consumer on the event loop."""
         if self.dedup is not None:
-            claim = await self._io(self._claim, candidate, received)
+            claim = await self._io(self._settlement.claim, candidate, received)
             if claim != "claimed":
                 return "skipped" if claim == "done" else claim
         started = time.monotonic()
         # Entered and left in this task, so context-variable hooks (tracing) see the handler.
-        context = self._enter_handling(message, candidate, received)
+        context = self._settlement.enter_handling(message, candidate, received)
         try:
             result: Any = candidate.process(message)
             if inspect.isawaitable(result):
                 await result
         except BaseException as exc:
-            _exit_handling(context, exc, received, candidate.name)
+            exit_handling(context, exc, received, candidate.name)
             if self.dedup is not None:
                 if isinstance(exc, Exception):
-                    await self._io(self._unclaim, candidate, received)
+                    await self._io(self._settlement.unclaim, candidate, received)
                 else:  # cancelled (grace period over): no await left; release in the background
                     assert self._pool is not None
-                    self._pool.submit(self._unclaim, candidate, received)
+                    self._pool.submit(self._settlement.unclaim, candidate, received)
             if not isinstance(exc, Exception):
                 raise
             return exc
-        _exit_handling(context, None, received, candidate.name)
+        exit_handling(context, None, received, candidate.name)
         seconds = time.monotonic() - started
         if self.dedup is not None:
-            await self._io(self._handled, candidate, message, received, seconds)
+            await self._io(self._settlement.handled, candidate, message, received, seconds)
         else:
-            self._handled(candidate, message, received, seconds)
+            self._settlement.handled(candidate, message, received, seconds)
         return "ok"
 
-    def _enter_handling(
-        self, message: Message, candidate: Consumer, received: ReceivedMessage
-    ) -> contextlib.AbstractContextManager[None] | None:
-        try:
-            context = self._hooks.handling(self.queue_name, message, candidate.name)
-            context.__enter__()
-        except Exception:
-            logger.exception(
-                "hooks.handling failed; handling without it", extra=_extra(received, candidate.name)
-            )
-            return None
-        return context
-
-    # ------------------------------------------------------------- settling
-    # These run in a pool thread: they call the backend.
-    def _retry_delay(self, received: ReceivedMessage) -> float:
-        return min(self.retry.delay(received.receive_count), self._max_delay)
-
-    def _retry(
-        self,
-        received: ReceivedMessage,
-        message: Message,
-        failures: list[tuple[Consumer, BaseException]],
-    ) -> None:
-        delay = self._retry_delay(received) if self._can_nack else None
-        last = self._max_receives is not None and received.receive_count >= self._max_receives
-        for failed, error in failures:
-            self.stats.add("failed")
-            if last:
-                what = (
-                    f"that was delivery {received.receive_count} of {self._max_receives}: the "
-                    f"broker moves it to {self._dead_letter_queue!r}"
-                )
-            elif delay is not None:
-                what = f"retrying in {delay:.1f}s"
-            else:
-                what = "retrying after the visibility timeout"
-            logger.warning(
-                "consumer %s failed on message %s (delivery %d): %s: %s; %s",
-                failed.name,
-                received.message_id,
-                received.receive_count,
-                type(error).__name__,
-                error,
-                what,
-                exc_info=error,
-                extra=_extra(received, failed.name),
-            )
-            self._hooks.on_handler_error(self.queue_name, message, failed.name, error, delay)
-        self.stats.add("retried")
-        if delay is not None:
-            self._nack(received, delay)
-
-    def _busy(self, received: ReceivedMessage) -> None:
-        self.stats.add("busy")
-        logger.info(
-            "message %s is being handled by another worker; leaving it for redelivery",
-            received.message_id,
-            extra=_extra(received),
-        )
-        if self._can_nack:
-            self._nack(received, self._retry_delay(received))
-
-    def _nack(self, received: ReceivedMessage, delay: float) -> None:
-        try:
-            self.backend.nack([received], delay)
-        except Exception as exc:
-            logger.warning(
-                "could not release message %s (%s); it comes back after the visibility timeout",
-                received.message_id,
-                type(exc).__name__,
-                extra=_extra(received),
-            )
-
-    def _apply_outcome(
-        self, received: ReceivedMessage, outcome: Outcome, reason: str, error: Exception | None
-    ) -> Outcome:
-        """Apply the undecodable/unhandled policy; return the outcome actually applied.
-
-        The caller acknowledges the message when the result is ``"ack"`` or ``"dead_letter"``.
-        """
-        extra = _extra(received)
-        detail = f": {error}" if error is not None else ""
-        if outcome == "dead_letter":
-            if self._dead_letter_queue is None:
-                logger.error(
-                    "message %s is %s%s, and queue %s has no dead-letter queue to move it to; "
-                    "leaving it (declare one with init_queue(..., dead_letter_queue_name=...))",
-                    received.message_id,
-                    reason,
-                    detail,
-                    self.queue_name,
-                    extra=extra,
-                )
-                outcome = "leave"
-            elif self._dead_letter(received, reason):
-                return "dead_letter"
-            else:
-                outcome = "leave"
-        if outcome == "ack":
-            logger.warning(
-                "message %s is %s%s; acknowledging it (on_%s='ack'): it is dropped",
-                received.message_id,
-                reason,
-                detail,
-                reason,
-                extra=extra,
-            )
-            return "ack"
-        self.stats.add("left")
-        logger.warning(
-            "message %s is %s%s; leaving it for redelivery",
-            received.message_id,
-            reason,
-            detail,
-            extra=extra,
-        )
-        return "leave"
-
-    def _dead_letter(self, received: ReceivedMessage, reason: str) -> bool:
-        """Publish the message unchanged to the dead-letter queue; return whether it worked."""
-        target = self._dead_letter_queue
-        assert target is not None
-        outgoing = OutgoingMessage(
-            body=received.body,
-            attributes=dict(received.attributes),
-            group_id=received.group_id,
-            # A FIFO dead-letter queue drops a second copy if we crash before the ack.
-            dedup_id=received.message_id if self._fifo else None,
-        )
-        try:
-            results = self.backend.publish(target, [outgoing])
-            error: BaseException | None = results[0].error if results else None
-        except Exception as exc:
-            error = exc
-        if error is not None:
-            logger.error(
-                "could not move message %s (%s) to dead-letter queue %s (%s: %s); leaving it",
-                received.message_id,
-                reason,
-                target,
-                type(error).__name__,
-                error,
-                extra=_extra(received),
-            )
-            return False
-        self.stats.add("dead_lettered")
-        logger.warning(
-            "moved message %s (%s) to dead-letter queue %s",
-            received.message_id,
-            reason,
-            target,
-            extra=_extra(received),
-        )
-        self._hooks.on_dead_lettered(self.queue_name, received, reason)
-        return True
-
     # ----------------------------------------------------------------- acking
-    def _queue_ack(self, delivery: _Delivery) -> None:
+    def _queue_ack(self, delivery: Delivery) -> None:
         """Acknowledge in the background; acks that arrive while one call runs share the next."""
         assert self._loop is not None
         self._pending_acks += 1
@@ -1136,102 +765,12 @@ class AsyncMessageDispatcher:
 
     async def _flush_acks(self) -> None:
         while self._ack_queue:
-            count = min(len(self._ack_queue), _ACK_BATCH)
+            count = min(len(self._ack_queue), ACK_BATCH)
             batch = [self._ack_queue.popleft() for _ in range(count)]
             try:
-                await self._io(self._send_acks, batch)
-            except Exception:  # _send_acks logs the broker's errors; this is a bug
+                await self._io(self._settlement.send_acks, batch)
+            except Exception:  # send_acks logs the broker's errors; this is a bug
                 logger.exception("acknowledging failed", extra=self._queue_extra)
             finally:
                 self._pending_acks -= len(batch)
                 self._last_activity = time.monotonic()
-
-    def _send_acks(self, batch: list[_Delivery]) -> None:
-        # A lost lease means a stale receipt: ack those one by one so they cannot
-        # fail the others (the broker ignores or refuses a stale receipt).
-        current = [d.received for d in batch if not d.lease.lost]
-        stale = [d.received for d in batch if d.lease.lost]
-        acked: list[ReceivedMessage] = []
-        for group in ([current] if current else []) + [[m] for m in stale]:
-            try:
-                self.backend.ack(group)
-            except Exception as exc:
-                logger.error(
-                    "could not acknowledge %d message(s) (%s: %s); they will be delivered again",
-                    len(group),
-                    type(exc).__name__,
-                    exc,
-                    extra=self._queue_extra,
-                )
-            else:
-                acked.extend(group)
-        if acked:
-            self.stats.add("acked", len(acked))
-            self._hooks.on_acked(self.queue_name, acked)
-
-
-# ------------------------------------------------------------------ helpers
-def _exit_handling(
-    context: contextlib.AbstractContextManager[None] | None,
-    error: BaseException | None,
-    received: ReceivedMessage,
-    consumer: str,
-) -> None:
-    if context is None:
-        return
-    try:
-        if error is None:
-            context.__exit__(None, None, None)
-        else:
-            context.__exit__(type(error), error, error.__traceback__)
-    except BaseException as exc:
-        if exc is not error:
-            logger.warning(
-                "hooks.handling failed on exit (%s); ignored",
-                type(exc).__name__,
-                extra=_extra(received, consumer),
-            )
-
-
-def _check_consumers(consumers: Sequence[Consumer]) -> tuple[Consumer, ...]:
-    if isinstance(consumers, Consumer) or not isinstance(consumers, Sequence):
-        raise ConfigurationError(
-            "consumers must be a list of Consumer objects, e.g. [record_payment]"
-        )
-    if not consumers:
-        raise ConfigurationError("a dispatcher needs at least one consumer")
-    names: dict[str, Consumer] = {}
-    for candidate in consumers:
-        if not isinstance(candidate, Consumer):
-            hint = (
-                " (decorate the function with @melange.consumers.consumer)"
-                if callable(candidate)
-                else ""
-            )
-            raise ConfigurationError(f"{candidate!r} is not a melange Consumer{hint}")
-        candidate.validate()
-        other = names.get(candidate.name)
-        if other is not None:
-            raise ConfigurationError(
-                f"two consumers are named {candidate.name!r} ({other!r} and {candidate!r}); "
-                "names key the deduplication cache and logs, so give each a distinct one "
-                "with name=..."
-            )
-        names[candidate.name] = candidate
-    return tuple(consumers)
-
-
-def _positive_int(label: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{label} must be a whole number >= 1, got {value!r}")
-    return value
-
-
-def _seconds(label: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0 <= value < float("inf")
-    ):
-        raise ConfigurationError(f"{label} must be a number of seconds >= 0, got {value!r}")
-    return float(value)

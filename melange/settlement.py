@@ -1,0 +1,606 @@
+"""What both dispatchers do to a message once it is received: the one place of that logic.
+
+:class:`Settlement` holds a dispatcher's view of its queue (dead-letter queue,
+maximum receive count, visibility timeout and retention, looked up once at
+start), its hooks, counters, retry policy and deduplication cache, and settles
+messages the same way for :class:`melange.dispatcher.MessageDispatcher` (from
+its worker threads) and :class:`melange.aio.AsyncMessageDispatcher` (from its
+thread pool): retries, the ``on_undecodable`` / ``on_unhandled`` outcomes,
+dead-lettering, the deduplication steps around a synchronous handler and
+acknowledgement batches. Every method may block on the backend or the cache;
+none keeps a dispatcher's scheduling state, which each runtime owns.
+
+Logging goes to the ``melange.dispatcher`` logger with ``extra`` fields
+``queue``, ``message_id`` and ``consumer``; message bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
+from melange.consumers import Consumer
+from melange.exceptions import ConfigurationError, QueueNotFound
+from melange.lease import Lease, LeaseKeeper, LeasePolicy
+from melange.message import Message
+from melange.observability import Hooks
+from melange.retry import RetryPolicy
+from melange.topology import QueueSpec
+
+if TYPE_CHECKING:
+    from melange.dedup import ClaimResult, DedupCache
+
+__all__ = ["ACK_BATCH", "CallResult", "Delivery", "DispatchStats", "Outcome", "Settlement"]
+
+logger = logging.getLogger("melange.dispatcher")
+
+Outcome = Literal["dead_letter", "ack", "leave"]
+"""What happens to a message that cannot be decoded or that no consumer accepts."""
+
+OUTCOMES: tuple[Outcome, ...] = ("dead_letter", "ack", "leave")
+
+CallResult = Literal["ok", "skipped", "busy"]
+"""How one consumer call ended, when it did not raise."""
+
+ACK_BATCH = 100
+"""Most acknowledgements sent in one call; the backend splits them into its own limits."""
+
+_RECEIVE_BACKOFF = RetryPolicy(base=0.1, factor=2.0, max_delay=10.0, jitter=0.2)
+"""Waits between receive attempts while the backend fails."""
+
+
+@dataclass
+class DispatchStats:
+    """Counters of what a dispatcher did; thread-safe. Read a consistent copy with :meth:`snapshot`.
+
+    Attributes:
+        received: Messages returned by the backend.
+        handled: Messages every accepting consumer succeeded with (or had already
+            handled, according to the deduplication cache).
+        failed: Consumer calls that raised.
+        retried: Messages released for another delivery because a consumer failed.
+        acked: Messages acknowledged.
+        undecodable: Messages that could not be decoded.
+        unhandled: Messages no consumer accepted.
+        dead_lettered: Messages the dispatcher itself published to the dead-letter queue.
+        left: Messages left to the broker's visibility timeout by the ``"leave"`` outcome
+            (or because there was no dead-letter queue to move them to).
+        duplicates: Consumer calls skipped because the deduplication cache said "done".
+        busy: Messages released because another worker held a deduplication claim.
+        released: Messages received but not started, released at shutdown or
+            behind a failed message of their FIFO group.
+        lease_extended: Lease extensions (one per message per extension).
+        lease_lost: Leases the broker refused to extend.
+        receive_errors: Receive calls that failed (and were retried).
+        max_in_flight: The most messages held (received, not finished) at once.
+    """
+
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    acked: int = 0
+    undecodable: int = 0
+    unhandled: int = 0
+    dead_lettered: int = 0
+    left: int = 0
+    duplicates: int = 0
+    busy: int = 0
+    released: int = 0
+    lease_extended: int = 0
+    lease_lost: int = 0
+    receive_errors: int = 0
+    max_in_flight: int = 0
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def add(self, counter: str, count: int = 1) -> None:
+        """Add ``count`` to the counter named ``counter``."""
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + count)
+
+    def peak(self, counter: str, value: int) -> None:
+        """Raise the counter named ``counter`` to ``value`` if it is lower (a high-water mark)."""
+        with self._lock:
+            if value > getattr(self, counter):
+                setattr(self, counter, value)
+
+    def snapshot(self) -> DispatchStats:
+        """Return a copy of the counters taken at one instant."""
+        with self._lock:
+            return DispatchStats(**self._values())
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the counters as a dict, taken at one instant."""
+        with self._lock:
+            return self._values()
+
+    def _values(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+
+class Delivery:
+    """One received message while a dispatcher holds it."""
+
+    __slots__ = ("cancelled", "lease", "received", "started")
+
+    def __init__(self, received: ReceivedMessage, lease: Lease) -> None:
+        self.received = received
+        self.lease = lease
+        self.started = False
+        self.cancelled = False  # released before it started (shutdown, failed group predecessor)
+
+
+def log_extra(received: ReceivedMessage, consumer: str | None = None) -> dict[str, Any]:
+    """The ``extra`` fields of a log record about one message (and consumer)."""
+    return {"queue": received.queue_name, "message_id": received.message_id, "consumer": consumer}
+
+
+class Settlement:
+    """Settles the messages of one queue for a dispatcher; see the module docstring.
+
+    Args:
+        backend: The dispatcher's backend.
+        queue_name: The queue consumed.
+        hooks: The dispatcher's hooks, already wrapped by :func:`melange.observability.safe`.
+        stats: The dispatcher's counters.
+        retry: Delays before failed messages come back.
+        dedup: The deduplication cache, if any.
+        dedup_ttl: Seconds a "done" mark is kept; ``None``: the queue's retention period.
+        dedup_claim_ttl: Seconds a claim lives; ``None``: the queue's visibility timeout.
+    """
+
+    def __init__(
+        self,
+        backend: MessagingBackend,
+        queue_name: str,
+        *,
+        hooks: Hooks,
+        stats: DispatchStats,
+        retry: RetryPolicy,
+        dedup: DedupCache | None,
+        dedup_ttl: float | None,
+        dedup_claim_ttl: float | None,
+    ) -> None:
+        self.backend = backend
+        self.queue_name = queue_name
+        self.hooks = hooks
+        self.stats = stats
+        self.retry_policy = retry
+        self.dedup = dedup
+        self.dedup_ttl = dedup_ttl
+        self.dedup_claim_ttl = dedup_claim_ttl
+        self.can_nack = backend.capabilities.nack_delay
+        self._max_delay = backend.capabilities.max_visibility_timeout
+        # Set by load() from the dispatcher's one get_queue() call.
+        self.visibility_timeout = 30.0
+        self.retention = 4 * 24 * 3600.0
+        self.dead_letter_queue: str | None = None
+        self.max_receives: int | None = None
+        self.fifo = False
+        self.queue_extra: dict[str, Any] = {
+            "queue": queue_name,
+            "message_id": None,
+            "consumer": None,
+        }
+
+    # ----------------------------------------------------------------- setup
+    def load(self, spec: QueueSpec | None) -> None:
+        """Take the queue's settings from ``backend.get_queue(queue_name)``.
+
+        Raises:
+            QueueNotFound: ``spec`` is ``None``: the queue does not exist.
+        """
+        if spec is None:
+            raise QueueNotFound(self.queue_name)
+        self.visibility_timeout = spec.visibility_timeout
+        self.retention = spec.message_retention_period
+        self.fifo = spec.fifo
+        if spec.dead_letter is not None:
+            self.dead_letter_queue = spec.dead_letter.queue_name
+            self.max_receives = spec.dead_letter.max_receive_count
+
+    def lease_keeper(self, policy: LeasePolicy) -> LeaseKeeper | None:
+        """Start a heartbeat for the dispatcher's leases, where the backend can extend them."""
+        if not (self.backend.capabilities.lease_extension and self.visibility_timeout > 0):
+            return None
+        keeper = LeaseKeeper(
+            self.backend,
+            self.queue_name,
+            self.visibility_timeout,
+            policy,
+            self.hooks,
+            on_extended=lambda count: self.stats.add("lease_extended", count),
+            on_lost=lambda _lease: self.stats.add("lease_lost"),
+        )
+        keeper.start()
+        return keeper
+
+    def deliveries(self, received: list[ReceivedMessage], received_at: float) -> list[Delivery]:
+        """Wrap the messages of one receive call, counting them and telling the hooks."""
+        expires_at = received_at + self.visibility_timeout
+        deliveries = [Delivery(m, Lease(m, received_at, expires_at)) for m in received]
+        if received:  # before any handler can start, so hooks see the steps in order
+            self.stats.add("received", len(received))
+            self.hooks.on_receive(self.queue_name, received)
+        return deliveries
+
+    def receive_failed(self, failures: int, error: Exception) -> float:
+        """Count and log a failed receive; return the seconds to wait before the next one."""
+        self.stats.add("receive_errors")
+        delay = _RECEIVE_BACKOFF.delay(failures)
+        logger.error(
+            "receiving from queue %s failed (%s: %s); retrying in %.1fs",
+            self.queue_name,
+            type(error).__name__,
+            error,
+            delay,
+            extra=self.queue_extra,
+        )
+        return delay
+
+    def close_backend(self) -> None:
+        """Close the backend, logging (not raising) a failure."""
+        try:
+            self.backend.close()
+        except Exception:
+            logger.exception("closing the backend failed", extra=self.queue_extra)
+
+    # ------------------------------------------------------------- decoding
+    def select(
+        self, consumers: Sequence[Consumer], message: Message
+    ) -> tuple[list[Consumer], list[tuple[Consumer, BaseException]]]:
+        """Return the consumers accepting ``message``, and those whose ``accepts`` raised."""
+        accepting: list[Consumer] = []
+        failures: list[tuple[Consumer, BaseException]] = []
+        for candidate in consumers:
+            try:
+                if candidate.accepts(message):
+                    accepting.append(candidate)
+            except Exception as exc:
+                failures.append((candidate, exc))
+        return accepting, failures
+
+    def undecodable(self, received: ReceivedMessage, policy: Outcome, error: Exception) -> bool:
+        """Apply ``policy`` to a message that could not be decoded; return whether to ack it."""
+        self.stats.add("undecodable")
+        outcome = self.apply_outcome(received, policy, "undecodable", error)
+        self.hooks.on_undecodable(self.queue_name, received, error, outcome)
+        return outcome in ("ack", "dead_letter")
+
+    def unhandled(self, received: ReceivedMessage, policy: Outcome, message: Message) -> bool:
+        """Apply ``policy`` to a message no consumer accepts; return whether to ack it."""
+        self.stats.add("unhandled")
+        outcome = self.apply_outcome(received, policy, "unhandled", None)
+        self.hooks.on_unhandled(self.queue_name, message, outcome)
+        return outcome in ("ack", "dead_letter")
+
+    # -------------------------------------------------------------- handling
+    def claim(self, candidate: Consumer, received: ReceivedMessage) -> ClaimResult | BaseException:
+        """Claim the message for ``candidate`` in the deduplication cache (which must be set)."""
+        assert self.dedup is not None
+        try:
+            claim = self.dedup.claim(
+                _dedup_key(candidate, received),
+                self.dedup_claim_ttl or max(self.visibility_timeout, 1.0),
+            )
+        except Exception as exc:
+            return exc
+        if claim == "done":
+            self.stats.add("duplicates")
+            logger.debug(
+                "skipped message %s: consumer %s handled it already",
+                received.message_id,
+                candidate.name,
+                extra=log_extra(received, candidate.name),
+            )
+        return claim
+
+    def handled(
+        self, candidate: Consumer, message: Message, received: ReceivedMessage, seconds: float
+    ) -> None:
+        """Record that ``candidate`` succeeded: mark it done in the cache, tell the hooks."""
+        if self.dedup is not None:
+            key = _dedup_key(candidate, received)
+            try:
+                self.dedup.complete(key, self.dedup_ttl or self.retention)
+            except Exception as exc:
+                logger.error(
+                    "could not mark %s done in the deduplication cache (%s); the message may "
+                    "be handled again if it is delivered again",
+                    key,
+                    type(exc).__name__,
+                    extra=log_extra(received, candidate.name),
+                )
+        self.hooks.on_handled(self.queue_name, message, candidate.name, seconds)
+        logger.debug(
+            "consumer %s handled message %s in %.3fs",
+            candidate.name,
+            received.message_id,
+            seconds,
+            extra=log_extra(received, candidate.name),
+        )
+
+    def unclaim(self, candidate: Consumer, received: ReceivedMessage) -> None:
+        """Drop ``candidate``'s claim after it failed, so a redelivery can handle the message."""
+        if self.dedup is None:
+            return
+        key = _dedup_key(candidate, received)
+        try:
+            self.dedup.release(key)
+        except Exception as exc:
+            logger.warning(
+                "could not release the deduplication claim %s (%s)",
+                key,
+                type(exc).__name__,
+                extra=log_extra(received, candidate.name),
+            )
+
+    def call_sync(
+        self, candidate: Consumer, message: Message, received: ReceivedMessage, async_hint: str
+    ) -> CallResult | BaseException:
+        """Run a synchronous consumer under the deduplication cache; return how it ended.
+
+        Args:
+            candidate: The consumer.
+            message: The decoded message.
+            received: The message as the backend returned it.
+            async_hint: Completes the error when ``process`` returns an awaitable.
+        """
+        if self.dedup is not None:
+            claim = self.claim(candidate, received)
+            if claim != "claimed":
+                return "skipped" if claim == "done" else claim
+        started = time.monotonic()
+        context = self.enter_handling(message, candidate, received)
+        try:
+            result: object = candidate.process(message)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: close it to avoid a RuntimeWarning
+                raise ConfigurationError(
+                    f"consumer {candidate.name!r} returned an awaitable{async_hint}"
+                )
+        except BaseException as exc:  # SystemExit in a handler thread is a failure too
+            exit_handling(context, exc, received, candidate.name)
+            self.unclaim(candidate, received)
+            return exc
+        exit_handling(context, None, received, candidate.name)
+        self.handled(candidate, message, received, time.monotonic() - started)
+        return "ok"
+
+    def enter_handling(
+        self, message: Message, candidate: Consumer, received: ReceivedMessage
+    ) -> contextlib.AbstractContextManager[None] | None:
+        """Enter ``hooks.handling``; ``None`` when the hook failed (handling goes on without it)."""
+        try:
+            context = self.hooks.handling(self.queue_name, message, candidate.name)
+            context.__enter__()
+        except Exception:
+            logger.exception(
+                "hooks.handling failed; handling without it",
+                extra=log_extra(received, candidate.name),
+            )
+            return None
+        return context
+
+    # ------------------------------------------------------------- settling
+    def retry_delay(self, received: ReceivedMessage) -> float:
+        """Seconds before a failed message comes back, capped by the backend's limit."""
+        return min(self.retry_policy.delay(received.receive_count), self._max_delay)
+
+    def retry(
+        self,
+        received: ReceivedMessage,
+        message: Message,
+        failures: list[tuple[Consumer, BaseException]],
+    ) -> None:
+        """Log and count the failures, then release the message after the retry delay."""
+        delay = self.retry_delay(received) if self.can_nack else None
+        last = self.max_receives is not None and received.receive_count >= self.max_receives
+        for failed, error in failures:
+            self.stats.add("failed")
+            if last:
+                what = (
+                    f"that was delivery {received.receive_count} of {self.max_receives}: the "
+                    f"broker moves it to {self.dead_letter_queue!r}"
+                )
+            elif delay is not None:
+                what = f"retrying in {delay:.1f}s"
+            else:
+                what = "retrying after the visibility timeout"
+            logger.warning(
+                "consumer %s failed on message %s (delivery %d): %s: %s; %s",
+                failed.name,
+                received.message_id,
+                received.receive_count,
+                type(error).__name__,
+                error,
+                what,
+                exc_info=error,
+                extra=log_extra(received, failed.name),
+            )
+            self.hooks.on_handler_error(self.queue_name, message, failed.name, error, delay)
+        self.stats.add("retried")
+        if delay is not None:
+            self.nack(received, delay)
+
+    def busy(self, received: ReceivedMessage) -> None:
+        """Leave a message another worker holds a deduplication claim on for redelivery."""
+        self.stats.add("busy")
+        logger.info(
+            "message %s is being handled by another worker; leaving it for redelivery",
+            received.message_id,
+            extra=log_extra(received),
+        )
+        if self.can_nack:
+            self.nack(received, self.retry_delay(received))
+
+    def nack(self, received: ReceivedMessage, delay: float) -> None:
+        """Release one message for redelivery after ``delay``, logging a failure."""
+        try:
+            self.backend.nack([received], delay)
+        except Exception as exc:
+            logger.warning(
+                "could not release message %s (%s); it comes back after the visibility timeout",
+                received.message_id,
+                type(exc).__name__,
+                extra=log_extra(received),
+            )
+
+    def release(self, deliveries: Sequence[Delivery], counter: str) -> None:
+        """Count messages that were not handled and make them receivable again (nack, no delay)."""
+        self.stats.add(counter, len(deliveries))
+        if not self.can_nack:
+            return  # they come back after the visibility timeout
+        try:
+            self.backend.nack([d.received for d in deliveries], 0.0)
+        except Exception as exc:
+            logger.warning(
+                "could not release %d message(s) (%s); they come back after the visibility timeout",
+                len(deliveries),
+                type(exc).__name__,
+                extra=self.queue_extra,
+            )
+
+    def apply_outcome(
+        self, received: ReceivedMessage, outcome: Outcome, reason: str, error: Exception | None
+    ) -> Outcome:
+        """Apply the undecodable/unhandled policy; return the outcome actually applied.
+
+        The caller acknowledges the message when the result is ``"ack"`` or ``"dead_letter"``.
+        """
+        extra = log_extra(received)
+        detail = f": {error}" if error is not None else ""
+        if outcome == "dead_letter":
+            if self.dead_letter_queue is None:
+                logger.error(
+                    "message %s is %s%s, and queue %s has no dead-letter queue to move it to; "
+                    "leaving it (declare one with init_queue(..., dead_letter_queue_name=...))",
+                    received.message_id,
+                    reason,
+                    detail,
+                    self.queue_name,
+                    extra=extra,
+                )
+                outcome = "leave"
+            elif self.dead_letter(received, reason):
+                return "dead_letter"
+            else:
+                outcome = "leave"
+        if outcome == "ack":
+            logger.warning(
+                "message %s is %s%s; acknowledging it (on_%s='ack'): it is dropped",
+                received.message_id,
+                reason,
+                detail,
+                reason,
+                extra=extra,
+            )
+            return "ack"
+        self.stats.add("left")
+        logger.warning(
+            "message %s is %s%s; leaving it for redelivery",
+            received.message_id,
+            reason,
+            detail,
+            extra=extra,
+        )
+        return "leave"
+
+    def dead_letter(self, received: ReceivedMessage, reason: str) -> bool:
+        """Publish the message unchanged to the dead-letter queue; return whether it worked."""
+        target = self.dead_letter_queue
+        assert target is not None
+        outgoing = OutgoingMessage(
+            body=received.body,
+            attributes=dict(received.attributes),
+            group_id=received.group_id,
+            # A FIFO dead-letter queue drops a second copy if we crash before the ack.
+            dedup_id=received.message_id if self.fifo else None,
+        )
+        try:
+            results = self.backend.publish(target, [outgoing])
+            error: BaseException | None = results[0].error if results else None
+        except Exception as exc:
+            error = exc
+        if error is not None:
+            logger.error(
+                "could not move message %s (%s) to dead-letter queue %s (%s: %s); leaving it",
+                received.message_id,
+                reason,
+                target,
+                type(error).__name__,
+                error,
+                extra=log_extra(received),
+            )
+            return False
+        self.stats.add("dead_lettered")
+        logger.warning(
+            "moved message %s (%s) to dead-letter queue %s",
+            received.message_id,
+            reason,
+            target,
+            extra=log_extra(received),
+        )
+        self.hooks.on_dead_lettered(self.queue_name, received, reason)
+        return True
+
+    def send_acks(self, batch: Sequence[Delivery]) -> None:
+        """Acknowledge a batch (at most :data:`ACK_BATCH`), logging what the broker refused."""
+        # A lost lease means a stale receipt: ack those one by one so they cannot
+        # fail the others (the broker ignores or refuses a stale receipt).
+        current = [d.received for d in batch if not d.lease.lost]
+        stale = [d.received for d in batch if d.lease.lost]
+        acked: list[ReceivedMessage] = []
+        for group in ([current] if current else []) + [[m] for m in stale]:
+            try:
+                self.backend.ack(group)
+            except Exception as exc:
+                logger.error(
+                    "could not acknowledge %d message(s) (%s: %s); they will be delivered again",
+                    len(group),
+                    type(exc).__name__,
+                    exc,
+                    extra=self.queue_extra,
+                )
+            else:
+                acked.extend(group)
+        if acked:
+            self.stats.add("acked", len(acked))
+            self.hooks.on_acked(self.queue_name, acked)
+
+
+def exit_handling(
+    context: contextlib.AbstractContextManager[None] | None,
+    error: BaseException | None,
+    received: ReceivedMessage,
+    consumer: str,
+) -> None:
+    """Leave a ``hooks.handling`` context entered by :meth:`Settlement.enter_handling`."""
+    if context is None:
+        return
+    try:
+        if error is None:
+            context.__exit__(None, None, None)
+        else:
+            context.__exit__(type(error), error, error.__traceback__)
+    except BaseException as exc:
+        if exc is not error:
+            logger.warning(
+                "hooks.handling failed on exit (%s); ignored",
+                type(exc).__name__,
+                extra=log_extra(received, consumer),
+            )
+
+
+def _dedup_key(candidate: Consumer, received: ReceivedMessage) -> str:
+    return f"{candidate.name}:{received.message_id}"
