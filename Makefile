@@ -39,6 +39,7 @@ bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/import_time.py
 	$(RUN)/python benchmarks/round_trip.py
 	$(RUN)/python benchmarks/sqs_throughput.py
+	$(RUN)/python benchmarks/consumer_throughput.py
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .ruff_cache .pytest_cache
