@@ -7,13 +7,20 @@ A :class:`MessageDispatcher` runs the loop an application uses every day::
 
 * ``concurrent_receives`` receiver threads receive in batches, never more
   messages than there are free workers (no prefetch): at most ``workers``
-  messages are received and not yet finished at any time.
+  messages are received and not yet finished at any time. A receiver waits
+  briefly for a full batch of free workers rather than ask for a few (each
+  receive costs a round trip); ``workers`` defaults to
+  ``batch_size * concurrent_receives`` so that every receive can ask for a
+  full batch.
 * Each message is decoded with the :class:`~melange.serializers.SerializerRegistry`
   and handed to every consumer that accepts it, on a pool of ``workers``
   threads. Messages of one FIFO group are handled one after another, in the
   order they were received; other messages and groups in parallel.
-* A message is acknowledged (in batches) only after every accepting consumer
-  succeeded. A consumer that raises makes the message come back after a
+* A message is acknowledged only after every accepting consumer succeeded.
+  Acks go out in calls of the backend's native batch size, once a batch is full
+  or every message of a received batch is settled, from ``concurrent_receives + 1``
+  threads, so deletes keep up with the receives.
+* A consumer that raises makes the message come back after a
   :class:`~melange.retry.RetryPolicy` delay (a nack with delay where the backend
   can, else the visibility timeout) until the queue's maximum receive count
   sends it to the dead-letter queue.
@@ -53,7 +60,7 @@ from melange.lease import LeaseKeeper, LeasePolicy
 from melange.observability import Hooks
 from melange.retry import RetryPolicy
 from melange.serializers import SerializerRegistry
-from melange.settlement import ACK_BATCH, Delivery, DispatchStats, Outcome, log_extra
+from melange.settlement import FILL_WAIT, AckBuffer, Delivery, DispatchStats, Outcome, log_extra
 
 if TYPE_CHECKING:
     from melange.dedup import DedupCache
@@ -84,7 +91,9 @@ class MessageDispatcher(DispatcherOptions):
         queue_name: The queue to consume; it must exist when the dispatcher starts.
         consumers: Every consumer that accepts a message is called with it.
         serializers: Decodes bodies; defaults to a new :class:`SerializerRegistry` (JSON).
-        workers: Threads running handlers, and the most messages held at once.
+        workers: Threads running handlers, and the most messages held at once;
+            default ``batch_size * concurrent_receives``, so that every receive
+            can ask for a full batch.
         concurrent_receives: Threads receiving at the same time (more hide the
             broker's round trip).
         batch_size: Most messages asked for by one receive call.
@@ -122,7 +131,7 @@ class MessageDispatcher(DispatcherOptions):
         consumers: Sequence[Consumer],
         serializers: SerializerRegistry | None = None,
         *,
-        workers: int = 4,
+        workers: int | None = None,
         concurrent_receives: int = 1,
         batch_size: int = 10,
         wait_seconds: float = 5.0,
@@ -157,7 +166,11 @@ class MessageDispatcher(DispatcherOptions):
             grace_period=grace_period,
             close_backend=close_backend,
         )
-        self.workers = positive_int("workers", workers)
+        self.workers = (
+            self.batch_size * self.concurrent_receives
+            if workers is None
+            else positive_int("workers", workers)
+        )
 
         self._lock = threading.Lock()
         self._capacity = threading.Condition(self._lock)
@@ -170,12 +183,13 @@ class MessageDispatcher(DispatcherOptions):
         self._waiting: dict[str, deque[Delivery]] = {}  # behind the running message of a group
         self._last_activity = time.monotonic()
         self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
-        self._acks: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._acks: queue.SimpleQueue[list[Delivery] | None] = queue.SimpleQueue()
+        self._ack_buffer = AckBuffer(1)  # sized for the backend by start()
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._receivers: list[threading.Thread] = []
         self._worker_threads: list[threading.Thread] = []
-        self._acker: threading.Thread | None = None
+        self._ackers: list[threading.Thread] = []
         self._keeper: LeaseKeeper | None = None
         self._shutdown_thread: threading.Thread | None = None
 
@@ -231,6 +245,7 @@ class MessageDispatcher(DispatcherOptions):
                 )
             self._settlement.load(self.backend.get_queue(self.queue_name))
             self._keeper = self._settlement.lease_keeper(self.lease)
+            self._ack_buffer = self._settlement.ack_buffer()
             name = self.queue_name
             self._worker_threads = [
                 _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(self.workers)
@@ -239,7 +254,11 @@ class MessageDispatcher(DispatcherOptions):
                 _thread(self._receive_loop, f"melange-receiver-{name}-{i}")
                 for i in range(self.concurrent_receives)
             ]
-            self._acker = _thread(self._ack_loop, f"melange-acker-{name}")
+            # One more acker than receivers: a slow ack call never holds up the next batch.
+            self._ackers = [
+                _thread(self._ack_loop, f"melange-acker-{name}-{i}")
+                for i in range(self.concurrent_receives + 1)
+            ]
             self._last_activity = time.monotonic()
             self._state = "running"
         logger.info(
@@ -398,9 +417,15 @@ class MessageDispatcher(DispatcherOptions):
             receive_deadline = max(deadline, time.monotonic()) + self.wait_seconds + 1.0
             for thread in self._receivers:
                 thread.join(max(0.0, receive_deadline - time.monotonic()))
-            self._acks.put(None)
-            if self._acker is not None:
-                self._acker.join(max(0.0, deadline - time.monotonic()) + 10.0)
+            with self._lock:  # abandoned handlers never settle: send what finished now
+                rest = self._ack_buffer.take_all()
+            for batch in rest:
+                self._acks.put(batch)
+            for _ in self._ackers:
+                self._acks.put(None)
+            ack_deadline = max(0.0, deadline - time.monotonic()) + 10.0 + time.monotonic()
+            for thread in self._ackers:
+                thread.join(max(0.0, ack_deadline - time.monotonic()))
             if self._keeper is not None:
                 self._keeper.stop(1.0)
         except Exception:
@@ -424,15 +449,30 @@ class MessageDispatcher(DispatcherOptions):
 
     # -------------------------------------------------------------- receiving
     def _reserve(self) -> int:
-        """Wait for free workers and reserve up to ``batch_size`` of them; 0 when stopping."""
+        """Wait for free workers and reserve up to ``batch_size`` of them; 0 when stopping.
+
+        When ``workers >= batch_size``, waits up to :data:`FILL_WAIT` while
+        handlers run for ``batch_size`` free workers: asking for fewer costs a
+        round trip of its own.
+        """
+        # Fewer workers than a batch: no receive can be full, so waiting would only idle them.
+        full = self.batch_size if self.workers >= self.batch_size else 1
+        fill_deadline: float | None = None
         with self._capacity:
             while not self._stop_requested.is_set():
                 free = self.workers - self._held - self._reserved
                 if free > 0:
-                    count = min(free, self.batch_size)
-                    self._reserved += count
-                    return count
-                self._capacity.wait()
+                    now = time.monotonic()
+                    if fill_deadline is None:
+                        fill_deadline = now + FILL_WAIT
+                    # Only running handlers free workers soon; a reservation may last a long poll.
+                    if free >= full or self._held == 0 or now >= fill_deadline:
+                        count = min(free, self.batch_size)
+                        self._reserved += count
+                        return count
+                    self._capacity.wait(fill_deadline - now)
+                else:
+                    self._capacity.wait()
             return 0
 
     def _receive_loop(self) -> None:
@@ -539,6 +579,7 @@ class MessageDispatcher(DispatcherOptions):
             self._deliveries.discard(delivery)
             self._held -= 1
             self._last_activity = time.monotonic()
+            self._settle(delivery, acked)
             if group is not None:
                 waiting = self._waiting.pop(group, None)
                 if waiting and acked:
@@ -569,6 +610,7 @@ class MessageDispatcher(DispatcherOptions):
                 if delivery in self._deliveries:
                     self._deliveries.discard(delivery)
                     self._held -= 1
+                self._settle(delivery, False)
             self._capacity.notify_all()
         if self._keeper is not None:
             for delivery in deliveries:
@@ -576,20 +618,16 @@ class MessageDispatcher(DispatcherOptions):
         self._settlement.release(deliveries, counter)
 
     def _handle(self, delivery: Delivery) -> bool:
-        """Decode and handle one message; settle it. Return whether it is being acknowledged."""
+        """Decode and handle one message; settle it. Return whether to acknowledge it."""
         settlement = self._settlement
         received = delivery.received
         try:
             message = self.serializers.decode(received)
         except Exception as exc:  # SerializationError, or a serializer's own bug
-            return self._ack_if(
-                delivery, settlement.undecodable(received, self.on_undecodable, exc)
-            )
+            return settlement.undecodable(received, self.on_undecodable, exc)
         accepting, failures = settlement.select(self.consumers, message)
         if not accepting and not failures:
-            return self._ack_if(
-                delivery, settlement.unhandled(received, self.on_unhandled, message)
-            )
+            return settlement.unhandled(received, self.on_unhandled, message)
         busy = False
         for candidate in accepting:
             result = settlement.call_sync(candidate, message, received, _SYNC_AWAITABLE_HINT)
@@ -604,44 +642,38 @@ class MessageDispatcher(DispatcherOptions):
             settlement.busy(received)
             return False
         self.stats.add("handled")
-        self._queue_ack(delivery)
         return True
 
-    def _ack_if(self, delivery: Delivery, ack: bool) -> bool:
-        if ack:
-            self._queue_ack(delivery)
-        return ack
-
     # ----------------------------------------------------------------- acking
-    def _queue_ack(self, delivery: Delivery) -> None:
-        with self._lock:
+    def _settle(self, delivery: Delivery, ack: bool) -> None:
+        """Count ``delivery`` as settled, buffering its ack; send full batches. Lock held."""
+        if ack and not delivery.settled:
             self._pending_acks += 1
-        self._acks.put(delivery)
+        for batch in self._ack_buffer.settle(delivery, ack, time.monotonic()):
+            self._acks.put(batch)
 
     def _ack_loop(self) -> None:
-        done = False
-        while not done:
-            batch: list[Delivery] = []
-            item = self._acks.get()
-            while True:
-                if item is None:
-                    done = True
-                else:
-                    batch.append(item)
-                if len(batch) >= ACK_BATCH:
-                    break
-                try:
-                    item = self._acks.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._send_acks(batch)
+        while True:
+            try:
+                batch = self._acks.get(timeout=self._ack_buffer.max_wait)
+            except queue.Empty:
+                with self._lock:  # a slow handler holds back its batch: send the rest anyway
+                    for overdue in self._ack_buffer.take_overdue(time.monotonic()):
+                        self._acks.put(overdue)
+                continue
+            if batch is None:
+                return
+            self._send_acks(batch)
 
     def _send_acks(self, batch: list[Delivery]) -> None:
-        self._settlement.send_acks(batch)
-        with self._lock:
-            self._pending_acks -= len(batch)
-            self._last_activity = time.monotonic()
+        try:
+            self._settlement.send_acks(batch)
+        except Exception:  # send_acks logs the broker's errors; this is a bug
+            logger.exception("acknowledging failed", extra=self._queue_extra)
+        finally:
+            with self._lock:
+                self._pending_acks -= len(batch)
+                self._last_activity = time.monotonic()
 
 
 class SimpleMessageDispatcher(MessageDispatcher):

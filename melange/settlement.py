@@ -37,7 +37,17 @@ from melange.topology import QueueSpec
 if TYPE_CHECKING:
     from melange.dedup import ClaimResult, DedupCache
 
-__all__ = ["ACK_BATCH", "CallResult", "Delivery", "DispatchStats", "Outcome", "Settlement"]
+__all__ = [
+    "ACK_BATCH",
+    "FILL_WAIT",
+    "AckBuffer",
+    "CallResult",
+    "Delivery",
+    "DispatchStats",
+    "Outcome",
+    "ReceiveBatch",
+    "Settlement",
+]
 
 logger = logging.getLogger("melange.dispatcher")
 
@@ -50,7 +60,16 @@ CallResult = Literal["ok", "skipped", "busy"]
 """How one consumer call ended, when it did not raise."""
 
 ACK_BATCH = 100
-"""Most acknowledgements sent in one call; the backend splits them into its own limits."""
+"""Most acknowledgements sent in one call, on backends whose native batch is larger."""
+
+ACK_MAX_WAIT = 1.0
+"""Longest a finished message's ack waits for the rest of its batch (a slow neighbour)."""
+
+FILL_WAIT = 0.05
+"""Longest a receiver waits for a full batch of free workers while handlers are running.
+
+Asking for fewer costs a whole extra round trip to the broker, which is longer than this.
+"""
 
 _RECEIVE_BACKOFF = RetryPolicy(base=0.1, factor=2.0, max_delay=10.0, jitter=0.2)
 """Waits between receive attempts while the backend fails."""
@@ -127,16 +146,99 @@ class DispatchStats:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
+class ReceiveBatch:
+    """The messages of one receive call: how many are unsettled, and the acks waiting for them."""
+
+    __slots__ = ("acks", "since", "unsettled")
+
+    def __init__(self, size: int) -> None:
+        self.unsettled = size
+        self.acks: list[Delivery] = []
+        self.since = 0.0  # when the first waiting ack was added
+
+
 class Delivery:
     """One received message while a dispatcher holds it."""
 
-    __slots__ = ("cancelled", "lease", "received", "started")
+    __slots__ = ("batch", "cancelled", "lease", "received", "settled", "started")
 
-    def __init__(self, received: ReceivedMessage, lease: Lease) -> None:
+    def __init__(
+        self, received: ReceivedMessage, lease: Lease, batch: ReceiveBatch | None = None
+    ) -> None:
         self.received = received
         self.lease = lease
+        self.batch = batch
         self.started = False
         self.cancelled = False  # released before it started (shutdown, failed group predecessor)
+        self.settled = False  # acked, retried, left or released: its batch no longer waits for it
+
+
+class AckBuffer:
+    """Groups acknowledgements by received batch, in calls of at most the backend's batch size.
+
+    The acks of one receive call go out together, in one call, once every message
+    of it is settled (acked, retried, left or released), or as soon as ``limit``
+    of them are waiting: nothing waits for messages that are not coming, and a
+    received batch is not split into small calls as its handlers finish one by
+    one. An ack never waits longer than ``max_wait`` seconds (see
+    :meth:`take_overdue`), so one slow handler does not hold back its finished
+    neighbours' acks until their visibility timeout.
+
+    Not thread-safe: the dispatcher calls it under its own lock (or on its loop).
+
+    Args:
+        limit: Most acks per call.
+        max_wait: Longest an ack waits for the rest of its received batch.
+    """
+
+    def __init__(self, limit: int, max_wait: float = ACK_MAX_WAIT) -> None:
+        self.limit = limit
+        self.max_wait = max_wait
+        self._waiting: dict[ReceiveBatch, None] = {}  # batches with acks waiting, oldest first
+
+    def __len__(self) -> int:
+        return sum(len(batch.acks) for batch in self._waiting)
+
+    def settle(self, delivery: Delivery, ack: bool, now: float) -> list[list[Delivery]]:
+        """Record that ``delivery`` is settled (acked when ``ack``); return the calls to send now.
+
+        Settling a delivery twice does nothing the second time.
+        """
+        if delivery.settled:
+            return []
+        delivery.settled = True
+        batch = delivery.batch if delivery.batch is not None else ReceiveBatch(1)
+        ready: list[list[Delivery]] = []
+        if ack:
+            if not batch.acks:
+                batch.since = now
+                self._waiting[batch] = None
+            batch.acks.append(delivery)
+            if len(batch.acks) >= self.limit:
+                ready.append(self._take(batch))
+        batch.unsettled -= 1
+        if batch.unsettled <= 0 and batch.acks:
+            ready.append(self._take(batch))
+        return ready
+
+    def overdue(self, now: float) -> float | None:
+        """Seconds until the oldest waiting ack must go (<= 0: now); ``None`` when none waits."""
+        if not self._waiting:
+            return None
+        return next(iter(self._waiting)).since + self.max_wait - now
+
+    def take_overdue(self, now: float) -> list[list[Delivery]]:
+        """Remove and return the acks that waited ``max_wait`` seconds, one call per batch."""
+        return [self._take(b) for b in list(self._waiting) if b.since + self.max_wait <= now]
+
+    def take_all(self) -> list[list[Delivery]]:
+        """Remove and return every waiting ack, one call per received batch."""
+        return [self._take(batch) for batch in list(self._waiting)]
+
+    def _take(self, batch: ReceiveBatch) -> list[Delivery]:
+        taken, batch.acks = batch.acks, []
+        self._waiting.pop(batch, None)
+        return taken
 
 
 def log_extra(received: ReceivedMessage, consumer: str | None = None) -> dict[str, Any]:
@@ -227,11 +329,20 @@ class Settlement:
     def deliveries(self, received: list[ReceivedMessage], received_at: float) -> list[Delivery]:
         """Wrap the messages of one receive call, counting them and telling the hooks."""
         expires_at = received_at + self.visibility_timeout
-        deliveries = [Delivery(m, Lease(m, received_at, expires_at)) for m in received]
+        batch = ReceiveBatch(len(received))
+        deliveries = [Delivery(m, Lease(m, received_at, expires_at), batch) for m in received]
         if received:  # before any handler can start, so hooks see the steps in order
             self.stats.add("received", len(received))
             self.hooks.on_receive(self.queue_name, received)
         return deliveries
+
+    def ack_buffer(self) -> AckBuffer:
+        """A buffer sending acks in the backend's native batch size (at most :data:`ACK_BATCH`)."""
+        limit = max(1, min(self.backend.capabilities.max_batch_size, ACK_BATCH))
+        max_wait = ACK_MAX_WAIT
+        if self.visibility_timeout > 0:  # well before a finished message could come back
+            max_wait = max(0.01, min(max_wait, self.visibility_timeout / 4))
+        return AckBuffer(limit, max_wait)
 
     def receive_failed(self, failures: int, error: Exception) -> float:
         """Count and log a failed receive; return the seconds to wait before the next one."""

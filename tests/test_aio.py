@@ -718,3 +718,104 @@ def test_the_asyncio_guide_example_runs(capsys: pytest.CaptureFixture[str]) -> N
     assert sorted(namespace["recorded"]) == ["pay-1", "pay-2", "pay-3"]
     assert capsys.readouterr().out.split() == ["3", "3"]
     assert namespace["backend"].closed
+
+
+# ------------------------------------------------------------------ throughput
+class RoundTripBackend(MemoryBackend):
+    """A broker far away: receives and acks take ``rtt`` seconds and acks take 10 at most."""
+
+    capabilities = dataclasses.replace(MemoryBackend.capabilities, max_batch_size=10)
+
+    def __init__(self, rtt: float) -> None:
+        super().__init__()
+        self.rtt = rtt
+        self.lock = threading.Lock()
+        self.asked: list[int] = []
+        self.ack_sizes: list[int] = []
+        self.acks_in_flight = 0
+        self.peak_acks_in_flight = 0
+
+    def _receive(self, queue_name: str, max_messages: int, wait: float) -> list[ReceivedMessage]:
+        with self.lock:
+            self.asked.append(max_messages)
+        time.sleep(self.rtt)
+        return super()._receive(queue_name, max_messages, wait)
+
+    def _ack(self, messages: list[ReceivedMessage]) -> None:
+        with self.lock:
+            self.ack_sizes.append(len(messages))
+            self.acks_in_flight += 1
+            self.peak_acks_in_flight = max(self.peak_acks_in_flight, self.acks_in_flight)
+        try:
+            time.sleep(self.rtt)
+            super()._ack(messages)
+        finally:
+            with self.lock:
+                self.acks_in_flight -= 1
+
+
+def test_acks_keep_up_with_concurrent_receives_in_native_batches(
+    registry: SerializerRegistry,
+) -> None:
+    backend = RoundTripBackend(0.03)
+    MessagingBackendFactory(backend).init_queue(QUEUE)
+    publish(backend, registry, *[Paid(f"o-{i}") for i in range(160)])
+
+    @consumer
+    async def uneven(event: Paid) -> None:
+        await asyncio.sleep(0.001 * (int(event.order[2:]) % 5))
+
+    async def main() -> DispatchStats:
+        dispatcher = AsyncMessageDispatcher(
+            backend, QUEUE, [uneven], registry, concurrent_receives=4, batch_size=10, **FAST
+        )
+        assert dispatcher.concurrency == 40  # the default: a full batch for every receive
+        async with dispatcher:
+            return await dispatcher.run_until_idle(idle_seconds=0.2, timeout=20)
+
+    stats = asyncio.run(main())
+    assert stats.acked == 160
+    assert set(backend.asked) == {10}  # receives ask for full batches
+    # One call per received batch, never more than the backend takes at once, several at once.
+    assert backend.ack_sizes == [10] * 16
+    assert backend.peak_acks_in_flight >= 2
+
+
+def test_stop_sends_the_acks_still_waiting_for_an_abandoned_neighbour(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    publish(backend, registry, *[Paid(f"o-{i}") for i in range(5)])
+    acked: list[str] = []
+    finished: list[str] = []
+
+    class Ack(Hooks):
+        def on_acked(self, queue_name: str, messages: Any) -> None:
+            acked.extend(m.message_id for m in messages)
+
+    @consumer
+    async def one_stuck(event: Paid) -> None:
+        if event.order == "o-0":
+            await asyncio.sleep(10)
+        finished.append(event.order)
+
+    async def main() -> None:
+        dispatcher = AsyncMessageDispatcher(
+            backend,
+            QUEUE,
+            [one_stuck],
+            registry,
+            batch_size=5,
+            grace_period=0.1,
+            hooks=Ack(),
+            **FAST,
+        )
+        await dispatcher.start()
+        for _ in range(300):
+            if len(finished) == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert acked == []  # waiting for the rest of their batch
+        await dispatcher.stop(timeout=5)
+
+    asyncio.run(main())
+    assert len(acked) == 4  # the abandoned handler's message is not among them

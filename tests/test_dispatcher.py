@@ -1153,3 +1153,156 @@ def test_stats_snapshot_is_a_copy() -> None:
     stats.add("acked")
     assert snapshot.acked == 2 and stats.acked == 3
     assert stats.as_dict()["acked"] == 3
+
+
+# ------------------------------------------------------------------ throughput
+class RoundTripBackend(RecordingBackend):
+    """A broker far away: receives and acks take ``rtt`` seconds and acks take 10 at most.
+
+    Records every ack call's size and the most ack calls in progress at once.
+    """
+
+    capabilities = dataclasses.replace(MemoryBackend.capabilities, max_batch_size=10)
+
+    def __init__(self, rtt: float) -> None:
+        super().__init__()
+        self.rtt = rtt
+        self.ack_sizes: list[int] = []
+        self.acks_in_flight = 0
+        self.peak_acks_in_flight = 0
+
+    def _receive(self, queue_name: str, max_messages: int, wait: float) -> list[ReceivedMessage]:
+        time.sleep(self.rtt)
+        return super()._receive(queue_name, max_messages, wait)
+
+    def _ack(self, messages: list[ReceivedMessage]) -> None:
+        with self.lock:
+            self.ack_sizes.append(len(messages))
+            self.acks_in_flight += 1
+            self.peak_acks_in_flight = max(self.peak_acks_in_flight, self.acks_in_flight)
+        try:
+            time.sleep(self.rtt)
+            super()._ack(messages)
+        finally:
+            with self.lock:
+                self.acks_in_flight -= 1
+
+
+def round_trip_backend(rtt: float = 0.03) -> RoundTripBackend:
+    backend = RoundTripBackend(rtt)
+    MessagingBackendFactory(backend).init_queue(QUEUE)
+    return backend
+
+
+def test_acks_keep_up_with_concurrent_receives_in_native_batches(
+    registry: SerializerRegistry,
+) -> None:
+    backend = round_trip_backend()
+    handled: list[str] = []
+    publish(backend, registry, *(Paid(f"o{i}") for i in range(160)))
+
+    @consumer
+    def record(event: Paid) -> None:
+        handled.append(event.order)
+
+    with dispatcher(
+        backend, [record], registry, workers=40, concurrent_receives=4, batch_size=10
+    ) as d:
+        stats = d.run_until_idle(IDLE, timeout=20)
+
+    assert stats.handled == 160 and stats.acked == 160 and len(backend.acked) == 160
+    # One call per backend batch, never more than the backend takes at once...
+    assert max(backend.ack_sizes) <= 10
+    assert sum(backend.ack_sizes) == 160 and len(backend.ack_sizes) <= 20
+    # ...and several in flight at once, as the receives are: deletes are not serialized.
+    assert backend.peak_acks_in_flight >= 2
+
+
+def test_the_acks_of_one_received_batch_travel_together(registry: SerializerRegistry) -> None:
+    backend = round_trip_backend(rtt=0.02)
+    publish(backend, registry, *(Paid(f"o{i}") for i in range(50)))
+
+    @consumer
+    def uneven(event: Paid) -> None:
+        time.sleep(random.uniform(0.0, 0.01))  # handlers of one batch finish one by one
+
+    with dispatcher(backend, [uneven], registry, workers=10, batch_size=10) as d:
+        stats = d.run_until_idle(IDLE, timeout=20)
+
+    assert stats.acked == 50
+    # Every receive returned 10; their acks were not sent piecemeal as handlers finished.
+    assert backend.ack_sizes == [10] * 5
+
+
+def test_a_slow_handler_does_not_hold_back_its_neighbours_acks(
+    registry: SerializerRegistry,
+) -> None:
+    backend = make_backend(visibility_timeout=0.4)  # an ack waits at most a quarter of that
+    ids = publish(backend, registry, *(Paid(f"o{i}") for i in range(5)))
+    release = threading.Event()
+
+    @consumer
+    def one_slow(event: Paid) -> None:
+        if event.order == "o0":
+            release.wait(5)
+
+    with dispatcher(backend, [one_slow], registry, workers=5, batch_size=5) as d:
+        d.start()
+        deadline = time.monotonic() + 3
+        while len(backend.acked) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        acked_while_slow_ran = set(backend.acked)
+        release.set()
+        stats = d.run_until_idle(IDLE, timeout=5)
+
+    assert acked_while_slow_ran == set(ids[1:])
+    assert stats.acked == 5
+
+
+def test_stop_sends_the_acks_still_waiting_for_an_abandoned_neighbour(
+    registry: SerializerRegistry,
+) -> None:
+    backend = make_backend()  # visibility timeout 30 s: the acks would wait a second
+    ids = publish(backend, registry, *(Paid(f"o{i}") for i in range(5)))
+    release = threading.Event()
+    finished: list[str] = []
+
+    @consumer
+    def one_stuck(event: Paid) -> None:
+        if event.order == "o0":
+            release.wait(5)
+        else:
+            finished.append(event.order)
+
+    d = dispatcher(backend, [one_stuck], registry, workers=5, batch_size=5, grace_period=0.1)
+    try:
+        d.start()
+        deadline = time.monotonic() + 3
+        while len(finished) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert backend.acked == []  # waiting for the rest of their batch
+        d.stop(timeout=5)
+    finally:
+        release.set()
+    assert sorted(backend.acked) == sorted(ids[1:])
+
+
+@pytest.mark.parametrize("workers", [None, 20])
+def test_receives_ask_for_full_batches_when_capacity_allows(
+    registry: SerializerRegistry, workers: int | None
+) -> None:
+    backend = make_backend()
+    publish(backend, registry, *(Paid(f"o{i}") for i in range(200)))
+
+    @consumer
+    def quick(event: Paid) -> None:
+        time.sleep(random.uniform(0.0, 0.003))  # workers come free one by one
+
+    with dispatcher(
+        backend, [quick], registry, workers=workers, concurrent_receives=2, batch_size=10
+    ) as d:
+        assert d.workers == 20  # the default: a full batch for every receive
+        stats = d.run_until_idle(IDLE, timeout=20)
+
+    assert stats.acked == 200
+    assert set(backend.asked) == {10}

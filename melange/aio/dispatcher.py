@@ -52,7 +52,14 @@ from melange.message import Message
 from melange.observability import Hooks
 from melange.retry import RetryPolicy
 from melange.serializers import SerializerRegistry
-from melange.settlement import ACK_BATCH, CallResult, Delivery, exit_handling, log_extra
+from melange.settlement import (
+    FILL_WAIT,
+    AckBuffer,
+    CallResult,
+    Delivery,
+    exit_handling,
+    log_extra,
+)
 
 if TYPE_CHECKING:
     from melange.dedup import DedupCache
@@ -85,7 +92,9 @@ class AsyncMessageDispatcher(DispatcherOptions):
             loop; synchronous ones in a thread.
         serializers: Decodes bodies; defaults to a new :class:`SerializerRegistry` (JSON).
         concurrency: The most messages held (received and not finished) at once,
-            hence the most handlers running at once.
+            hence the most handlers running at once; default
+            ``batch_size * concurrent_receives``, so that every receive can ask
+            for a full batch.
         concurrent_receives: Receive calls in progress at the same time (more hide
             the broker's round trip).
         batch_size: Most messages asked for by one receive call.
@@ -120,7 +129,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         consumers: Sequence[Consumer],
         serializers: SerializerRegistry | None = None,
         *,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         concurrent_receives: int = 1,
         batch_size: int = 10,
         wait_seconds: float = 5.0,
@@ -155,7 +164,11 @@ class AsyncMessageDispatcher(DispatcherOptions):
             grace_period=grace_period,
             close_backend=close_backend,
         )
-        self.concurrency = positive_int("concurrency", concurrency)
+        self.concurrency = (
+            self.batch_size * self.concurrent_receives
+            if concurrency is None
+            else positive_int("concurrency", concurrency)
+        )
 
         self._async_consumers = frozenset(
             candidate for candidate in self.consumers if is_async_consumer(candidate)
@@ -172,8 +185,10 @@ class AsyncMessageDispatcher(DispatcherOptions):
         self._active_groups: set[str] = set()
         self._waiting: dict[str, deque[Delivery]] = {}  # behind the running message of a group
         self._last_activity = time.monotonic()
-        self._ack_queue: deque[Delivery] = deque()
-        self._ack_task: asyncio.Task[None] | None = None
+        self._ack_buffer = AckBuffer(1)  # sized for the backend by start()
+        self._ack_slots: asyncio.Semaphore | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._receivers: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -260,9 +275,9 @@ class AsyncMessageDispatcher(DispatcherOptions):
 
     async def _start_running(self, loop: asyncio.AbstractEventLoop) -> None:
         # Threads: receives, settlements of every held message, synchronous handlers
-        # and the acknowledger never wait for one another.
+        # and the acknowledgements never wait for one another.
         self._pool = ThreadPoolExecutor(
-            max_workers=self.concurrent_receives + 2 * self.concurrency + 1,
+            max_workers=2 * self.concurrent_receives + 2 * self.concurrency + 1,
             thread_name_prefix=f"melange-aio-{self.queue_name}",
         )
         try:
@@ -276,6 +291,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         if self._state != "starting":  # stop() was called meanwhile
             return
         self._keeper = self._settlement.lease_keeper(self.lease)
+        self._ack_buffer = self._settlement.ack_buffer()
         self._receivers = [
             loop.create_task(self._receive_loop(), name=f"melange-receiver-{self.queue_name}-{i}")
             for i in range(self.concurrent_receives)
@@ -475,14 +491,15 @@ class AsyncMessageDispatcher(DispatcherOptions):
                 )
                 for task in stuck:
                     task.cancel()
-            pending = [t for t in (self._ack_task, *self._background) if t is not None]
+            self._flush_ack_buffer()  # abandoned handlers never settle: send what finished now
+            pending = [*self._ack_tasks, *self._background]
             while pending:  # a release may start as the last acks go out
                 _, left = await asyncio.wait(
                     pending, timeout=max(0.0, deadline - time.monotonic()) + 10.0
                 )
                 if left:
                     break
-                pending = [t for t in (self._ack_task, *self._background) if t and not t.done()]
+                pending = [t for t in (*self._ack_tasks, *self._background) if not t.done()]
             if self._keeper is not None:
                 await self._io(self._keeper.stop, 1.0)
         except Exception:
@@ -493,6 +510,9 @@ class AsyncMessageDispatcher(DispatcherOptions):
             logger.info("stopped", extra=self._queue_extra)
 
     def _finish_shutdown(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # an abandoned synchronous handler keeps its thread
         self._state = "stopped"
@@ -533,16 +553,32 @@ class AsyncMessageDispatcher(DispatcherOptions):
 
     # -------------------------------------------------------------- receiving
     async def _reserve(self) -> int:
-        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping."""
+        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping.
+
+        When ``concurrency >= batch_size``, waits up to
+        :data:`~melange.settlement.FILL_WAIT` while handlers run for ``batch_size``
+        of free capacity: asking for fewer costs a round trip of its own.
+        """
         assert self._stop_requested is not None and self._capacity_changed is not None
+        # Less capacity than a batch: no receive can be full, so waiting would only idle it.
+        full = self.batch_size if self.concurrency >= self.batch_size else 1
+        fill_deadline: float | None = None
         while not self._stop_requested.is_set():
             free = self.concurrency - self._held - self._reserved
+            wait: float | None = None
             if free > 0:
-                count = min(free, self.batch_size)
-                self._reserved += count
-                return count
+                now = time.monotonic()
+                if fill_deadline is None:
+                    fill_deadline = now + FILL_WAIT
+                # Only running handlers free capacity soon; a reservation may last a long poll.
+                if free >= full or self._held == 0 or now >= fill_deadline:
+                    count = min(free, self.batch_size)
+                    self._reserved += count
+                    return count
+                wait = fill_deadline - now
             self._capacity_changed.clear()
-            await self._capacity_changed.wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._capacity_changed.wait(), wait)
         return 0
 
     def _unreserve(self, count: int) -> None:
@@ -645,6 +681,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         self._deliveries.discard(delivery)
         self._held -= 1
         self._last_activity = time.monotonic()
+        self._settle(delivery, acked)
         if group is not None:
             waiting = self._waiting.pop(group, None)
             if waiting and acked:
@@ -674,6 +711,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
             if delivery in self._deliveries:
                 self._deliveries.discard(delivery)
                 self._held -= 1
+            self._settle(delivery, False)
         self._capacity_changed.set()
         if self._keeper is not None:
             for delivery in deliveries:
@@ -681,18 +719,16 @@ class AsyncMessageDispatcher(DispatcherOptions):
         await self._io(self._settlement.release, deliveries, counter)
 
     async def _handle(self, delivery: Delivery) -> bool:
-        """Decode and handle one message; settle it. Return whether it is being acknowledged."""
+        """Decode and handle one message; settle it. Return whether to acknowledge it."""
         settlement = self._settlement
         received = delivery.received
         try:
             message = self.serializers.decode(received)
         except Exception as exc:  # SerializationError, or a serializer's own bug
-            ack = await self._io(settlement.undecodable, received, self.on_undecodable, exc)
-            return self._ack_if(delivery, ack)
+            return await self._io(settlement.undecodable, received, self.on_undecodable, exc)
         accepting, failures = settlement.select(self.consumers, message)
         if not accepting and not failures:
-            ack = await self._io(settlement.unhandled, received, self.on_unhandled, message)
-            return self._ack_if(delivery, ack)
+            return await self._io(settlement.unhandled, received, self.on_unhandled, message)
         busy = False
         for candidate in accepting:
             if candidate in self._async_consumers:
@@ -712,13 +748,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
             await self._io(settlement.busy, received)
             return False
         self.stats.add("handled")
-        self._queue_ack(delivery)
         return True
-
-    def _ack_if(self, delivery: Delivery, ack: bool) -> bool:
-        if ack:
-            self._queue_ack(delivery)
-        return ack
 
     async def _call_async(
         self, candidate: Consumer, message: Message, received: ReceivedMessage
@@ -755,22 +785,48 @@ class AsyncMessageDispatcher(DispatcherOptions):
         return "ok"
 
     # ----------------------------------------------------------------- acking
-    def _queue_ack(self, delivery: Delivery) -> None:
-        """Acknowledge in the background; acks that arrive while one call runs share the next."""
+    def _settle(self, delivery: Delivery, ack: bool) -> None:
+        """Count ``delivery`` as settled, buffering its ack; send full batches."""
         assert self._loop is not None
-        self._pending_acks += 1
-        self._ack_queue.append(delivery)
-        if self._ack_task is None or self._ack_task.done():
-            self._ack_task = self._loop.create_task(self._flush_acks())
+        if ack and not delivery.settled:
+            self._pending_acks += 1
+        for batch in self._ack_buffer.settle(delivery, ack, time.monotonic()):
+            self._send(batch)
+        due = self._ack_buffer.overdue(time.monotonic())
+        if due is not None and self._ack_timer is None:  # a slow neighbour must not hold it
+            self._ack_timer = self._loop.call_later(max(0.0, due), self._on_ack_timer)
 
-    async def _flush_acks(self) -> None:
-        while self._ack_queue:
-            count = min(len(self._ack_queue), ACK_BATCH)
-            batch = [self._ack_queue.popleft() for _ in range(count)]
-            try:
+    def _on_ack_timer(self) -> None:
+        assert self._loop is not None
+        self._ack_timer = None
+        due = self._ack_buffer.overdue(time.monotonic())
+        if due is not None and due <= 0:
+            for batch in self._ack_buffer.take_overdue(time.monotonic()):
+                self._send(batch)
+            due = self._ack_buffer.overdue(time.monotonic())
+        if due is not None:
+            self._ack_timer = self._loop.call_later(max(0.0, due), self._on_ack_timer)
+
+    def _flush_ack_buffer(self) -> None:
+        """Send every waiting ack now."""
+        for batch in self._ack_buffer.take_all():
+            self._send(batch)
+
+    def _send(self, batch: list[Delivery]) -> None:
+        assert self._loop is not None
+        if self._ack_slots is None:
+            # As many ack calls at once as receives, plus one: deletes keep up with receives.
+            self._ack_slots = asyncio.Semaphore(self.concurrent_receives + 1)
+        task = self._loop.create_task(self._send_acks(batch, self._ack_slots))
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _send_acks(self, batch: list[Delivery], slots: asyncio.Semaphore) -> None:
+        try:
+            async with slots:
                 await self._io(self._settlement.send_acks, batch)
-            except Exception:  # send_acks logs the broker's errors; this is a bug
-                logger.exception("acknowledging failed", extra=self._queue_extra)
-            finally:
-                self._pending_acks -= len(batch)
-                self._last_activity = time.monotonic()
+        except Exception:  # send_acks logs the broker's errors; this is a bug
+            logger.exception("acknowledging failed", extra=self._queue_extra)
+        finally:
+            self._pending_acks -= len(batch)
+            self._last_activity = time.monotonic()
