@@ -89,7 +89,7 @@ STEADY = (0.1, 0.9)  # the part of the deletes that makes the steady throughput
 PAYLOAD = {"order_id": "ord-000000", "amount_cents": 1250, "currency": "EUR", "n": 0}
 
 DISPATCHER = "dispatcher"
-DISPATCHER_DEFAULTS = "dispatcher (defaults)"
+DISPATCHER_DEFAULTS = "dispatcher workers=4"  # the constructor default before 8.0.0.dev0 tuning
 HAND_LOOP = "hand loop"
 BOTO3_LOOP = "boto3 loop"
 BOTO3_PIPELINED = "boto3 pipelined"
