@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from melange_example_sqlite import SQLiteBackend
 
-from melange.testing.conformance import ConformanceSuite
+from melange.testing.conformance import BackendSpec, ConformanceSuite
 
 KNOWN_DEVIATIONS: dict[str, str] = {
     # "test_name[param-id]": "why this backend behaves differently, and since when",
@@ -29,6 +29,11 @@ class TestSQLiteBackend(ConformanceSuite):
         backend = SQLiteBackend(tmp_path / "conformance.sqlite3")
         yield backend
         backend.close()
+
+    @pytest.fixture
+    def melange_backend_spec(self, tmp_path: Path) -> BackendSpec:
+        # The same file as melange_backend: another process opens it by path.
+        return ("sqlite", {"path": str(tmp_path / "conformance.sqlite3")})
 
     @pytest.fixture(autouse=True)
     def _known_deviation(self, request: pytest.FixtureRequest) -> None:

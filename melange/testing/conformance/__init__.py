@@ -26,6 +26,7 @@ import pytest
 pytest.register_assert_rewrite(
     "melange.testing.conformance._support",
     "melange.testing.conformance.data",
+    "melange.testing.conformance.runtime",
     "melange.testing.conformance.topology",
 )
 
@@ -46,10 +47,11 @@ from melange.testing.conformance._support import (  # noqa: E402
     requires,
 )
 from melange.testing.conformance.data import DataConformance  # noqa: E402
+from melange.testing.conformance.runtime import BackendSpec, RuntimeConformance  # noqa: E402
 from melange.testing.conformance.topology import TopologyConformance  # noqa: E402
 
 
-class ConformanceSuite(TopologyConformance, DataConformance):
+class ConformanceSuite(TopologyConformance, DataConformance, RuntimeConformance):
     """Every conformance test: subclass it (as ``Test...``) and provide ``melange_backend``."""
 
 
@@ -57,11 +59,13 @@ __all__ = [
     "MARGIN",
     "POLL_TIMEOUT",
     "VISIBILITY_TIMEOUT",
+    "BackendSpec",
     "ConformanceBase",
     "ConformanceSuite",
     "DataConformance",
     "DeliveryGuarantee",
     "ResourceNames",
+    "RuntimeConformance",
     "TopologyConformance",
     "Wait",
     "assert_empty",
