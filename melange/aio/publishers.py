@@ -22,7 +22,85 @@ from melange.serializers import SerializerRegistry
 __all__ = ["AsyncQueuePublisher", "AsyncTopicPublisher"]
 
 
-class AsyncQueuePublisher:
+class _AsyncPublisher:
+    """Awaitable wrapper of a synchronous publisher; subclasses pick which one."""
+
+    _sync_publisher: type[QueuePublisher | TopicPublisher]
+
+    def __init__(
+        self,
+        backend: MessagingBackend,
+        serializers: SerializerRegistry | None = None,
+        *,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.publisher = self._sync_publisher(backend, serializers, hooks=hooks)
+        """The synchronous publisher doing the work, for code that is not async."""
+
+    @property
+    def backend(self) -> MessagingBackend:
+        """The backend messages are published through."""
+        return self.publisher.backend
+
+    @property
+    def serializers(self) -> SerializerRegistry:
+        """The registry serializing payloads."""
+        return self.publisher.serializers
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend.name!r}>"
+
+    async def publish(
+        self,
+        destination: str,
+        data: Message | Any,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
+        delay_seconds: float = 0.0,
+    ) -> PublishResult:
+        """Serialize and publish one message.
+
+        See the synchronous publisher's ``publish`` for the arguments and the errors.
+
+        Args:
+            destination: The queue (or, for a topic publisher, the topic).
+            data: A :class:`~melange.message.Message` or a bare payload object.
+            attributes: Attributes added to the message's own; these win on a clash.
+            group_id: The FIFO message group; replaces the message's.
+            dedup_id: The deduplication id; replaces the message's.
+            delay_seconds: Seconds before the message can be received.
+
+        Returns:
+            The result of the accepted message, with the broker's message id.
+        """
+        return await asyncio.to_thread(
+            self.publisher.publish,
+            destination,
+            data,
+            attributes=attributes,
+            group_id=group_id,
+            dedup_id=dedup_id,
+            delay_seconds=delay_seconds,
+        )
+
+    async def publish_batch(
+        self, destination: str, items: Sequence[Message | Any]
+    ) -> list[PublishResult]:
+        """Serialize and publish several messages; nothing is sent if one is invalid.
+
+        Args:
+            destination: The queue (or, for a topic publisher, the topic).
+            items: The messages or payloads, in order.
+
+        Returns:
+            One result per item, in order.
+        """
+        return await asyncio.to_thread(self.publisher.publish_batch, destination, items)
+
+
+class AsyncQueuePublisher(_AsyncPublisher):
     """Publishes messages straight to a queue, from asyncio code.
 
     Behaves exactly like :class:`~melange.publishers.QueuePublisher` (same
@@ -40,83 +118,10 @@ class AsyncQueuePublisher:
             default :func:`melange.tracing.default_hooks`. Pass ``Hooks()`` for none.
     """
 
-    def __init__(
-        self,
-        backend: MessagingBackend,
-        serializers: SerializerRegistry | None = None,
-        *,
-        hooks: Hooks | None = None,
-    ) -> None:
-        self.publisher = QueuePublisher(backend, serializers, hooks=hooks)
-        """The synchronous publisher doing the work, for code that is not async."""
-
-    @property
-    def backend(self) -> MessagingBackend:
-        """The backend messages are published through."""
-        return self.publisher.backend
-
-    @property
-    def serializers(self) -> SerializerRegistry:
-        """The registry serializing payloads."""
-        return self.publisher.serializers
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} backend={self.backend.name!r}>"
-
-    async def publish(
-        self,
-        queue_name: str,
-        data: Message | Any,
-        *,
-        attributes: Mapping[str, str] | None = None,
-        group_id: str | None = None,
-        dedup_id: str | None = None,
-        delay_seconds: float = 0.0,
-    ) -> PublishResult:
-        """Serialize and publish one message to a queue.
-
-        See :meth:`melange.publishers.QueuePublisher.publish` for the arguments
-        and the errors.
-
-        Args:
-            queue_name: The queue.
-            data: A :class:`~melange.message.Message` or a bare payload object.
-            attributes: Attributes added to the message's own; these win on a clash.
-            group_id: The FIFO message group; replaces the message's.
-            dedup_id: The deduplication id; replaces the message's.
-            delay_seconds: Seconds before the message can be received.
-
-        Returns:
-            The result of the accepted message, with the broker's message id.
-        """
-        return await asyncio.to_thread(
-            self.publisher.publish,
-            queue_name,
-            data,
-            attributes=attributes,
-            group_id=group_id,
-            dedup_id=dedup_id,
-            delay_seconds=delay_seconds,
-        )
-
-    async def publish_batch(
-        self, queue_name: str, items: Sequence[Message | Any]
-    ) -> list[PublishResult]:
-        """Serialize and publish several messages; nothing is sent if one is invalid.
-
-        See :meth:`melange.publishers.QueuePublisher.publish_batch`.
-
-        Args:
-            queue_name: The queue.
-            items: The messages or payloads, in order.
-
-        Returns:
-            One result per item, in order.
-        """
-        return await asyncio.to_thread(self.publisher.publish_batch, queue_name, items)
+    _sync_publisher = QueuePublisher
 
 
-class AsyncTopicPublisher:
+class AsyncTopicPublisher(_AsyncPublisher):
     """Publishes messages to a topic from asyncio code; every matching subscribed queue gets a copy.
 
     Behaves exactly like :class:`~melange.publishers.TopicPublisher`; only the
@@ -134,77 +139,4 @@ class AsyncTopicPublisher:
             default :func:`melange.tracing.default_hooks`. Pass ``Hooks()`` for none.
     """
 
-    def __init__(
-        self,
-        backend: MessagingBackend,
-        serializers: SerializerRegistry | None = None,
-        *,
-        hooks: Hooks | None = None,
-    ) -> None:
-        self.publisher = TopicPublisher(backend, serializers, hooks=hooks)
-        """The synchronous publisher doing the work, for code that is not async."""
-
-    @property
-    def backend(self) -> MessagingBackend:
-        """The backend messages are published through."""
-        return self.publisher.backend
-
-    @property
-    def serializers(self) -> SerializerRegistry:
-        """The registry serializing payloads."""
-        return self.publisher.serializers
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} backend={self.backend.name!r}>"
-
-    async def publish(
-        self,
-        topic_name: str,
-        data: Message | Any,
-        *,
-        attributes: Mapping[str, str] | None = None,
-        group_id: str | None = None,
-        dedup_id: str | None = None,
-        delay_seconds: float = 0.0,
-    ) -> PublishResult:
-        """Serialize and publish one message to a topic.
-
-        See :meth:`melange.publishers.TopicPublisher.publish` for the arguments
-        and the errors.
-
-        Args:
-            topic_name: The topic.
-            data: A :class:`~melange.message.Message` or a bare payload object.
-            attributes: Attributes added to the message's own; these win on a clash.
-            group_id: The FIFO message group; replaces the message's.
-            dedup_id: The deduplication id; replaces the message's.
-            delay_seconds: Seconds before the message can be received.
-
-        Returns:
-            The result of the accepted message, with the broker's message id.
-        """
-        return await asyncio.to_thread(
-            self.publisher.publish,
-            topic_name,
-            data,
-            attributes=attributes,
-            group_id=group_id,
-            dedup_id=dedup_id,
-            delay_seconds=delay_seconds,
-        )
-
-    async def publish_batch(
-        self, topic_name: str, items: Sequence[Message | Any]
-    ) -> list[PublishResult]:
-        """Serialize and publish several messages to a topic; nothing is sent if one is invalid.
-
-        See :meth:`melange.publishers.TopicPublisher.publish_batch`.
-
-        Args:
-            topic_name: The topic.
-            items: The messages or payloads, in order.
-
-        Returns:
-            One result per item, in order.
-        """
-        return await asyncio.to_thread(self.publisher.publish_batch, topic_name, items)
+    _sync_publisher = TopicPublisher
