@@ -517,21 +517,10 @@ class RuntimeConformance(ConformanceBase):
         if melange_backend_spec is None:
             pytest.skip(SKIP_WITHOUT_SPEC)
         with _backend_from_spec(melange_backend_spec) as (backend, names):
-            queue = names.queue()
-            MessagingBackendFactory(backend).init_queue(
-                queue, visibility_timeout=VISIBILITY_TIMEOUT
+            queue, numbers, process = _child_mid_batch(
+                melange_backend_spec, backend, names, tmp_path / "killed"
             )
-            numbers = set(range(CHILD_MESSAGES))
-            QueuePublisher(backend, hooks=Hooks()).publish_batch(
-                queue, [{"n": n} for n in sorted(numbers)]
-            )
-            process = _ConsumerProcess(melange_backend_spec, queue, tmp_path / "killed")
             try:
-                process.start()
-                process.wait_until(
-                    lambda: len(process.events("started")) >= CHILD_WORKERS,
-                    f"{CHILD_WORKERS} handlers were running",
-                )
                 process.signal(signal.SIGKILL)
                 assert process.wait(CHILD_TIMEOUT) == -signal.SIGKILL
             finally:
@@ -583,21 +572,10 @@ class RuntimeConformance(ConformanceBase):
         if melange_backend_spec is None:
             pytest.skip(SKIP_WITHOUT_SPEC)
         with _backend_from_spec(melange_backend_spec) as (backend, names):
-            queue = names.queue()
-            MessagingBackendFactory(backend).init_queue(
-                queue, visibility_timeout=VISIBILITY_TIMEOUT
+            queue, numbers, process = _child_mid_batch(
+                melange_backend_spec, backend, names, tmp_path / "stopped"
             )
-            numbers = set(range(CHILD_MESSAGES))
-            QueuePublisher(backend, hooks=Hooks()).publish_batch(
-                queue, [{"n": n} for n in sorted(numbers)]
-            )
-            process = _ConsumerProcess(melange_backend_spec, queue, tmp_path / "stopped")
             try:
-                process.start()
-                process.wait_until(
-                    lambda: len(process.events("started")) >= CHILD_WORKERS,
-                    f"{CHILD_WORKERS} handlers were running",
-                )
                 process.signal(signal.SIGTERM)
                 # Release the handlers only once the signal was seen: released earlier,
                 # they could finish before it and free workers for new messages.
@@ -886,3 +864,24 @@ class RuntimeConformance(ConformanceBase):
 
 
 __all__ = ["ORDER_MANIFEST", "BackendSpec", "Order", "RuntimeConformance"]
+
+
+def _child_mid_batch(
+    spec: BackendSpec, backend: MessagingBackend, names: ResourceNames, directory: Path
+) -> tuple[str, set[int], _ConsumerProcess]:
+    """Fill a fresh queue and start a consumer process; return once its handlers all block."""
+    queue = names.queue()
+    MessagingBackendFactory(backend).init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+    numbers = set(range(CHILD_MESSAGES))
+    QueuePublisher(backend, hooks=Hooks()).publish_batch(queue, [{"n": n} for n in sorted(numbers)])
+    process = _ConsumerProcess(spec, queue, directory)
+    try:
+        process.start()
+        process.wait_until(
+            lambda: len(process.events("started")) >= CHILD_WORKERS,
+            f"{CHILD_WORKERS} handlers were running",
+        )
+    except BaseException:
+        process.kill()
+        raise
+    return queue, numbers, process
