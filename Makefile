@@ -33,13 +33,14 @@ lint: install  ## ruff and mypy --strict.
 	$(RUN)/ruff check .
 	$(RUN)/ruff format --check melange plugins
 	$(RUN)/mypy melange
-	$(RUN)/mypy plugins/melange_aws/src plugins/melange_localsqs/src
+	$(RUN)/mypy plugins/melange_aws/src plugins/melange_localsqs/src plugins/melange_gcp/src plugins/melange_azure/src
 
 bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/import_time.py
 	$(RUN)/python benchmarks/round_trip.py
 	$(RUN)/python benchmarks/sqs_throughput.py
 	$(RUN)/python benchmarks/consumer_throughput.py
+	$(RUN)/python benchmarks/gcp_throughput.py
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .ruff_cache .pytest_cache

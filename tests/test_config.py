@@ -8,6 +8,7 @@ import pytest
 
 from melange import MessagingBackendFactory
 from melange.backends import load_backend_from_config
+from melange.backends.registry import KnownBackend
 from melange.config import find_config_file, resolve_backend_config
 from melange.exceptions import BackendNotFound, ConfigurationError
 
@@ -116,9 +117,11 @@ def test_missing_explicit_file_is_explained(tmp_path: Path) -> None:
         resolve_backend_config(config_file=tmp_path / "absent.toml", environ=NO_ENV)
 
 
-def test_configured_plugin_that_is_missing_names_its_extra(tmp_path: Path) -> None:
-    (tmp_path / "melange.toml").write_text('backend = "gcp"\n')
-    with pytest.raises(BackendNotFound, match=r'pip install "melange\[gcp\]"'):
+def test_configured_plugin_that_is_missing_names_its_extra(
+    tmp_path: Path, uninstalled_backend: KnownBackend
+) -> None:
+    (tmp_path / "melange.toml").write_text(f'backend = "{uninstalled_backend.name}"\n')
+    with pytest.raises(BackendNotFound, match=r'pip install "melange\[examplemq\]"'):
         resolve_backend_config(environ=NO_ENV, cwd=tmp_path)
 
 

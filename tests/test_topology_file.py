@@ -285,10 +285,10 @@ def test_unknown_backend_option_is_refused(tmp_path: Path) -> None:
 
 
 def test_without_backend_table_the_configured_backend_is_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninstalled_backend: KnownBackend
 ) -> None:
     topology = load_topology(write(tmp_path, '[[topics]]\nname = "t"\n'))
     assert topology.factory().backend.name == "memory"
-    monkeypatch.setenv("MELANGE_BACKEND", "gcp")
-    with pytest.raises(BackendNotFound, match="melange-gcp"):
+    monkeypatch.setenv("MELANGE_BACKEND", uninstalled_backend.name)
+    with pytest.raises(BackendNotFound, match=uninstalled_backend.distribution):
         topology.factory()

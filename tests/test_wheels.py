@@ -1,25 +1,24 @@
-"""Wheels of the core and of the AWS plugins install into clean venvs and work there.
+"""Wheels of the core and of the broker plugins install into clean venvs and work there.
 
-What a user gets from ``pip install "melange[aws]"`` or ``pip install "melange[localsqs]"``,
-checked from built artifacts rather than from the editable dev install:
+What a user gets from ``pip install "melange[aws]"`` (or ``[localsqs]``, ``[gcp]``,
+``[azure]``), checked from built artifacts rather than from the editable dev install:
 
-1. ``uv build --wheel`` builds the core (repo root), ``plugins/melange_aws`` and
-   ``plugins/melange_localsqs`` into a temporary directory.
+1. ``uv build --wheel`` builds the core (repo root) and every plugin under ``plugins/`` into a
+   temporary directory.
 2. A clean venv (``python -m venv``, none of the dev venv's packages) gets
-   ``pip install --find-links <wheels> "melange[aws]"``; melange's own distributions must come
-   from those wheels (pinned to the built versions, checked in pip's ``--report``), their
-   dependencies (boto3, stevedore, ...) from the package index.
-3. In that venv: ``import melange`` imports no boto3/botocore;
-   ``from melange.backends import AWSBackend`` resolves through the entry point; and
-   ``load_backend("aws", endpoint_url=...)`` creates a queue, publishes and receives a message on
-   a moto server that this test starts (it runs from the dev venv: the clean venv only needs
-   ``melange[aws]``).
-4. Another clean venv gets ``melange[localsqs]`` only: ``LocalSQSBackend`` resolves, and
-   melange-aws and boto3 were pulled in as dependencies.
+   ``pip install --find-links <wheels> "melange[<extra>]"``; melange's own distributions must
+   come from those wheels (pinned to the built versions, checked in pip's ``--report``), their
+   dependencies (boto3, google-cloud-pubsub, azure-servicebus, stevedore, ...) from the index.
+3. In that venv: ``import melange`` imports no broker SDK; ``from melange.backends import
+   AWSBackend`` (or ``GCPPubSubBackend``, ``AzureServiceBusBackend``) resolves through the
+   entry point; and the backend creates a queue, publishes and receives a message on a server
+   that this test starts from the dev venv: a moto server, Google's Pub/Sub emulator, the
+   Service Bus stand-ins (the clean venv only needs ``melange[<extra>]``).
+4. The ``melange[localsqs]`` venv shows melange-aws and boto3 pulled in as dependencies.
 
-Slow for a test (about 20-40 s with a warm pip cache: three builds, two venvs, two installs
-that download from the package index) and it needs that index. A build or install that fails
-makes the test FAIL, never skip: broken packaging is what it is here to catch.
+Slow for a test (about a minute with a warm pip cache: five builds, four venvs, four installs
+that download from the package index) and it needs that index. A build, install or server
+start that fails makes the test FAIL, never skip: broken packaging is what it is here to catch.
 """
 
 from __future__ import annotations
@@ -36,7 +35,13 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DISTRIBUTIONS = ("melange", "melange-aws", "melange-localsqs")  # uv workspace package names
+DISTRIBUTIONS = (  # uv workspace package names
+    "melange",
+    "melange-aws",
+    "melange-localsqs",
+    "melange-gcp",
+    "melange-azure",
+)
 STEP_TIMEOUT = 180  # seconds for one build, venv or install step
 REGION = "us-east-1"
 
@@ -116,6 +121,92 @@ print(json.dumps(facts))
 """
 
 
+# Runs in the clean venv with melange[gcp]: argv[1] is the emulator's host:port.
+GCP_SCRIPT = r"""
+import importlib.metadata as metadata, json, sys
+
+emulator_host = sys.argv[1]
+facts = {}
+
+import melange
+
+facts["sdk_modules_after_import_melange"] = sorted(
+    name for name in sys.modules if name.split(".")[0] in ("google", "grpc")
+)
+
+from melange.backends import GCPPubSubBackend, get_backend_class, load_backend
+from melange.backends.base import OutgoingMessage
+from melange.factory import MessagingBackendFactory
+
+import melange_gcp
+
+facts["GCPPubSubBackend"] = f"{GCPPubSubBackend.__module__}.{GCPPubSubBackend.__qualname__}"
+facts["gcp_is_plugin_class"] = GCPPubSubBackend is melange_gcp.GCPPubSubBackend
+facts["get_backend_class_gcp"] = get_backend_class("gcp") is GCPPubSubBackend
+facts["melange_gcp_file"] = melange_gcp.__file__
+facts["pubsub_version"] = metadata.version("google-cloud-pubsub")
+
+with load_backend("gcp", project="wheel-check", emulator_host=emulator_host) as backend:
+    MessagingBackendFactory(backend).init_queue("wheel-check-gcp", ["wheel-check-gcp-topic"])
+    results = backend.publish_to_topic(
+        "wheel-check-gcp-topic", [OutgoingMessage(body=b"hello from a gcp wheel")]
+    )
+    facts["published_ok"] = [result.ok for result in results]
+    received = []
+    for _ in range(20):  # the emulator delivers asynchronously: pull until it arrives
+        received += backend.receive("wheel-check-gcp", max_messages=10, wait_seconds=1)
+        if received:
+            break
+    facts["received_bodies"] = [message.body.decode() for message in received]
+    backend.ack(received)
+print(json.dumps(facts))
+"""
+
+# Runs in the clean venv with melange[azure]: argv[1] is a JSON object with the stand-in's
+# connection string and management URL.
+AZURE_SCRIPT = r"""
+import json, logging, sys
+
+where = json.loads(sys.argv[1])
+facts = {}
+
+import melange
+
+facts["sdk_modules_after_import_melange"] = sorted(
+    name for name in sys.modules if name.split(".")[0] in ("azure", "uamqp")
+)
+
+from melange.backends import AzureServiceBusBackend, get_backend_class, load_backend
+from melange.backends.base import OutgoingMessage
+from melange.factory import MessagingBackendFactory
+
+import melange_azure
+
+facts["AzureServiceBusBackend"] = (
+    f"{AzureServiceBusBackend.__module__}.{AzureServiceBusBackend.__qualname__}"
+)
+facts["get_backend_class_azure"] = get_backend_class("azure") is AzureServiceBusBackend
+facts["melange_azure_file"] = melange_azure.__file__
+
+backend = load_backend(
+    "azure",
+    connection_string=where["connection_string"],
+    management_url=where["management_url"],
+)
+facts["repr_has_no_key"] = where["key"] not in repr(backend)
+with backend:
+    MessagingBackendFactory(backend).init_queue("wheel-check-azure", ["wheel-check-azure-topic"])
+    results = backend.publish_to_topic(
+        "wheel-check-azure-topic", [OutgoingMessage(body=b"hello from an azure wheel")]
+    )
+    facts["published_ok"] = [result.ok for result in results]
+    received = backend.receive("wheel-check-azure", max_messages=10, wait_seconds=5)
+    facts["received_bodies"] = [message.body.decode() for message in received]
+    backend.ack(received)
+print(json.dumps(facts))
+"""
+
+
 def _clean_env() -> dict[str, str]:
     """The environment without the dev venv, Python path overrides or AWS configuration."""
     env = {
@@ -186,6 +277,31 @@ def moto_endpoint() -> Iterator[str]:
 
     with MotoServer() as server:  # a server that cannot start raises: the test fails
         yield server.endpoint_url
+
+
+@pytest.fixture(scope="module")
+def pubsub_emulator_host() -> Iterator[str]:
+    """Google's Pub/Sub emulator, run by the dev venv; an emulator that cannot start fails."""
+    from melange_gcp.testing import PubSubEmulator
+
+    with PubSubEmulator() as emulator:
+        yield emulator.host_port
+
+
+@pytest.fixture(scope="module")
+def service_bus_stand_in() -> Iterator[dict[str, str]]:
+    """The Service Bus stand-ins (management over HTTP, AMQP broker), run by the dev venv."""
+    sys.path.insert(0, str(REPO / "plugins" / "melange_azure" / "tests"))
+    try:
+        from standin import ServiceBusStandIn
+    finally:
+        sys.path.pop(0)
+    with ServiceBusStandIn() as stand_in:
+        yield {
+            "connection_string": stand_in.connection_string,
+            "management_url": stand_in.management_url,
+            "key": stand_in.key,
+        }
 
 
 def _install(tmp_path: Path, wheels: dict[str, Path], requirement: str) -> tuple[Path, Any]:
@@ -276,3 +392,47 @@ def test_melange_localsqs_wheel_pulls_in_the_aws_plugin_and_boto3(
     assert facts["versions"]["melange-aws"] == _version(wheels["melange-aws"])
     assert facts["versions"]["melange-localsqs"] == _version(wheels["melange-localsqs"])
     assert facts["received_bodies"] == ["local hello"]
+
+
+def test_melange_gcp_wheels_work_in_a_clean_venv(
+    tmp_path: Path, wheels: dict[str, Path], pubsub_emulator_host: str
+) -> None:
+    python, report = _install(tmp_path, wheels, "melange[gcp]")
+    installed = _installed(report)
+    for name in ("melange", "melange-gcp"):
+        assert installed[name]["download_info"]["url"] == wheels[name].as_uri()
+    assert not {"melange-aws", "melange-azure", "boto3"} & set(installed)
+    assert "google-cloud-pubsub" in installed
+
+    facts = _facts(python, GCP_SCRIPT, pubsub_emulator_host, "using gcp in the clean venv")
+
+    assert facts["sdk_modules_after_import_melange"] == []
+    assert facts["GCPPubSubBackend"].startswith("melange_gcp.")
+    assert facts["gcp_is_plugin_class"] is True
+    assert facts["get_backend_class_gcp"] is True
+    assert Path(facts["melange_gcp_file"]).is_relative_to(python.parent.parent)
+    assert facts["published_ok"] == [True]
+    assert facts["received_bodies"] == ["hello from a gcp wheel"]
+
+
+def test_melange_azure_wheels_work_in_a_clean_venv(
+    tmp_path: Path, wheels: dict[str, Path], service_bus_stand_in: dict[str, str]
+) -> None:
+    python, report = _install(tmp_path, wheels, "melange[azure]")
+    installed = _installed(report)
+    for name in ("melange", "melange-azure"):
+        assert installed[name]["download_info"]["url"] == wheels[name].as_uri()
+    assert not {"melange-aws", "melange-gcp", "boto3"} & set(installed)
+    assert "azure-servicebus" in installed
+
+    facts = _facts(
+        python, AZURE_SCRIPT, json.dumps(service_bus_stand_in), "using azure in the clean venv"
+    )
+
+    assert facts["sdk_modules_after_import_melange"] == []
+    assert facts["AzureServiceBusBackend"].startswith("melange_azure.")
+    assert facts["get_backend_class_azure"] is True
+    assert Path(facts["melange_azure_file"]).is_relative_to(python.parent.parent)
+    assert facts["repr_has_no_key"] is True
+    assert facts["published_ok"] == [True]
+    assert facts["received_bodies"] == ["hello from an azure wheel"]
