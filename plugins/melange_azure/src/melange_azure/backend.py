@@ -1,0 +1,660 @@
+"""The ``azure`` backend: queues and topics on Azure Service Bus.
+
+How each part of melange's contract maps to Service Bus (details, with the
+documentation it follows, in docs/backends/azure.md):
+
+- queue: a queue (``.fifo`` names are session-enabled, with duplicate detection);
+- topic: a topic; subscription: a subscription that forwards (ForwardTo) to the
+  queue, its filter a SQL rule;
+- dead-letter queue: MaxDeliveryCount plus ForwardDeadLetteredMessagesTo;
+- publish: ServiceBusMessageBatch, split where the sender's link says it is full;
+- receive: peek-lock; ack: complete; nack: abandon (after a delay, see
+  :mod:`~melange_azure.leases`); lease extension: lock renewal.
+
+The helpers live next to this module, one idea each: :mod:`~melange_azure.clients`
+(options and clients), :mod:`~melange_azure.names` and
+:mod:`~melange_azure.validation` (what Service Bus refuses),
+:mod:`~melange_azure.resources` (the administration API), :mod:`~melange_azure.filters`
+(SQL rules), :mod:`~melange_azure.wire` (messages on the wire),
+:mod:`~melange_azure.receipts` (receivers), :mod:`~melange_azure.leases` and
+:mod:`~melange_azure.errors`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Literal, NoReturn
+
+from azure.core.exceptions import AzureError
+from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
+from azure.servicebus import exceptions as sb_errors
+
+from melange.backends.base import (
+    Capabilities,
+    MessagingBackend,
+    OutgoingMessage,
+    PublishResult,
+    ReceivedMessage,
+)
+from melange.exceptions import BackendClosed, LeaseLost, MelangeError
+from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
+from melange_azure import filters
+from melange_azure.clients import ClientSettings
+from melange_azure.errors import ErrorContext, raise_translated, translate
+from melange_azure.leases import LeaseKeeper
+from melange_azure.names import QUEUE_NAME_RULE, TOPIC_NAME_RULE
+from melange_azure.receipts import AzureReceipt, Receiver, ReceiverPool
+from melange_azure.resources import Topology
+from melange_azure.validation import (
+    MAX_DELAY,
+    MAX_DELIVERY_COUNT_RANGE,
+    MAX_LOCK_DURATION,
+    RETENTION_RANGE,
+    check_destination,
+    check_message,
+    check_queue,
+    check_subscription,
+)
+from melange_azure.wire import MAX_ATTRIBUTES, MAX_MESSAGE_SIZE, from_service_bus, to_service_bus
+
+__all__ = ["AzureReceipt", "AzureServiceBusBackend"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 100
+"""Messages melange hands to one publish hook call; bytes are split by ServiceBusMessageBatch."""
+
+RECEIVE_SLICE = 0.25
+"""Longest stretch a receive holds its receiver, so settlements over it wait at most this long."""
+
+SESSION_WAIT = 0.5
+"""Shortest wait for the next available session when accepting one."""
+
+MIN_WAIT = 0.1
+"""Shortest receive wait: the SDK returns at once without one, before the broker could answer."""
+
+LOCK_GONE = (
+    sb_errors.MessageLockLostError,
+    sb_errors.SessionLockLostError,
+    sb_errors.MessageAlreadySettled,
+    sb_errors.MessageNotFoundError,
+)
+"""What settling a delivery Service Bus no longer holds raises."""
+
+NO_SESSION = (sb_errors.OperationTimeoutError, sb_errors.SessionCannotBeLockedError)
+"""What accepting the next session raises when no session has messages."""
+
+
+class AzureServiceBusBackend(MessagingBackend):
+    """Queues and topics on Azure Service Bus, through azure-servicebus.
+
+    Authenticate with a namespace connection string (also the emulator's, with
+    ``UseDevelopmentEmulator=true``) or a fully qualified namespace and a
+    credential. In configuration files and the environment the options are
+    plain values, e.g. ``MELANGE_OPTION_CONNECTION_STRING``.
+
+    Args:
+        connection_string: A namespace-level connection string; never shown in
+            errors, logs or ``repr``.
+        fully_qualified_namespace: ``<namespace>.servicebus.windows.net``, instead
+            of a connection string.
+        credential: An ``azure.core.credentials.TokenCredential`` for
+            ``fully_qualified_namespace``; ``DefaultAzureCredential`` from
+            azure-identity (``pip install "melange-azure[identity]"``) when omitted.
+        management_url: Where the administration API is when not at the
+            namespace over HTTPS, e.g. ``http://localhost:5300`` for Microsoft's
+            emulator (the default with an emulator connection string).
+
+    Raises:
+        ConfigurationError: The options are missing, contradictory or malformed.
+    """
+
+    name = "azure"
+    capabilities = Capabilities(
+        topics=True,
+        dead_letter=True,
+        fifo=True,
+        dedup=True,
+        delay=True,
+        batch=True,
+        lease_extension=True,
+        nack_delay=True,
+        filters=True,
+        max_message_size=MAX_MESSAGE_SIZE,
+        max_batch_size=BATCH_SIZE,
+        max_batch_bytes=None,
+        max_attributes=MAX_ATTRIBUTES,
+        max_delay=MAX_DELAY,
+        max_visibility_timeout=MAX_LOCK_DURATION,
+        max_receive_count_range=MAX_DELIVERY_COUNT_RANGE,
+        retention_range=RETENTION_RANGE,
+        max_wait_seconds=20.0,
+        immutable_queue_settings=frozenset({"fifo"}),
+    )
+    queue_name_rule = QUEUE_NAME_RULE
+    topic_name_rule = TOPIC_NAME_RULE
+
+    def __init__(
+        self,
+        *,
+        connection_string: str | None = None,
+        fully_qualified_namespace: str | None = None,
+        credential: Any = None,
+        management_url: str | None = None,
+    ) -> None:
+        settings = ClientSettings.make(
+            connection_string, fully_qualified_namespace, credential, management_url
+        )
+        super().__init__()
+        self._settings = settings
+        self._secrets = settings.secrets()
+        self._client = settings.data_client()
+        self._admin = settings.admin_client()
+        self._topology = Topology(self._admin, self._fail)
+        self._lock = threading.Lock()
+        self._senders: dict[str, tuple[Any, threading.Lock]] = {}
+        self._pools: dict[str, ReceiverPool] = {}
+        self._keeper = LeaseKeeper(self._renew, self._release)
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        where = (
+            f" management={self._settings.management_url!r}"
+            if self._settings.management_url
+            else ""
+        )
+        return (
+            f"<{type(self).__name__} {self.name!r} namespace={self._settings.namespace!r}"
+            f"{where}{state}>"
+        )
+
+    @property
+    def namespace(self) -> str:
+        """The namespace host the backend talks to."""
+        return self._settings.namespace
+
+    # ---------------------------------------------------------------- errors
+    def _fail(
+        self,
+        error: BaseException,
+        action: str,
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        message_id: str | None = None,
+    ) -> NoReturn:
+        """Raise the melange error for ``error``, which happened trying to ``action``."""
+        if self.closed:
+            raise BackendClosed(self.name, action) from None
+        raise_translated(error, self._context(action, queue, topic, message_id))
+
+    def _context(
+        self,
+        action: str,
+        queue: str | None = None,
+        topic: str | None = None,
+        message_id: str | None = None,
+    ) -> ErrorContext:
+        return ErrorContext(action, queue, topic, message_id, self._secrets)
+
+    # ------------------------------------------------------------ validation
+    def validate_queue(self, spec: QueueSpec) -> None:
+        """Check the name and Service Bus's ranges and rules (:mod:`~melange_azure.validation`)."""
+        super().validate_queue(spec)
+        check_queue(spec)
+        if spec.dead_letter is not None:
+            self.queue_name_rule.check(
+                "dead-letter queue",
+                spec.dead_letter.queue_name,
+                is_fifo_name(spec.dead_letter.queue_name),
+            )
+
+    def validate_subscription(
+        self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec
+    ) -> None:
+        """Refuse a filter Service Bus cannot hold and a FIFO queue on a standard topic."""
+        filters.check(subscription)
+        check_subscription(topic, queue, subscription)
+
+    def validate_message(self, message: OutgoingMessage) -> int:
+        """The common checks, plus Service Bus's limits on ids and properties."""
+        size = super().validate_message(message)
+        check_message(message)
+        return size
+
+    def validate_batch(
+        self, destination: Literal["queue", "topic"], name: str, batch: Sequence[OutgoingMessage]
+    ) -> None:
+        """Refuse a ``dedup_id`` where duplicate detection is off (standard queues and topics)."""
+        check_destination(destination, name, batch)
+
+    # -------------------------------------------------------------- topology
+    def _get_queue(self, name: str) -> QueueSpec | None:
+        return self._topology.get_queue(name)
+
+    def _declare_queue(self, spec: QueueSpec) -> None:
+        self.validate_queue(spec)
+        self._topology.declare_queue(spec)
+
+    def _delete_queue(self, name: str) -> None:
+        self._topology.delete_queue(name)
+        self._drop_pool(name)
+        self._drop_sender(name)
+
+    def _get_topic(self, name: str) -> TopicSpec | None:
+        return self._topology.get_topic(name)
+
+    def _declare_topic(self, spec: TopicSpec) -> None:
+        self.validate_topic(spec)
+        self._topology.declare_topic(spec)
+
+    def _delete_topic(self, name: str) -> None:
+        self._topology.delete_topic(name)
+        self._drop_sender(name)
+
+    def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        return self._topology.get_subscription(topic_name, queue_name)
+
+    def _subscribe(self, spec: SubscriptionSpec) -> None:
+        topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
+        queue = QueueSpec(spec.queue_name, fifo=is_fifo_name(spec.queue_name))
+        self.validate_topic(topic)
+        self.queue_name_rule.check("queue", queue.name, queue.fifo)
+        self.validate_subscription(topic, queue, spec)
+        self._topology.subscribe(spec)
+
+    # --------------------------------------------------------------- publish
+    def _sender(self, kind: Literal["queue", "topic"], name: str) -> tuple[Any, threading.Lock]:
+        key = f"{kind}:{name.lower()}"
+        with self._lock:
+            if self.closed:
+                raise BackendClosed(self.name, f"publish to {kind} {name!r}")
+            entry = self._senders.get(key)
+            if entry is None:
+                if kind == "queue":
+                    sender = self._client.get_queue_sender(name)
+                else:
+                    sender = self._client.get_topic_sender(name)
+                entry = self._senders[key] = (sender, threading.Lock())
+            return entry
+
+    def _drop_sender(self, name: str) -> None:
+        with self._lock:
+            entries = [
+                self._senders.pop(k)
+                for k in list(self._senders)
+                if k.split(":", 1)[1] == name.lower()
+            ]
+        for sender, lock in entries:
+            with lock:
+                _close_quietly(sender)
+
+    def _send(
+        self, kind: Literal["queue", "topic"], name: str, batch: list[OutgoingMessage], delay: float
+    ) -> list[PublishResult]:
+        fifo = is_fifo_name(name)
+        outgoing = [to_service_bus(message, fifo, delay) for message in batch]
+        results: list[PublishResult] = []
+        action = f"publish to {kind} {name!r}"
+        where: dict[str, str] = {kind: name}
+        sender, lock = self._sender(kind, name)
+        with lock:
+            try:
+                start = 0
+                while start < len(outgoing):
+                    chunk = sender.create_message_batch()
+                    end = start
+                    while end < len(outgoing):
+                        try:
+                            chunk.add_message(outgoing[end])
+                        except (sb_errors.MessageSizeExceededError, ValueError):
+                            if end == start:  # one message alone does not fit
+                                raise
+                            break
+                        end += 1
+                    try:
+                        sender.send_messages(chunk)
+                    except (
+                        sb_errors.MessagingEntityNotFoundError,
+                        sb_errors.ServiceBusAuthenticationError,
+                    ):
+                        raise
+                    except (AzureError, ValueError) as error:
+                        failed = translate(error, self._context(action, **where))
+                        results += [PublishResult(i, error=failed) for i in range(start, end)]
+                    else:
+                        results += [
+                            PublishResult(i, str(outgoing[i].message_id)) for i in range(start, end)
+                        ]
+                    start = end
+            except (AzureError, ValueError) as error:
+                self._drop_sender_locked(kind, name, sender)
+                if isinstance(error, MelangeError):
+                    raise
+                self._fail(error, action, **where)
+        return results
+
+    def _drop_sender_locked(self, kind: str, name: str, sender: Any) -> None:
+        """Forget a sender that failed (held under its own lock by the caller)."""
+        with self._lock:
+            key = f"{kind}:{name.lower()}"
+            if self._senders.get(key, (None,))[0] is sender:
+                del self._senders[key]
+        _close_quietly(sender)
+
+    def _publish_batch(self, queue_name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
+        delay = self._topology.behaviour(queue_name).delay
+        return self._send("queue", queue_name, batch, delay)
+
+    def _publish_topic_batch(
+        self, topic_name: str, batch: list[OutgoingMessage]
+    ) -> list[PublishResult]:
+        return self._send("topic", topic_name, batch, 0.0)
+
+    # --------------------------------------------------------------- receive
+    def _pool(self, queue_name: str) -> ReceiverPool:
+        key = queue_name.lower()
+        with self._lock:
+            if self.closed:
+                raise BackendClosed(self.name, "receive")
+            pool = self._pools.get(key)
+            if pool is None:
+                sessions = is_fifo_name(queue_name)
+
+                def make(wait: float) -> Any:
+                    return self._open_receiver(queue_name, sessions, wait)
+
+                pool = self._pools[key] = ReceiverPool(queue_name, sessions, make)
+            return pool
+
+    def _open_receiver(self, queue_name: str, sessions: bool, wait: float) -> Any:
+        """A new SDK receiver with its link open (a session receiver holding a session).
+
+        Raises:
+            OperationTimeoutError: No session became available within ``wait``.
+        """
+        if sessions:
+            handle = self._client.get_queue_receiver(
+                queue_name,
+                session_id=NEXT_AVAILABLE_SESSION,
+                max_wait_time=max(wait, SESSION_WAIT),
+            )
+        else:
+            handle = self._client.get_queue_receiver(queue_name)
+        try:
+            handle.__enter__()  # opens the link now: a receive's own wait may be too short
+        except BaseException:
+            _close_quietly(handle)
+            raise
+        return handle
+
+    def _drop_pool(self, queue_name: str) -> None:
+        with self._lock:
+            pool = self._pools.pop(queue_name.lower(), None)
+        if pool is not None:
+            pool.close()
+
+    def _receive(
+        self, queue_name: str, max_messages: int, wait_seconds: float
+    ) -> list[ReceivedMessage]:
+        visibility = self._topology.behaviour(queue_name).visibility
+        pool = self._pool(queue_name)
+        deadline = time.monotonic() + wait_seconds
+        if pool.sessions:
+            received = self._receive_sessions(pool, max_messages, deadline)
+        else:
+            received = self._receive_plain(pool, max_messages, deadline)
+        if visibility is not None:
+            # Shorter than Service Bus's shortest lock: released when it ends.
+            for message in received:
+                self._keeper.hold(message.receipt, visibility)
+        return received
+
+    def _receive_plain(
+        self, pool: ReceiverPool, max_messages: int, deadline: float
+    ) -> list[ReceivedMessage]:
+        queue_name = pool.queue_name
+        try:
+            receiver = pool.borrow(deadline - time.monotonic())
+        except (AzureError, ValueError, RuntimeError) as error:
+            self._fail(error, f"receive from queue {queue_name!r}", queue=queue_name)
+        try:
+            while True:
+                received = self._receive_from(receiver, max_messages, deadline)
+                if received or time.monotonic() >= deadline:
+                    return received
+        finally:
+            pool.give_back(receiver)
+
+    def _receive_from(
+        self, receiver: Receiver, max_messages: int, deadline: float
+    ) -> list[ReceivedMessage]:
+        """One slice of a receive on ``receiver``; marks it broken when it fails."""
+        wait = min(max(deadline - time.monotonic(), MIN_WAIT), RECEIVE_SLICE)
+        queue_name = receiver.queue_name
+        with receiver.lock:
+            if receiver.closed:
+                return []
+            try:
+                raw = receiver.handle.receive_messages(
+                    max_message_count=max_messages, max_wait_time=wait
+                )
+            except NO_SESSION:
+                receiver.broken = True
+                return []
+            except (AzureError, ValueError, RuntimeError) as error:
+                receiver.broken = True
+                if isinstance(error, sb_errors.SessionLockLostError):
+                    return []
+                if isinstance(error, sb_errors.MessagingEntityNotFoundError):
+                    self._topology.forget_queue(queue_name)
+                self._fail(error, f"receive from queue {queue_name!r}", queue=queue_name)
+            received = [self._received(receiver, message) for message in raw]
+            fresh = [message for message in received if message is not None]
+            receiver.unsettled += len(fresh)
+        return fresh
+
+    def _received(
+        self, receiver: Receiver, raw: ServiceBusReceivedMessage
+    ) -> ReceivedMessage | None:
+        """The melange view of a delivery; ``None`` for one whose lock ran out in the buffer."""
+        locked_until = raw.locked_until_utc
+        if (
+            not receiver.sessions
+            and isinstance(locked_until, datetime.datetime)
+            and locked_until <= datetime.datetime.now(datetime.timezone.utc)
+        ):
+            # Service Bus delivers it again; handing this copy out would duplicate it.
+            logger.debug("dropped a delivery of %r whose lock ran out unseen", receiver.queue_name)
+            return None
+        decoded = from_service_bus(raw)
+        return ReceivedMessage(
+            receiver.queue_name,
+            decoded.body,
+            decoded.attributes,
+            decoded.message_id,
+            decoded.receive_count,
+            decoded.group_id,
+            AzureReceipt(receiver, raw),
+        )
+
+    def _receive_sessions(
+        self, pool: ReceiverPool, max_messages: int, deadline: float
+    ) -> list[ReceivedMessage]:
+        """Receive from the sessions this backend holds, else accept the next one."""
+        received: list[ReceivedMessage] = []
+        held = pool.free_receivers()
+        try:
+            for receiver in held:
+                if not received and not receiver.broken:
+                    received = self._receive_from(receiver, max_messages, time.monotonic())
+        finally:
+            for receiver in held:
+                if receiver.broken or (receiver.unsettled == 0 and not received):
+                    pool.discard(receiver)  # a drained session: free it for others
+                else:
+                    pool.give_back(receiver)
+        while not received:
+            try:
+                receiver = pool.new_receiver(deadline - time.monotonic())
+            except NO_SESSION:
+                return []
+            except (AzureError, ValueError, RuntimeError) as error:
+                self._fail(error, f"receive from queue {pool.queue_name!r}", queue=pool.queue_name)
+            try:
+                received = self._receive_from(receiver, max_messages, deadline)
+            finally:
+                if received:
+                    pool.give_back(receiver)
+                else:
+                    pool.discard(receiver)
+            if time.monotonic() >= deadline:
+                break
+        return received
+
+    # ---------------------------------------------------------------- settle
+    def _settle(self, message: ReceivedMessage, operation: Literal["complete", "abandon"]) -> bool:
+        """Complete or abandon one delivery; ``False`` if Service Bus no longer holds it."""
+        receipt = message.receipt
+        if not isinstance(receipt, AzureReceipt):
+            raise MelangeError(
+                f"message {message.message_id!r} was not received by an azure backend; settle "
+                "messages with the backend that received them"
+            )
+        self._keeper.forget(receipt)
+        receiver = receipt.receiver
+        with receiver.lock:
+            if receipt.settled:
+                return False
+            if receiver.closed:
+                receipt.settled = True
+                return False
+            try:
+                if operation == "complete":
+                    receiver.handle.complete_message(receipt.message)
+                else:
+                    receiver.handle.abandon_message(receipt.message)
+            except LOCK_GONE:
+                settled = False
+            except (AzureError, ValueError, RuntimeError) as error:
+                if _lock_lost(error):
+                    settled = False
+                else:
+                    self._fail(
+                        error,
+                        f"{operation} message {message.message_id!r}",
+                        queue=message.queue_name,
+                    )
+            else:
+                settled = True
+            receipt.settled = True
+            receiver.settled()
+        return settled
+
+    def _ack(self, messages: list[ReceivedMessage]) -> None:
+        # A delivery Service Bus no longer holds settles nothing, as on the memory
+        # backend: whoever received the message since holds the current lock.
+        self._settle_all(messages, "complete")
+
+    def _settle_all(
+        self, messages: list[ReceivedMessage], operation: Literal["complete", "abandon"]
+    ) -> None:
+        first_error: MelangeError | None = None
+        for message in messages:
+            try:
+                self._settle(message, operation)
+            except MelangeError as error:
+                if isinstance(error, BackendClosed):
+                    raise
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
+        if not delay_seconds:
+            self._settle_all(messages, "abandon")
+            return
+        for message in messages:
+            receipt = self._live_receipt(message)
+            if receipt is not None:
+                self._keeper.hold(receipt, delay_seconds)
+
+    def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
+        for message in messages:
+            receipt = self._live_receipt(message)
+            if receipt is None:
+                raise LeaseLost(message.message_id, message.queue_name)
+            try:
+                self._renew(receipt)
+            except (AzureError, ValueError, RuntimeError) as error:
+                if _lock_lost(error) or isinstance(error, LOCK_GONE):
+                    raise LeaseLost(message.message_id, message.queue_name) from None
+                self._fail(
+                    error,
+                    f"renew the lock of message {message.message_id!r}",
+                    queue=message.queue_name,
+                    message_id=message.message_id,
+                )
+            self._keeper.hold(receipt, seconds)
+
+    @staticmethod
+    def _live_receipt(message: ReceivedMessage) -> AzureReceipt | None:
+        receipt = message.receipt
+        if not isinstance(receipt, AzureReceipt) or receipt.settled or receipt.receiver.closed:
+            return None
+        return receipt
+
+    def _renew(self, receipt: AzureReceipt) -> datetime.datetime | None:
+        """Renew a delivery's lock (its session's, on a FIFO queue)."""
+        receiver = receipt.receiver
+        with receiver.lock:
+            if receipt.settled or receiver.closed:
+                raise sb_errors.MessageLockLostError(message="the delivery was settled")
+            if receiver.sessions:
+                value = receiver.handle.session.renew_lock()
+            else:
+                value = receiver.handle.renew_message_lock(receipt.message)
+        return value if isinstance(value, datetime.datetime) else None
+
+    def _release(self, receipt: AzureReceipt) -> None:
+        """Abandon a held delivery at its deadline (called by the lease keeper)."""
+        receiver = receipt.receiver
+        with receiver.lock:
+            if receipt.settled or receiver.closed:
+                return
+            try:
+                receiver.handle.abandon_message(receipt.message)
+            finally:
+                receipt.settled = True
+                receiver.settled()
+
+    # ----------------------------------------------------------------- close
+    def _close(self) -> None:
+        self._keeper.stop()
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+            senders, self._senders = list(self._senders.values()), {}
+        for pool in pools:
+            pool.close()
+        for sender, lock in senders:
+            with lock:
+                _close_quietly(sender)
+        _close_quietly(self._client)
+        _close_quietly(self._admin)
+
+
+def _lock_lost(error: BaseException) -> bool:
+    """Whether ``error`` says the lock is gone (the SDK words some of these as ValueError)."""
+    text = str(error).lower()
+    return ("lock" in text and ("lost" in text or "expired" in text)) or "settled" in text
+
+
+def _close_quietly(resource: Any) -> None:
+    try:
+        resource.close()
+    except Exception:  # closing must not fail close(); the connection dies with it anyway
+        logger.debug("closing %s failed", type(resource).__name__, exc_info=True)

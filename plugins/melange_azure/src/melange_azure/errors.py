@@ -1,0 +1,171 @@
+"""Translation of azure-core and azure-servicebus errors into melange's exceptions.
+
+Every error the backend raises because of Service Bus goes through
+:func:`translate`: QueueNotFound / TopicNotFound for a missing entity,
+BackendUnavailable for an unreachable namespace or refused credentials,
+LeaseLost for a lost lock, else :class:`~melange.exceptions.BrokerError`. The
+Azure error code (the HTTP status of the administration API, or the AMQP error
+condition such as ``amqp:not-found``) is kept as ``broker_code``.
+
+No message carries a secret: every text that leaves this module is passed
+through :func:`scrub`, which removes the configured connection string and key
+and anything shaped like a SAS key or signature, and the Azure exception is
+never chained (its text and its own chain may hold the token that was sent).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from azure.core import exceptions as core_errors
+from azure.servicebus import exceptions as sb_errors
+
+from melange.exceptions import (
+    BackendUnavailable,
+    BrokerError,
+    LeaseLost,
+    MelangeError,
+    QueueNotFound,
+    TopicNotFound,
+)
+
+REDACTED = "<redacted>"
+
+_SECRET_SHAPES = (
+    # Connection-string fields: the key and a pre-made signature.
+    re.compile(r"(?i)(SharedAccessKey\s*=\s*)[^;\s\"'&]+"),
+    re.compile(r"(?i)(SharedAccessSignature\s*=\s*)[^;\s\"']+"),
+    # A SAS token as sent in headers and CBS puts: "SharedAccessSignature sr=...&sig=...".
+    re.compile(r"(?i)(SharedAccessSignature\s+)[^\s\"',;]+"),
+    re.compile(r"(?i)((?:^|[?&\s])sig=)[^&\s\"',;]+"),
+    # OAuth bearer tokens from a credential.
+    re.compile(r"(?i)(Bearer\s+)[A-Za-z0-9._~+/=-]+"),
+)
+
+CREDENTIALS_HINT = (
+    "Check the connection string (MELANGE_OPTION_CONNECTION_STRING or the connection_string "
+    "option): its SharedAccessKeyName and SharedAccessKey must name a policy of this namespace "
+    "with Manage rights; with fully_qualified_namespace, the credential needs the 'Azure Service "
+    "Bus Data Owner' role"
+)
+UNREACHABLE_HINT = (
+    "Check the namespace in the connection string or fully_qualified_namespace (and "
+    "management_url when the administration API is elsewhere), and that it is reachable from "
+    "this process"
+)
+
+MISSING_CONDITIONS = frozenset({"amqp:not-found", "com.microsoft:entity-not-found"})
+LOCK_LOST_CONDITIONS = frozenset(
+    {"com.microsoft:message-lock-lost", "com.microsoft:session-lock-lost"}
+)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Return ``text`` without the given secrets and without anything shaped like one."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    for shape in _SECRET_SHAPES:
+        text = shape.sub(lambda match: match.group(1) + REDACTED, text)
+    return text
+
+
+@dataclass(frozen=True)
+class ErrorContext:
+    """What the backend was doing when Service Bus refused, for the message.
+
+    Attributes:
+        action: What was attempted, e.g. ``"create queue 'orders'"``.
+        queue: The queue involved, for QueueNotFound.
+        topic: The topic involved, for TopicNotFound.
+        message_id: The message involved, for LeaseLost.
+        secrets: Strings to keep out of the message.
+    """
+
+    action: str
+    queue: str | None = None
+    topic: str | None = None
+    message_id: str | None = None
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+def error_code(error: BaseException) -> str | None:
+    """Return Azure's code for ``error``: the AMQP condition or the HTTP status, if any."""
+    condition = getattr(error, "_condition", None)
+    if condition:
+        return str(condition)
+    status = getattr(error, "status_code", None)
+    if status is None:
+        status = getattr(error, "_status_code", None)
+    return None if status is None else str(status)
+
+
+def _detail(error: BaseException, secrets: Iterable[str]) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    first_line = str(text).strip().splitlines()[0] if str(text).strip() else type(error).__name__
+    return scrub(first_line, secrets)[:500]
+
+
+def translate(error: BaseException, context: ErrorContext) -> MelangeError:
+    """Return the melange exception for ``error``, which happened during ``context.action``."""
+    if isinstance(error, MelangeError):
+        return error
+    code = error_code(error)
+    detail = _detail(error, context.secrets)
+    where = f"Service Bus refused to {context.action}"
+    translated: MelangeError
+    missing = isinstance(
+        error, (core_errors.ResourceNotFoundError, sb_errors.MessagingEntityNotFoundError)
+    ) or (code in MISSING_CONDITIONS)
+    if missing and (context.queue is not None or context.topic is not None):
+        if context.topic is not None:
+            translated = TopicNotFound(context.topic)
+        else:
+            translated = QueueNotFound(str(context.queue))
+    elif isinstance(
+        error,
+        (
+            core_errors.ClientAuthenticationError,
+            sb_errors.ServiceBusAuthenticationError,
+            sb_errors.ServiceBusAuthorizationError,
+        ),
+    ) or code in {"401", "403", "amqp:unauthorized-access"}:
+        translated = BackendUnavailable(
+            f"{where}: the credentials were refused ({code or type(error).__name__}). "
+            f"{CREDENTIALS_HINT}"
+        )
+    elif isinstance(
+        error,
+        (
+            core_errors.ServiceRequestError,
+            core_errors.ServiceResponseError,
+            sb_errors.ServiceBusConnectionError,
+            sb_errors.ServiceBusCommunicationError,
+            sb_errors.OperationTimeoutError,
+            sb_errors.ServiceBusServerBusyError,
+        ),
+    ):
+        translated = BackendUnavailable(
+            f"could not {context.action}: Service Bus did not answer ({detail}). {UNREACHABLE_HINT}"
+        )
+    elif (
+        isinstance(error, (sb_errors.MessageLockLostError, sb_errors.SessionLockLostError))
+        or code in LOCK_LOST_CONDITIONS
+    ) and context.message_id is not None:
+        translated = LeaseLost(
+            context.message_id,
+            str(context.queue),
+            "Service Bus no longer holds its lock (it expired and the message was delivered "
+            "again, or it was settled)",
+        )
+    else:
+        translated = BrokerError(f"{where}: {detail}", broker_code=code)
+    translated.broker_code = code
+    return translated
+
+
+def raise_translated(error: BaseException, context: ErrorContext) -> NoReturn:
+    """Raise :func:`translate`'s result without chaining ``error`` (its text may hold a token)."""
+    raise translate(error, context) from None

@@ -1,0 +1,170 @@
+"""Receivers per queue, and the receipt a received message carries back to settle it.
+
+A message received in peek-lock mode is settled (completed, abandoned, its lock
+renewed) over the receiver link that delivered it, and azure-servicebus's
+receivers are not thread-safe: each :class:`Receiver` pairs one SDK receiver
+with the lock that serializes its use. A :class:`ReceiverPool` per queue lends a
+free receiver to each ``receive`` call (making one when all are busy), so
+concurrent consumers do not wait for each other, and takes it back afterwards.
+
+FIFO queues are session-enabled: a session receiver holds one session (one
+melange group) at a time, so another consumer cannot take that group's
+messages out of order. The pool hands its session receivers out like the
+others; a session receiver with nothing left to deliver and nothing unsettled
+is closed, which frees the session and lets the next receive accept another.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.servicebus import ServiceBusReceivedMessage
+
+logger = logging.getLogger(__name__)
+
+
+class Receiver:
+    """One SDK receiver, the lock that serializes its use, and its unsettled count.
+
+    Args:
+        handle: The SDK's ``ServiceBusReceiver``.
+        queue_name: The queue it receives from.
+        sessions: Whether it is a session receiver (FIFO queue).
+    """
+
+    def __init__(self, handle: Any, queue_name: str, sessions: bool) -> None:
+        self.handle = handle
+        self.queue_name = queue_name
+        self.sessions = sessions
+        self.lock = threading.RLock()
+        self.unsettled = 0
+        self.broken = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        kind = "session receiver" if self.sessions else "receiver"
+        return f"<{kind} of {self.queue_name!r} unsettled={self.unsettled}>"
+
+    def settled(self, count: int = 1) -> None:
+        """Count ``count`` of its messages as settled (call with :attr:`lock` held)."""
+        self.unsettled = max(0, self.unsettled - count)
+
+    def close(self) -> None:
+        """Close the SDK receiver; errors are logged, not raised (call with :attr:`lock` held)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.handle.close()
+        except Exception:  # closing must not fail the caller; the link dies with it anyway
+            logger.debug("closing a receiver of %r failed", self.queue_name, exc_info=True)
+
+
+@dataclass(eq=False)
+class AzureReceipt:
+    """What the backend needs to settle one delivery.
+
+    Attributes:
+        receiver: The receiver that delivered it (settlement goes over its link).
+        message: The SDK's received message.
+        settled: Whether melange completed or abandoned it already.
+    """
+
+    receiver: Receiver
+    message: ServiceBusReceivedMessage = field(repr=False)
+    settled: bool = False
+
+    @property
+    def lock_token(self) -> str:
+        """The message's lock token, as text."""
+        return str(self.message.lock_token)
+
+    @property
+    def locked_until(self) -> datetime.datetime | None:
+        """When Service Bus lets the lock go (UTC), as last reported."""
+        if self.receiver.sessions:
+            session = getattr(self.receiver.handle, "session", None)
+            value = getattr(session, "locked_until_utc", None)
+        else:
+            value = self.message.locked_until_utc
+        return value if isinstance(value, datetime.datetime) else None
+
+
+class ReceiverPool:
+    """The receivers of one queue, lent out one per concurrent ``receive`` call.
+
+    Args:
+        queue_name: The queue.
+        sessions: Whether the queue is session-enabled (FIFO).
+        make: Makes a new, open SDK receiver for the queue, waiting at most the
+            given seconds for the link (and, for a session receiver, a session).
+    """
+
+    def __init__(self, queue_name: str, sessions: bool, make: Callable[[float], Any]) -> None:
+        self.queue_name = queue_name
+        self.sessions = sessions
+        self._make = make
+        self._lock = threading.Lock()
+        self._free: list[Receiver] = []
+        self._all: list[Receiver] = []
+        self.closed = False
+
+    def borrow(self, wait: float) -> Receiver:
+        """Return a free receiver (oldest first), or a new one when none is free."""
+        with self._lock:
+            while self._free:
+                receiver = self._free.pop(0)
+                if not receiver.closed:
+                    return receiver
+        return self.new_receiver(wait)
+
+    def new_receiver(self, wait: float) -> Receiver:
+        """Return a newly made receiver, lent out (a session receiver accepts a new session)."""
+        receiver = Receiver(self._make(wait), self.queue_name, self.sessions)
+        with self._lock:
+            self._all.append(receiver)
+        return receiver
+
+    def free_receivers(self) -> list[Receiver]:
+        """Take every free receiver out of the pool (to try each in turn)."""
+        with self._lock:
+            taken, self._free = [r for r in self._free if not r.closed], []
+            return taken
+
+    def give_back(self, receiver: Receiver) -> None:
+        """Return a receiver after use; a broken or closed one is dropped."""
+        with self._lock:
+            if receiver.broken or receiver.closed or self.closed:
+                if receiver in self._all:
+                    self._all.remove(receiver)
+                drop = True
+            else:
+                self._free.append(receiver)
+                drop = False
+        if drop:
+            with receiver.lock:
+                receiver.close()
+
+    def discard(self, receiver: Receiver) -> None:
+        """Close a receiver that is done (a drained session) and forget it."""
+        with self._lock:
+            if receiver in self._all:
+                self._all.remove(receiver)
+            if receiver in self._free:
+                self._free.remove(receiver)
+        with receiver.lock:
+            receiver.close()
+
+    def close(self) -> None:
+        """Close every receiver of the pool."""
+        with self._lock:
+            self.closed = True
+            receivers, self._all, self._free = self._all, [], []
+        for receiver in receivers:
+            with receiver.lock:
+                receiver.close()

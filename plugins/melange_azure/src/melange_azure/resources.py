@@ -1,0 +1,458 @@
+"""Queues, topics and subscriptions through the Service Bus administration client.
+
+Each melange resource maps to one Service Bus entity (see docs/backends/azure.md):
+
+- queue: a queue; ``fifo`` is RequiresSession plus RequiresDuplicateDetection,
+  ``visibility_timeout`` the LockDuration, ``message_retention_period`` the
+  DefaultMessageTimeToLive, the dead-letter policy MaxDeliveryCount plus
+  ForwardDeadLetteredMessagesTo. What Service Bus has no setting for is kept in
+  the queue's UserMetadata (``{"melange": {...}}``) and applied by melange:
+  ``delay_seconds`` (scheduled at publish) and a visibility timeout below the
+  5 s minimum lock (the lock is 5 s, and melange abandons each delivery when its
+  visibility timeout ends);
+- topic: a topic (``.fifo`` topics have RequiresDuplicateDetection);
+- subscription: a subscription of the topic, named after the queue, that
+  forwards (ForwardTo) to the queue, its filter the ``$Default`` rule.
+
+Declaring is create-or-converge: a missing entity is created with the declared
+settings; an existing one is read, compared, and updated only where it differs,
+so a converged re-init reads and writes nothing else. Settings Service Bus cannot
+change after creation raise ImmutableSettingError before anything is updated.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.servicebus.management import (
+    QueueProperties,
+    ServiceBusAdministrationClient,
+    SqlRuleFilter,
+    SubscriptionProperties,
+    TrueRuleFilter,
+)
+
+from melange.exceptions import ImmutableSettingError, QueueNotFound, TopicNotFound
+from melange.topology import DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
+from melange_azure import filters
+from melange_azure.names import entity_from_address, same_entity, subscription_name
+from melange_azure.validation import MIN_LOCK_DURATION
+
+logger = logging.getLogger(__name__)
+
+NO_DEAD_LETTER_COUNT = 2_147_483_647
+"""MaxDeliveryCount of a queue without a dead-letter queue: Service Bus's largest, so a
+message is redelivered (practically) forever instead of dead-lettered, as melange promises."""
+
+METADATA_KEY = "melange"
+"""Key of melange's settings in a queue's UserMetadata (a JSON object)."""
+
+BEHAVIOUR_TTL = 30.0
+"""Seconds a queue's delay and short visibility timeout are cached before being read again."""
+
+Fail = Callable[..., NoReturn]
+"""Raises the melange error for an Azure error: ``fail(error, action, queue=, topic=)``."""
+
+
+def seconds(value: datetime.timedelta | str | None, default: float) -> float:
+    """Seconds of a duration the administration client returns."""
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    return default
+
+
+def _melange_settings(metadata: str | None) -> dict[str, float]:
+    """The settings melange keeps in a queue's UserMetadata (``{"melange": {...}}``)."""
+    if not metadata:
+        return {}
+    try:
+        document = json.loads(metadata)
+        settings = document[METADATA_KEY]
+        return {str(k): float(v) for k, v in settings.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _metadata(current: str | None, settings: dict[str, float]) -> str | None:
+    """UserMetadata holding ``settings``, keeping whatever else a JSON document held."""
+    try:
+        document = json.loads(current) if current else {}
+        if not isinstance(document, dict):
+            document = {}
+    except ValueError:
+        document = {}
+    if settings:
+        document[METADATA_KEY] = settings
+    else:
+        document.pop(METADATA_KEY, None)
+    return json.dumps(document, sort_keys=True) if document else None
+
+
+def lock_duration_of(spec: QueueSpec) -> float:
+    """The LockDuration a queue gets: its visibility timeout, at least Service Bus's minimum."""
+    return max(spec.visibility_timeout, MIN_LOCK_DURATION)
+
+
+def _managed_metadata(spec: QueueSpec) -> dict[str, float]:
+    """What melange keeps in UserMetadata: what Service Bus has no setting for."""
+    settings: dict[str, float] = {}
+    if spec.delay_seconds:
+        settings["delay_seconds"] = spec.delay_seconds
+    if spec.visibility_timeout < MIN_LOCK_DURATION:
+        settings["visibility_timeout"] = spec.visibility_timeout
+    return settings
+
+
+@dataclass(frozen=True)
+class QueueBehaviour:
+    """What publish and receive need to know about a queue, beyond its name.
+
+    Attributes:
+        delay: Seconds every message waits before it can be received (0 for none).
+        visibility: The visibility timeout when it is shorter than the lock
+            (melange abandons each delivery then), else ``None``.
+    """
+
+    delay: float = 0.0
+    visibility: float | None = None
+
+
+class Topology:
+    """Reads and changes entities through one administration client (thread-safe).
+
+    Args:
+        admin: The administration client.
+        fail: Raises the melange error for an Azure error.
+    """
+
+    def __init__(self, admin: ServiceBusAdministrationClient, fail: Fail) -> None:
+        self._admin = admin
+        self._fail = fail
+        self._behaviours: dict[str, tuple[float, QueueBehaviour]] = {}
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------- queues
+    def queue_properties(self, name: str) -> QueueProperties | None:
+        """The queue's properties, or ``None`` if it does not exist."""
+        try:
+            return self._admin.get_queue(name)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            self._fail(error, f"read queue {name!r}", queue=name)
+
+    @staticmethod
+    def queue_spec(props: QueueProperties) -> QueueSpec:
+        """The melange view of a queue's properties."""
+        target = entity_from_address(props.forward_dead_lettered_messages_to)
+        count = int(props.max_delivery_count or 10)
+        dead_letter: DeadLetterPolicy | None = None
+        if target is not None:
+            dead_letter = DeadLetterPolicy(target, count)
+        elif count != NO_DEAD_LETTER_COUNT:
+            # Dead-lettered into the queue's own $DeadLetterQueue, not what melange declares.
+            dead_letter = DeadLetterPolicy(f"{props.name}/$DeadLetterQueue", count)
+        managed = _melange_settings(props.user_metadata)
+        visibility = seconds(props.lock_duration, 60.0)
+        if visibility == MIN_LOCK_DURATION and "visibility_timeout" in managed:
+            visibility = managed["visibility_timeout"]
+        return QueueSpec(
+            str(props.name),
+            fifo=bool(props.requires_session),
+            visibility_timeout=visibility,
+            message_retention_period=seconds(props.default_message_time_to_live, 0.0),
+            delay_seconds=managed.get("delay_seconds", 0.0),
+            dead_letter=dead_letter,
+        )
+
+    def get_queue(self, name: str) -> QueueSpec | None:
+        """The queue's current state, or ``None``."""
+        props = self.queue_properties(name)
+        if props is None:
+            return None
+        spec = self.queue_spec(props)
+        self._remember(spec)
+        return spec
+
+    def _remember(self, spec: QueueSpec) -> None:
+        short = spec.visibility_timeout if spec.visibility_timeout < MIN_LOCK_DURATION else None
+        behaviour = QueueBehaviour(spec.delay_seconds, short)
+        with self._lock:
+            self._behaviours[spec.name.lower()] = (time.monotonic() + BEHAVIOUR_TTL, behaviour)
+
+    def behaviour(self, name: str) -> QueueBehaviour:
+        """The queue's delay and short visibility timeout, cached for a while.
+
+        Raises:
+            QueueNotFound: The queue does not exist.
+        """
+        with self._lock:
+            cached = self._behaviours.get(name.lower())
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        if self.get_queue(name) is None:
+            raise QueueNotFound(name)
+        with self._lock:
+            return self._behaviours[name.lower()][1]
+
+    def forget_queue(self, name: str) -> None:
+        """Drop what is cached about the queue (it was deleted or is missing)."""
+        with self._lock:
+            self._behaviours.pop(name.lower(), None)
+
+    @staticmethod
+    def _settings(spec: QueueSpec, current_metadata: str | None) -> dict[str, Any]:
+        dead_letter = spec.dead_letter
+        return {
+            "lock_duration": datetime.timedelta(seconds=lock_duration_of(spec)),
+            "default_message_time_to_live": datetime.timedelta(
+                seconds=spec.message_retention_period
+            ),
+            "max_delivery_count": (
+                dead_letter.max_receive_count if dead_letter else NO_DEAD_LETTER_COUNT
+            ),
+            "forward_dead_lettered_messages_to": dead_letter.queue_name if dead_letter else None,
+            "user_metadata": _metadata(current_metadata, _managed_metadata(spec)),
+        }
+
+    def _require_dead_letter_queue(self, spec: QueueSpec) -> None:
+        if spec.dead_letter is None:
+            return
+        if self.queue_properties(spec.dead_letter.queue_name) is None:
+            raise QueueNotFound(
+                spec.dead_letter.queue_name,
+                f"it is the dead-letter queue of {spec.name!r}; create it first "
+                "(MessagingBackendFactory.init_queue creates both)",
+            )
+
+    @staticmethod
+    def check_immutable(props: QueueProperties, spec: QueueSpec) -> None:
+        """Raise ImmutableSettingError where the queue differs in a setting fixed at creation."""
+        fixed = (
+            ("requires_session", bool(props.requires_session), spec.fifo),
+            ("requires_duplicate_detection", bool(props.requires_duplicate_detection), spec.fifo),
+            ("enable_partitioning", bool(props.enable_partitioning), False),
+        )
+        for setting, current, declared in fixed:
+            if current != declared:
+                raise ImmutableSettingError(spec.name, setting, current, declared)
+
+    def declare_queue(self, spec: QueueSpec) -> None:
+        """Create the queue, or converge an existing one's settings to ``spec``."""
+        props = self.queue_properties(spec.name)
+        if props is not None:
+            self.check_immutable(props, spec)  # before anything else is read or changed
+        self._require_dead_letter_queue(spec)
+        if props is None:
+            settings = self._settings(spec, None)
+            try:
+                self._admin.create_queue(
+                    spec.name,
+                    requires_session=spec.fifo,
+                    requires_duplicate_detection=spec.fifo,
+                    enable_partitioning=False,
+                    **settings,
+                )
+            except ResourceExistsError:
+                props = self.queue_properties(spec.name)  # made meanwhile: converge it
+                if props is None:
+                    raise QueueNotFound(spec.name, "it was deleted while being created") from None
+                self.check_immutable(props, spec)
+            except AzureError as error:
+                self._fail(error, f"create queue {spec.name!r}", queue=spec.name)
+            else:
+                logger.debug("created queue %r", spec.name)
+                self._remember(spec)
+                return
+        self._converge_queue(props, spec)
+
+    def _converge_queue(self, props: QueueProperties, spec: QueueSpec) -> None:
+        current = self.queue_spec(props)
+        wanted = self._settings(spec, props.user_metadata)
+        differs = (
+            current.visibility_timeout != spec.visibility_timeout
+            or current.message_retention_period != spec.message_retention_period
+            or current.delay_seconds != spec.delay_seconds
+            or int(props.max_delivery_count or 0) != wanted["max_delivery_count"]
+            or not _same_target(
+                entity_from_address(props.forward_dead_lettered_messages_to),
+                wanted["forward_dead_lettered_messages_to"],
+            )
+        )
+        self._remember(spec)
+        if not differs:
+            return
+        for key, value in wanted.items():
+            setattr(props, key, value)
+        try:
+            self._admin.update_queue(props)
+        except ResourceNotFoundError:
+            raise QueueNotFound(spec.name, "it was deleted while being updated") from None
+        except AzureError as error:
+            self._fail(error, f"update queue {spec.name!r}", queue=spec.name)
+        logger.debug("converged the settings of queue %r", spec.name)
+
+    def delete_queue(self, name: str) -> None:
+        """Delete the queue; QueueNotFound if it does not exist."""
+        self.forget_queue(name)
+        try:
+            self._admin.delete_queue(name)
+        except ResourceNotFoundError:
+            raise QueueNotFound(name, "nothing was deleted; check the name") from None
+        except AzureError as error:
+            self._fail(error, f"delete queue {name!r}", queue=name)
+
+    # --------------------------------------------------------------- topics
+    def get_topic(self, name: str) -> TopicSpec | None:
+        """The topic's current state, or ``None``."""
+        try:
+            props = self._admin.get_topic(name)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            self._fail(error, f"read topic {name!r}", topic=name)
+        return TopicSpec(str(props.name), fifo=bool(props.requires_duplicate_detection))
+
+    def declare_topic(self, spec: TopicSpec) -> None:
+        """Create the topic if it does not exist; refuse one of the other kind."""
+        current = self.get_topic(spec.name)
+        if current is None:
+            try:
+                self._admin.create_topic(
+                    spec.name,
+                    requires_duplicate_detection=spec.fifo,
+                    support_ordering=spec.fifo or None,
+                    enable_partitioning=False,
+                )
+            except ResourceExistsError:
+                current = self.get_topic(spec.name)  # made meanwhile
+            except AzureError as error:
+                self._fail(error, f"create topic {spec.name!r}", topic=spec.name)
+            else:
+                logger.debug("created topic %r", spec.name)
+                return
+        if current is not None and current.fifo != spec.fifo:
+            raise ImmutableSettingError(
+                spec.name, "requires_duplicate_detection", current.fifo, spec.fifo
+            )
+
+    def delete_topic(self, name: str) -> None:
+        """Delete the topic and its subscriptions; TopicNotFound if it does not exist."""
+        try:
+            self._admin.delete_topic(name)
+        except ResourceNotFoundError:
+            raise TopicNotFound(name, "nothing was deleted; check the name") from None
+        except AzureError as error:
+            self._fail(error, f"delete topic {name!r}", topic=name)
+
+    # -------------------------------------------------------- subscriptions
+    def _subscription(self, topic_name: str, queue_name: str) -> SubscriptionProperties | None:
+        try:
+            return self._admin.get_subscription(topic_name, subscription_name(queue_name))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            self._fail(error, f"read the subscription of {queue_name!r}", topic=topic_name)
+
+    def _rule_filter(self, topic_name: str, queue_name: str) -> tuple[bool, Any]:
+        """``(melange-shaped, filter)`` of the subscription's rules."""
+        try:
+            rules = list(self._admin.list_rules(topic_name, subscription_name(queue_name)))
+        except ResourceNotFoundError:
+            return False, None
+        except AzureError as error:
+            self._fail(error, f"read the rules of {queue_name!r}'s subscription", topic=topic_name)
+        if len(rules) != 1 or rules[0].name != filters.RULE_NAME or rules[0].action is not None:
+            return False, None
+        rule_filter = rules[0].filter
+        if isinstance(rule_filter, TrueRuleFilter):
+            return True, None
+        if not isinstance(rule_filter, SqlRuleFilter):
+            return False, None
+        try:
+            return True, filters.parse(rule_filter.sql_expression)
+        except ValueError:
+            return False, None
+
+    def get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        """The subscription forwarding ``topic_name`` to ``queue_name``, as melange made it.
+
+        One that does not forward to the queue or whose rules melange did not
+        write counts as missing, so init subscribes again and puts it right.
+        """
+        props = self._subscription(topic_name, queue_name)
+        if props is None or not _same_target(entity_from_address(props.forward_to), queue_name):
+            return None
+        shaped, rule_filter = self._rule_filter(topic_name, queue_name)
+        if not shaped:
+            return None
+        return SubscriptionSpec(topic_name, queue_name, rule_filter)
+
+    def subscribe(self, spec: SubscriptionSpec) -> None:
+        """Create the forwarding subscription or converge its target and rule."""
+        if self.queue_properties(spec.queue_name) is None:
+            raise QueueNotFound(spec.queue_name)
+        name = subscription_name(spec.queue_name)
+        action = f"subscribe queue {spec.queue_name!r} to topic {spec.topic_name!r}"
+        props = self._subscription(spec.topic_name, spec.queue_name)
+        if props is None:
+            try:
+                props = self._admin.create_subscription(
+                    spec.topic_name, name, forward_to=spec.queue_name
+                )
+            except ResourceExistsError:
+                props = self._subscription(spec.topic_name, spec.queue_name)
+            except ResourceNotFoundError:
+                raise TopicNotFound(spec.topic_name) from None
+            except AzureError as error:
+                self._fail(error, action, topic=spec.topic_name)
+            if props is None:
+                raise TopicNotFound(spec.topic_name, "it was deleted while being subscribed to")
+        if not _same_target(entity_from_address(props.forward_to), spec.queue_name):
+            props.forward_to = spec.queue_name
+            try:
+                self._admin.update_subscription(spec.topic_name, props)
+            except AzureError as error:
+                self._fail(error, action, topic=spec.topic_name)
+        self._converge_rules(spec, name, action)
+        logger.debug("subscribed queue %r to topic %r", spec.queue_name, spec.topic_name)
+
+    def _converge_rules(self, spec: SubscriptionSpec, name: str, action: str) -> None:
+        shaped, current = self._rule_filter(spec.topic_name, spec.queue_name)
+        if shaped and current == spec.filter:
+            return
+        wanted: Any = (
+            TrueRuleFilter() if spec.filter is None else SqlRuleFilter(filters.to_sql(spec.filter))
+        )
+        try:
+            rules = list(self._admin.list_rules(spec.topic_name, name))
+            default = next((rule for rule in rules if rule.name == filters.RULE_NAME), None)
+            # Replace the filter in place: with no rule at all the subscription would
+            # drop whatever is published meanwhile.
+            if default is None:
+                self._admin.create_rule(spec.topic_name, name, filters.RULE_NAME, filter=wanted)
+            else:
+                default.filter = wanted
+                default.action = None
+                self._admin.update_rule(spec.topic_name, name, default)
+            for rule in rules:
+                if rule.name != filters.RULE_NAME:
+                    self._admin.delete_rule(spec.topic_name, name, rule.name)
+        except (ResourceExistsError, ResourceNotFoundError):
+            pass  # a concurrent init wrote or removed the same rule
+        except AzureError as error:
+            self._fail(error, action, topic=spec.topic_name)
+
+
+def _same_target(current: str | None, declared: str | None) -> bool:
+    if current is None or declared is None:
+        return current is None and declared is None
+    return same_entity(current, declared)

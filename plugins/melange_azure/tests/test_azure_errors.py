@@ -1,0 +1,182 @@
+"""Azure errors become melange's exceptions, and no secret ever leaves in one.
+
+The leak tests make operations fail for real against the stand-ins (a wrong
+key, a missing entity) and search every error's message, ``repr`` and
+formatted traceback, the backend's ``repr`` and every captured log line (DEBUG
+included, the SDK's own loggers too) for the key and the connection string.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import traceback
+from collections.abc import Callable, Iterator
+
+import pytest
+from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+from azure.servicebus import exceptions as sb_errors
+from melange_azure import AzureServiceBusBackend
+from melange_azure.errors import REDACTED, ErrorContext, scrub, translate
+from standin import ServiceBusStandIn
+
+from melange.backends.base import OutgoingMessage
+from melange.exceptions import (
+    BackendUnavailable,
+    BrokerError,
+    LeaseLost,
+    MelangeError,
+    QueueNotFound,
+    TopicNotFound,
+)
+from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec
+
+# ----------------------------------------------------------------- scrubbing
+
+
+def test_scrub_removes_given_secrets_and_secret_shapes() -> None:
+    key = "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA=="
+    text = (
+        f"Endpoint=sb://ns/;SharedAccessKeyName=Root;SharedAccessKey={key}; "
+        "Authorization: SharedAccessSignature sr=sb%3a%2f%2fns&sig=abc%2Fdef%3D&se=1&skn=Root "
+        "url?sig=zzz&se=2 Bearer eyJhbGciOi.J9.abc"
+    )
+    cleaned = scrub(text, [key])
+    for leaked in (key, "abc%2Fdef%3D", "zzz", "eyJhbGciOi"):
+        assert leaked not in cleaned
+    assert REDACTED in cleaned and "SharedAccessKeyName=Root" in cleaned
+
+
+def test_scrub_keeps_ordinary_text() -> None:
+    assert scrub("queue 'orders' does not exist", ["unrelated"]) == "queue 'orders' does not exist"
+
+
+# --------------------------------------------------------------- translation
+
+
+def _context(**kwargs: str) -> ErrorContext:
+    return ErrorContext("do something", secrets=("s3cr3t",), **kwargs)  # type: ignore[arg-type]
+
+
+def test_missing_entities() -> None:
+    assert isinstance(translate(ResourceNotFoundError("gone"), _context(queue="q")), QueueNotFound)
+    assert isinstance(
+        translate(sb_errors.MessagingEntityNotFoundError(message="gone"), _context(topic="t")),
+        TopicNotFound,
+    )
+
+
+def test_refused_credentials_keep_the_code_and_drop_the_text() -> None:
+    error = sb_errors.ServiceBusAuthenticationError(
+        "token s3cr3t refused", condition="amqp:unauthorized-access"
+    )
+    translated = translate(error, _context())
+    assert isinstance(translated, BackendUnavailable)
+    assert translated.broker_code == "amqp:unauthorized-access"
+    assert "s3cr3t" not in str(translated)
+    http = ClientAuthenticationError("401 Unauthorized s3cr3t")
+    assert isinstance(translate(http, _context()), BackendUnavailable)
+
+
+def test_lost_locks_become_lease_lost() -> None:
+    error = sb_errors.MessageLockLostError(message="lost")
+    translated = translate(error, _context(queue="q", message_id="m-1"))
+    assert isinstance(translated, LeaseLost)
+    assert translated.message_id == "m-1"
+
+
+def test_other_errors_are_broker_errors_with_the_scrubbed_text() -> None:
+    error = sb_errors.ServiceBusQuotaExceededError(
+        message="quota exceeded for key s3cr3t", condition="amqp:resource-limit-exceeded"
+    )
+    translated = translate(error, _context())
+    assert isinstance(translated, BrokerError)
+    assert translated.broker_code == "amqp:resource-limit-exceeded"
+    assert "quota exceeded" in str(translated) and "s3cr3t" not in str(translated)
+
+
+# ------------------------------------------------------------------ leaking
+
+
+def _texts(error: BaseException) -> list[str]:
+    return [
+        str(error),
+        repr(error),
+        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    ]
+
+
+@pytest.fixture
+def wrong_key(service_bus: ServiceBusStandIn) -> Iterator[tuple[AzureServiceBusBackend, str, str]]:
+    """A backend whose connection string holds a key the namespace does not know."""
+    key = secrets.token_urlsafe(32)
+    connection = service_bus.connection_string.replace(service_bus.key, key)
+    backend = AzureServiceBusBackend(
+        connection_string=connection, management_url=service_bus.management_url
+    )
+    yield backend, key, connection
+    backend.close()
+
+
+def _assert_no_leak(
+    operation: Callable[[], object],
+    expected: type[MelangeError],
+    needles: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> MelangeError:
+    with pytest.raises(expected) as caught:
+        operation()
+    for text in [*_texts(caught.value), caplog.text]:
+        for needle in needles:
+            assert needle not in text
+    return caught.value
+
+
+def test_a_wrong_key_fails_every_operation_without_leaking(
+    wrong_key: tuple[AzureServiceBusBackend, str, str],
+    service_bus: ServiceBusStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    backend, key, connection = wrong_key
+    needles = [key, connection, service_bus.key]
+    operations: list[Callable[[], object]] = [
+        lambda: backend.get_queue("orders"),
+        lambda: backend.declare_queue(QueueSpec("orders")),
+        lambda: backend.declare_topic(TopicSpec("events")),
+        lambda: backend.subscribe(SubscriptionSpec("events", "orders")),
+        lambda: backend.publish("orders", [OutgoingMessage(b"x")]),
+        lambda: backend.receive("orders", wait_seconds=0.5),
+    ]
+    for operation in operations:
+        error = _assert_no_leak(operation, BackendUnavailable, needles, caplog)
+        assert error.broker_code, error
+        assert "credentials were refused" in str(error)
+    assert key not in repr(backend) and connection not in repr(backend)
+
+
+def test_a_missing_entity_fails_without_leaking(
+    backend: AzureServiceBusBackend,
+    service_bus: ServiceBusStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    needles = [service_bus.key, service_bus.connection_string]
+    _assert_no_leak(
+        lambda: backend.publish("no-such-queue", [OutgoingMessage(b"x")]),
+        QueueNotFound,
+        needles,
+        caplog,
+    )
+    _assert_no_leak(
+        lambda: backend.publish_to_topic("no-such-topic", [OutgoingMessage(b"x")]),
+        TopicNotFound,
+        needles,
+        caplog,
+    )
+    _assert_no_leak(
+        lambda: backend.receive("no-such-queue", wait_seconds=0.5), QueueNotFound, needles, caplog
+    )
+    _assert_no_leak(lambda: backend.delete_queue("no-such-queue"), QueueNotFound, needles, caplog)
+    _assert_no_leak(lambda: backend.delete_topic("no-such-topic"), TopicNotFound, needles, caplog)
+    assert service_bus.key not in repr(backend)
