@@ -104,6 +104,12 @@ def test_emulator_connection_strings_default_to_the_emulators_management_port() 
     assert parse_connection_string(emulator).emulator
 
 
+@pytest.mark.parametrize("value", [-1, 1.5, True, "3"])
+def test_retry_total_must_be_a_count(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="retry_total"):
+        AzureServiceBusBackend(connection_string=CONNECTION, retry_total=value)  # type: ignore[arg-type]
+
+
 def test_management_url_must_be_http() -> None:
     with pytest.raises(ConfigurationError, match="management_url"):
         AzureServiceBusBackend(connection_string=CONNECTION, management_url="ftp://x")

@@ -1,10 +1,14 @@
 """melange's whole conformance suite against the azure backend on the Service Bus stand-ins.
 
 The SDK (azure-servicebus, unmodified) talks over real sockets to the local
-stand-ins (tests/standin). Where the backend cannot meet a test as the suite
-writes it, or a stand-in deviates from the service, the test is marked in
-KNOWN_DEVIATIONS, one at a time and with the reason; strict, so a fixed one
-shows up as XPASS and its entry gets removed.
+stand-ins (tests/standin). Where a test cannot pass as the suite writes it on
+Service Bus through this SDK, or a stand-in deviates from the service, the test
+is marked in KNOWN_DEVIATIONS, one at a time and with the reason; strict, so a
+fixed one shows up as XPASS and its entry gets removed.
+
+The suite's own skip: ``test_immutable_drift_is_refused_and_nothing_changes``
+(melange names FIFO queues ``.fifo``, so a session queue under a standard name
+cannot be declared; test_azure_topology.py covers sessions drift instead).
 """
 
 from __future__ import annotations
@@ -13,16 +17,31 @@ from collections.abc import Iterator
 
 import pytest
 from melange_azure import AzureServiceBusBackend
+from melange_azure.testing import ServiceBusForeignProducerConformance
 from standin import ServiceBusStandIn
 
 from melange.testing.conformance import BackendSpec, ConformanceSuite
 from melange.testing.conformance._support import DeliveryGuarantee
 
-KNOWN_DEVIATIONS: dict[str, str] = {}
+KNOWN_DEVIATIONS: dict[str, str] = {
+    "test_a_body_of_several_data_sections_is_joined": (
+        "stand-in: the AMQP broker stores messages as python-qpid-proton Message objects, which "
+        "hold one body section, so of several data sections only the last is delivered; Service "
+        "Bus keeps every section"
+    ),
+    "test_delayed_messages_wait_for_their_delay": (
+        "azure-servicebus opens every sender and receiver link with its own connection, "
+        "polling the handshake with 50 ms sleeps (ServiceBusSender/Receiver._open): about 0.45 s "
+        "per link. The test publishes to a second queue and opens a receiver before it checks "
+        "the first queue, about 1 s after the first message was scheduled 1 s ahead, so the "
+        "scheduled message is already due. Delays themselves are honoured: see "
+        "test_azure_data.py::test_delays_hold_messages_back"
+    ),
+}
 """Conformance tests expected to fail, by test id, each with the reason."""
 
 
-class TestAzureServiceBusBackend(ConformanceSuite):
+class TestAzureServiceBusBackend(ConformanceSuite, ServiceBusForeignProducerConformance):
     """The whole suite, each test on a fresh backend; the stand-ins are shared."""
 
     @pytest.fixture

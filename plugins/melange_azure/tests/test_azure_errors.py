@@ -68,7 +68,7 @@ def test_missing_entities() -> None:
 
 def test_refused_credentials_keep_the_code_and_drop_the_text() -> None:
     error = sb_errors.ServiceBusAuthenticationError(
-        "token s3cr3t refused", condition="amqp:unauthorized-access"
+        message="token s3cr3t refused", condition="amqp:unauthorized-access"
     )
     translated = translate(error, _context())
     assert isinstance(translated, BackendUnavailable)
@@ -112,7 +112,7 @@ def wrong_key(service_bus: ServiceBusStandIn) -> Iterator[tuple[AzureServiceBusB
     key = secrets.token_urlsafe(32)
     connection = service_bus.connection_string.replace(service_bus.key, key)
     backend = AzureServiceBusBackend(
-        connection_string=connection, management_url=service_bus.management_url
+        connection_string=connection, management_url=service_bus.management_url, retry_total=0
     )
     yield backend, key, connection
     backend.close()
@@ -180,3 +180,45 @@ def test_a_missing_entity_fails_without_leaking(
     _assert_no_leak(lambda: backend.delete_queue("no-such-queue"), QueueNotFound, needles, caplog)
     _assert_no_leak(lambda: backend.delete_topic("no-such-topic"), TopicNotFound, needles, caplog)
     assert service_bus.key not in repr(backend)
+
+
+@pytest.fixture(scope="module")
+def amqp_only_checks_the_key() -> Iterator[ServiceBusStandIn]:
+    """Stand-ins whose administration API checks only the shape of tokens.
+
+    A wrong key then gets past the administration calls (queue lookups) and is
+    refused by the AMQP broker's CBS, so the data-plane error path is exercised.
+    """
+    with ServiceBusStandIn() as stand_in:
+        stand_in.management.key = None
+        yield stand_in
+
+
+def test_a_wrong_key_on_the_data_plane_fails_without_leaking(
+    amqp_only_checks_the_key: ServiceBusStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    stand_in = amqp_only_checks_the_key
+    good = AzureServiceBusBackend(
+        connection_string=stand_in.connection_string, management_url=stand_in.management_url
+    )
+    good.declare_queue(QueueSpec("orders"))
+    good.declare_topic(TopicSpec("events"))
+    good.close()
+    key = secrets.token_urlsafe(32)
+    connection = stand_in.connection_string.replace(stand_in.key, key)
+    backend = AzureServiceBusBackend(
+        connection_string=connection, management_url=stand_in.management_url, retry_total=0
+    )
+    try:
+        needles = [key, connection, stand_in.key, stand_in.connection_string]
+        for operation in (
+            lambda: backend.publish("orders", [OutgoingMessage(b"x")]),
+            lambda: backend.publish_to_topic("events", [OutgoingMessage(b"x")]),
+            lambda: backend.receive("orders", wait_seconds=0.5),
+        ):
+            error = _assert_no_leak(operation, BackendUnavailable, needles, caplog)
+            assert error.broker_code, error
+        assert key not in repr(backend)
+    finally:
+        backend.close()

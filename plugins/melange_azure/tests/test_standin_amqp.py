@@ -30,6 +30,7 @@ from azure.servicebus.exceptions import (
     MessagingEntityNotFoundError,
     OperationTimeoutError,
     ServiceBusAuthenticationError,
+    ServiceBusError,
     SessionCannotBeLockedError,
 )
 from standin import ServiceBusStandIn
@@ -46,6 +47,7 @@ def standin() -> Iterator[ServiceBusStandIn]:
 
 @pytest.fixture(scope="module")
 def client(standin: ServiceBusStandIn) -> Iterator[ServiceBusClient]:
+    # Senders here get keep_alive=0: no keep-alive thread, whose 1 s sleep each close waits out.
     with ServiceBusClient.from_connection_string(standin.connection_string) as sb:
         yield sb
 
@@ -81,15 +83,19 @@ def forward_url(standin: ServiceBusStandIn, entity: str) -> str:
     return f"sb://127.0.0.1:{standin.amqp_port}/{entity}"
 
 
-def receive(client: ServiceBusClient, queue: str, count: int = 1, wait: float = 3,
-            **kwargs: object) -> list[ServiceBusReceivedMessage]:
+def receive(
+    client: ServiceBusClient, queue: str, count: int = 1, wait: float = 3, **kwargs: object
+) -> list[ServiceBusReceivedMessage]:
     """Receive up to ``count`` messages (peek-lock) and leave them unsettled."""
     receiver = client.get_queue_receiver(queue, **kwargs)  # type: ignore[arg-type]
     received: list[ServiceBusReceivedMessage] = []
     deadline = time.monotonic() + wait
     with receiver:
         while len(received) < count and time.monotonic() < deadline:
-            received += receiver.receive_messages(max_message_count=count - len(received), max_wait_time=1)
+            remaining = deadline - time.monotonic()
+            received += receiver.receive_messages(
+                max_message_count=count - len(received), max_wait_time=max(0.2, min(1, remaining))
+            )
     return received
 
 
@@ -102,7 +108,7 @@ def drain(client: ServiceBusClient, queue: str, **kwargs: object) -> list[bytes]
     bodies: list[bytes] = []
     with client.get_queue_receiver(queue, **kwargs) as receiver:  # type: ignore[arg-type]
         while True:
-            batch = receiver.receive_messages(max_message_count=50, max_wait_time=1)
+            batch = receiver.receive_messages(max_message_count=50, max_wait_time=0.5)
             if not batch:
                 return bodies
             for message in batch:
@@ -113,10 +119,11 @@ def drain(client: ServiceBusClient, queue: str, **kwargs: object) -> list[bytes]
 # -- data path -------------------------------------------------------------------------------
 
 
-def test_send_one_and_a_batch_then_receive_complete(standin: ServiceBusStandIn,
-                                                    client: ServiceBusClient) -> None:
+def test_send_one_and_a_batch_then_receive_complete(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin)
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"one"))
         batch = sender.create_message_batch()
         for index in range(3):
@@ -135,14 +142,14 @@ def test_send_one_and_a_batch_then_receive_complete(standin: ServiceBusStandIn,
             assert message.locked_until_utc is not None
             assert message.locked_until_utc > datetime.now(timezone.utc)
             receiver.complete_message(message)
-        assert receiver.receive_messages(max_wait_time=1) == []
+        assert receiver.receive_messages(max_wait_time=0.5) == []
         assert receiver.peek_messages(max_message_count=10) == []
 
 
 def test_properties_round_trip(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     queue = make_queue(standin)
     payload = bytes(range(256)) + "é✓".encode()
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(
             ServiceBusMessage(
                 payload,
@@ -156,8 +163,10 @@ def test_properties_round_trip(standin: ServiceBusStandIn, client: ServiceBusCli
         )
     [message] = receive(client, queue)
     assert body(message) == payload
-    properties = {k.decode() if isinstance(k, bytes) else k: v for k, v in
-                  (message.application_properties or {}).items()}
+    properties = {
+        k.decode() if isinstance(k, bytes) else k: v
+        for k, v in (message.application_properties or {}).items()
+    }
     assert properties["kind"] in ("order", b"order")
     assert properties["count"] == 3
     assert properties["ünïcode"] in ("välue", "välue".encode())
@@ -169,10 +178,11 @@ def test_properties_round_trip(standin: ServiceBusStandIn, client: ServiceBusCli
     assert message.enqueued_time_utc is not None
 
 
-def test_abandon_redelivers_with_a_higher_delivery_count(standin: ServiceBusStandIn,
-                                                         client: ServiceBusClient) -> None:
+def test_abandon_redelivers_with_a_higher_delivery_count(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin)
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"again"))
     with client.get_queue_receiver(queue) as receiver:
         [first] = receiver.receive_messages(max_wait_time=3)
@@ -185,10 +195,11 @@ def test_abandon_redelivers_with_a_higher_delivery_count(standin: ServiceBusStan
         receiver.complete_message(second)
 
 
-def test_settling_twice_or_after_the_lock_is_gone_fails(standin: ServiceBusStandIn,
-                                                       client: ServiceBusClient) -> None:
+def test_settling_twice_or_after_the_lock_is_gone_fails(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin, LockDuration="PT1S")
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"late"))
     with client.get_queue_receiver(queue) as receiver:
         [message] = receiver.receive_messages(max_wait_time=3)
@@ -199,10 +210,10 @@ def test_settling_twice_or_after_the_lock_is_gone_fails(standin: ServiceBusStand
 
 def test_lock_expiry_redelivers(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     queue = make_queue(standin, LockDuration="PT1S")
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"expire"))
     with client.get_queue_receiver(queue) as receiver:
-        [first] = receiver.receive_messages(max_wait_time=3)
+        [_first] = receiver.receive_messages(max_wait_time=3)
         started = time.monotonic()
         [second] = receiver.receive_messages(max_wait_time=4)
         assert time.monotonic() - started > 0.5, "redelivered before the lock expired"
@@ -211,9 +222,11 @@ def test_lock_expiry_redelivers(standin: ServiceBusStandIn, client: ServiceBusCl
         receiver.complete_message(second)
 
 
-def test_renew_lock_extends_locked_until(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
+def test_renew_lock_extends_locked_until(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin, LockDuration="PT3S")
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"renew"))
     with client.get_queue_receiver(queue) as receiver:
         [message] = receiver.receive_messages(max_wait_time=3)
@@ -229,16 +242,18 @@ def test_renew_lock_extends_locked_until(standin: ServiceBusStandIn, client: Ser
 
 def test_receive_and_delete(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     queue = make_queue(standin)
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages([ServiceBusMessage(b"a"), ServiceBusMessage(b"b")])
-    received = receive(client, queue, count=2, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE)
+    received = receive(
+        client, queue, count=2, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+    )
     assert [body(m) for m in received] == [b"a", b"b"]
-    assert receive(client, queue, wait=1) == []
+    assert receive(client, queue, wait=0.5) == []
 
 
 def test_peek_messages(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     queue = make_queue(standin)
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages([ServiceBusMessage(f"p{i}".encode()) for i in range(5)])
     with client.get_queue_receiver(queue) as receiver:
         peeked = receiver.peek_messages(max_message_count=3)
@@ -254,28 +269,30 @@ def test_peek_messages(standin: ServiceBusStandIn, client: ServiceBusClient) -> 
 
 def test_dead_letter_explicitly(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     queue = make_queue(standin)
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"poison", application_properties={"k": "v"}))
     with client.get_queue_receiver(queue) as receiver:
         [message] = receiver.receive_messages(max_wait_time=3)
         receiver.dead_letter_message(message, reason="Bad", error_description="cannot parse")
+        assert receiver.receive_messages(max_wait_time=0.5) == []
     [dead] = receive(client, queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER)
     assert body(dead) == b"poison"
     assert dead.dead_letter_reason == "Bad"
     assert dead.dead_letter_error_description == "cannot parse"
     assert dead.dead_letter_source == queue
-    assert receive(client, queue, wait=1) == []
 
 
-def test_max_delivery_count_dead_letters(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
+def test_max_delivery_count_dead_letters(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin, MaxDeliveryCount="2")
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"twice"))
     with client.get_queue_receiver(queue) as receiver:
         for _ in range(2):
             [message] = receiver.receive_messages(max_wait_time=3)
             receiver.abandon_message(message)
-        assert receiver.receive_messages(max_wait_time=1) == []
+        assert receiver.receive_messages(max_wait_time=0.5) == []
     [dead] = receive(client, queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER)
     assert body(dead) == b"twice"
     assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
@@ -283,9 +300,10 @@ def test_max_delivery_count_dead_letters(standin: ServiceBusStandIn, client: Ser
 
 def test_dead_letters_forwarded(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     dlq = make_queue(standin)
-    queue = make_queue(standin, MaxDeliveryCount="1",
-                       ForwardDeadLetteredMessagesTo=forward_url(standin, dlq))
-    with client.get_queue_sender(queue) as sender:
+    queue = make_queue(
+        standin, MaxDeliveryCount="1", ForwardDeadLetteredMessagesTo=forward_url(standin, dlq)
+    )
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"moved", application_properties={"a": "1"}))
     with client.get_queue_receiver(queue) as receiver:
         [message] = receiver.receive_messages(max_wait_time=3)
@@ -294,21 +312,47 @@ def test_dead_letters_forwarded(standin: ServiceBusStandIn, client: ServiceBusCl
     assert body(moved) == b"moved"
     assert moved.delivery_count == 0
     assert moved.dead_letter_reason == "MaxDeliveryCountExceeded"
-    assert receive(client, queue, wait=1, sub_queue=ServiceBusSubQueue.DEAD_LETTER) == []
+    assert receive(client, queue, wait=0.5, sub_queue=ServiceBusSubQueue.DEAD_LETTER) == []
+
+
+def test_expired_messages_dropped_or_dead_lettered(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
+    keeps = make_queue(
+        standin, DefaultMessageTimeToLive="PT1S", DeadLetteringOnMessageExpiration="true"
+    )
+    drops = make_queue(standin)
+    with client.get_queue_sender(keeps, keep_alive=0) as sender:
+        sender.send_messages(ServiceBusMessage(b"stale"))
+    with client.get_queue_sender(drops, keep_alive=0) as sender:
+        sender.send_messages(ServiceBusMessage(b"short", time_to_live=timedelta(seconds=1)))
+        sender.send_messages(ServiceBusMessage(b"long"))
+    time.sleep(1.2)
+    assert receive(client, keeps, wait=0.5) == []
+    [dead] = receive(client, keeps, sub_queue=ServiceBusSubQueue.DEAD_LETTER)
+    assert body(dead) == b"stale"
+    assert dead.dead_letter_reason == "TTLExpiredException"
+    assert drain(client, drops) == [b"long"]
 
 
 # -- topics ------------------------------------------------------------------------------------
 
 
-def test_topic_fans_out_through_filters_and_forwarding(standin: ServiceBusStandIn,
-                                                       client: ServiceBusClient) -> None:
+def test_topic_fans_out_through_filters_and_forwarding(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     red, everything = make_queue(standin), make_queue(standin)
-    topic = make_topic(standin, {
-        "to-red": {"rules": ["user.[colour] IN ('red', 'it''s red') AND user.[size] IN ('L')"],
-                   "ForwardTo": forward_url(standin, red)},
-        "to-all": {"rules": [None], "ForwardTo": forward_url(standin, everything)},
-        "plain": {"rules": ["user.[colour] IN ('blue')", "user.[colour] IN ('green')"]},
-    })
+    topic = make_topic(
+        standin,
+        {
+            "to-red": {
+                "rules": ["user.[colour] IN ('red', 'it''s red') AND user.[size] IN ('L')"],
+                "ForwardTo": forward_url(standin, red),
+            },
+            "to-all": {"rules": [None], "ForwardTo": forward_url(standin, everything)},
+            "plain": {"rules": ["user.[colour] IN ('blue')", "user.[colour] IN ('green')"]},
+        },
+    )
     messages = [
         ServiceBusMessage(b"1", application_properties={"colour": "red", "size": "L"}),
         ServiceBusMessage(b"2", application_properties={"colour": "it's red", "size": "L"}),
@@ -316,7 +360,7 @@ def test_topic_fans_out_through_filters_and_forwarding(standin: ServiceBusStandI
         ServiceBusMessage(b"4", application_properties={"colour": "green"}),
         ServiceBusMessage(b"5"),
     ]
-    with client.get_topic_sender(topic) as sender:
+    with client.get_topic_sender(topic, keep_alive=0) as sender:
         sender.send_messages(messages)
     assert drain(client, red) == [b"1", b"2"]
     assert drain(client, everything) == [b"1", b"2", b"3", b"4", b"5"]
@@ -338,11 +382,17 @@ def test_filter_grammar() -> None:
 
 
 def test_unsupported_filter_is_reported(client: ServiceBusClient) -> None:
-    with ServiceBusStandIn() as other, ServiceBusClient.from_connection_string(
-        other.connection_string
-    ) as other_client:
+    with (
+        ServiceBusStandIn() as other,
+        ServiceBusClient.from_connection_string(
+            other.connection_string, retry_total=0
+        ) as other_client,
+    ):
         topic = make_topic(other, {"odd": {"rules": ["sys.Label = 'x'"]}})
-        with other_client.get_topic_sender(topic) as sender, pytest.raises(Exception):
+        with (
+            other_client.get_topic_sender(topic, keep_alive=0) as sender,
+            pytest.raises(ServiceBusError, match="cannot evaluate SQL filter"),
+        ):
             sender.send_messages(ServiceBusMessage(b"x"))
         assert other.amqp.errors and "sys.Label" in other.amqp.errors[0]
 
@@ -352,14 +402,20 @@ def test_unsupported_filter_is_reported(client: ServiceBusClient) -> None:
 
 def test_sessions(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     queue = make_queue(standin, RequiresSession="true")
-    with client.get_queue_sender(queue) as sender:
-        sender.send_messages([ServiceBusMessage(f"a{i}".encode(), session_id="A") for i in range(3)])
-        sender.send_messages([ServiceBusMessage(f"b{i}".encode(), session_id="B") for i in range(2)])
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
+        sender.send_messages(
+            [ServiceBusMessage(f"a{i}".encode(), session_id="A") for i in range(3)]
+        )
+        sender.send_messages(
+            [ServiceBusMessage(f"b{i}".encode(), session_id="B") for i in range(2)]
+        )
     with client.get_queue_receiver(queue, session_id="B") as receiver:
         assert receiver.session.session_id == "B"
-        with pytest.raises(SessionCannotBeLockedError):
-            with client.get_queue_receiver(queue, session_id="B", max_wait_time=2) as second:
-                second.receive_messages(max_wait_time=1)
+        with (
+            pytest.raises(SessionCannotBeLockedError),
+            client.get_queue_receiver(queue, session_id="B", max_wait_time=2) as second,
+        ):
+            second.receive_messages(max_wait_time=1)
         got = receiver.receive_messages(max_message_count=5, max_wait_time=2)
         assert [body(m) for m in got] == [b"b0", b"b1"]
         assert all(m.session_id == "B" for m in got)
@@ -369,7 +425,9 @@ def test_sessions(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
         for message in (again, got[1]):
             receiver.complete_message(message)
         assert receiver.session.renew_lock() > datetime.now(timezone.utc)
-    with client.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=3) as receiver:
+    with client.get_queue_receiver(
+        queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=3
+    ) as receiver:
         assert receiver.session.session_id == "A"
         bodies = []
         while len(bodies) < 3:
@@ -381,18 +439,25 @@ def test_sessions(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
         assert bodies == [b"a0", b"a1", b"a2"]
 
 
-def test_next_available_session_times_out_when_none(standin: ServiceBusStandIn,
-                                                    client: ServiceBusClient) -> None:
+def test_next_available_session_times_out_when_none(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin, RequiresSession="true")
-    with pytest.raises(OperationTimeoutError):
-        with client.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1) as r:
-            r.receive_messages(max_wait_time=1)
+    with (
+        pytest.raises(OperationTimeoutError),
+        client.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1) as r,
+    ):
+        r.receive_messages(max_wait_time=1)
 
 
-def test_session_queue_refuses_message_without_session(standin: ServiceBusStandIn,
-                                                       client: ServiceBusClient) -> None:
+def test_session_queue_refuses_message_without_session(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin, RequiresSession="true")
-    with client.get_queue_sender(queue) as sender, pytest.raises(Exception, match="SessionId"):
+    with (
+        client.get_queue_sender(queue, keep_alive=0) as sender,
+        pytest.raises(Exception, match="SessionId"),
+    ):
         sender.send_messages(ServiceBusMessage(b"no session"))
 
 
@@ -400,38 +465,47 @@ def test_session_queue_refuses_message_without_session(standin: ServiceBusStandI
 
 
 def test_duplicate_detection(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
-    queue = make_queue(standin, RequiresDuplicateDetection="true",
-                       DuplicateDetectionHistoryTimeWindow="PT10M")
-    with client.get_queue_sender(queue) as sender:
+    queue = make_queue(
+        standin, RequiresDuplicateDetection="true", DuplicateDetectionHistoryTimeWindow="PT10M"
+    )
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         for text in ("first", "copy", "other"):
-            sender.send_messages(ServiceBusMessage(text.encode(), message_id="other" if text == "other" else "same"))
+            sender.send_messages(
+                ServiceBusMessage(text.encode(), message_id="other" if text == "other" else "same")
+            )
     assert drain(client, queue) == [b"first", b"other"]
     plain = make_queue(standin)
-    with client.get_queue_sender(plain) as sender:
-        sender.send_messages([ServiceBusMessage(b"x", message_id="same"), ServiceBusMessage(b"y", message_id="same")])
+    with client.get_queue_sender(plain, keep_alive=0) as sender:
+        sender.send_messages(
+            [ServiceBusMessage(b"x", message_id="same"), ServiceBusMessage(b"y", message_id="same")]
+        )
     assert drain(client, plain) == [b"x", b"y"]
 
 
 def test_scheduled_messages(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
     queue = make_queue(standin)
-    due = datetime.now(timezone.utc) + timedelta(seconds=1.5)
-    with client.get_queue_sender(queue) as sender:
+    due = datetime.now(timezone.utc) + timedelta(seconds=2)
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         [number] = sender.schedule_messages(ServiceBusMessage(b"later"), due)
         cancelled = sender.schedule_messages(ServiceBusMessage(b"never"), due)
         sender.cancel_scheduled_messages(cancelled)
-        late = ServiceBusMessage(b"annotated", scheduled_enqueue_time_utc=due)
-        sender.send_messages(late)
+        sender.send_messages(ServiceBusMessage(b"annotated", scheduled_enqueue_time_utc=due))
     assert isinstance(number, int)
     with client.get_queue_receiver(queue) as receiver:
-        assert receiver.receive_messages(max_wait_time=0.5) == []
+        peeked = receiver.peek_messages(max_message_count=10)
+        assert number in [m.sequence_number for m in peeked]
         got: list[ServiceBusReceivedMessage] = []
-        deadline = time.monotonic() + 4
+        deadline = time.monotonic() + 6
         while len(got) < 2 and time.monotonic() < deadline:
             got += receiver.receive_messages(max_message_count=2, max_wait_time=1)
+            if got:
+                assert datetime.now(timezone.utc) >= due, "a scheduled message came early"
         assert sorted(body(m) for m in got) == [b"annotated", b"later"]
         for message in got:
+            assert message.enqueued_time_utc is not None
+            assert message.enqueued_time_utc >= due - timedelta(milliseconds=50)
             receiver.complete_message(message)
-        assert receiver.receive_messages(max_wait_time=1) == []
+        assert receiver.receive_messages(max_wait_time=0.5) == []
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -439,29 +513,36 @@ def test_scheduled_messages(standin: ServiceBusStandIn, client: ServiceBusClient
 
 def test_wrong_key_is_refused(standin: ServiceBusStandIn) -> None:
     wrong = standin.connection_string.replace(standin.key, "d3Jvbmcta2V5")
-    with ServiceBusClient.from_connection_string(wrong) as bad, pytest.raises(
-        ServiceBusAuthenticationError
+    with (
+        ServiceBusClient.from_connection_string(wrong, retry_total=0) as bad,
+        pytest.raises(ServiceBusAuthenticationError),
+        bad.get_queue_sender(make_queue(standin), keep_alive=0) as sender,
     ):
-        with bad.get_queue_sender(make_queue(standin)) as sender:
-            sender.send_messages(ServiceBusMessage(b"x"))
+        sender.send_messages(ServiceBusMessage(b"x"))
 
 
 def test_missing_entity(client: ServiceBusClient) -> None:
-    with pytest.raises(MessagingEntityNotFoundError):
-        with client.get_queue_sender("does-not-exist") as sender:
-            sender.send_messages(ServiceBusMessage(b"x"))
-    with pytest.raises(MessagingEntityNotFoundError):
-        with client.get_queue_receiver("does-not-exist") as receiver:
-            receiver.receive_messages(max_wait_time=1)
+    with (
+        pytest.raises(MessagingEntityNotFoundError),
+        client.get_queue_sender("does-not-exist", keep_alive=0) as sender,
+    ):
+        sender.send_messages(ServiceBusMessage(b"x"))
+    with (
+        pytest.raises(MessagingEntityNotFoundError),
+        client.get_queue_receiver("does-not-exist") as receiver,
+    ):
+        receiver.receive_messages(max_wait_time=1)
 
 
-def test_deleted_entity_loses_its_messages(standin: ServiceBusStandIn, client: ServiceBusClient) -> None:
+def test_deleted_entity_loses_its_messages(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin)
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"old"))
     with standin.namespace.lock:
         standin.namespace.queues[queue] = Queue(queue, {})  # deleted and created again
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         sender.send_messages(ServiceBusMessage(b"new"))
     assert drain(client, queue) == [b"new"]
 
@@ -469,11 +550,12 @@ def test_deleted_entity_loses_its_messages(standin: ServiceBusStandIn, client: S
 # -- load --------------------------------------------------------------------------------------
 
 
-def test_many_messages_through_concurrent_consumers(standin: ServiceBusStandIn,
-                                                    client: ServiceBusClient) -> None:
+def test_many_messages_through_concurrent_consumers(
+    standin: ServiceBusStandIn, client: ServiceBusClient
+) -> None:
     queue = make_queue(standin)
     total = 400
-    with client.get_queue_sender(queue) as sender:
+    with client.get_queue_sender(queue, keep_alive=0) as sender:
         batch = sender.create_message_batch()
         for index in range(total):
             batch.add_message(ServiceBusMessage(str(index).encode()))

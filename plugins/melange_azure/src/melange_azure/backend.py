@@ -26,7 +26,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NoReturn
 
 from azure.core.exceptions import AzureError
@@ -108,6 +108,8 @@ class AzureServiceBusBackend(MessagingBackend):
         management_url: Where the administration API is when not at the
             namespace over HTTPS, e.g. ``http://localhost:5300`` for Microsoft's
             emulator (the default with an emulator connection string).
+        retry_total: How often the SDKs retry a failed call (with exponential
+            backoff) before melange raises; their default (3) when omitted.
 
     Raises:
         ConfigurationError: The options are missing, contradictory or malformed.
@@ -145,9 +147,10 @@ class AzureServiceBusBackend(MessagingBackend):
         fully_qualified_namespace: str | None = None,
         credential: Any = None,
         management_url: str | None = None,
+        retry_total: int | None = None,
     ) -> None:
         settings = ClientSettings.make(
-            connection_string, fully_qualified_namespace, credential, management_url
+            connection_string, fully_qualified_namespace, credential, management_url, retry_total
         )
         super().__init__()
         self._settings = settings
@@ -176,6 +179,11 @@ class AzureServiceBusBackend(MessagingBackend):
     def namespace(self) -> str:
         """The namespace host the backend talks to."""
         return self._settings.namespace
+
+    @property
+    def settings(self) -> ClientSettings:
+        """The validated options; :meth:`ClientSettings.data_client` makes more clients."""
+        return self._settings
 
     # ---------------------------------------------------------------- errors
     def _fail(
@@ -289,21 +297,21 @@ class AzureServiceBusBackend(MessagingBackend):
                 for k in list(self._senders)
                 if k.split(":", 1)[1] == name.lower()
             ]
-        for sender, lock in entries:
-            with lock:
-                _close_quietly(sender)
+        # The entity is gone: its links are dead, closing them need not hold the caller up.
+        _close_all([_locked_closer(sender, lock) for sender, lock in entries], wait=False)
 
     def _send(
         self, kind: Literal["queue", "topic"], name: str, batch: list[OutgoingMessage], delay: float
     ) -> list[PublishResult]:
         fifo = is_fifo_name(name)
-        outgoing = [to_service_bus(message, fifo, delay) for message in batch]
         results: list[PublishResult] = []
         action = f"publish to {kind} {name!r}"
         where: dict[str, str] = {kind: name}
         sender, lock = self._sender(kind, name)
         with lock:
             try:
+                sender.__enter__()  # opens the link (once): delays count from the send
+                outgoing = [to_service_bus(message, fifo, delay) for message in batch]
                 start = 0
                 while start < len(outgoing):
                     chunk = sender.create_message_batch()
@@ -322,6 +330,10 @@ class AzureServiceBusBackend(MessagingBackend):
                         sb_errors.MessagingEntityNotFoundError,
                         sb_errors.ServiceBusAuthenticationError,
                     ):
+                        if kind == "queue":
+                            self._topology.forget_queue(name)
+                        else:
+                            self._topology.forget_topic(name)
                         raise
                     except (AzureError, ValueError) as error:
                         failed = translate(error, self._context(action, **where))
@@ -353,6 +365,7 @@ class AzureServiceBusBackend(MessagingBackend):
     def _publish_topic_batch(
         self, topic_name: str, batch: list[OutgoingMessage]
     ) -> list[PublishResult]:
+        self._topology.require_topic(topic_name)  # a clear TopicNotFound before any link
         return self._send("topic", topic_name, batch, 0.0)
 
     # --------------------------------------------------------------- receive
@@ -396,7 +409,8 @@ class AzureServiceBusBackend(MessagingBackend):
         with self._lock:
             pool = self._pools.pop(queue_name.lower(), None)
         if pool is not None:
-            pool.close()
+            closers = [_receiver_closer(receiver) for receiver in pool.close()]
+            _close_all(closers, wait=False)
 
     def _receive(
         self, queue_name: str, max_messages: int, wait_seconds: float
@@ -434,6 +448,7 @@ class AzureServiceBusBackend(MessagingBackend):
         self, receiver: Receiver, max_messages: int, deadline: float
     ) -> list[ReceivedMessage]:
         """One slice of a receive on ``receiver``; marks it broken when it fails."""
+        receiver.yield_to_settlements()
         wait = min(max(deadline - time.monotonic(), MIN_WAIT), RECEIVE_SLICE)
         queue_name = receiver.queue_name
         with receiver.lock:
@@ -527,7 +542,7 @@ class AzureServiceBusBackend(MessagingBackend):
             )
         self._keeper.forget(receipt)
         receiver = receipt.receiver
-        with receiver.lock:
+        with receiver.turn():
             if receipt.settled:
                 return False
             if receiver.closed:
@@ -584,20 +599,18 @@ class AzureServiceBusBackend(MessagingBackend):
                 self._keeper.hold(receipt, delay_seconds)
 
     def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
+        # The keeper takes the new deadline at once (so a release due meanwhile does not
+        # happen) and renews the lock when it would run out before the deadline.
+        now = datetime.datetime.now(datetime.timezone.utc)
         for message in messages:
             receipt = self._live_receipt(message)
-            if receipt is None:
-                raise LeaseLost(message.message_id, message.queue_name)
-            try:
-                self._renew(receipt)
-            except (AzureError, ValueError, RuntimeError) as error:
-                if _lock_lost(error) or isinstance(error, LOCK_GONE):
-                    raise LeaseLost(message.message_id, message.queue_name) from None
-                self._fail(
-                    error,
-                    f"renew the lock of message {message.message_id!r}",
-                    queue=message.queue_name,
-                    message_id=message.message_id,
+            locked_until = receipt.locked_until if receipt is not None else None
+            if receipt is None or (locked_until is not None and locked_until <= now):
+                raise LeaseLost(
+                    message.message_id,
+                    message.queue_name,
+                    "Service Bus no longer holds its lock: it was settled, released, or its lock "
+                    "ran out and the message may have been delivered again",
                 )
             self._keeper.hold(receipt, seconds)
 
@@ -611,7 +624,7 @@ class AzureServiceBusBackend(MessagingBackend):
     def _renew(self, receipt: AzureReceipt) -> datetime.datetime | None:
         """Renew a delivery's lock (its session's, on a FIFO queue)."""
         receiver = receipt.receiver
-        with receiver.lock:
+        with receiver.turn():
             if receipt.settled or receiver.closed:
                 raise sb_errors.MessageLockLostError(message="the delivery was settled")
             if receiver.sessions:
@@ -623,7 +636,7 @@ class AzureServiceBusBackend(MessagingBackend):
     def _release(self, receipt: AzureReceipt) -> None:
         """Abandon a held delivery at its deadline (called by the lease keeper)."""
         receiver = receipt.receiver
-        with receiver.lock:
+        with receiver.turn():
             if receipt.settled or receiver.closed:
                 return
             try:
@@ -638,11 +651,10 @@ class AzureServiceBusBackend(MessagingBackend):
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
             senders, self._senders = list(self._senders.values()), {}
-        for pool in pools:
-            pool.close()
-        for sender, lock in senders:
-            with lock:
-                _close_quietly(sender)
+        closers = [_receiver_closer(r) for pool in pools for r in pool.close()]
+        closers += [_locked_closer(sender, lock) for sender, lock in senders]
+        # Side by side: the SDK takes up to a second per link (its keep-alive thread).
+        _close_all(closers, wait=True)
         _close_quietly(self._client)
         _close_quietly(self._admin)
 
@@ -651,6 +663,40 @@ def _lock_lost(error: BaseException) -> bool:
     """Whether ``error`` says the lock is gone (the SDK words some of these as ValueError)."""
     text = str(error).lower()
     return ("lock" in text and ("lost" in text or "expired" in text)) or "settled" in text
+
+
+CLOSE_TIMEOUT = 10.0
+"""Seconds close() waits for the SDK to close its links."""
+
+
+def _receiver_closer(receiver: Receiver) -> Callable[[], None]:
+    def close() -> None:
+        with receiver.lock:
+            receiver.close()
+
+    return close
+
+
+def _locked_closer(resource: Any, lock: threading.Lock) -> Callable[[], None]:
+    def close() -> None:
+        with lock:
+            _close_quietly(resource)
+
+    return close
+
+
+def _close_all(closers: list[Callable[[], None]], *, wait: bool) -> None:
+    """Run ``closers`` side by side in daemon threads, waiting for them if ``wait``."""
+    threads = [
+        threading.Thread(target=closer, name="melange-azure-close", daemon=True)
+        for closer in closers
+    ]
+    for thread in threads:
+        thread.start()
+    if wait:
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _close_quietly(resource: Any) -> None:

@@ -119,12 +119,14 @@ class ClientSettings:
         fully_qualified_namespace: ``<namespace>.servicebus.windows.net`` otherwise.
         credential: The TokenCredential for ``fully_qualified_namespace``.
         management_url: Where the administration API is, if not at the namespace.
+        retry_total: Retries of a failed call by the SDKs, or ``None`` for their default (3).
     """
 
     connection_string: str | None = field(default=None, repr=False)
     fully_qualified_namespace: str | None = None
     credential: Any = field(default=None, repr=False)
     management_url: str | None = None
+    retry_total: int | None = None
 
     @classmethod
     def make(
@@ -133,6 +135,7 @@ class ClientSettings:
         fully_qualified_namespace: str | None,
         credential: Any,
         management_url: str | None,
+        retry_total: int | None = None,
     ) -> ClientSettings:
         """Check the options and fill in defaults.
 
@@ -157,6 +160,12 @@ class ClientSettings:
                 "a credential goes with fully_qualified_namespace; a connection string carries "
                 "its own key"
             )
+        if retry_total is not None and (
+            isinstance(retry_total, bool) or not isinstance(retry_total, int) or retry_total < 0
+        ):
+            raise ConfigurationError(
+                f"retry_total must be a whole number of retries, 0 or more, got {retry_total!r}"
+            )
         if management_url is not None:
             parts = urlsplit(management_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -169,7 +178,7 @@ class ClientSettings:
             if parsed.emulator and management_url is None:
                 host = urlsplit(f"sb://{parsed.host}").hostname or "localhost"
                 management_url = f"http://{host}:{EMULATOR_MANAGEMENT_PORT}"
-            return cls(connection_string.strip(), None, None, management_url)
+            return cls(connection_string.strip(), None, None, management_url, retry_total)
         if not fully_qualified_namespace:
             raise ConfigurationError(
                 "backend 'azure' needs a namespace: pass connection_string (or set "
@@ -187,7 +196,7 @@ class ClientSettings:
             )
         if credential is None:
             credential = default_credential()
-        return cls(None, namespace, credential, management_url)
+        return cls(None, namespace, credential, management_url, retry_total)
 
     def secrets(self) -> tuple[str, ...]:
         """The strings to keep out of every message and log line."""
@@ -203,16 +212,21 @@ class ClientSettings:
             return parse_connection_string(self.connection_string).host
         return str(self.fully_qualified_namespace)
 
+    def _retry_kwargs(self) -> dict[str, Any]:
+        return {} if self.retry_total is None else {"retry_total": self.retry_total}
+
     def _management_kwargs(self) -> dict[str, Any]:
-        if self.management_url is None:
-            return {}
-        return {"transport": RedirectingTransport(self.management_url)}
+        kwargs = self._retry_kwargs()
+        if self.management_url is not None:
+            kwargs["transport"] = RedirectingTransport(self.management_url)
+        return kwargs
 
     def data_client(self) -> ServiceBusClient:
         """A new data-plane client (AMQP)."""
+        kwargs = self._retry_kwargs()
         if self.connection_string:
-            return ServiceBusClient.from_connection_string(self.connection_string)
-        return ServiceBusClient(str(self.fully_qualified_namespace), self.credential)
+            return ServiceBusClient.from_connection_string(self.connection_string, **kwargs)
+        return ServiceBusClient(str(self.fully_qualified_namespace), self.credential, **kwargs)
 
     def admin_client(self) -> ServiceBusAdministrationClient:
         """A new administration client (ATOM over HTTP)."""

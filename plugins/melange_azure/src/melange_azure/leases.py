@@ -24,7 +24,7 @@ from melange_azure.receipts import AzureReceipt
 logger = logging.getLogger(__name__)
 
 RENEW_AHEAD = 1.0
-"""Seconds before a lock runs out that the keeper renews it (at most a third of the lock)."""
+"""Seconds before a lock runs out that the keeper renews it (locks last 5 s at least)."""
 
 
 class LeaseKeeper:
@@ -50,6 +50,7 @@ class LeaseKeeper:
     def hold(self, receipt: AzureReceipt, seconds: float) -> None:
         """Keep ``receipt``'s message locked for ``seconds`` from now, then abandon it."""
         deadline = time.monotonic() + seconds
+        logger.debug("holding a message for %.3f s", seconds)
         with self._condition:
             self._held[id(receipt)] = (receipt, deadline)
             if self._thread is None and not self._stopped:
@@ -86,7 +87,7 @@ class LeaseKeeper:
         if until is None:
             return time.monotonic()
         left = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-        return time.monotonic() + left - min(RENEW_AHEAD, max(left, 0.0) / 3)
+        return time.monotonic() + left - RENEW_AHEAD
 
     def _due(self) -> tuple[list[AzureReceipt], list[AzureReceipt], float]:
         """Split held messages into those to release and to renew now; return the next wake."""
@@ -115,6 +116,9 @@ class LeaseKeeper:
                     self._condition.wait(max(0.0, wake - time.monotonic()))
                     continue
             for receipt in release:
+                if self.holds(receipt):
+                    continue  # held again meanwhile, with a later deadline
+                logger.debug("releasing a held message at its deadline")
                 try:
                     self._release(receipt)
                 except Exception:  # the lock runs out instead: Service Bus redelivers

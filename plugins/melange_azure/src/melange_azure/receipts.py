@@ -16,10 +16,12 @@ is closed, which frees the session and lets the next receive accept another.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +45,37 @@ class Receiver:
         self.sessions = sessions
         self.lock = threading.RLock()
         self.unsettled = 0
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self.broken = False
         self.closed = False
 
     def __repr__(self) -> str:
         kind = "session receiver" if self.sessions else "receiver"
         return f"<{kind} of {self.queue_name!r} unsettled={self.unsettled}>"
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold :attr:`lock` for a settlement or renewal, ahead of the next receive slice.
+
+        Python's locks are not fair: a thread receiving in slices would take the
+        lock straight back. Receivers yield while someone waits here
+        (:meth:`yield_to_settlements`).
+        """
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    def yield_to_settlements(self, limit: float = 1.0) -> None:
+        """Wait (without the lock) while settlements wait for it, at most ``limit`` seconds."""
+        deadline = time.monotonic() + limit
+        while self._waiting and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def settled(self, count: int = 1) -> None:
         """Count ``count`` of its messages as settled (call with :attr:`lock` held)."""
@@ -63,6 +90,16 @@ class Receiver:
             self.handle.close()
         except Exception:  # closing must not fail the caller; the link dies with it anyway
             logger.debug("closing a receiver of %r failed", self.queue_name, exc_info=True)
+
+
+def close_in_background(receiver: Receiver) -> None:
+    """Close a receiver in a daemon thread: the SDK takes up to a second to close a link."""
+
+    def close() -> None:
+        with receiver.lock:
+            receiver.close()
+
+    threading.Thread(target=close, name="melange-azure-close", daemon=True).start()
 
 
 @dataclass(eq=False)
@@ -147,8 +184,7 @@ class ReceiverPool:
                 self._free.append(receiver)
                 drop = False
         if drop:
-            with receiver.lock:
-                receiver.close()
+            close_in_background(receiver)
 
     def discard(self, receiver: Receiver) -> None:
         """Close a receiver that is done (a drained session) and forget it."""
@@ -157,14 +193,11 @@ class ReceiverPool:
                 self._all.remove(receiver)
             if receiver in self._free:
                 self._free.remove(receiver)
-        with receiver.lock:
-            receiver.close()
+        close_in_background(receiver)
 
-    def close(self) -> None:
-        """Close every receiver of the pool."""
+    def close(self) -> list[Receiver]:
+        """Mark the pool closed and hand over its receivers, for the caller to close."""
         with self._lock:
             self.closed = True
             receivers, self._all, self._free = self._all, [], []
-        for receiver in receivers:
-            with receiver.lock:
-                receiver.close()
+        return receivers

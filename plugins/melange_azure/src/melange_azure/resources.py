@@ -137,6 +137,7 @@ class Topology:
         self._admin = admin
         self._fail = fail
         self._behaviours: dict[str, tuple[float, QueueBehaviour]] = {}
+        self._topics: dict[str, float] = {}
         self._lock = threading.Lock()
 
     # --------------------------------------------------------------- queues
@@ -316,10 +317,30 @@ class Topology:
         try:
             props = self._admin.get_topic(name)
         except ResourceNotFoundError:
+            self.forget_topic(name)
             return None
         except AzureError as error:
             self._fail(error, f"read topic {name!r}", topic=name)
+        self._remember_topic(name)
         return TopicSpec(str(props.name), fifo=bool(props.requires_duplicate_detection))
+
+    def _remember_topic(self, name: str) -> None:
+        with self._lock:
+            self._topics[name.lower()] = time.monotonic() + BEHAVIOUR_TTL
+
+    def forget_topic(self, name: str) -> None:
+        """Drop the cached knowledge that the topic exists."""
+        with self._lock:
+            self._topics.pop(name.lower(), None)
+
+    def require_topic(self, name: str) -> None:
+        """Raise TopicNotFound unless the topic exists (known for a while, or read now)."""
+        with self._lock:
+            known = self._topics.get(name.lower())
+        if known is not None and time.monotonic() < known:
+            return
+        if self.get_topic(name) is None:
+            raise TopicNotFound(name)
 
     def declare_topic(self, spec: TopicSpec) -> None:
         """Create the topic if it does not exist; refuse one of the other kind."""
@@ -338,6 +359,7 @@ class Topology:
                 self._fail(error, f"create topic {spec.name!r}", topic=spec.name)
             else:
                 logger.debug("created topic %r", spec.name)
+                self._remember_topic(spec.name)
                 return
         if current is not None and current.fifo != spec.fifo:
             raise ImmutableSettingError(
@@ -346,6 +368,7 @@ class Topology:
 
     def delete_topic(self, name: str) -> None:
         """Delete the topic and its subscriptions; TopicNotFound if it does not exist."""
+        self.forget_topic(name)
         try:
             self._admin.delete_topic(name)
         except ResourceNotFoundError:

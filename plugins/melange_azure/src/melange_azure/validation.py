@@ -13,7 +13,10 @@ from typing import Literal
 from melange.backends.base import OutgoingMessage
 from melange.exceptions import InvalidMessage, InvalidTopology
 from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
-from melange_azure.wire import MAX_ATTRIBUTE_BYTES, MAX_ID_LENGTH
+from melange_azure.wire import DEAD_LETTER_PROPERTIES, MAX_ATTRIBUTE_BYTES, MAX_ID_LENGTH
+
+MAX_PROPERTY_BYTES = 32_768
+"""Bytes of one message property (name and value) Service Bus accepts: 32 KB."""
 
 MIN_LOCK_DURATION = 5.0
 """Shortest lock duration Service Bus accepts, in seconds (a shorter visibility timeout
@@ -98,6 +101,18 @@ def check_message(message: OutgoingMessage) -> None:
         _check_id("group_id (the session id)", message.group_id)
     if message.dedup_id is not None:
         _check_id("dedup_id (the message id)", message.dedup_id)
+    reserved = DEAD_LETTER_PROPERTIES.intersection(message.attributes)
+    if reserved:
+        raise InvalidMessage(
+            f"attribute {sorted(reserved)[0]!r} is reserved: Service Bus sets it on messages it "
+            "dead-letters, so melange does not deliver it as an attribute. Rename it"
+        )
+    for key, value in message.attributes.items():
+        if len(key.encode()) + len(value.encode()) > MAX_PROPERTY_BYTES:
+            raise InvalidMessage(
+                f"attribute {key!r} takes more than {MAX_PROPERTY_BYTES} bytes, Service Bus's "
+                "limit for one message property. Move large values into the body"
+            )
     attribute_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in message.attributes.items())
     if attribute_bytes > MAX_ATTRIBUTE_BYTES:
         raise InvalidMessage(

@@ -111,9 +111,21 @@ def body_bytes(message: ServiceBusReceivedMessage) -> bytes:
         return _text(body).encode()
 
 
+DEAD_LETTER_PROPERTIES = frozenset({"DeadLetterReason", "DeadLetterErrorDescription"})
+"""Application properties Service Bus adds when it dead-letters a message; not attributes."""
+
+
 def attributes_of(properties: Mapping[Any, Any] | None) -> dict[str, str]:
-    """Application properties as ``str`` to ``str``; other producers' values become text."""
-    return {_text(key): _text(value) for key, value in (properties or {}).items()}
+    """Application properties as ``str`` to ``str``; other producers' values become text.
+
+    The properties Service Bus adds to a dead-lettered message (its reason and
+    description) are left out, so a message reaches the dead-letter queue with
+    the attributes it was sent with.
+    """
+    attributes = {_text(key): _text(value) for key, value in (properties or {}).items()}
+    for name in DEAD_LETTER_PROPERTIES:
+        attributes.pop(name, None)
+    return attributes
 
 
 def from_service_bus(message: ServiceBusReceivedMessage) -> Decoded:

@@ -5,20 +5,48 @@ thread and this module's :class:`Broker` handles its events. Everything the brok
 owns (message boxes, locks, links) is touched on that thread only; the shared
 :class:`~.namespace.Namespace` is read under its lock.
 
-What it serves (for an ``UseDevelopmentEmulator=true`` connection string, so plain
-TCP and SASL ANONYMOUS): CBS ``put-token`` with the SAS signature checked, sender
-links (single and batched transfers), receiver links in peek-lock and
-receive-and-delete, settlement confirmed with the outcome the SDK awaits, lock
-expiry, dead-lettering, sessions, and the ``$management`` operations of
-:mod:`.amqp_management`. Routing rules live in :mod:`.amqp_router`.
+Covered, for a ``UseDevelopmentEmulator=true`` connection string (plain TCP, SASL
+ANONYMOUS), as the azure-servicebus SDK and the backend use it:
+
+- CBS ``put-token`` on ``$cbs``: the SAS signature, key name and expiry are checked
+  (401 otherwise); links are refused (``amqp:unauthorized-access``) without a token
+  for their entity;
+- sender links to queues and topics: single and batched transfers (format
+  0x80013700), 256 KB standard-tier size limit, ``amqp:not-found`` for a missing
+  entity, a session-enabled queue refusing a message without a session id;
+- receiver links in peek-lock (lock token as delivery tag and annotations, header
+  delivery-count) and receive-and-delete; settlement confirmed with the outcome the
+  SDK awaits: complete, abandon, dead-letter, defer, release; a lost lock answers
+  ``com.microsoft:message-lock-lost``;
+- lock expiry and abandon count a delivery; after MaxDeliveryCount deliveries the
+  message is dead-lettered (MaxDeliveryCountExceeded) to ``<entity>/$DeadLetterQueue``
+  or forwarded to ForwardDeadLetteredMessagesTo; time to live (message or
+  DefaultMessageTimeToLive) drops or dead-letters (TTLExpiredException);
+- topics copy to each subscription with a matching rule (see :mod:`.amqp_filters`);
+  ForwardTo on subscriptions and queues (new sequence number, delivery count reset);
+- sessions: ``com.microsoft:session-filter`` with an id or next available (waiting
+  up to the link's ``com.microsoft:timeout``), one receiver per session, order kept
+  within a session, session lock expiry and renewal;
+- duplicate detection on the message id within the entity's window; scheduled
+  messages (annotation or ``schedule-message``), cancelling them;
+- ``$management``: renew-lock, renew-session-lock, peek-message, schedule-message,
+  cancel-scheduled-message, update-disposition, get/set-session-state.
+
+Not covered (the backend does not use them): transactions, deferred-message
+retrieval by sequence number, rule management over AMQP, partitioned entities,
+"Session ID is null" dead-lettering of forwarded messages, max forwarding hop
+dead-lettering (such messages are dropped and reported in :attr:`AMQPBroker.errors`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,16 +61,18 @@ from proton import (
     Handler,
     Link,
     Message,
+    Terminus,
     symbol,
     timestamp,
 )
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from . import amqp_management
-from .amqp_router import Address, BrokerError, Router
+from .amqp_router import Address, BrokerError, Router, clone, entity_path
 from .amqp_store import MessageBox, SessionLock, StoredMessage
 from .namespace import Namespace
 
+_LOG = logging.getLogger(__name__)
 # Standard tier limits: what the service advertises on sender links.
 MAX_MESSAGE_SIZE = 256 * 1024
 SESSION_FILTER = symbol("com.microsoft:session-filter")
@@ -84,12 +114,6 @@ class _ConnectionState:
     audiences: set[str] = field(default_factory=set)
 
 
-def _clone(message: Message) -> Message:
-    copy = Message()
-    copy.decode(message.encode())
-    return copy
-
-
 def _ticks(seconds: float) -> int:
     return int(seconds * 10_000_000) + DATETIMEOFFSET_EPOCH
 
@@ -128,7 +152,21 @@ def split_transfer(payload: bytes) -> list[Message]:
 
 
 def _looks_like_message(raw: bytes) -> bool:
-    return len(raw) > 3 and raw[0] == 0x00 and raw[1] == 0x53 and raw[2] in BATCH_SECTION_CODES
+    """Whether ``raw`` is entirely a sequence of AMQP message sections (0x70..0x78)."""
+    data = Data()
+    position = 0
+    try:
+        while position < len(raw):
+            if (
+                raw[position : position + 2] != b"\x00\x53"
+                or raw[position + 2] not in BATCH_SECTION_CODES
+            ):
+                return False
+            data.clear()
+            position += data.decode(raw[position:])
+    except Exception:  # proton raises several types for undecodable bytes
+        return False
+    return position == len(raw) and len(raw) > 0
 
 
 class Broker(Handler):
@@ -172,6 +210,7 @@ class Broker(Handler):
                     pending.link,
                     "com.microsoft:timeout",
                     "No session available to complete the request.",
+                    keep_terminus=True,
                 )
         if now - self._last_sweep > 1.0:
             self._last_sweep = now
@@ -252,11 +291,12 @@ class Broker(Handler):
             self._refuse(link, error.condition, error.description)
             return
         state: _ConnectionState = link.connection.sb_state
-        if not amqp_management.authorized(state.audiences, address.path):
+        requested = entity_path(address_text)
+        if not amqp_management.authorized(state.audiences, requested):
             self._refuse(
                 link,
                 "amqp:unauthorized-access",
-                f"Unauthorized access to '{address.path}': put a token on $cbs first.",
+                f"Unauthorized access to '{requested}': put a token on $cbs first.",
             )
             return
         link.sb_address = address
@@ -277,11 +317,19 @@ class Broker(Handler):
         if link.is_receiver:
             link.flow(INCOMING_CREDIT)
 
-    def _refuse(self, link: Link, condition: str, description: str) -> None:
-        """Attach then detach with an error: how the service turns a link down."""
+    def _refuse(
+        self, link: Link, condition: str, description: str, *, keep_terminus: bool = False
+    ) -> None:
+        """Attach then detach with an error: how the service turns a link down.
+
+        The attach carries no terminus for the entity, so the SDK never takes the link for
+        ready (and sends nothing on it) before it reads the detach and its error.
+        """
         if link.state & Endpoint.LOCAL_UNINIT:
+            if not keep_terminus:
+                (link.target if link.is_receiver else link.source).type = Terminus.UNSPECIFIED
             link.open()
-        link.condition = Condition(condition, description)
+        link.condition = error_condition(condition, description)
         link.close()
 
     def _attach_consumer(self, link: Link, address: Address) -> None:
@@ -300,6 +348,7 @@ class Broker(Handler):
                     "com.microsoft:session-cannot-be-locked",
                     f"The requested session '{requested}' cannot be accepted. It may be locked by "
                     "another receiver.",
+                    keep_terminus=True,
                 )
                 return
             self._lock_session(consumer, requested)
@@ -424,6 +473,8 @@ class Broker(Handler):
                 if stored is None:
                     consumers.remove(consumer)
                     continue
+                if self.router.expired(box, stored, time.time()):
+                    continue
                 self._deliver(consumer, stored)
             # Rotate so concurrent consumers share the messages.
             if consumers:
@@ -439,10 +490,8 @@ class Broker(Handler):
             until = box.session_locks[consumer.session_id].locked_until
         else:
             until = now + box.entity.lock_duration.total_seconds()
-        if consumer.receive_and_delete:
-            token = uuid.uuid4()
-        else:
-            token = box.lock(stored, link, until)
+        # receive-and-delete: the message is gone once sent, so nothing to lock.
+        token = uuid.uuid4() if consumer.receive_and_delete else box.lock(stored, link, until)
         message = stored.message
         annotations = dict(message.annotations or {})
         annotations[symbol("x-opt-sequence-number")] = stored.sequence_number
@@ -460,7 +509,7 @@ class Broker(Handler):
             delivery.settle()
 
     def encode_for_peek(self, stored: StoredMessage) -> bytes:
-        message = _clone(stored.message)
+        message = clone(stored.message)
         annotations = dict(message.annotations or {})
         annotations[symbol("x-opt-sequence-number")] = stored.sequence_number
         annotations[symbol("x-opt-enqueued-time")] = timestamp(int(stored.enqueued_time * 1000))
@@ -469,7 +518,7 @@ class Broker(Handler):
         return encode_with_header(message, stored.delivery_count)
 
     def encode_scheduled(self, sequence_number: int, message: Message) -> bytes:
-        copy = _clone(message)
+        copy = clone(message)
         annotations = dict(copy.annotations or {})
         annotations[symbol("x-opt-sequence-number")] = sequence_number
         annotations[symbol("x-opt-message-state")] = 2
@@ -511,13 +560,15 @@ class Broker(Handler):
                         f"The received message (size {len(payload)} bytes) exceeds the limit "
                         f"({MAX_MESSAGE_SIZE} bytes) currently allowed on the link.",
                     )
-                address: Address = link.sb_address
+                address: Address | None = getattr(link, "sb_address", None)
+                if address is None:  # a transfer on a link we are refusing
+                    raise BrokerError("amqp:not-found", "The link was refused.", 404)
                 with self.namespace.lock:
                     for message in split_transfer(payload):
                         self.router.send(address, message)
             delivery.update(Delivery.ACCEPTED)
         except BrokerError as error:
-            delivery.local.condition = Condition(error.condition, error.description)
+            delivery.local.condition = error_condition(error.condition, error.description)
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
@@ -553,7 +604,7 @@ class Broker(Handler):
     def _disposition(self, delivery: Delivery) -> None:
         token: uuid.UUID | None = getattr(delivery, "sb_token", None)
         box: MessageBox | None = getattr(delivery, "sb_box", None)
-        if token is None or box is None or delivery.settled and delivery.remote_state == 0:
+        if token is None or box is None or (delivery.settled and delivery.remote_state == 0):
             delivery.settle()
             return
         state = delivery.remote_state
@@ -582,7 +633,7 @@ class Broker(Handler):
                     delivery.local.undeliverable = delivery.remote.undeliverable
                 delivery.update(state)
             else:
-                delivery.local.condition = Condition(*LOCK_LOST)
+                delivery.local.condition = error_condition(*LOCK_LOST)
                 delivery.update(Delivery.REJECTED)
         delivery.settle()
 
@@ -632,6 +683,11 @@ class Broker(Handler):
         return lock.locked_until
 
 
+def error_condition(name: str, description: str) -> Condition:
+    """An AMQP error with an info map: the SDK reads all three fields of a rejected outcome."""
+    return Condition(name, description, {symbol("com.microsoft:tracking-id"): str(uuid.uuid4())})
+
+
 def encode_with_header(message: Message, delivery_count: int) -> bytes:
     """Encode with a header that always carries delivery-count, as the service sends it.
 
@@ -664,6 +720,25 @@ def encode_with_header(message: Message, delivery_count: int) -> bytes:
     out.exit()
     out.exit()
     return bytes(out.encode()) + rest
+
+
+def _guarded(method: Callable[[Broker, Event], None]) -> Callable[[Broker, Event], None]:
+    """Keep the reactor alive on a bug, and record it so the test run fails instead of hanging."""
+
+    @functools.wraps(method)
+    def guarded(self: Broker, event: Event) -> None:
+        try:
+            method(self, event)
+        except Exception as error:
+            _LOG.exception("the AMQP stand-in failed in %s", method.__name__)
+            self.router.errors.append(f"{method.__name__}: {error!r}")
+
+    return guarded
+
+
+for _name, _method in list(vars(Broker).items()):
+    if _name.startswith("on_") and callable(_method):
+        setattr(Broker, _name, _guarded(_method))
 
 
 def _decode(payload: bytes) -> Message:

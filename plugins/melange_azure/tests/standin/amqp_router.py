@@ -7,7 +7,6 @@ through the management stand-in apply at once, as on the service.
 
 from __future__ import annotations
 
-import copy
 import heapq
 import itertools
 import time
@@ -19,7 +18,7 @@ from proton import Message, symbol
 
 from . import amqp_filters
 from .amqp_store import MessageBox, StoredMessage
-from .namespace import Entity, Namespace, Queue, Subscription, Topic
+from .namespace import Entity, Namespace, Queue, Subscription, Topic, parse_duration
 
 DEAD_LETTER_SUFFIX = "$DeadLetterQueue"
 MANAGEMENT_NODE = "$management"
@@ -45,6 +44,13 @@ def not_found(path: str) -> BrokerError:
     return BrokerError(
         "amqp:not-found", f"The messaging entity '{path}' could not be found.", status=404
     )
+
+
+def clone(message: Message) -> Message:
+    """An independent copy (each subscription gets its own message)."""
+    copy = Message()
+    copy.decode(message.encode())
+    return copy
 
 
 @dataclass
@@ -236,9 +242,9 @@ class Router:
                 continue
             sub_address = Address("subscription", sub, f"{topic.name}/Subscriptions/{sub.name}")
             if sub.forward_to:
-                self._forward(sub.forward_to, copy.deepcopy(message), hops)
+                self._forward(sub.forward_to, clone(message), hops)
             else:
-                self._store(self.box(sub_address), copy.deepcopy(message))
+                self._store(self.box(sub_address), clone(message))
 
     def _passes(self, topic: str, sub: Subscription, properties: dict[str, object]) -> bool:
         with self.namespace.lock:
@@ -247,7 +253,7 @@ class Router:
             return any(amqp_filters.matches(e, properties) for e in expressions)
         except amqp_filters.UnsupportedFilterError as error:
             self.errors.append(f"{topic}/Subscriptions/{sub.name}: {error}")
-            raise BrokerError("amqp:internal-error", str(error), status=500) from error
+            raise BrokerError("amqp:not-implemented", str(error), status=501) from error
 
     def _forward(self, target: str, message: Message, hops: int) -> None:
         if hops >= MAX_FORWARD_HOPS:
@@ -285,6 +291,26 @@ class Router:
         return False
 
     # -- failures --------------------------------------------------------------------------
+
+    def expired(self, box: MessageBox, stored: StoredMessage, now: float) -> bool:
+        """Drop (or dead-letter) a message past its time to live; ``True`` if it was.
+
+        The time to live is the message's, capped by the entity's DefaultMessageTimeToLive;
+        a dead-letter queue does not observe it.
+        """
+        if box.path.endswith(DEAD_LETTER_SUFFIX):
+            return False
+        default = parse_duration(
+            box.entity.description.get("DefaultMessageTimeToLive") or "P10675199D"
+        ).total_seconds()
+        ttl = min(stored.message.ttl or default, default)
+        if stored.enqueued_time + ttl > now:
+            return False
+        if box.entity.description.get("DeadLetteringOnMessageExpiration", "").lower() == "true":
+            self.dead_letter(
+                box, stored, "TTLExpiredException", "The message expired and was dead lettered."
+            )
+        return True
 
     def delivery_failed(self, box: MessageBox, stored: StoredMessage) -> None:
         """Abandon or lock loss: count the attempt, then redeliver or dead-letter."""
