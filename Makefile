@@ -23,8 +23,9 @@ install: $(VENV)/.installed  ## Create .venv with melange, the example plugin an
 demo: install  ## Run the payments demo on the embedded memory backend.
 	$(RUN)/melange demo
 
+# Two pytest-xdist workers: the tests mostly wait on brokers. One process: add `-p no:xdist`.
 test: install lint  ## The whole suite: lint, type check, tests (with the conformance report).
-	$(RUN)/pytest --melange-report=build/conformance
+	$(RUN)/pytest -n 2 --melange-report=build/conformance
 
 test-localstack: install  ## The localsqs tests against LocalStack run natively (no Docker; needs Python >= 3.13).
 	plugins/melange_localsqs/scripts/localstack.sh run $(RUN)/pytest plugins/melange_localsqs/tests -k "LocalStack or localstack" --melange-report=build/conformance-localstack

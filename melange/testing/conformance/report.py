@@ -13,6 +13,12 @@ capabilities it required, the skip or xfail reason and its duration.
 The plugin also registers the ``melange_requires`` marker, so a plugin's own
 test suite can run with ``--strict-markers`` without declaring it. Without the
 option or the environment variable it records nothing and writes nothing.
+
+It works the same with pytest-xdist (``-n``): the process that runs a test
+attaches what the report needs (name, required capabilities, collection
+position, backend) to the test's reports as plain JSON, which xdist carries to
+the controller; the controller, which sees reports but no test items, writes
+the files, in collection order as a run without xdist does.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import importlib.metadata
 import json
 import os
 from collections import Counter
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +49,11 @@ OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 
 BACKEND_INFO = pytest.StashKey[dict[str, Any]]()
 """Where the suite's autouse fixture leaves :func:`describe_backend` for the running test."""
+
+REPORT_ATTRIBUTE = "melange_conformance"
+"""Attribute of a conformance test's reports holding what the recorder needs (plain JSON)."""
+
+_COLLECTION_INDEX = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,8 +78,12 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{REQUIRES_MARKER}(*capabilities): the conformance test needs these backend capabilities",
     )
     directory = config.getoption("melange_report") or os.environ.get(REPORT_ENV)
-    # Only the process that runs the tests records (a pytest-xdist controller has no items).
-    if directory and not hasattr(config, "workerinput"):
+    if not directory:
+        return
+    # Whoever runs tests (a plain run, an xdist worker) labels their reports...
+    config.pluginmanager.register(_ReportLabeller(), "melange-conformance-labeller")
+    # ...and whoever sees every report (a plain run, the xdist controller) writes the files.
+    if not hasattr(config, "workerinput"):
         config.pluginmanager.register(ConformanceRecorder(Path(directory)), "melange-conformance")
 
 
@@ -146,11 +162,38 @@ def _skip_reason(report: pytest.TestReport) -> str | None:
     return None if longrepr is None else str(longrepr)
 
 
+class _ReportLabeller:
+    """Attaches :data:`REPORT_ATTRIBUTE` to the reports of conformance tests, where they run."""
+
+    @pytest.hookimpl(trylast=True)  # after deselection and any reordering
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for index, item in enumerate(items):
+            item.stash[_COLLECTION_INDEX] = index
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if _is_conformance_item(item):
+            label = {
+                "name": getattr(item, "originalname", item.name),
+                "requires": [
+                    str(arg) for mark in item.iter_markers(REQUIRES_MARKER) for arg in mark.args
+                ],
+                "index": item.stash.get(_COLLECTION_INDEX, None),
+                "backend": item.stash.get(BACKEND_INFO, None),
+            }
+            setattr(report, REPORT_ATTRIBUTE, label)
+        return report
+
+
 @dataclasses.dataclass
 class _TestRecord:
     nodeid: str
     name: str
     requires: list[str]
+    index: int | None = None
     outcome: str = "passed"
     reason: str | None = None
     duration: float = 0.0
@@ -168,33 +211,31 @@ class _TestRecord:
 
 
 class ConformanceRecorder:
-    """Collects the outcome of every conformance test and writes the reports at the end."""
+    """Collects the outcome of every conformance test and writes the reports at the end.
+
+    It reads test reports only (what an xdist controller receives), never test items.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.items: dict[str, pytest.Item] = {}
         self.records: dict[str, _TestRecord] = {}
         self.written: list[tuple[Path, str, Counter[str]]] = []
 
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Remember the conformance tests, to read their markers and stash later."""
-        self.items = {item.nodeid: item for item in items if _is_conformance_item(item)}
-
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Fold one phase (setup, call, teardown) into the test's record."""
-        item = self.items.get(report.nodeid)
-        if item is None:
-            return
+        label: dict[str, Any] | None = getattr(report, REPORT_ATTRIBUTE, None)
         record = self.records.get(report.nodeid)
         if record is None:
-            requires = [
-                str(arg) for mark in item.iter_markers(REQUIRES_MARKER) for arg in mark.args
-            ]
-            record = _TestRecord(report.nodeid, getattr(item, "originalname", item.name), requires)
+            if label is None:  # not a conformance test
+                return
+            record = _TestRecord(
+                report.nodeid, str(label["name"]), list(label["requires"]), label["index"]
+            )
             self.records[report.nodeid] = record
         record.duration += report.duration
-        if record.backend is None:
-            record.backend = item.stash.get(BACKEND_INFO, None)
+        # A report xdist makes up for a crashed worker has no label: it still fails the test.
+        if record.backend is None and label is not None:
+            record.backend = label["backend"]
         self._fold_outcome(record, report)
 
     @staticmethod
@@ -242,7 +283,12 @@ class ConformanceRecorder:
             if record.backend is not None:
                 class_backend.setdefault(_class_key(record.nodeid), record.backend)
         groups: dict[str, tuple[dict[str, Any], list[_TestRecord]]] = {}
-        for record in self.records.values():
+        # Collection order, whatever order (or xdist worker) the tests ran in.
+        in_order = sorted(
+            self.records.values(),
+            key=lambda record: -1 if record.index is None else record.index,
+        )
+        for record in in_order:
             key = _class_key(record.nodeid)
             backend = record.backend or class_backend.get(key)
             if backend is None:

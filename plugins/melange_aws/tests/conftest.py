@@ -8,14 +8,12 @@ only dummy AWS settings, so nothing from the machine's own AWS configuration
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 
-import moto.sqs.models
 import pytest
 from melange_aws import AWSBackend
+from melange_localsqs.testing import patch_moto_sqs
 from moto import mock_aws
-from moto.core import utils as moto_utils
 
 ACCESS_KEY_ID = "AKIAMELANGETESTKEY01"
 SECRET_ACCESS_KEY = "melange/test/SECRET+key/0123456789abcdefghij"
@@ -36,26 +34,16 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str])
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.path.join(tmp_path, "no-credentials"))
 
 
-def _unix_time(dt: object = None) -> float:
-    return time.time() if dt is None else float(moto_utils.unix_time(dt))
-
-
-def _unix_time_millis(dt: object = None) -> float:
-    return _unix_time(dt) * 1000.0
-
-
 @pytest.fixture
-def mocked_aws(aws_environment: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def mocked_aws(aws_environment: None) -> Iterator[None]:
     """Moto's in-process mock of every AWS service, fresh for the test.
 
-    moto's SQS reads the clock through datetime arithmetic for every message of
-    the queue on every call (it recomputes all queue attributes per message), so
-    a 1,000-message queue takes ~50 s to fill and drain. The same clock read
-    with ``time.time()`` gives the same values about 20 times faster; nothing
-    else of moto is changed.
+    moto's SQS is made fast and safe under concurrent calls first (its clock read
+    with ``time.time()``; receive and delete under the queue's lock, as its send
+    already is): see :func:`melange_localsqs.testing.patch_moto_sqs`. Nothing of
+    what moto answers changes.
     """
-    monkeypatch.setattr(moto.sqs.models, "unix_time", _unix_time)
-    monkeypatch.setattr(moto.sqs.models, "unix_time_millis", _unix_time_millis)
+    patch_moto_sqs()
     with mock_aws():
         yield
 

@@ -28,11 +28,13 @@ SECRET_ACCESS_KEY = "explicit/SECRET+key/abcdefghij0123456789"
 SESSION_TOKEN = "FwoGZXIvYXdzEJr//////////wEaDMELANGETOKEN+secret/part=="
 
 
-def test_with_no_option_the_environment_decides(aws_environment: None) -> None:
+def test_with_no_option_the_environment_decides(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Region and endpoints come from AWS_* variables, as in any boto3 program."""
-    os.environ["AWS_DEFAULT_REGION"] = "eu-west-3"
-    os.environ["AWS_ENDPOINT_URL"] = "http://localhost:4566"
-    os.environ["AWS_ENDPOINT_URL_SNS"] = "http://localhost:9911"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://localhost:4566")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", "http://localhost:9911")
     with AWSBackend() as backend:
         assert backend.region_name == "eu-west-3"
         assert backend.sqs_client.meta.endpoint_url == "http://localhost:4566"
@@ -46,9 +48,11 @@ def test_without_endpoint_settings_the_public_endpoints_are_used(aws_environment
         assert backend.sns_client.meta.endpoint_url == "https://sns.eu-central-1.amazonaws.com"
 
 
-def test_options_override_the_environment(aws_environment: None) -> None:
+def test_options_override_the_environment(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """endpoint_url serves both services unless a service endpoint is given."""
-    os.environ["AWS_ENDPOINT_URL"] = "http://localhost:4566"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://localhost:4566")
     with AWSBackend(
         region_name="ap-south-1",
         endpoint_url="http://127.0.0.1:5000",
@@ -73,15 +77,17 @@ def test_retries_are_botocore_standard_mode(aws_environment: None) -> None:
         assert backend.sqs_client.meta.config.retries == {"mode": "standard"}
 
 
-def test_a_profile_supplies_region_and_credentials(aws_environment: None, tmp_path: Path) -> None:
+def test_a_profile_supplies_region_and_credentials(
+    aws_environment: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """profile_name reads ~/.aws-style files (here AWS_CONFIG_FILE)."""
     config = tmp_path / "config"
     config.write_text(
         "[profile melange]\nregion = sa-east-1\n"
         "aws_access_key_id = AKIAPROFILEKEY000001\naws_secret_access_key = profile-secret\n"
     )
-    os.environ["AWS_CONFIG_FILE"] = str(config)
-    del os.environ["AWS_DEFAULT_REGION"]
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
     with AWSBackend(profile_name="melange") as backend:
         assert backend.region_name == "sa-east-1"
         credentials = backend._session.get_credentials()
@@ -216,9 +222,11 @@ def test_subclasses_make_extra_clients_with_the_backend_session(aws_environment:
         plain.close()
 
 
-def test_no_region_anywhere_is_a_configuration_error(aws_environment: None) -> None:
+def test_no_region_anywhere_is_a_configuration_error(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without a region the error says where to set one."""
-    del os.environ["AWS_DEFAULT_REGION"]
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
     with pytest.raises(ConfigurationError, match="AWS_REGION"):
         AWSBackend()
 
@@ -244,7 +252,10 @@ def test_the_backend_is_found_by_name(
 # ------------------------------------------------------------------ credentials
 @pytest.mark.parametrize("source", ["options", "environment"])
 def test_credentials_never_appear_in_repr_errors_or_logs(
-    aws_environment: None, caplog: pytest.LogCaptureFixture, source: str
+    aws_environment: None,
+    caplog: pytest.LogCaptureFixture,
+    source: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Keys, from options or the environment, stay out of repr, errors, tracebacks and logs."""
     caplog.set_level(logging.DEBUG)
@@ -256,7 +267,7 @@ def test_credentials_never_appear_in_repr_errors_or_logs(
         )
         secrets = (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN)
     else:
-        os.environ["AWS_SESSION_TOKEN"] = SESSION_TOKEN
+        monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
         backend = AWSBackend()
         secrets = (
             os.environ["AWS_ACCESS_KEY_ID"],

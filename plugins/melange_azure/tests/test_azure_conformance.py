@@ -29,14 +29,6 @@ KNOWN_DEVIATIONS: dict[str, str] = {
         "hold one body section, so of several data sections only the last is delivered; Service "
         "Bus keeps every section"
     ),
-    "test_delayed_messages_wait_for_their_delay": (
-        "azure-servicebus opens every sender and receiver link with its own connection, "
-        "polling the handshake with 50 ms sleeps (ServiceBusSender/Receiver._open): about 0.45 s "
-        "per link. The test publishes to a second queue and opens a receiver before it checks "
-        "the first queue, about 1 s after the first message was scheduled 1 s ahead, so the "
-        "scheduled message is already due. Delays themselves are honoured: see "
-        "test_azure_data.py::test_delays_hold_messages_back"
-    ),
 }
 """Conformance tests expected to fail, by test id, each with the reason."""
 

@@ -14,18 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 from melange_azure import AzureServiceBusBackend
-from test_azure_conformance import KNOWN_DEVIATIONS
 
 from melange.testing.conformance import BackendSpec, ConformanceSuite
 from melange.testing.conformance._support import DeliveryGuarantee
 
 LIVE_CONNECTION_ENV = "MELANGE_AZURE_CONNECTION_STRING"
 
-LIVE_DEVIATIONS: dict[str, str] = {
-    "test_delayed_messages_wait_for_their_delay": KNOWN_DEVIATIONS[
-        "test_delayed_messages_wait_for_their_delay"
-    ],
-}
+LIVE_DEVIATIONS: dict[str, str] = {}
 """Conformance tests expected to fail on the real service, each with the reason."""
 
 

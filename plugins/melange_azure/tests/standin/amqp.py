@@ -35,7 +35,7 @@ ANONYMOUS), as the azure-servicebus SDK and the backend use it:
 Not covered (the backend does not use them): transactions, deferred-message
 retrieval by sequence number, rule management over AMQP, partitioned entities,
 "Session ID is null" dead-lettering of forwarded messages, max forwarding hop
-dead-lettering (such messages are dropped and reported in :attr:`AMQPBroker.errors`).
+dead-lettering (such messages are dropped and listed in :attr:`AMQPBroker.dropped`).
 """
 
 from __future__ import annotations
@@ -788,6 +788,11 @@ class AMQPBroker:
     def errors(self) -> list[str]:
         """Problems a test should fail on (e.g. a SQL filter outside the supported subset)."""
         return self.broker.router.errors
+
+    @property
+    def dropped(self) -> list[str]:
+        """Messages dropped where the service would dead-letter or discard them."""
+        return self.broker.router.dropped
 
     def start(self) -> None:
         if self.port == 0:

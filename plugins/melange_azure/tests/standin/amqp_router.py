@@ -105,7 +105,10 @@ class Router:
         self.namespace = namespace
         self.boxes: dict[str, MessageBox] = {}
         self.errors: list[str] = []
-        """Problems a test should see (e.g. a filter the stand-in cannot evaluate)."""
+        """Bugs a test must fail on (e.g. a filter the stand-in cannot evaluate)."""
+        self.dropped: list[str] = []
+        """Messages dropped where the service would dead-letter or discard them (e.g. a
+        forward to an entity deleted meanwhile); expected in tests that delete entities."""
         self._on_available = on_available
         self._sequence = itertools.count(1)
         self._seen_ids: dict[str, dict[str, float]] = {}
@@ -219,7 +222,7 @@ class Router:
             try:
                 self._enter(self.resolve(item.target), item.message, hops=0)
             except BrokerError as error:
-                self.errors.append(f"scheduled message for {item.target!r} dropped: {error}")
+                self.dropped.append(f"scheduled message for {item.target!r} dropped: {error}")
 
     def _enter(self, address: Address, message: Message, hops: int) -> None:
         """A message arrives at a queue or topic (sent, forwarded or released from schedule)."""
@@ -257,12 +260,12 @@ class Router:
 
     def _forward(self, target: str, message: Message, hops: int) -> None:
         if hops >= MAX_FORWARD_HOPS:
-            self.errors.append(f"forwarding to {target!r} stopped after {hops} hops")
+            self.dropped.append(f"forwarding to {target!r} stopped after {hops} hops")
             return
         try:
             address = self.resolve(target)
         except BrokerError:
-            self.errors.append(f"forwarding target {target!r} does not exist; message dropped")
+            self.dropped.append(f"forwarding target {target!r} does not exist; message dropped")
             return
         self._enter(address, message, hops + 1)
 

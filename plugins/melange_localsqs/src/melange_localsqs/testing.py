@@ -11,6 +11,9 @@ over real HTTP without Docker or an AWS account::
         backend = LocalSQSBackend(endpoint_url=server.endpoint_url)
         ...
 
+``MotoServer(patch_sqs=True)`` runs the server with :func:`patch_moto_sqs`: faster
+SQS, and safe under concurrent calls.
+
 It needs moto with its server extras (``pip install "moto[server]"``) and a
 POSIX system (Linux, macOS): the server runs in its own process group.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import importlib.util
 import os
 import signal
@@ -31,10 +35,17 @@ import time
 import urllib.error
 import urllib.request
 from types import TracebackType
+from typing import Any
 
 from melange.exceptions import MelangeError
 
-__all__ = ["LOCALSTACK_ENDPOINT_ENV", "MotoServer", "MotoServerError", "port_in_use"]
+__all__ = [
+    "LOCALSTACK_ENDPOINT_ENV",
+    "MotoServer",
+    "MotoServerError",
+    "patch_moto_sqs",
+    "port_in_use",
+]
 
 INSTALL_HINT = 'pip install "moto[server]"'
 """The command that installs what :class:`MotoServer` runs."""
@@ -63,6 +74,70 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+PATCHED_SERVER = """\
+import sys
+from melange_localsqs.testing import patch_moto_sqs
+patch_moto_sqs()
+from moto.server import main
+main(sys.argv[1:])
+"""
+"""``python -c`` program: moto's server with :func:`patch_moto_sqs` applied."""
+
+
+def patch_moto_sqs() -> None:
+    """Make moto's SQS in this process fast and safe under concurrent calls; idempotent.
+
+    Two changes, neither of what moto answers, only of how fast and how safely:
+
+    - Its clock is read with ``time.time()`` instead of datetime arithmetic
+      (the same values). moto recomputes every queue attribute, each a pass over
+      all messages reading the clock per message, for every message it sends or
+      receives: a 1,000-message queue takes ~60 s to fill and drain, ~6 s after.
+    - Receiving and deleting take the queue's own lock, which moto's send already
+      takes. Without it, a delete (which rebuilds the queue's message list without
+      the lock) can drop messages a concurrent send appends, and a concurrent
+      delete can bring deleted messages back; concurrent receives fail with
+      ``RuntimeError: Set changed size during iteration``. Real SQS does none of that.
+
+    Raises:
+        MotoServerError: moto is not installed.
+    """
+    try:
+        import moto.sqs.models as sqs_models
+        from moto.core import utils as moto_utils
+    except ImportError as error:
+        raise MotoServerError(f"moto is not installed; install it with `{INSTALL_HINT}`") from error
+    if getattr(sqs_models, "_melange_patched", False):
+        return
+
+    def unix_time(dt: Any = None) -> float:
+        return time.time() if dt is None else float(moto_utils.unix_time(dt))
+
+    def unix_time_millis(dt: Any = None) -> float:
+        return unix_time(dt) * 1000.0
+
+    sqs_models.unix_time = unix_time  # type: ignore[attr-defined]
+    sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
+
+    queue_delete = sqs_models.Queue.delete_message
+    backend_receive = sqs_models.SQSBackend.receive_message
+
+    @functools.wraps(queue_delete)
+    def delete_message(self: Any, receipt_handle: str) -> None:
+        with self._messages_lock:
+            queue_delete(self, receipt_handle)
+
+    @functools.wraps(backend_receive)
+    def receive_message(self: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+        # A long poll waits on this same (reentrant) lock's condition, which releases it.
+        with self.get_queue(queue_name)._messages_lock:
+            return backend_receive(self, queue_name, *args, **kwargs)
+
+    sqs_models.Queue.delete_message = delete_message  # type: ignore[method-assign]
+    sqs_models.SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+    sqs_models._melange_patched = True  # type: ignore[attr-defined]
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -79,11 +154,16 @@ class MotoServer:
         host: The address to bind.
         startup_timeout: Seconds to wait for the server to answer HTTP.
         python: The interpreter that runs moto; the current one by default.
+        patch_sqs: Run the server with :func:`patch_moto_sqs` applied: queues of
+            hundreds of messages fill and drain about ten times faster, and
+            concurrent sends, receives and deletes lose nothing. Off by
+            default: the plain ``python -m moto.server``.
 
     Attributes:
         host: The bound address.
         startup_timeout: Seconds :meth:`start` waits for the first HTTP answer.
         python: The interpreter that runs moto.
+        patch_sqs: Whether the server runs with :func:`patch_moto_sqs` applied.
 
     Raises:
         MotoServerError: From :meth:`start`: moto is not installed, the port is
@@ -98,10 +178,12 @@ class MotoServer:
         host: str = "127.0.0.1",
         startup_timeout: float = 20.0,
         python: str = sys.executable,
+        patch_sqs: bool = False,
     ) -> None:
         self.host = host
         self.startup_timeout = startup_timeout
         self.python = python
+        self.patch_sqs = patch_sqs
         self._requested_port = port
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -166,7 +248,7 @@ class MotoServer:
         env = dict(os.environ, MOTO_PORT=str(port))  # moto builds queue URLs from MOTO_PORT
         self._output.clear()
         self._process = subprocess.Popen(
-            [self.python, "-m", "moto.server", "-H", self.host, "-p", str(port)],
+            self._command(port),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -220,6 +302,10 @@ class MotoServer:
         return "".join(self._output)
 
     # ---------------------------------------------------------------- private
+    def _command(self, port: int | None) -> list[str]:
+        program = ["-c", PATCHED_SERVER] if self.patch_sqs else ["-m", "moto.server"]
+        return [self.python, *program, "-H", self.host, "-p", str(port)]
+
     def _read_output(self) -> None:
         process = self._process
         if process is None or process.stdout is None:
@@ -264,5 +350,7 @@ class MotoServer:
         hint = ""
         if "No module named" in tail:
             hint = f"; install moto's server with `{INSTALL_HINT}`"
-        command = f"{self.python} -m moto.server -H {self.host} -p {self._port}"
+        command = " ".join(self._command(self._port))
+        if self.patch_sqs:  # the program itself would drown the output
+            command = command.replace(PATCHED_SERVER, "<PATCHED_SERVER>")
         return f"{what}{hint}. Command: {command}. Its last output:\n{tail}"
