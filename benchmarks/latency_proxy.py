@@ -30,7 +30,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
+
+from melange.testing.server_process import StartStop
 
 _CHUNK = 65536
 _CONNECT_TIMEOUT = 5.0
@@ -59,7 +60,7 @@ class ProxyStats:
     bytes_down: int = 0  # target -> client
 
 
-class LatencyProxy:
+class LatencyProxy(StartStop):
     """Forward ``127.0.0.1:<port>`` to ``target_host:target_port`` with ``rtt`` added per exchange.
 
     Args:
@@ -122,17 +123,6 @@ class LatencyProxy:
     def endpoint_url(self) -> str:
         """``http://host:port`` of the proxy, for an HTTP client."""
         return f"http://{self.listen_host}:{self.port}"
-
-    def __enter__(self) -> LatencyProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> LatencyProxy:
         """Start listening (on a daemon thread); return ``self`` once connections are accepted."""

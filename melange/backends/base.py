@@ -21,11 +21,12 @@ from typing import Any, Literal, TypeVar
 from melange.exceptions import (
     BackendClosed,
     InvalidMessage,
+    InvalidTopology,
     MelangeError,
     MessageTooLarge,
     UnsupportedCapability,
 )
-from melange.topology import NameRule, QueueSpec, SubscriptionSpec, TopicSpec
+from melange.topology import NameRule, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
 
 _T = TypeVar("_T")
 _B = TypeVar("_B", bound="MessagingBackend")
@@ -230,6 +231,60 @@ class MessagingBackend(abc.ABC):
         The default checks the name rule; backends extend it with broker rules.
         """
         self.queue_name_rule.check("queue", spec.name, spec.fifo)
+
+    def check_dead_letter(
+        self,
+        spec: QueueSpec,
+        *,
+        broker: str,
+        receive_count_setting: str,
+        any_kind: bool = False,
+        case_insensitive: bool = False,
+    ) -> None:
+        """Check the rules every broker shares for ``spec``'s dead-letter policy, if it has one.
+
+        For :meth:`validate_queue` overrides of backends with the ``dead_letter``
+        capability. The dead-letter queue's name follows :attr:`queue_name_rule`,
+        it is not the queue itself, and ``max_receive_count`` is within
+        ``capabilities.max_receive_count_range``.
+
+        Args:
+            spec: The queue being validated.
+            broker: The broker as messages name it, e.g. ``"SQS"``.
+            receive_count_setting: The broker's own name for ``max_receive_count``,
+                e.g. ``"maxReceiveCount"``, so the message maps one to the other.
+            any_kind: Accept a dead-letter queue of the other kind (FIFO or
+                standard), whose name is then checked as that kind's; the backend
+                checks which pairs its broker allows. By default it must be of
+                the queue's kind.
+            case_insensitive: The broker's names compare case-insensitively, so
+                ``"Orders"`` is also the own dead-letter queue of ``"orders"``.
+
+        Raises:
+            InvalidName: The dead-letter queue's name breaks the rule.
+            InvalidTopology: The queue is its own dead-letter queue, or
+                ``max_receive_count`` is out of range.
+        """
+        dead_letter = spec.dead_letter
+        if dead_letter is None:
+            return
+        target = dead_letter.queue_name
+        fifo = is_fifo_name(target) if any_kind else spec.fifo
+        self.queue_name_rule.check("dead-letter queue", target, fifo)
+        same = target.lower() == spec.name.lower() if case_insensitive else target == spec.name
+        if same:
+            note = f" ({broker} names compare case-insensitively)" if target != spec.name else ""
+            raise InvalidTopology(
+                f"queue {spec.name!r} cannot be its own dead-letter queue{note}: messages that "
+                "fail there would come straight back. Name another queue"
+            )
+        low, high = self.capabilities.max_receive_count_range
+        count = dead_letter.max_receive_count
+        if not low <= count <= high:
+            raise InvalidTopology(
+                f"queue {spec.name!r}: max_receive_count must be from {low} to {high} on {broker} "
+                f"({receive_count_setting}), got {count!r}"
+            )
 
     def validate_topic(self, spec: TopicSpec) -> None:
         """Raise :class:`~melange.exceptions.InvalidTopology` if the broker refuses ``spec``."""

@@ -359,19 +359,10 @@ class AWSBackend(MessagingBackend):
                     f"{setting}={value!r} on queue {spec.name!r}: SQS takes whole seconds; "
                     f"use e.g. {setting}={math.ceil(value)}"
                 )
-        dead_letter = spec.dead_letter
-        if dead_letter is None:
-            return
-        # The dead-letter queue must be of the queue's type: the name rule checks both.
-        self.queue_name_rule.check("dead-letter queue", dead_letter.queue_name, spec.fifo)
-        if dead_letter.queue_name == spec.name:
-            raise InvalidTopology(f"queue {spec.name!r} cannot be its own dead-letter queue")
-        low, high = self.capabilities.max_receive_count_range
-        if not low <= dead_letter.max_receive_count <= high:
-            raise InvalidTopology(
-                f"max_receive_count must be from {low} to {high} on SQS, "
-                f"got {dead_letter.max_receive_count!r}"
-            )
+        # SQS wants a dead-letter queue of the queue's type (the name rule checks both).
+        self.check_dead_letter(
+            spec, broker="SQS", receive_count_setting="the redrive policy's maxReceiveCount"
+        )
 
     def validate_subscription(
         self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec

@@ -213,13 +213,16 @@ class AzureServiceBusBackend(MessagingBackend):
     def validate_queue(self, spec: QueueSpec) -> None:
         """Check the name and Service Bus's ranges and rules (:mod:`~melange_azure.validation`)."""
         super().validate_queue(spec)
+        # Either kind of dead-letter queue has a valid name; check_queue refuses the pair
+        # Service Bus cannot forward (standard into FIFO).
+        self.check_dead_letter(
+            spec,
+            broker="Service Bus",
+            receive_count_setting="MaxDeliveryCount",
+            any_kind=True,
+            case_insensitive=True,
+        )
         check_queue(spec)
-        if spec.dead_letter is not None:
-            self.queue_name_rule.check(
-                "dead-letter queue",
-                spec.dead_letter.queue_name,
-                is_fifo_name(spec.dead_letter.queue_name),
-            )
 
     def validate_subscription(
         self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec

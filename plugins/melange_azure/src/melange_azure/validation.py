@@ -54,20 +54,9 @@ def check_queue(spec: QueueSpec) -> None:
         raise InvalidTopology(
             f"{where}: delay_seconds={spec.delay_seconds!r} must be between 0 and {MAX_DELAY:g}"
         )
+    # The name, own-queue and max_receive_count checks are the backend's check_dead_letter.
     if spec.dead_letter is not None:
-        count = spec.dead_letter.max_receive_count
-        first, last = MAX_DELIVERY_COUNT_RANGE
-        if not first <= count <= last:
-            raise InvalidTopology(
-                f"{where}: max_receive_count={count!r} is outside {first} to {last} (Service "
-                "Bus's max delivery count)"
-            )
         target = spec.dead_letter.queue_name
-        if target.lower() == spec.name.lower():
-            raise InvalidTopology(
-                f"{where} cannot be its own dead-letter queue (Service Bus names compare "
-                "case-insensitively); name another queue"
-            )
         if is_fifo_name(target) and not spec.fifo:
             raise InvalidTopology(
                 f"standard {where} cannot dead-letter into FIFO queue {target!r}: its messages "

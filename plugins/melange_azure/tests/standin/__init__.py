@@ -9,7 +9,8 @@ which makes the unmodified SDK connect over plain TCP to the given port.
 from __future__ import annotations
 
 import secrets
-from types import TracebackType
+
+from melange.testing.server_process import StartStop
 
 from .amqp import AMQPBroker
 from .management import ManagementServer
@@ -18,7 +19,7 @@ from .namespace import Namespace
 KEY_NAME = "RootManageSharedAccessKey"
 
 
-class ServiceBusStandIn:
+class ServiceBusStandIn(StartStop):
     """Both stand-ins on one namespace, with a random SharedAccessKey per instance.
 
     Args:
@@ -51,18 +52,6 @@ class ServiceBusStandIn:
         """Stop both servers."""
         self.management.stop()
         self.amqp.stop()
-
-    def __enter__(self) -> ServiceBusStandIn:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         # Never show the key.

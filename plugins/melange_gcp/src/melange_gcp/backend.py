@@ -285,18 +285,9 @@ class GCPPubSubBackend(MessagingBackend):
                 f"{spec.name!r}: Pub/Sub keeps messages from {low:g} s (10 minutes) to "
                 f"{high:g} s (31 days)"
             )
-        dead_letter = spec.dead_letter
-        if dead_letter is None:
-            return
-        self.queue_name_rule.check("dead-letter queue", dead_letter.queue_name, spec.fifo)
-        if dead_letter.queue_name == spec.name:
-            raise InvalidTopology(f"queue {spec.name!r} cannot be its own dead-letter queue")
-        low_count, high_count = self.capabilities.max_receive_count_range
-        if not low_count <= dead_letter.max_receive_count <= high_count:
-            raise InvalidTopology(
-                f"max_receive_count must be from {low_count} to {high_count} on Pub/Sub "
-                f"(max_delivery_attempts), got {dead_letter.max_receive_count!r}"
-            )
+        self.check_dead_letter(
+            spec, broker="Pub/Sub", receive_count_setting="max_delivery_attempts"
+        )
 
     def validate_subscription(
         self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec

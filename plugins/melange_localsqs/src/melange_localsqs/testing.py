@@ -20,24 +20,16 @@ POSIX system (Linux, macOS): the server runs in its own process group.
 
 from __future__ import annotations
 
-import atexit
-import collections
-import contextlib
 import functools
 import importlib.util
 import os
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from types import TracebackType
 from typing import Any
 
-from melange.exceptions import MelangeError
+from melange.testing.server_process import ServerProcess, ServerProcessError, port_in_use
 
 __all__ = [
     "LOCALSTACK_ENDPOINT_ENV",
@@ -55,23 +47,8 @@ LOCALSTACK_ENDPOINT_ENV = "MELANGE_LOCALSTACK_ENDPOINT"
 melange-localsqs's own tests run against it as well as against a moto server."""
 
 
-class MotoServerError(MelangeError, RuntimeError):
+class MotoServerError(ServerProcessError):
     """The moto server could not be started (not installed, port taken, died, no answer)."""
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Return whether something already listens on ``host:port``.
-
-    Binds with ``SO_REUSEADDR`` like the server will, so connections lingering in
-    ``TIME_WAIT`` from an earlier run do not count as "in use".
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 PATCHED_SERVER = """\
@@ -138,14 +115,7 @@ def patch_moto_sqs() -> None:
     sqs_models._melange_patched = True  # type: ignore[attr-defined]
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class MotoServer:
+class MotoServer(ServerProcess):
     """``python -m moto.server`` in its own process group, for the duration of a ``with`` block.
 
     Args:
@@ -171,6 +141,10 @@ class MotoServer:
             with the last lines it printed).
     """
 
+    label = "the moto server"
+    protocol = "HTTP"
+    error = MotoServerError
+
     def __init__(
         self,
         port: int | None = None,
@@ -180,116 +154,19 @@ class MotoServer:
         python: str = sys.executable,
         patch_sqs: bool = False,
     ) -> None:
-        self.host = host
-        self.startup_timeout = startup_timeout
+        super().__init__(port, host=host, startup_timeout=startup_timeout)
         self.python = python
         self.patch_sqs = patch_sqs
-        self._requested_port = port
-        self._port: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._output: collections.deque[str] = collections.deque(maxlen=40)
-        self._reader: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        state = f"running at {self.endpoint_url}" if self.running else "stopped"
-        return f"<MotoServer {state}>"
 
     @property
-    def port(self) -> int:
-        """The port the server listens on (known once started)."""
-        if self._port is None:
-            raise MotoServerError("the moto server has not been started; call start() first")
-        return self._port
+    def address(self) -> str:
+        """The same as :attr:`endpoint_url`."""
+        return self.endpoint_url
 
     @property
     def endpoint_url(self) -> str:
         """``http://host:port``, to pass as ``endpoint_url`` to a backend or boto3."""
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> MotoServer:
-        """Start the server and wait until it answers HTTP; return ``self``.
-
-        Raises:
-            MotoServerError: moto is missing, the port is taken, or the server
-                did not come up within :attr:`startup_timeout`.
-        """
-        if self.running:
-            return self
-        if self.python == sys.executable and (
-            importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None
-        ):
-            raise MotoServerError(
-                f"moto's server is not installed in {sys.executable}; install it with "
-                f"`{INSTALL_HINT}`"
-            )
-        port = self._requested_port if self._requested_port is not None else _free_port(self.host)
-        if self._requested_port is not None and port_in_use(self.host, port):
-            raise MotoServerError(
-                f"cannot start a moto server on {self.host}:{port}: the port is already in use "
-                "(another moto server or LocalStack?). Stop what listens there, or pass "
-                "another port (MotoServer() picks a free one)"
-            )
-        env = dict(os.environ, MOTO_PORT=str(port))  # moto builds queue URLs from MOTO_PORT
-        self._output.clear()
-        self._process = subprocess.Popen(
-            self._command(port),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: stop() signals the whole group
-        )
-        self._port = port
-        # A full pipe would block the server, so a thread keeps reading (and the tail).
-        self._reader = threading.Thread(
-            target=self._read_output, name=f"moto-server-{port}-output", daemon=True
-        )
-        self._reader.start()
-        atexit.register(self.stop)
-        try:
-            self._wait_until_answering()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server: SIGTERM to its process group, SIGKILL after ``timeout`` seconds.
-
-        Safe to call more than once, and when the server never started.
-        """
-        process, self._process = self._process, None
-        atexit.unregister(self.stop)
-        if process is None:
-            return
-        if process.poll() is None:
-            self._signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._signal_group(process, signal.SIGKILL)
-                process.wait(timeout)
-        if self._reader is not None:
-            self._reader.join(timeout)
-            self._reader = None
-        if process.stdout is not None:
-            process.stdout.close()
 
     def reset(self) -> None:
         """Forget every queue, topic and message (moto's ``/moto-api/reset``)."""
@@ -297,60 +174,42 @@ class MotoServer:
         with urllib.request.urlopen(request, timeout=10):
             pass
 
-    def output_tail(self) -> str:
-        """The last lines the server printed (its log), for error messages."""
-        return "".join(self._output)
+    # ------------------------------------------------------------------ hooks
+    def _prepare(self) -> None:
+        if self.python == sys.executable and (
+            importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None
+        ):
+            raise MotoServerError(
+                f"moto's server is not installed in {sys.executable}; install it with "
+                f"`{INSTALL_HINT}`"
+            )
 
-    # ---------------------------------------------------------------- private
-    def _command(self, port: int | None) -> list[str]:
+    def _command(self, port: int) -> list[str]:
         program = ["-c", PATCHED_SERVER] if self.patch_sqs else ["-m", "moto.server"]
         return [self.python, *program, "-H", self.host, "-p", str(port)]
 
-    def _read_output(self) -> None:
-        process = self._process
-        if process is None or process.stdout is None:
-            return
-        with contextlib.suppress(ValueError, OSError):  # the pipe closed under us on stop()
-            for line in iter(process.stdout.readline, b""):
-                self._output.append(line.decode(errors="replace"))
+    def _environment(self, port: int) -> dict[str, str]:
+        return dict(os.environ, MOTO_PORT=str(port))  # moto builds queue URLs from MOTO_PORT
 
-    @staticmethod
-    def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1.0):
+                return True
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer, even an error status, means it is serving
+        except (urllib.error.URLError, OSError):
+            return False
 
-    def _wait_until_answering(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        url = f"{self.endpoint_url}/moto-api/"
-        while True:
-            process = self._process
-            if process is None or process.poll() is not None:
-                code = None if process is None else process.returncode
-                if self._reader is not None:
-                    self._reader.join(2.0)  # collect what it printed before dying
-                raise MotoServerError(self._failure(f"the moto server exited with code {code}"))
-            try:
-                with urllib.request.urlopen(url, timeout=1.0):
-                    return
-            except urllib.error.HTTPError:
-                return  # any HTTP answer, even an error status, means it is serving
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() >= deadline:
-                raise MotoServerError(
-                    self._failure(
-                        f"the moto server did not answer HTTP at {self.endpoint_url} within "
-                        f"{self.startup_timeout:g} s"
-                    )
-                )
-            time.sleep(0.05)
+    def _port_owner_hint(self) -> str:
+        return " (another moto server or LocalStack?)"
 
-    def _failure(self, what: str) -> str:
-        tail = self.output_tail().strip() or "(it printed nothing)"
-        hint = ""
-        if "No module named" in tail:
-            hint = f"; install moto's server with `{INSTALL_HINT}`"
-        command = " ".join(self._command(self._port))
+    def _hint(self, output: str) -> str:
+        if "No module named" in output:
+            return f"; install moto's server with `{INSTALL_HINT}`"
+        return ""
+
+    def _shown_command(self, port: int) -> str:
+        command = super()._shown_command(port)
         if self.patch_sqs:  # the program itself would drown the output
             command = command.replace(PATCHED_SERVER, "<PATCHED_SERVER>")
-        return f"{what}{hint}. Command: {command}. Its last output:\n{tail}"
+        return command
