@@ -362,7 +362,7 @@ def _show_dead_letters(backend: MemoryBackend, summary: DemoSummary, say: _Say) 
     dead = backend.receive(DEAD_LETTER_QUEUE, max_messages=10)
     if dead:
         say(
-            "  the dispatcher published the poison message here unchanged, then acked the original:"
+            "  the dispatcher copied the poison message here as received (plus why), then acked it:"
         )
     for message in dead:
         attributes = ", ".join(f"{k}={v}" for k, v in sorted(message.attributes.items()))

@@ -10,6 +10,10 @@ keep only the broker's error code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from melange.backends.base import PublishResult
 
 
 class MelangeError(Exception):
@@ -21,6 +25,52 @@ class MelangeError(Exception):
     """
 
     broker_code: str | None = None
+
+    results: list[PublishResult] | None = None
+    """Set on an error a publisher raises after sending: one result per message of the call."""
+
+
+class InvalidArgument(MelangeError, TypeError):
+    """An argument has the wrong type (a queue name that is not a string, ...).
+
+    Also a :class:`TypeError`, as Python users expect. Raised before anything is sent
+    or created.
+
+    Attributes:
+        argument: The argument's name.
+    """
+
+    def __init__(self, argument: str, expected: str, value: object, hint: str = ""):
+        got = "None" if value is None else f"a {type(value).__name__} ({_short_repr(value)})"
+        fix = f"; {hint}" if hint else ""
+        super().__init__(f"{argument} must be {expected}, got {got}{fix}")
+        self.argument = argument
+
+
+def _short_repr(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def require_str(argument: str, value: object, what: str = "a non-empty string") -> str:
+    """Return ``value`` if it is a non-empty ``str``, else raise :class:`InvalidArgument`.
+
+    Bytes get a hint to decode them; everything else names the type received.
+    """
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, str):
+        raise InvalidArgument(argument, what, value, "an empty name is never valid")
+    hint = "decode it first, e.g. name.decode()" if isinstance(value, (bytes, bytearray)) else ""
+    raise InvalidArgument(argument, what, value, hint)
+
+
+def require_number(argument: str, value: object) -> float:
+    """Return ``value`` if it is an int or a float (not a bool); else raise InvalidArgument."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    hint = "convert it first, e.g. float(value)" if isinstance(value, str) else ""
+    raise InvalidArgument(argument, "a number of seconds", value, hint)
 
 
 class ConfigurationError(MelangeError, ValueError):
@@ -159,6 +209,16 @@ class InvalidMessage(MelangeError, ValueError):
 
 class BackendUnavailable(MelangeError, ConnectionError):
     """The broker cannot be reached or refused the credentials."""
+
+
+class OutcomeUnknown(BackendUnavailable):
+    """A request was sent, but no answer came: the broker may or may not have stored it.
+
+    A publish result holding this error is *unknown*: the message may be in the
+    queue. Publishing it again may make a duplicate; with producer ids (the
+    ``melange.id`` attribute melange sets) a deduplication cache on the
+    consumer handles such a duplicate once.
+    """
 
 
 class BrokerError(MelangeError):

@@ -8,6 +8,8 @@ backend sends (:class:`~melange.backends.OutgoingMessage`) and turns a
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,8 +20,47 @@ MANIFEST_ATTRIBUTE = "melange.manifest"
 SERIALIZER_ATTRIBUTE = "melange.serializer"
 """Attribute carrying the identifier of the serializer that wrote the body."""
 
-RESERVED_ATTRIBUTES = frozenset({MANIFEST_ATTRIBUTE, SERIALIZER_ATTRIBUTE})
+PRODUCER_ID_ATTRIBUTE = "melange.id"
+"""Attribute carrying the producer id: assigned once, before the first attempt to send.
+
+Every retry of the same publish (the broker SDK's or melange's) sends the same
+id, so a consumer's deduplication cache can tell a publisher-retry duplicate
+from a new message even when the broker stored two copies with two broker ids."""
+
+DEAD_LETTER_REASON_ATTRIBUTE = "melange.dead-letter-reason"
+"""Added to a dispatcher's dead-letter copy, where the broker has room: why it was moved."""
+
+DEAD_LETTER_SOURCE_ATTRIBUTE = "melange.dead-letter-source"
+"""Added to a dispatcher's dead-letter copy, where the broker has room: the queue it left."""
+
+RESERVED_ATTRIBUTES = frozenset({MANIFEST_ATTRIBUTE, SERIALIZER_ATTRIBUTE, PRODUCER_ID_ATTRIBUTE})
 """Attributes melange sets itself; application attributes may not use these names."""
+
+
+class _ProducerIds:
+    """Unique ids at a fraction of a microsecond: a random per-process prefix and a counter.
+
+    128 random bits per id (uuid4) cost more than the rest of encoding a small
+    message; 64 random bits per process plus a counter are as unique in practice
+    and cheap. The prefix is drawn again in a forked child, so parent and child
+    never share one.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex() + "-"
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return self._prefix + format(next(self._counter), "x")  # next() is atomic in CPython
+
+
+new_producer_id = _ProducerIds()
+"""Return a new producer id (a string unique across processes and machines)."""
 
 
 class Attributes(Mapping[str, str]):
@@ -58,6 +99,11 @@ class Message:
         id: The broker's message id; set on received messages, ``None`` before publishing.
         group_id: The FIFO message group; order is kept within a group.
         dedup_id: Messages with the same id within the broker's window are delivered once.
+        producer_id: The id the publisher gave the message before sending it (the
+            ``melange.id`` attribute). ``None`` lets the publisher assign a new
+            one; set it to make retries of your own (e.g. after an unknown
+            outcome) recognisable as the same message. On received messages it is
+            the sender's id, or ``None`` for a message from another producer.
     """
 
     body: Any
@@ -66,6 +112,7 @@ class Message:
     id: str | None = None
     group_id: str | None = None
     dedup_id: str | None = None
+    producer_id: str | None = None
 
     def __post_init__(self) -> None:
         # A read-only copy: the message is frozen, and the caller's dict may change later.

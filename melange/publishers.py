@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from melange.backends.base import MessagingBackend, OutgoingMessage, PublishResult
-from melange.exceptions import InvalidMessage
+from melange.exceptions import InvalidMessage, require_number, require_str
 from melange.message import RESERVED_ATTRIBUTES, Message
 from melange.observability import Hooks, safe
 from melange.serializers import SerializerRegistry
@@ -46,8 +46,10 @@ class _Publisher:
         serializers: SerializerRegistry | None = None,
         *,
         hooks: Hooks | None = None,
+        producer_ids: bool = True,
     ) -> None:
         self.backend = backend
+        self.producer_ids = producer_ids
         self.serializers = SerializerRegistry() if serializers is None else serializers
         if hooks is None:
             from melange.tracing import default_hooks
@@ -68,17 +70,22 @@ class _Publisher:
         group_id: str | None,
         dedup_id: str | None,
         delay_seconds: float,
+        producer_id: str | None,
     ) -> PublishResult:
-        message = self._message(data, attributes, group_id, dedup_id)
-        outgoing = self._encode(message, delay_seconds)
-        result = self._send(destination, [outgoing])[0]
-        if result.error is not None:
-            raise result.error
-        return result
+        require_str(f"{self._kind}_name", destination)
+        message = self._message(data, attributes, group_id, dedup_id, producer_id)
+        outgoing = self._encode(message, require_number("delay_seconds", delay_seconds))
+        results = self._send(destination, [outgoing])
+        error = results[0].error
+        if error is not None:
+            error.results = results  # refused or unknown: the caller can tell which
+            raise error
+        return results[0]
 
     def _publish_many(
         self, destination: str, items: Sequence[Message | Any]
     ) -> list[PublishResult]:
+        require_str(f"{self._kind}_name", destination)
         if isinstance(items, (str, bytes, bytearray, Message, Mapping)) or not isinstance(
             items, Sequence
         ):
@@ -87,7 +94,9 @@ class _Publisher:
                 "use publish() for a single message"
             )
         # Encode every item first: a bad one fails the call before anything is sent.
-        outgoing = [self._encode(self._message(item, None, None, None), 0.0) for item in items]
+        outgoing = [
+            self._encode(self._message(item, None, None, None, None), 0.0) for item in items
+        ]
         if not outgoing:
             return []
         return self._send(destination, outgoing)
@@ -99,9 +108,16 @@ class _Publisher:
         attributes: Mapping[str, str] | None,
         group_id: str | None,
         dedup_id: str | None,
+        producer_id: str | None,
     ) -> Message:
         if not isinstance(data, Message):
-            return Message(data, attributes=attributes or {}, group_id=group_id, dedup_id=dedup_id)
+            return Message(
+                data,
+                attributes=attributes or {},
+                group_id=group_id,
+                dedup_id=dedup_id,
+                producer_id=producer_id,
+            )
         changes: dict[str, Any] = {}
         if attributes:
             changes["attributes"] = {**data.attributes, **attributes}
@@ -109,6 +125,8 @@ class _Publisher:
             changes["group_id"] = group_id
         if dedup_id is not None:
             changes["dedup_id"] = dedup_id
+        if producer_id is not None:
+            changes["producer_id"] = producer_id
         return dataclasses.replace(data, **changes) if changes else data
 
     def _encode(self, message: Message, delay_seconds: float) -> OutgoingMessage:
@@ -118,7 +136,9 @@ class _Publisher:
         added = self._hook_attributes(own, proposed)
         if added:
             message = dataclasses.replace(message, attributes={**added, **own})
-        outgoing = self.serializers.encode(message, delay_seconds=delay_seconds)
+        outgoing = self.serializers.encode(
+            message, delay_seconds=delay_seconds, producer_id=self.producer_ids
+        )
         if added and self._over_limits(outgoing):
             # Observability must not make a message unsendable: send it without them.
             # Warn once per publisher: with tracing on, this would repeat for every message.
@@ -165,12 +185,16 @@ class _Publisher:
         self._hooks.on_publish(destination, outgoing, results)
         failed = sum(not result.ok for result in results)
         if failed:
+            unknown = sum(result.status == "unknown" for result in results)
             logger.warning(
-                "%d of %d message(s) refused by %s %r",
+                "%d of %d message(s) to %s %r not accepted: %d refused (not stored), %d unknown "
+                "(sent, no answer: they may have been stored)",
                 failed,
                 len(results),
                 self._kind,
                 destination,
+                failed - unknown,
+                unknown,
             )
         return results
 
@@ -190,6 +214,10 @@ class QueuePublisher(_Publisher):
         hooks: Called before each message is encoded and after each publish; by
             default :func:`melange.tracing.default_hooks` (trace context when
             OpenTelemetry is installed). Pass ``Hooks()`` for none.
+        producer_ids: Give every message a producer id (the ``melange.id``
+            attribute) before the first attempt to send it, so that consumers
+            with a deduplication cache handle publisher-retry duplicates once.
+            ``False`` saves one attribute per message and drops that guarantee.
     """
 
     _kind = "queue"
@@ -203,6 +231,7 @@ class QueuePublisher(_Publisher):
         group_id: str | None = None,
         dedup_id: str | None = None,
         delay_seconds: float = 0.0,
+        producer_id: str | None = None,
     ) -> PublishResult:
         """Serialize and publish one message to a queue.
 
@@ -214,6 +243,8 @@ class QueuePublisher(_Publisher):
             group_id: The FIFO message group; replaces the message's.
             dedup_id: The deduplication id; replaces the message's.
             delay_seconds: Seconds before the message can be received.
+            producer_id: The message's producer id (``melange.id``); replaces the
+                message's. By default a new one is assigned before sending.
 
         Returns:
             The result of the accepted message, with the broker's message id.
@@ -226,9 +257,14 @@ class QueuePublisher(_Publisher):
             UnsupportedCapability: The backend cannot honour the group id, dedup id
                 or delay.
             QueueNotFound: The queue does not exist.
-            MelangeError: The broker refused the message (the error of its result).
+            OutcomeUnknown: The request was sent but no answer came: the message
+                may have been stored (``error.results`` holds the result).
+            MelangeError: The broker refused the message (the error of its result;
+                ``error.results`` holds the result); it was not stored.
         """
-        return self._publish_one(queue_name, data, attributes, group_id, dedup_id, delay_seconds)
+        return self._publish_one(
+            queue_name, data, attributes, group_id, dedup_id, delay_seconds, producer_id
+        )
 
     def publish_batch(self, queue_name: str, items: Sequence[Message | Any]) -> list[PublishResult]:
         """Serialize and publish several messages, in as few broker calls as the backend allows.
@@ -271,6 +307,10 @@ class TopicPublisher(_Publisher):
         hooks: Called before each message is encoded and after each publish; by
             default :func:`melange.tracing.default_hooks` (trace context when
             OpenTelemetry is installed). Pass ``Hooks()`` for none.
+        producer_ids: Give every message a producer id (the ``melange.id``
+            attribute) before the first attempt to send it, so that consumers
+            with a deduplication cache handle publisher-retry duplicates once.
+            ``False`` saves one attribute per message and drops that guarantee.
     """
 
     _kind = "topic"
@@ -284,6 +324,7 @@ class TopicPublisher(_Publisher):
         group_id: str | None = None,
         dedup_id: str | None = None,
         delay_seconds: float = 0.0,
+        producer_id: str | None = None,
     ) -> PublishResult:
         """Serialize and publish one message to a topic.
 
@@ -299,11 +340,15 @@ class TopicPublisher(_Publisher):
             group_id: The FIFO message group; replaces the message's.
             dedup_id: The deduplication id; replaces the message's.
             delay_seconds: Seconds before the message can be received.
+            producer_id: The message's producer id (``melange.id``); replaces the
+                message's. By default a new one is assigned before sending.
 
         Returns:
             The result of the accepted message, with the broker's message id.
         """
-        return self._publish_one(topic_name, data, attributes, group_id, dedup_id, delay_seconds)
+        return self._publish_one(
+            topic_name, data, attributes, group_id, dedup_id, delay_seconds, producer_id
+        )
 
     def publish_batch(self, topic_name: str, items: Sequence[Message | Any]) -> list[PublishResult]:
         """Serialize and publish several messages to a topic.

@@ -29,12 +29,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from melange.backends.base import OutgoingMessage, ReceivedMessage
-from melange.exceptions import InvalidMessage, SerializationError
+from melange.exceptions import InvalidMessage, SerializationError, require_str
 from melange.message import (
     MANIFEST_ATTRIBUTE,
+    PRODUCER_ID_ATTRIBUTE,
     RESERVED_ATTRIBUTES,
     SERIALIZER_ATTRIBUTE,
     Message,
+    new_producer_id,
 )
 
 __all__ = [
@@ -518,17 +520,23 @@ class SerializerRegistry:
         )
 
     # ------------------------------------------------------ encoding/decoding
-    def encode(self, message: Message | Any, *, delay_seconds: float = 0.0) -> OutgoingMessage:
+    def encode(
+        self, message: Message | Any, *, delay_seconds: float = 0.0, producer_id: bool = True
+    ) -> OutgoingMessage:
         """Serialize a message (or a bare payload) into what a backend publishes.
 
         Args:
             message: A :class:`~melange.message.Message`, or any payload object,
                 which is sent with no attributes.
             delay_seconds: Seconds before the message can be received.
+            producer_id: Give the message a producer id (the ``melange.id``
+                attribute): the message's own ``producer_id``, else a new one.
+                ``False`` adds none unless the message has its own.
 
         Returns:
-            The body bytes with the message's attributes plus ``melange.serializer``
-            and, when there is one, ``melange.manifest``; group and dedup ids carried over.
+            The body bytes with the message's attributes plus ``melange.serializer``,
+            ``melange.id`` and, when there is one, ``melange.manifest``; group and
+            dedup ids carried over.
 
         Raises:
             SerializationError: The body cannot be serialized.
@@ -560,6 +568,10 @@ class SerializerRegistry:
         attributes[SERIALIZER_ATTRIBUTE] = serializer.identifier
         if manifest is not None:
             attributes[MANIFEST_ATTRIBUTE] = manifest
+        if message.producer_id is not None:
+            attributes[PRODUCER_ID_ATTRIBUTE] = require_str("producer_id", message.producer_id)
+        elif producer_id:
+            attributes[PRODUCER_ID_ATTRIBUTE] = new_producer_id()
         return OutgoingMessage(
             body=bytes(data),
             attributes=attributes,
@@ -617,6 +629,7 @@ class SerializerRegistry:
             attributes={k: v for k, v in attributes.items() if k not in RESERVED_ATTRIBUTES},
             id=received.message_id,
             group_id=received.group_id,
+            producer_id=attributes.get(PRODUCER_ID_ATTRIBUTE),
         )
 
     def _incoming(self, manifest: str | None, identifier: str | None, where: str) -> Serializer:

@@ -346,7 +346,11 @@ def test_undecodable_and_unhandled_messages_follow_their_outcome(
     assert handled == [Paid("o-3")]
     assert sorted(hooks.outcomes) == [("undecodable", "dead_letter"), ("unhandled", "dead_letter")]
     dead = {m.body: m for m in drain(backend, DLQ)}
-    assert dead[b"\xff not json"].attributes == {"origin": "legacy"}
+    assert dead[b"\xff not json"].attributes == {
+        "origin": "legacy",
+        "melange.dead-letter-reason": "undecodable",
+        "melange.dead-letter-source": QUEUE,
+    }
     assert [registry.decode(m).body for b, m in dead.items() if b != b"\xff not json"] == [
         Refunded("o-2")
     ]
@@ -380,7 +384,8 @@ def test_unhandled_outcomes_ack_and_leave(
 def test_dedup_skips_what_a_consumer_already_handled(
     backend: RecordingBackend, registry: SerializerRegistry
 ) -> None:
-    publisher = AsyncQueuePublisher(backend, registry, hooks=Hooks()).publisher
+    # Without producer ids the cache keys on the broker's ids, as for a foreign producer.
+    publisher = AsyncQueuePublisher(backend, registry, hooks=Hooks(), producer_ids=False).publisher
     first, second = (r.message_id for r in publisher.publish_batch(QUEUE, [Paid("1"), Paid("2")]))
     cache = MemoryDedupCache()
     cache.complete(f"ledger:{first}", 60)  # handled before, e.g. by a crashed worker

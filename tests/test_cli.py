@@ -203,7 +203,11 @@ def assert_demo_output(out: str) -> None:
 
     dlq_section = out.split("== 4. Dead-letter queue 'payment-updates-dlq'")[1]
     assert re.search(r"msg \w{8}: 45 bytes \(body intact\)", dlq_section)
-    assert "event=paid, melange.manifest=payment.v1, melange.serializer=json" in dlq_section
+    assert (
+        "event=paid, melange.dead-letter-reason=undecodable, "
+        "melange.dead-letter-source=payment-updates, melange.manifest=payment.v1, "
+        "melange.serializer=json"
+    ) in dlq_section
     # Logs show ids, never bodies: the poison body's content appears nowhere.
     assert "melange.dispatcher: queue=payment-updates message_id=" in out
     assert "pay-1009" not in out

@@ -116,7 +116,9 @@ def publish(
     **attributes: str,
 ) -> list[str]:
     outgoing = [
-        registry.encode(Message(p, attributes=attributes, group_id=group_id)) for p in payloads
+        # No producer id: the dedup tests below key on the broker's id, as for foreign messages.
+        registry.encode(Message(p, attributes=attributes, group_id=group_id), producer_id=False)
+        for p in payloads
     ]
     results = backend.publish(queue, outgoing)
     return [r.message_id for r in results if r.message_id is not None]
@@ -343,8 +345,9 @@ def test_undecodable_and_unhandled_messages_follow_their_outcome_and_the_loop_go
     dead = drain(backend, DLQ)
     depth = backend.queue_depth(QUEUE)
     if outcome == "dead_letter":
+        reason = {"melange.dead-letter-reason": kind, "melange.dead-letter-source": QUEUE}
         assert [(m.body, dict(m.attributes)) for m in dead] == [
-            (poison.body, dict(poison.attributes))
+            (poison.body, {**poison.attributes, **reason})
         ]
         assert depth == (0, 0, 0) and stats.dead_lettered == 1 and stats.acked == 2
     elif outcome == "ack":
@@ -377,7 +380,12 @@ def test_dead_lettering_keeps_the_fifo_group(registry: SerializerRegistry) -> No
         stats = d.run_until_idle(IDLE)
     (dead,) = drain(backend, FIFO_DLQ)
     assert stats.dead_lettered == 1
-    assert (dead.body, dict(dead.attributes), dead.group_id) == (b"\xff\xfe", {"k": "v"}, "g-7")
+    reason = {"melange.dead-letter-reason": "undecodable", "melange.dead-letter-source": FIFO_QUEUE}
+    assert (dead.body, dict(dead.attributes), dead.group_id) == (
+        b"\xff\xfe",
+        {"k": "v", **reason},
+        "g-7",
+    )
 
 
 # --------------------------------------------------------------- concurrency

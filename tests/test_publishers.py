@@ -143,7 +143,8 @@ def test_a_message_keeps_its_metadata_and_keywords_override_it(
     )
 
     first, second = receive_all(backend, "orders.fifo")
-    assert first.attributes == {
+    assert first.attributes["melange.id"] != second.attributes["melange.id"]  # one id each
+    assert {k: v for k, v in first.attributes.items() if k != "melange.id"} == {
         "region": "eu",
         "tier": "gold",
         MANIFEST_ATTRIBUTE: "custom.v2",
@@ -178,7 +179,9 @@ def test_default_registry_is_json(backend: MemoryBackend) -> None:
 
     [received] = receive_all(backend)
     assert received.body == b'{"n":1}'
-    assert received.attributes == {SERIALIZER_ATTRIBUTE: "json"}
+    attributes = dict(received.attributes)
+    assert attributes.pop("melange.id")  # a producer id, assigned before sending
+    assert attributes == {SERIALIZER_ATTRIBUTE: "json"}
 
 
 def test_single_publish_raises_a_broker_refusal() -> None:
@@ -360,7 +363,9 @@ def test_malformed_hook_attributes_are_dropped(
         QueuePublisher(backend, hooks=hooks).publish(QUEUE, "x")
 
     [received] = receive_all(backend)
-    assert received.attributes == {"good": "yes", SERIALIZER_ATTRIBUTE: "json"}
+    attributes = dict(received.attributes)
+    assert attributes.pop("melange.id")
+    assert attributes == {"good": "yes", SERIALIZER_ATTRIBUTE: "json"}
     assert "'melange.manifest' ignored" in caplog.text
     assert "'count' ignored" in caplog.text
 
@@ -370,7 +375,7 @@ def test_hook_attributes_that_break_a_limit_are_dropped(
 ) -> None:
     backend.capabilities = dataclasses.replace(backend.capabilities, max_attributes=3)
     hooks = Recording(add={"traceparent": "t", "tracestate": "s"})
-    publisher = QueuePublisher(backend, hooks=hooks)
+    publisher = QueuePublisher(backend, hooks=hooks, producer_ids=False)  # counts below
 
     publisher.publish(QUEUE, "x", attributes={"a": "1"})  # 1 + json + 2 from the hook = 4
     publisher.publish(QUEUE, "y")  # 1 json + 2 from the hook = 3: fits

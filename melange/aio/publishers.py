@@ -33,8 +33,11 @@ class _AsyncPublisher:
         serializers: SerializerRegistry | None = None,
         *,
         hooks: Hooks | None = None,
+        producer_ids: bool = True,
     ) -> None:
-        self.publisher = self._sync_publisher(backend, serializers, hooks=hooks)
+        self.publisher = self._sync_publisher(
+            backend, serializers, hooks=hooks, producer_ids=producer_ids
+        )
         """The synchronous publisher doing the work, for code that is not async."""
 
     @property
@@ -59,6 +62,7 @@ class _AsyncPublisher:
         group_id: str | None = None,
         dedup_id: str | None = None,
         delay_seconds: float = 0.0,
+        producer_id: str | None = None,
     ) -> PublishResult:
         """Serialize and publish one message.
 
@@ -71,6 +75,7 @@ class _AsyncPublisher:
             group_id: The FIFO message group; replaces the message's.
             dedup_id: The deduplication id; replaces the message's.
             delay_seconds: Seconds before the message can be received.
+            producer_id: The message's producer id; a new one by default.
 
         Returns:
             The result of the accepted message, with the broker's message id.
@@ -83,6 +88,7 @@ class _AsyncPublisher:
             group_id=group_id,
             dedup_id=dedup_id,
             delay_seconds=delay_seconds,
+            producer_id=producer_id,
         )
 
     async def publish_batch(

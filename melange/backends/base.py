@@ -12,7 +12,6 @@ into the broker's limits.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +19,16 @@ from typing import Any, Literal, TypeVar
 
 from melange.exceptions import (
     BackendClosed,
+    BackendUnavailable,
+    InvalidArgument,
     InvalidMessage,
     InvalidTopology,
     MelangeError,
     MessageTooLarge,
+    OutcomeUnknown,
     UnsupportedCapability,
+    require_number,
+    require_str,
 )
 from melange.topology import NameRule, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
 
@@ -124,14 +128,28 @@ class OutgoingMessage:
         )
 
 
+PublishStatus = Literal["accepted", "refused", "unknown"]
+"""The three outcomes of publishing one message (see :attr:`PublishResult.status`)."""
+
+
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost ~0.4 us each on the hot path
 class PublishResult:
     """The outcome of publishing one message of a batch (treat as read-only).
 
+    Its :attr:`status` is one of three:
+
+    - ``"accepted"``: the broker stored the message (``message_id`` is its id);
+    - ``"refused"``: the message was not stored (the broker refused it, or it was
+      never sent); ``error`` says why. Publishing it again makes no duplicate;
+    - ``"unknown"``: the request was sent but no answer came (``error`` is an
+      :class:`~melange.exceptions.OutcomeUnknown`): the message may have been
+      stored. Publishing it again may make a duplicate, which a consumer with a
+      deduplication cache handles once (it keys on the producer id).
+
     Attributes:
         index: The message's position in the batch that was passed in.
         message_id: The broker's id for the message, when it was accepted.
-        error: Why the broker refused it, when it was not.
+        error: Why the message was refused, or why its outcome is unknown.
     """
 
     index: int
@@ -142,6 +160,13 @@ class PublishResult:
     def ok(self) -> bool:
         """Whether the broker accepted the message."""
         return self.error is None
+
+    @property
+    def status(self) -> PublishStatus:
+        """``"accepted"``, ``"refused"`` or ``"unknown"``, as described above."""
+        if self.error is None:
+            return "accepted"
+        return "unknown" if isinstance(self.error, OutcomeUnknown) else "refused"
 
 
 @dataclass(slots=True)  # not frozen: one is built per delivery, frozen costs ~0.8 us each
@@ -322,7 +347,7 @@ class MessagingBackend(abc.ABC):
     # --------------------------------------------------------------- topology
     def get_queue(self, name: str) -> QueueSpec | None:
         """Return the queue's current state, or ``None`` if it does not exist."""
-        return self._call("get a queue", self._get_queue, name)
+        return self._call("get a queue", self._get_queue, require_str("name", name))
 
     def declare_queue(self, spec: QueueSpec) -> None:
         """Create the queue, or set an existing one's mutable settings to ``spec``."""
@@ -330,12 +355,12 @@ class MessagingBackend(abc.ABC):
 
     def delete_queue(self, name: str) -> None:
         """Delete the queue and its messages; raise QueueNotFound if it does not exist."""
-        self._call("delete a queue", self._delete_queue, name)
+        self._call("delete a queue", self._delete_queue, require_str("name", name))
 
     def get_topic(self, name: str) -> TopicSpec | None:
         """Return the topic's current state, or ``None`` if it does not exist."""
         self.require("topics", "topics")
-        return self._call("get a topic", self._get_topic, name)
+        return self._call("get a topic", self._get_topic, require_str("name", name))
 
     def declare_topic(self, spec: TopicSpec) -> None:
         """Create the topic if it does not exist (idempotent)."""
@@ -345,7 +370,7 @@ class MessagingBackend(abc.ABC):
     def delete_topic(self, name: str) -> None:
         """Delete the topic and its subscriptions; raise TopicNotFound if it does not exist."""
         self.require("topics", "topics")
-        self._call("delete a topic", self._delete_topic, name)
+        self._call("delete a topic", self._delete_topic, require_str("name", name))
 
     def get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
         """Return the subscription of ``queue_name`` to ``topic_name``, or ``None``."""
@@ -393,9 +418,16 @@ class MessagingBackend(abc.ABC):
         Each returned message is invisible to other receivers until it is acked,
         nacked, or its visibility timeout passes.
         """
+        if type(queue_name) is not str:  # exact type test: this is the hot path
+            require_str("queue_name", queue_name)
+        if type(max_messages) is not int:
+            raise InvalidArgument("max_messages", "a whole number", max_messages)
         if max_messages < 1:
             raise InvalidMessage(f"max_messages must be at least 1, got {max_messages}")
-        wait = min(max(wait_seconds, 0.0), self.capabilities.max_wait_seconds)
+        wait = min(
+            max(require_number("wait_seconds", wait_seconds), 0.0),
+            self.capabilities.max_wait_seconds,
+        )
         if self._closed:  # inlined rather than self._call(): receive and ack are the hot path
             raise BackendClosed(self.name, "receive")
         return self._receive(queue_name, max_messages, wait)
@@ -423,6 +455,50 @@ class MessagingBackend(abc.ABC):
         if messages:
             self._call("extend a lease", self._extend_lease, list(messages), seconds)
 
+    def forward(
+        self,
+        message: ReceivedMessage,
+        queue_name: str,
+        *,
+        extra_attributes: Mapping[str, str] | None = None,
+    ) -> PublishResult:
+        """Send a copy of a received message, exactly as it was received, to another queue.
+
+        For dead-lettering and redrive. The copy has the original body bytes,
+        attributes and group id, whatever produced the message: melange's
+        publish checks (its size and attribute limits, reserved names) do not
+        apply, only the broker's own limits. ``extra_attributes`` (e.g. why the
+        message is dead-lettered) are added only where the broker has room for
+        them, never in place of an original attribute. The original stays where
+        it is: acknowledge it once the copy is accepted.
+
+        Args:
+            message: A message this backend received.
+            queue_name: The queue to send the copy to.
+            extra_attributes: Attributes to add where they fit.
+
+        Returns:
+            The copy's result: accepted, refused (the broker cannot take it, e.g.
+            it is over the target queue's limits) or unknown.
+
+        Raises:
+            InvalidArgument: ``message`` is not a ReceivedMessage, or a name or
+                attribute is not a string.
+            QueueNotFound: The target queue does not exist.
+        """
+        if not isinstance(message, ReceivedMessage):
+            raise InvalidArgument("message", "a ReceivedMessage", message)
+        require_str("queue_name", queue_name)
+        extras = dict(extra_attributes or {})
+        for key, value in extras.items():
+            require_str("extra attribute name", key)
+            if not isinstance(value, str):
+                raise InvalidArgument(f"extra attribute {key!r}", "a string", value)
+        try:
+            return self._call("forward a message", self._forward, queue_name, message, extras)
+        except OutcomeUnknown as unknown:
+            return PublishResult(0, error=unknown)
+
     def close(self) -> None:
         """Release connections and resources. Idempotent; later calls fail with BackendClosed."""
         with self._close_lock:
@@ -434,7 +510,7 @@ class MessagingBackend(abc.ABC):
     # ----------------------------------------------------------- validation
     @staticmethod
     def _check_duration(label: str, value: float, limit: float) -> None:
-        if not 0 <= value <= limit:
+        if not 0 <= require_number(label, value) <= limit:
             raise InvalidMessage(f"{label} must be between 0 and {limit:g} seconds, got {value!r}")
 
     def validate_message(self, message: OutgoingMessage) -> int:
@@ -444,6 +520,12 @@ class MessagingBackend(abc.ABC):
             The message's size in bytes, as counted against the limits.
         """
         caps = self.capabilities
+        if not isinstance(message, OutgoingMessage):
+            hint = (
+                "publish serialized messages: OutgoingMessage(body_bytes, attributes), or use "
+                "QueuePublisher/TopicPublisher for objects"
+            )
+            raise InvalidArgument("each message", "an OutgoingMessage", message, hint)
         if not isinstance(message.body, (bytes, bytearray)):
             raise InvalidMessage(
                 f"message body must be bytes, got {type(message.body).__name__}; "
@@ -468,6 +550,7 @@ class MessagingBackend(abc.ABC):
         if message.dedup_id is not None:
             self.require("dedup", "a message deduplication id")
         if message.delay_seconds:
+            require_number("delay_seconds", message.delay_seconds)
             self.require("delay", "a message delay")
             self._check_duration("delay_seconds", message.delay_seconds, caps.max_delay)
         return size
@@ -479,6 +562,13 @@ class MessagingBackend(abc.ABC):
         messages: Sequence[OutgoingMessage],
         hook: Callable[[str, list[OutgoingMessage]], list[PublishResult]],
     ) -> list[PublishResult]:
+        require_str(f"{kind}_name", destination)
+        if isinstance(messages, (OutgoingMessage, str, bytes, bytearray)) or not isinstance(
+            messages, Sequence
+        ):
+            raise InvalidArgument(
+                "messages", "a list of OutgoingMessage", messages, "wrap one message in a list"
+            )
         batch = list(messages)
         sizes = [self.validate_message(message) for message in batch]
         self.validate_batch(kind, destination, batch)
@@ -488,16 +578,54 @@ class MessagingBackend(abc.ABC):
         if self._closed:
             raise BackendClosed(self.name, operation)
         if len(batch) <= caps.max_batch_size and fits:  # the common case: one native call
-            return hook(destination, batch)
+            try:
+                return hook(destination, batch)
+            except OutcomeUnknown as unknown:  # sent, no answer: report, do not raise
+                return [PublishResult(index, error=unknown) for index in range(len(batch))]
+        return self._publish_chunks(operation, destination, batch, sizes, hook)
+
+    def _publish_chunks(
+        self,
+        operation: str,
+        destination: str,
+        batch: list[OutgoingMessage],
+        sizes: list[int],
+        hook: Callable[[str, list[OutgoingMessage]], list[PublishResult]],
+    ) -> list[PublishResult]:
+        """Send ``batch`` in native chunks; never let a later chunk's error hide earlier results.
+
+        An error before anything was sent is raised. After that, a chunk whose
+        call raised is reported per message (unknown when the request may have
+        reached the broker, refused otherwise) and the chunks after it are not
+        sent: they are refused with an error saying so, and can be sent again.
+        """
         results: list[PublishResult] = []
         for offset, chunk in self._chunks(batch, sizes):
-            chunk_results = self._call(operation, hook, destination, chunk)  # closed meanwhile?
+            try:
+                chunk_results = self._call(operation, hook, destination, chunk)
+            except MelangeError as error:
+                if not results and not isinstance(error, OutcomeUnknown):
+                    raise  # nothing was sent: the call fails as a whole
+                failed = [PublishResult(offset + i, error=error) for i in range(len(chunk))]
+                return results + failed + self._not_sent(batch, offset + len(chunk), error)
             if offset:  # hooks number results within their chunk
-                chunk_results = [
-                    dataclasses.replace(r, index=r.index + offset) for r in chunk_results
-                ]
+                for result in chunk_results:
+                    result.index += offset
             results.extend(chunk_results)
         return results
+
+    def _not_sent(
+        self, batch: list[OutgoingMessage], start: int, cause: MelangeError
+    ) -> list[PublishResult]:
+        """Refused results for ``batch[start:]``, held back after an earlier chunk failed."""
+        if start >= len(batch):
+            return []
+        error = BackendUnavailable(
+            f"not sent: an earlier part of the same publish call failed ({type(cause).__name__}); "
+            "these messages were never sent, so publishing them again makes no duplicate"
+        )
+        error.__cause__ = cause
+        return [PublishResult(index, error=error) for index in range(start, len(batch))]
 
     def _chunks(
         self, batch: list[OutgoingMessage], sizes: list[int]
@@ -571,6 +699,47 @@ class MessagingBackend(abc.ABC):
 
     def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
         raise UnsupportedCapability(self.name, "lease_extension", "lease extension")
+
+    def _forward(
+        self, queue_name: str, message: ReceivedMessage, extra_attributes: dict[str, str]
+    ) -> PublishResult:
+        """Send ``message`` as received to ``queue_name`` (see :meth:`forward`).
+
+        The default rebuilds an :class:`OutgoingMessage` from the received body,
+        attributes and group id and sends it with :meth:`_publish_batch`, skipping
+        melange's publish checks. Override it when the received form differs
+        from what the broker was sent (a body encoding undone on receipt, typed
+        attributes read as strings): send the raw wire form instead.
+        """
+        attributes = self._with_extras(message.body, message.attributes, extra_attributes)
+        fifo = self.capabilities.fifo and is_fifo_name(queue_name)
+        outgoing = OutgoingMessage(
+            body=message.body,
+            attributes=attributes,
+            group_id=message.group_id if self.capabilities.fifo else None,
+            # A FIFO target drops a second copy if the caller crashes before its ack.
+            dedup_id=message.message_id if fifo and self.capabilities.dedup else None,
+        )
+        return self._publish_batch(queue_name, [outgoing])[0]
+
+    def _with_extras(
+        self, body: bytes, attributes: Mapping[str, str], extras: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Return ``attributes`` plus those ``extras`` that fit within the declared limits."""
+        caps = self.capabilities
+        result = dict(attributes)
+        size = OutgoingMessage(body, result).size
+        for key, value in extras.items():
+            if key in result:
+                continue  # the original's own value wins
+            grown = size + len(key.encode()) + len(value.encode())
+            if caps.max_attributes is not None and len(result) >= caps.max_attributes:
+                break
+            if grown > caps.max_message_size:
+                continue  # a shorter one may still fit
+            result[key] = value
+            size = grown
+        return result
 
     def _close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release resources; called once."""

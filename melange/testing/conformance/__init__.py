@@ -45,6 +45,7 @@ from melange.testing.conformance._support import (  # noqa: E402
     receive_now,
     release,
     requires,
+    without_dead_letter_reason,
 )
 from melange.testing.conformance.data import DataConformance  # noqa: E402
 from melange.testing.conformance.runtime import BackendSpec, RuntimeConformance  # noqa: E402
@@ -75,4 +76,5 @@ __all__ = [
     "receive_now",
     "release",
     "requires",
+    "without_dead_letter_reason",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import pytest
@@ -20,6 +20,7 @@ import pytest
 from melange.backends.base import Capabilities, MessagingBackend, OutgoingMessage, ReceivedMessage
 from melange.exceptions import MelangeError
 from melange.factory import MessagingBackendFactory
+from melange.message import DEAD_LETTER_REASON_ATTRIBUTE, DEAD_LETTER_SOURCE_ATTRIBUTE
 from melange.testing.conformance.report import BACKEND_INFO, REQUIRES_MARKER, describe_backend
 
 Wait = Callable[[float], None]
@@ -276,3 +277,14 @@ def in_range(value: float, bounds: tuple[float, float]) -> float:
     """Clamp ``value`` into the inclusive ``bounds``."""
     low, high = bounds
     return min(max(value, low), high)
+
+
+def without_dead_letter_reason(attributes: Mapping[str, str]) -> dict[str, str]:
+    """Return ``attributes`` without those a dispatcher adds to a dead-letter copy.
+
+    A copy made by :meth:`~melange.backends.MessagingBackend.forward` must carry
+    the original's attributes exactly; the reason attributes come on top, where
+    the broker has room.
+    """
+    added = (DEAD_LETTER_REASON_ATTRIBUTE, DEAD_LETTER_SOURCE_ATTRIBUTE)
+    return {k: v for k, v in attributes.items() if k not in added}
