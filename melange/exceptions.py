@@ -41,7 +41,7 @@ class InvalidArgument(MelangeError, TypeError):
     """
 
     def __init__(self, argument: str, expected: str, value: object, hint: str = ""):
-        got = "None" if value is None else f"a {type(value).__name__} ({_short_repr(value)})"
+        got = "None" if value is None else f"{type(value).__name__} {_short_repr(value)}"
         fix = f"; {hint}" if hint else ""
         super().__init__(f"{argument} must be {expected}, got {got}{fix}")
         self.argument = argument
@@ -52,15 +52,14 @@ def _short_repr(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def require_str(argument: str, value: object, what: str = "a non-empty string") -> str:
-    """Return ``value`` if it is a non-empty ``str``, else raise :class:`InvalidArgument`.
+def require_str(argument: str, value: object, what: str = "a string") -> str:
+    """Return ``value`` if it is a ``str``, else raise :class:`InvalidArgument`.
 
-    Bytes get a hint to decode them; everything else names the type received.
+    Only the type is checked: what a valid value is (an empty name, say) is for
+    the caller's own rules. Bytes get a hint to decode them.
     """
-    if isinstance(value, str) and value:
-        return value
     if isinstance(value, str):
-        raise InvalidArgument(argument, what, value, "an empty name is never valid")
+        return value
     hint = "decode it first, e.g. name.decode()" if isinstance(value, (bytes, bytearray)) else ""
     raise InvalidArgument(argument, what, value, hint)
 

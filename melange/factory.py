@@ -23,8 +23,10 @@ from melange.backends.base import MessagingBackend
 from melange.exceptions import (
     ConfigurationError,
     ImmutableSettingError,
+    InvalidArgument,
     InvalidTopology,
     did_you_mean,
+    require_str,
 )
 from melange.topology import (
     DEFAULT_MAX_RECEIVE_COUNT,
@@ -248,6 +250,7 @@ class MessagingBackendFactory:
 
     # ------------------------------------------------------- building specs
     def _topic_spec(self, topic_name: str, settings: Mapping[str, Any]) -> TopicSpec:
+        require_str("topic_name", topic_name)
         _reject_unknown("init_topic", settings, TOPIC_SETTINGS)
         spec = TopicSpec(topic_name, _flag(settings, "fifo", topic_name))
         self._backend.require("topics", f"topic {topic_name!r}")
@@ -265,6 +268,9 @@ class MessagingBackendFactory:
     ) -> _QueueRequest:
         backend = self._backend
         caps = backend.capabilities
+        require_str("queue_name", queue_name)
+        if dead_letter_queue_name is not None:
+            require_str("dead_letter_queue_name", dead_letter_queue_name)
         _reject_unknown("init_queue", settings, QUEUE_SETTINGS)
         fifo = _flag(settings, "fifo", queue_name)
         visibility = _seconds(settings, "visibility_timeout", (0.0, caps.max_visibility_timeout))
@@ -424,8 +430,14 @@ def _topic_names(names: Sequence[str] | str | None) -> list[str]:
     if isinstance(names, str):
         names = [names]  # init_queue("q", "topic") means one topic, not five letters
     unique: list[str] = []
+    if not isinstance(names, Sequence):
+        raise InvalidArgument(
+            "topic_names_to_subscribe", "a list of topic names", names, "or one name, or None"
+        )
     for name in names:
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            require_str("topic_names_to_subscribe (each name)", name)
+        if not name:
             raise InvalidTopology(
                 f"topic_names_to_subscribe must hold non-empty topic names, got {name!r}"
             )

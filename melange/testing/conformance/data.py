@@ -36,6 +36,7 @@ from melange.testing.conformance._support import (
     receive_now,
     release,
     requires,
+    without_dead_letter_reason,
 )
 from melange.topology import QueueSpec
 
@@ -361,6 +362,48 @@ class DataConformance(ConformanceBase):
         assert dict(dead.attributes) == attributes
         assert dead.queue_name == dlq
         assert_empty(melange_backend, queue)
+
+    def test_forward_copies_a_received_message_exactly(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """``forward`` sends body and attributes as received; extras only where they fit.
+
+        Messages that fill the backend's attribute count or size limit keep every
+        original attribute and their whole body; the extra attributes are what
+        gives way. The original stays in its queue until acknowledged.
+        """
+        source, target = melange_names.queue("source"), melange_names.queue("target")
+        melange_factory.init_queue(source)
+        melange_factory.init_queue(target)
+        caps = melange_backend.capabilities
+        roomy = OutgoingMessage(b"\x00\xff binary \xe9", {"event": "failed", "n": "1"})
+        full_count = caps.max_attributes or 10
+        crowded = OutgoingMessage(b"crowded", {f"a{i}": str(i) for i in range(full_count)})
+        filler = caps.max_message_size - OutgoingMessage(b"", {"n": "3"}).size
+        largest = OutgoingMessage(b"x" * filler, {"n": "3"})
+        originals = [roomy, crowded, largest]
+        assert all(r.ok for r in melange_backend.publish(source, originals))
+        received = drain(melange_backend, source, len(originals), ack=False)
+        extras = {"melange.dead-letter-reason": "test", "melange.dead-letter-source": source}
+        for message in received:
+            result = melange_backend.forward(message, target, extra_attributes=extras)
+            assert result.status == "accepted", result.error
+        copies = {m.body: m for m in drain(melange_backend, target, len(originals))}
+        for original in originals:
+            copy = copies[original.body]  # the whole body, byte for byte
+            assert without_dead_letter_reason(copy.attributes) == dict(original.attributes)
+            added = set(copy.attributes) - set(original.attributes)
+            assert added <= set(extras)
+            assert all(copy.attributes[name] == extras[name] for name in added)
+        # Where the extras go beyond the broker's own limits is the broker's business
+        # (melange's declared limits may keep a margin); the original always wins.
+        assert set(copies[roomy.body].attributes) >= set(extras), "room, but no reason added"
+        if caps.nack_delay:  # forward copies: the originals wait for their ack
+            melange_backend.nack(received)
+            assert len(drain(melange_backend, source, len(originals))) == len(originals)
 
     @requires("dead_letter")
     def test_poison_messages_reach_the_dead_letter_queue_while_the_consumer_goes_on(
