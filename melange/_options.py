@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from melange._outage import RECONNECT_BACKOFF
 from melange.backends.base import MessagingBackend
 from melange.consumers import Consumer, is_async_consumer
 from melange.exceptions import ConfigurationError
@@ -33,6 +34,8 @@ class DispatcherOptions:
     batch_size: int
     wait_seconds: float
     grace_period: float
+    startup_timeout: float
+    reconnect_backoff: RetryPolicy
     dedup_ttl: float | None
     dedup_claim_ttl: float | None
     on_undecodable: Outcome
@@ -67,6 +70,8 @@ class DispatcherOptions:
         lease: LeasePolicy | None,
         grace_period: float,
         close_backend: bool,
+        startup_timeout: float,
+        reconnect_backoff: RetryPolicy | None,
     ) -> None:
         if not isinstance(backend, MessagingBackend):
             raise ConfigurationError(
@@ -88,6 +93,7 @@ class DispatcherOptions:
         self.batch_size = positive_int("batch_size", batch_size)
         self.wait_seconds = seconds("wait_seconds", wait_seconds)
         self.grace_period = seconds("grace_period", grace_period)
+        self.startup_timeout = seconds("startup_timeout", startup_timeout)
         self.dedup_ttl = _optional_positive_seconds("dedup_ttl", dedup_ttl)
         self.dedup_claim_ttl = _optional_positive_seconds("dedup_claim_ttl", dedup_claim_ttl)
         for label, outcome in (("on_undecodable", on_undecodable), ("on_unhandled", on_unhandled)):
@@ -97,13 +103,20 @@ class DispatcherOptions:
                 )
         self.on_undecodable = on_undecodable
         self.on_unhandled = on_unhandled
-        for label, value, kind in (("retry", retry, RetryPolicy), ("lease", lease, LeasePolicy)):
+        for label, value, kind in (
+            ("retry", retry, RetryPolicy),
+            ("reconnect_backoff", reconnect_backoff, RetryPolicy),
+            ("lease", lease, LeasePolicy),
+        ):
             if value is not None and not isinstance(value, kind):
                 raise ConfigurationError(
                     f"{label} must be a melange {kind.__name__}, got {type(value).__name__}"
                 )
         self.retry = retry if retry is not None else RetryPolicy()
         self.lease = lease if lease is not None else LeasePolicy()
+        self.reconnect_backoff = (
+            reconnect_backoff if reconnect_backoff is not None else RECONNECT_BACKOFF
+        )
         self.dedup = dedup
         if hooks is None:
             from melange.tracing import default_hooks  # OpenTelemetry only when installed
@@ -127,6 +140,7 @@ class DispatcherOptions:
             dedup=dedup,
             dedup_ttl=self.dedup_ttl,
             dedup_claim_ttl=self.dedup_claim_ttl,
+            reconnect_backoff=self.reconnect_backoff,
         )
 
 

@@ -31,6 +31,11 @@ A :class:`MessageDispatcher` runs the loop an application uses every day::
   dead-letter it).
 * A heartbeat extends the lease of messages whose handlers run long
   (:class:`~melange.lease.LeasePolicy`), on backends that can.
+* When receives fail (the broker is unreachable, the queue vanished), the
+  receivers retry with capped exponential backoff (``reconnect_backoff``),
+  logging one WARNING when the failures begin and one INFO when receives work
+  again. At start-up, an unreachable broker is waited for up to
+  ``startup_timeout`` seconds.
 * :meth:`~MessageDispatcher.stop` (or SIGTERM/SIGINT under
   :meth:`~MessageDispatcher.run`) stops receiving, lets running handlers finish
   within ``grace_period``, releases messages that were received but not
@@ -53,9 +58,10 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from melange._options import DispatcherOptions, positive_int
+from melange._outage import StartupWait
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer
-from melange.exceptions import BackendClosed, ConfigurationError
+from melange.exceptions import BackendClosed, BackendUnavailable, ConfigurationError
 from melange.lease import LeaseKeeper, LeasePolicy
 from melange.observability import Hooks
 from melange.retry import RetryPolicy
@@ -64,6 +70,7 @@ from melange.settlement import FILL_WAIT, AckBuffer, Delivery, DispatchStats, Ou
 
 if TYPE_CHECKING:
     from melange.dedup import DedupCache
+    from melange.topology import QueueSpec
 
 __all__ = [
     "DispatchStats",
@@ -117,6 +124,12 @@ class MessageDispatcher(DispatcherOptions):
             :class:`LeasePolicy`. Used only when the backend supports lease extension.
         grace_period: Seconds :meth:`stop` lets running handlers finish.
         close_backend: Close the backend when the dispatcher stops.
+        startup_timeout: Seconds :meth:`start` waits for a broker that cannot be
+            reached (``BackendUnavailable``) before it raises; 0 raises at once.
+        reconnect_backoff: Waits between attempts while receives fail, and while
+            waiting for the broker at start-up; default 0.1 s doubling up to 5 s,
+            with 20% jitter (``RetryPolicy(0.1, 2.0, 5.0, 0.2)``). The cap bounds
+            how long the dispatcher stays idle once the broker is back.
 
     Raises:
         ConfigurationError: An argument is invalid (no consumers, two consumers
@@ -145,6 +158,8 @@ class MessageDispatcher(DispatcherOptions):
         lease: LeasePolicy | None = None,
         grace_period: float = 30.0,
         close_backend: bool = True,
+        startup_timeout: float = 60.0,
+        reconnect_backoff: RetryPolicy | None = None,
     ) -> None:
         self._configure(
             backend,
@@ -165,6 +180,8 @@ class MessageDispatcher(DispatcherOptions):
             lease=lease,
             grace_period=grace_period,
             close_backend=close_backend,
+            startup_timeout=startup_timeout,
+            reconnect_backoff=reconnect_backoff,
         )
         self.workers = (
             self.batch_size * self.concurrent_receives
@@ -174,7 +191,8 @@ class MessageDispatcher(DispatcherOptions):
 
         self._lock = threading.Lock()
         self._capacity = threading.Condition(self._lock)
-        self._state: Literal["new", "running", "stopping", "stopped"] = "new"
+        self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
+        self._signalled = False  # run() stopped by a signal
         self._held = 0  # received, not finished
         self._reserved = 0  # asked for by receive calls in progress
         self._pending_acks = 0
@@ -227,15 +245,23 @@ class MessageDispatcher(DispatcherOptions):
             return self._held
 
     def start(self) -> None:
-        """Start receiving and handling in background threads; return at once.
+        """Start receiving and handling in background threads; return once running.
 
-        Calling it again while running does nothing.
+        While the broker cannot be reached (``BackendUnavailable``), waits for it
+        up to ``startup_timeout`` seconds, retrying with ``reconnect_backoff``;
+        :meth:`stop` from another thread (or a signal under :meth:`run`) ends
+        the wait, and then this returns without starting. Calling it again while
+        running does nothing.
 
         Raises:
-            QueueNotFound: The queue does not exist.
+            QueueNotFound: The queue does not exist (raised at once).
+            BackendUnavailable: The broker could not be reached within
+                ``startup_timeout``; the last attempt's error.
             ConfigurationError: The dispatcher was stopped; create a new one.
         """
-        with self._lock:
+        with self._capacity:
+            while self._state == "starting":  # another thread is starting it: wait for it
+                self._capacity.wait()
             if self._state == "running":
                 return
             if self._state != "new":
@@ -243,24 +269,20 @@ class MessageDispatcher(DispatcherOptions):
                     f"this dispatcher for queue {self.queue_name!r} was stopped and cannot "
                     "start again; create a new MessageDispatcher"
                 )
-            self._settlement.load(self.backend.get_queue(self.queue_name))
-            self._keeper = self._settlement.lease_keeper(self.lease)
-            self._ack_buffer = self._settlement.ack_buffer()
-            name = self.queue_name
-            self._worker_threads = [
-                _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(self.workers)
-            ]
-            self._receivers = [
-                _thread(self._receive_loop, f"melange-receiver-{name}-{i}")
-                for i in range(self.concurrent_receives)
-            ]
-            # One more acker than receivers: a slow ack call never holds up the next batch.
-            self._ackers = [
-                _thread(self._ack_loop, f"melange-acker-{name}-{i}")
-                for i in range(self.concurrent_receives + 1)
-            ]
-            self._last_activity = time.monotonic()
-            self._state = "running"
+            self._state = "starting"
+        try:
+            spec = self._wait_for_queue()
+            with self._capacity:
+                if self._state != "starting":  # stop() was called meanwhile
+                    return
+                self._settlement.load(spec)
+                self._start_threads()
+                self._state = "running"
+        finally:
+            with self._capacity:
+                if self._state == "starting":  # it failed: a later start() may try again
+                    self._state = "new"
+                self._capacity.notify_all()
         logger.info(
             "dispatching queue %s to %s with %d worker(s)",
             self.queue_name,
@@ -269,12 +291,52 @@ class MessageDispatcher(DispatcherOptions):
             extra=self._queue_extra,
         )
 
+    def _wait_for_queue(self) -> QueueSpec | None:
+        """Look the queue up, waiting for an unreachable broker; ``None`` once stopping."""
+        waiting = StartupWait(
+            self.queue_name, self.startup_timeout, self.reconnect_backoff, self._queue_extra
+        )
+        while True:
+            try:
+                spec = self.backend.get_queue(self.queue_name)
+            except Exception as exc:
+                if self._stop_requested.is_set():  # e.g. the stop closed the backend
+                    return None
+                delay = waiting.failed(exc) if isinstance(exc, BackendUnavailable) else None
+                if delay is None:
+                    raise
+                if self._stop_requested.wait(delay):
+                    return None
+                continue
+            waiting.succeeded()
+            return spec
+
+    def _start_threads(self) -> None:
+        """Start the heartbeat, workers, receivers and ackers; call with the lock held."""
+        self._keeper = self._settlement.lease_keeper(self.lease)
+        self._ack_buffer = self._settlement.ack_buffer()
+        name = self.queue_name
+        self._worker_threads = [
+            _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(self.workers)
+        ]
+        self._receivers = [
+            _thread(self._receive_loop, f"melange-receiver-{name}-{i}")
+            for i in range(self.concurrent_receives)
+        ]
+        # One more acker than receivers: a slow ack call never holds up the next batch.
+        self._ackers = [
+            _thread(self._ack_loop, f"melange-acker-{name}-{i}")
+            for i in range(self.concurrent_receives + 1)
+        ]
+        self._last_activity = time.monotonic()
+
     def run(self, *, install_signal_handlers: bool = True) -> None:
         """Start, then block until :meth:`stop`, SIGTERM or SIGINT ends the dispatcher.
 
         Returns normally after a graceful shutdown, so a process whose main
         function calls it exits with status 0. A second SIGINT while shutting
-        down raises :class:`KeyboardInterrupt`.
+        down raises :class:`KeyboardInterrupt`. The signals also end the wait
+        for an unreachable broker at start-up (see :meth:`start`).
 
         Args:
             install_signal_handlers: Handle SIGTERM and SIGINT while running
@@ -283,14 +345,19 @@ class MessageDispatcher(DispatcherOptions):
 
         Raises:
             QueueNotFound: The queue does not exist.
+            BackendUnavailable: The broker could not be reached within ``startup_timeout``.
             ConfigurationError: The dispatcher was stopped; create a new one.
         """
-        self.start()
         previous: dict[signal.Signals, Any] = {}
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
+            try:
+                self.start()
+            except ConfigurationError:
+                if not self._signalled:  # else a signal came before start(): nothing to do
+                    raise
             while not self._stopped.wait(0.5):
                 pass
         finally:
@@ -300,13 +367,15 @@ class MessageDispatcher(DispatcherOptions):
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stop_requested.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
+        self._signalled = True
         logger.info(
             "received %s: stopping (grace period %gs)",
             signal.Signals(signum).name,
             self.grace_period,
             extra=self._queue_extra,
         )
-        self._request_stop()
+        # From another thread: the signal may have interrupted this one inside a locked section.
+        _thread(self._request_stop, f"melange-signal-{self.queue_name}")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully; idempotent.
@@ -370,11 +439,12 @@ class MessageDispatcher(DispatcherOptions):
             previous = self._state
             if previous in ("stopping", "stopped"):
                 return
-            self._state = "stopped" if previous == "new" else "stopping"
+            never_started = previous in ("new", "starting")
+            self._state = "stopped" if never_started else "stopping"
             self._stop_requested.set()
             unstarted = self._cancel_unstarted()
             self._capacity.notify_all()
-        if previous == "new":  # never started: nothing runs, only the backend to close
+        if never_started:  # nothing runs (start() gives up its wait): only the backend to close
             self._close_backend()
             self._stopped.set()
             return
@@ -499,6 +569,7 @@ class MessageDispatcher(DispatcherOptions):
                 self._stop_requested.wait(self._settlement.receive_failed(failures, exc))
                 continue
             failures = 0
+            self._settlement.receive_succeeded()
             self._accept(received, count, received_at)
 
     def _unreserve(self, count: int) -> None:

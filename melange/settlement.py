@@ -25,11 +25,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
+from melange._outage import RECONNECT_BACKOFF, Outage
+from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer
 from melange.exceptions import ConfigurationError, QueueNotFound
 from melange.lease import Lease, LeaseKeeper, LeasePolicy
-from melange.message import Message
+from melange.message import (
+    DEAD_LETTER_REASON_ATTRIBUTE,
+    DEAD_LETTER_SOURCE_ATTRIBUTE,
+    PRODUCER_ID_ATTRIBUTE,
+    Message,
+)
 from melange.observability import Hooks
 from melange.retry import RetryPolicy
 from melange.topology import QueueSpec
@@ -70,9 +76,6 @@ FILL_WAIT = 0.05
 
 Asking for fewer costs a whole extra round trip to the broker, which is longer than this.
 """
-
-_RECEIVE_BACKOFF = RetryPolicy(base=0.1, factor=2.0, max_delay=10.0, jitter=0.2)
-"""Waits between receive attempts while the backend fails."""
 
 
 @dataclass
@@ -258,6 +261,8 @@ class Settlement:
         dedup: The deduplication cache, if any.
         dedup_ttl: Seconds a "done" mark is kept; ``None``: the queue's retention period.
         dedup_claim_ttl: Seconds a claim lives; ``None``: the queue's visibility timeout.
+        reconnect_backoff: Waits between receives while they fail; ``None``:
+            :data:`melange._outage.RECONNECT_BACKOFF`.
     """
 
     def __init__(
@@ -271,6 +276,7 @@ class Settlement:
         dedup: DedupCache | None,
         dedup_ttl: float | None,
         dedup_claim_ttl: float | None,
+        reconnect_backoff: RetryPolicy | None = None,
     ) -> None:
         self.backend = backend
         self.queue_name = queue_name
@@ -288,11 +294,17 @@ class Settlement:
         self.dead_letter_queue: str | None = None
         self.max_receives: int | None = None
         self.fifo = False
+        self._refused_copies = _RecentIds()  # dead-letter copies refused, to log each once
         self.queue_extra: dict[str, Any] = {
             "queue": queue_name,
             "message_id": None,
             "consumer": None,
         }
+        self.receive_outage = Outage(
+            f"receiving from queue {queue_name}",
+            RECONNECT_BACKOFF if reconnect_backoff is None else reconnect_backoff,
+            self.queue_extra,
+        )
 
     # ----------------------------------------------------------------- setup
     def load(self, spec: QueueSpec | None) -> None:
@@ -345,18 +357,21 @@ class Settlement:
         return AckBuffer(limit, max_wait)
 
     def receive_failed(self, failures: int, error: Exception) -> float:
-        """Count and log a failed receive; return the seconds to wait before the next one."""
+        """Count a failed receive, logged once per outage; return the seconds to wait.
+
+        Args:
+            failures: Receives of the calling receiver that failed in a row, this one included.
+            error: Why it failed.
+        """
         self.stats.add("receive_errors")
-        delay = _RECEIVE_BACKOFF.delay(failures)
-        logger.error(
-            "receiving from queue %s failed (%s: %s); retrying in %.1fs",
-            self.queue_name,
-            type(error).__name__,
-            error,
-            delay,
-            extra=self.queue_extra,
-        )
-        return delay
+        note = ""
+        if isinstance(error, QueueNotFound):  # e.g. the broker restarted and lost its state
+            note = "; receiving resumes once the queue exists again"
+        return self.receive_outage.failed(failures, error, note)
+
+    def receive_succeeded(self) -> None:
+        """Record a successful receive: ends an outage with one INFO (cheap otherwise)."""
+        self.receive_outage.recovered()
 
     def close_backend(self) -> None:
         """Close the backend, logging (not raising) a failure."""
@@ -628,29 +643,38 @@ class Settlement:
         return "leave"
 
     def dead_letter(self, received: ReceivedMessage, reason: str) -> bool:
-        """Publish the message unchanged to the dead-letter queue; return whether it worked."""
+        """Copy the message as received to the dead-letter queue; return whether that worked.
+
+        The copy is made with :meth:`MessagingBackend.forward`: the original body
+        bytes and attributes, with the reason added only where the broker has
+        room. When the copy is refused or its outcome is unknown, the message is
+        left for redelivery, and so for the broker's own redrive after the
+        queue's maximum receive count; that is logged once per message.
+        """
         target = self.dead_letter_queue
         assert target is not None
-        outgoing = OutgoingMessage(
-            body=received.body,
-            attributes=dict(received.attributes),
-            group_id=received.group_id,
-            # A FIFO dead-letter queue drops a second copy if we crash before the ack.
-            dedup_id=received.message_id if self.fifo else None,
-        )
+        extras = {
+            DEAD_LETTER_REASON_ATTRIBUTE: reason,
+            DEAD_LETTER_SOURCE_ATTRIBUTE: self.queue_name,
+        }
         try:
-            results = self.backend.publish(target, [outgoing])
-            error: BaseException | None = results[0].error if results else None
+            error: BaseException | None = self.backend.forward(
+                received, target, extra_attributes=extras
+            ).error
         except Exception as exc:
             error = exc
         if error is not None:
-            logger.error(
-                "could not move message %s (%s) to dead-letter queue %s (%s: %s); leaving it",
+            first = self._refused_copies.add(received.message_id)
+            logger.log(
+                logging.ERROR if first else logging.DEBUG,
+                "could not copy message %s (%s) to dead-letter queue %s (%s: %s); leaving it to "
+                "the broker, which moves it there after %s receives",
                 received.message_id,
                 reason,
                 target,
                 type(error).__name__,
                 error,
+                self.max_receives if self.max_receives is not None else "the maximum",
                 extra=log_extra(received),
             )
             return False
@@ -713,5 +737,27 @@ def exit_handling(
             )
 
 
+class _RecentIds:
+    """The most recent ids seen (bounded), thread-safe: "have we logged this one already?"."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._ids: dict[str, None] = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def add(self, message_id: str) -> bool:
+        """Remember ``message_id``; return whether it is new."""
+        with self._lock:
+            if message_id in self._ids:
+                return False
+            if len(self._ids) >= self._limit:
+                del self._ids[next(iter(self._ids))]  # the oldest
+            self._ids[message_id] = None
+            return True
+
+
 def _dedup_key(candidate: Consumer, received: ReceivedMessage) -> str:
-    return f"{candidate.name}:{received.message_id}"
+    # The producer id survives publisher retries that made the broker store two
+    # copies under two broker ids; a foreign message has only the broker's id.
+    producer_id = received.attributes.get(PRODUCER_ID_ATTRIBUTE)
+    return f"{candidate.name}:{producer_id or received.message_id}"

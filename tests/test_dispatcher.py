@@ -966,13 +966,13 @@ def test_receive_errors_are_logged_and_retried(
     calls: list[Paid] = []
     publish(backend, registry, Paid("o1"))
     with (
-        caplog.at_level(logging.ERROR, "melange.dispatcher"),
+        caplog.at_level(logging.WARNING, "melange.dispatcher"),
         dispatcher(backend, [consumer(calls.append)], registry) as d,
     ):
         stats = d.run_until_idle(0.5)
     assert calls == [Paid("o1")]
     assert stats.receive_errors == 2
-    assert caplog.text.count("broker unreachable") == 2
+    assert caplog.text.count("broker unreachable") == 1  # one warning for the run of failures
 
 
 def test_a_backend_closed_under_the_dispatcher_stops_it(registry: SerializerRegistry) -> None:

@@ -18,6 +18,10 @@ graceful shutdown) with handlers as event-loop tasks:
   nor be starved by them, and ``asyncio.run`` does not wait for a pending poll
   on exit.
 
+Failing receives are retried with capped backoff and logged once per outage,
+and :meth:`~AsyncMessageDispatcher.start` waits up to ``startup_timeout`` for an
+unreachable broker, as in the synchronous dispatcher.
+
 Lease extension is the synchronous runtime's :class:`~melange.lease.LeaseKeeper`
 (a heartbeat thread), and the counters are a :class:`~melange.dispatcher.DispatchStats`.
 Logging goes to the ``melange.dispatcher`` logger, with the same records and
@@ -43,10 +47,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from melange._options import DispatcherOptions, positive_int
+from melange._outage import StartupWait
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer, is_async_consumer
 from melange.dispatcher import DispatchStats, Outcome
-from melange.exceptions import BackendClosed, ConfigurationError
+from melange.exceptions import BackendClosed, BackendUnavailable, ConfigurationError
 from melange.lease import LeaseKeeper, LeasePolicy
 from melange.message import Message
 from melange.observability import Hooks
@@ -63,6 +68,7 @@ from melange.settlement import (
 
 if TYPE_CHECKING:
     from melange.dedup import DedupCache
+    from melange.topology import QueueSpec
 
 __all__ = ["AsyncMessageDispatcher"]
 
@@ -116,6 +122,11 @@ class AsyncMessageDispatcher(DispatcherOptions):
             :class:`LeasePolicy`. Used only when the backend supports lease extension.
         grace_period: Seconds :meth:`stop` lets running handlers finish.
         close_backend: Close the backend when the dispatcher stops.
+        startup_timeout: Seconds :meth:`start` waits for a broker that cannot be
+            reached (``BackendUnavailable``) before it raises; 0 raises at once.
+        reconnect_backoff: Waits between attempts while receives fail, and while
+            waiting for the broker at start-up; default 0.1 s doubling up to 5 s,
+            with 20% jitter.
 
     Raises:
         ConfigurationError: An argument is invalid (no consumers, two consumers
@@ -143,6 +154,8 @@ class AsyncMessageDispatcher(DispatcherOptions):
         lease: LeasePolicy | None = None,
         grace_period: float = 30.0,
         close_backend: bool = True,
+        startup_timeout: float = 60.0,
+        reconnect_backoff: RetryPolicy | None = None,
     ) -> None:
         self._configure(
             backend,
@@ -163,6 +176,8 @@ class AsyncMessageDispatcher(DispatcherOptions):
             lease=lease,
             grace_period=grace_period,
             close_backend=close_backend,
+            startup_timeout=startup_timeout,
+            reconnect_backoff=reconnect_backoff,
         )
         self.concurrency = (
             self.batch_size * self.concurrent_receives
@@ -249,10 +264,16 @@ class AsyncMessageDispatcher(DispatcherOptions):
     async def start(self) -> None:
         """Start receiving and handling in background tasks; return once running.
 
-        Calling it again while running does nothing.
+        While the broker cannot be reached (``BackendUnavailable``), waits for it
+        up to ``startup_timeout`` seconds, retrying with ``reconnect_backoff``;
+        :meth:`request_stop` (or a signal under :meth:`run`) ends the wait, and
+        then this returns without starting. Calling it again while running does
+        nothing.
 
         Raises:
-            QueueNotFound: The queue does not exist.
+            QueueNotFound: The queue does not exist (raised at once).
+            BackendUnavailable: The broker could not be reached within
+                ``startup_timeout``; the last attempt's error.
             ConfigurationError: The dispatcher was stopped; create a new one.
         """
         loop = self._bind_loop()
@@ -281,7 +302,9 @@ class AsyncMessageDispatcher(DispatcherOptions):
             thread_name_prefix=f"melange-aio-{self.queue_name}",
         )
         try:
-            self._settlement.load(await self._io(self.backend.get_queue, self.queue_name))
+            spec = await self._wait_for_queue()
+            if self._state == "starting":
+                self._settlement.load(spec)
         except BaseException:
             if self._state == "starting":  # else stop() was called meanwhile and owns the pool
                 self._state = "new"
@@ -312,7 +335,8 @@ class AsyncMessageDispatcher(DispatcherOptions):
         Returns normally after a graceful shutdown, so a process whose main
         coroutine awaits it exits with status 0. A second SIGINT while shutting
         down raises :class:`KeyboardInterrupt`. Cancelling the call begins a
-        graceful stop too (await :meth:`stop` to wait for it).
+        graceful stop too (await :meth:`stop` to wait for it). The signals also
+        end the wait for an unreachable broker at start-up (see :meth:`start`).
 
         Args:
             install_signal_handlers: Handle SIGTERM and SIGINT while running, with
@@ -321,10 +345,10 @@ class AsyncMessageDispatcher(DispatcherOptions):
 
         Raises:
             QueueNotFound: The queue does not exist.
+            BackendUnavailable: The broker could not be reached within ``startup_timeout``.
             ConfigurationError: The dispatcher was stopped; create a new one.
         """
-        await self.start()
-        loop = asyncio.get_running_loop()
+        loop = self._bind_loop()  # request_stop() needs the loop: a signal may come during start()
         installed: list[tuple[signal.Signals, Any]] = []
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -335,6 +359,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
                     continue
                 installed.append((signum, previous))
         try:
+            await self.start()
             assert self._stopped is not None
             await self._stopped.wait()
         except asyncio.CancelledError:
@@ -381,7 +406,10 @@ class AsyncMessageDispatcher(DispatcherOptions):
         self._stop_requested.set()
         unstarted = self._cancel_unstarted()
         self._capacity_changed.set()
-        shutdown = self._shutdown(unstarted) if previous != "new" else self._close_unstarted()
+        if previous in ("new", "starting"):  # nothing runs (start() gives up its wait)
+            shutdown = self._close_unstarted()
+        else:
+            shutdown = self._shutdown(unstarted)
         self._shutdown_task = loop.create_task(shutdown, name=f"melange-stop-{self.queue_name}")
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -551,6 +579,28 @@ class AsyncMessageDispatcher(DispatcherOptions):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop_requested.wait(), seconds)
 
+    async def _wait_for_queue(self) -> QueueSpec | None:
+        """Look the queue up, waiting for an unreachable broker; ``None`` once stopping."""
+        assert self._stop_requested is not None
+        waiting = StartupWait(
+            self.queue_name, self.startup_timeout, self.reconnect_backoff, self._queue_extra
+        )
+        while True:
+            try:
+                spec = await self._io(self.backend.get_queue, self.queue_name)
+            except Exception as exc:
+                if self._stop_requested.is_set():  # e.g. the stop closed the backend
+                    return None
+                delay = waiting.failed(exc) if isinstance(exc, BackendUnavailable) else None
+                if delay is None:
+                    raise
+                await self._pause(delay)
+                if self._stop_requested.is_set():  # the stop may have shut the pool down
+                    return None
+                continue
+            waiting.succeeded()
+            return spec
+
     # -------------------------------------------------------------- receiving
     async def _reserve(self) -> int:
         """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping.
@@ -613,6 +663,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
                 await self._pause(self._settlement.receive_failed(failures, exc))
                 continue
             failures = 0
+            self._settlement.receive_succeeded()
             await self._accept(received, count, received_at)
 
     async def _accept(
