@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from melange._outage import Outage
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.exceptions import ConfigurationError, LeaseLost
 from melange.observability import Hooks
+from melange.retry import RetryPolicy
 
 __all__ = ["Lease", "LeaseKeeper", "LeasePolicy"]
 
@@ -122,6 +124,12 @@ class LeaseKeeper:
         self.interval = min(1.0, max(0.02, self._remaining_trigger / 4))
         self._leases: set[Lease] = set()
         self._lock = threading.Lock()
+        # A broker outage fails every beat: warn once, not once a second.
+        self._outage = Outage(
+            f"extending leases on queue {queue_name}",
+            RetryPolicy(base=self.interval, factor=1.0, max_delay=self.interval, jitter=0.0),
+            {"queue": queue_name, "message_id": None, "consumer": None},
+        )
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"melange-lease-{queue_name}", daemon=True
@@ -205,12 +213,7 @@ class LeaseKeeper:
                 self._extend_one(lease, seconds, now)
             return
         except Exception as exc:
-            logger.warning(
-                "could not extend the lease of %d message(s) (%s); retrying on the next beat",
-                len(leases),
-                type(exc).__name__,
-                extra={"queue": self.queue_name, "message_id": None, "consumer": None},
-            )
+            self._outage.failed(1, exc, note=f" ({len(leases)} lease(s) due)")
             return
         self._extended(leases, seconds, now)
 
@@ -220,20 +223,12 @@ class LeaseKeeper:
         except LeaseLost as exc:
             self._lost(lease, exc)
         except Exception as exc:
-            logger.warning(
-                "could not extend the lease of message %s (%s); retrying on the next beat",
-                lease.received.message_id,
-                type(exc).__name__,
-                extra={
-                    "queue": self.queue_name,
-                    "message_id": lease.received.message_id,
-                    "consumer": None,
-                },
-            )
+            self._outage.failed(1, exc)
         else:
             self._extended([lease], seconds, now)
 
     def _extended(self, leases: list[Lease], seconds: float, now: float) -> None:
+        self._outage.recovered()
         for lease in leases:
             lease.expires_at = now + seconds
             self._hooks.on_lease_extended(self.queue_name, lease.received, seconds)

@@ -641,6 +641,34 @@ def test_lease_keeper_extends_when_due_up_to_max_lease(
     assert [m.message_id for m in backend.receive(QUEUE, 1)] == [received.message_id]
 
 
+def test_lease_keeper_warns_once_per_outage_and_says_when_it_is_over(
+    registry: SerializerRegistry, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = make_backend(clock, visibility_timeout=10.0)
+    publish(backend, registry, Paid("o1"))
+    (received,) = backend.receive(QUEUE, 1)
+    hooks, lost = LeaseHooks(), []  # type: tuple[LeaseHooks, list[Lease]]
+    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=600.0), lost)
+    lease = Lease(received, received_at=0.0, expires_at=10.0)
+    keeper.track([lease])
+    real_extend = backend.extend_lease
+
+    def unreachable(messages: object, seconds: float) -> None:
+        raise BackendUnavailable("connection reset by peer")
+
+    backend.extend_lease = unreachable  # type: ignore[method-assign]
+    with caplog.at_level(logging.DEBUG, "melange.dispatcher"):
+        for at in (5.5, 6.0, 6.5, 7.0, 7.5):  # every beat of the outage fails
+            keeper.extend_due(at)
+        backend.extend_lease = real_extend  # type: ignore[method-assign]
+        keeper.extend_due(8.0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "connection reset by peer" in warnings[0].getMessage()
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 1 and "5 failed attempts" in infos[0]
+    assert hooks.extended == [(received.message_id, 10.0)] and lost == []
+
+
 def test_lease_keeper_reports_a_lost_lease_and_keeps_the_others(
     registry: SerializerRegistry, clock: ManualClock
 ) -> None:
