@@ -14,6 +14,8 @@ import pytest
 from melange_gcp import GCPPubSubBackend
 from melange_gcp.testing import PubSubEmulator, PubSubEmulatorError
 
+from melange.testing.faults import FaultProxy
+
 PROJECT = "melange-test"
 
 
@@ -72,3 +74,10 @@ def backend(emulator_host: str) -> Iterator[GCPPubSubBackend]:
 def unique() -> str:
     """A random token for resource names."""
     return f"mlg-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def emulator_proxy(pubsub_emulator: PubSubEmulator) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's emulator (loopback only), stopped at the end."""
+    with FaultProxy(pubsub_emulator.host, pubsub_emulator.port, lifetime=120) as proxy:
+        yield proxy

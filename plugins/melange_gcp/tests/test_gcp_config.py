@@ -157,7 +157,11 @@ def test_configured_from_the_environment_with_typed_options(
     backend = load_backend_from_config(environ=environ)
     try:
         assert isinstance(backend, GCPPubSubBackend)
-        assert (backend.project, backend._timeout, backend._recreate) == (gcp_project, 5.0, True)
+        assert (backend.project, backend.timeouts.admin, backend._recreate) == (
+            gcp_project,
+            5.0,
+            True,
+        )
         assert backend.get_queue("not-there") is None
     finally:
         backend.close()

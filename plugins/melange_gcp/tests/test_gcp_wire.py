@@ -66,17 +66,21 @@ def test_a_group_id_towards_a_standard_queue_is_refused(
 def test_an_empty_body_travels_with_a_marker_that_is_removed_on_receipt() -> None:
     entry = wire.to_pubsub(OutgoingMessage(b""))
     assert dict(entry.attributes) == {wire.EMPTY_BODY: "1"}
-    assert wire.from_pubsub(b"", entry.attributes) == (b"", {})
+    assert wire.from_pubsub(b"", entry.attributes) == (b"", {}, {wire.EMPTY_BODY: "1"})
     # With attributes no marker is needed; with a body the marker is not there to remove.
     assert dict(wire.to_pubsub(OutgoingMessage(b"", {"a": "b"})).attributes) == {"a": "b"}
-    assert wire.from_pubsub(b"x", {"a": "b"}) == (b"x", {"a": "b"})
+    assert wire.from_pubsub(b"x", {"a": "b"}) == (b"x", {"a": "b"}, None)
     grouped = wire.to_pubsub(OutgoingMessage(b"", group_id="g"))
     assert (grouped.ordering_key, dict(grouped.attributes)) == ("g", {wire.EMPTY_BODY: "1"})
 
 
-def test_dead_letter_attributes_are_removed_on_receipt() -> None:
+def test_dead_letter_attributes_are_removed_on_receipt_and_kept_for_a_forward() -> None:
     attributes = {"event": "e", "CloudPubSubDeadLetterSourceDeliveryCount": "5"}
-    assert wire.from_pubsub(b"x", attributes) == (b"x", {"event": "e"})
+    assert wire.from_pubsub(b"x", attributes) == (
+        b"x",
+        {"event": "e"},
+        {"CloudPubSubDeadLetterSourceDeliveryCount": "5"},
+    )
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, NoReturn
 
 from google.api_core import exceptions as api_exceptions
-from google.api_core.retry import Retry, if_exception_type
+from google.api_core.retry import Retry
 from google.protobuf import field_mask_pb2  # type: ignore[import-untyped]
 from google.pubsub_v1 import types
 
@@ -43,13 +43,14 @@ from melange.exceptions import (
     BackendClosed,
     ConfigurationError,
     ImmutableSettingError,
+    InvalidMessage,
     InvalidTopology,
     MessageTooLarge,
     QueueNotFound,
     TopicNotFound,
 )
 from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
-from melange_gcp import filters, receipts, wire
+from melange_gcp import filters, forwarding, receipts, wire
 from melange_gcp.clients import make_clients
 from melange_gcp.errors import GOOGLE_ERRORS, ErrorContext, raise_translated
 from melange_gcp.names import (
@@ -61,6 +62,7 @@ from melange_gcp.names import (
     subscription_path,
     topic_path,
 )
+from melange_gcp.outcomes import Attempts, last_error
 from melange_gcp.receipts import DeliveryCounter, GCPReceipt
 from melange_gcp.resources import (
     MAX_ACK_DEADLINE,
@@ -69,6 +71,7 @@ from melange_gcp.resources import (
     queue_spec,
     short_deadline,
 )
+from melange_gcp.timeouts import DEFAULT_KEEPALIVE, DEFAULT_TIMEOUT, CallTimeouts, retry
 
 __all__ = ["GCPPubSubBackend", "GCPReceipt"]
 
@@ -83,15 +86,6 @@ warnings.filterwarnings(
     module=r"google\.pubsub_v1\.",
 )
 
-RETRIED = (
-    api_exceptions.ServiceUnavailable,
-    api_exceptions.DeadlineExceeded,
-    api_exceptions.Aborted,
-    api_exceptions.InternalServerError,
-    api_exceptions.Unknown,
-    api_exceptions.ResourceExhausted,
-)
-"""Transient gRPC failures retried with backoff, as Google's own retry settings for Publish do."""
 
 MAX_PULL = 1_000
 """Messages one Pull may return."""
@@ -114,8 +108,16 @@ class GCPPubSubBackend(MessagingBackend):
         api_endpoint: ``host:port`` of the service, e.g. a regional endpoint
             (``europe-west1-pubsub.googleapis.com:443``).
         credentials_file: A service-account key file, instead of ADC.
-        timeout: Seconds one call may take, retries included (Google's retry
-            policy per method applies within it).
+        timeout: Seconds an admin call (get, create, update, delete, list) or
+            an immediate pull may take, retries included; also the default of
+            the next two (docs/backends/gcp.md, "Timeouts").
+        publish_timeout: Seconds one Publish request may take, retries
+            included. A publish that runs out of time has an unknown outcome.
+        ack_timeout: Seconds one Acknowledge or ModifyAckDeadline request (ack,
+            nack, lease extension) may take, retries included.
+        keepalive_seconds: Seconds between gRPC keepalive pings while calls are
+            in flight; a ping unanswered for 10 s (at most this) drops the
+            connection. Google's front ends refuse pings more often than every 30 s.
         recreate_subscriptions: Delete and recreate a subscription whose
             filter or message ordering differs from the declaration (Pub/Sub
             cannot change them). Its unacknowledged messages are lost, so the
@@ -126,7 +128,9 @@ class GCPPubSubBackend(MessagingBackend):
             backend object are seen at once.
 
     Raises:
-        ConfigurationError: No project, no credentials, or contradicting options.
+        ConfigurationError: No project, no credentials, contradicting options, a
+            timeout that is not a positive number of seconds, or a user name or
+            password in ``emulator_host`` / ``api_endpoint``.
     """
 
     name = "gcp"
@@ -160,39 +164,43 @@ class GCPPubSubBackend(MessagingBackend):
         emulator_host: str | None = None,
         api_endpoint: str | None = None,
         credentials_file: str | None = None,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        publish_timeout: float | None = None,
+        ack_timeout: float | None = None,
+        keepalive_seconds: float = DEFAULT_KEEPALIVE,
         recreate_subscriptions: bool = False,
         fan_out_refresh_seconds: float = 30.0,
     ) -> None:
-        if not timeout > 0:
+        timeouts = CallTimeouts.of(
+            timeout=timeout,
+            publish_timeout=publish_timeout,
+            ack_timeout=ack_timeout,
+            keepalive_seconds=keepalive_seconds,
+        )
+        if (
+            isinstance(fan_out_refresh_seconds, bool)
+            or not isinstance(fan_out_refresh_seconds, (int, float))
+            or not fan_out_refresh_seconds >= 0
+        ):
             raise ConfigurationError(
-                f"timeout must be a positive number of seconds, got {timeout!r}"
+                "fan_out_refresh_seconds must be 0 or more seconds, got "
+                f"{fan_out_refresh_seconds!r}"
             )
-        if fan_out_refresh_seconds < 0:
-            raise ConfigurationError(
-                f"fan_out_refresh_seconds must be 0 or more, got {fan_out_refresh_seconds!r}"
-            )
-        settings, publisher, subscriber = make_clients(
+        settings, clients = make_clients(
             project=project,
             emulator_host=emulator_host,
             api_endpoint=api_endpoint,
             credentials_file=credentials_file,
+            timeouts=timeouts,
         )
         super().__init__()
         self._settings = settings
         self._project = settings.project
-        self._publisher: Any = publisher
-        self._subscriber: Any = subscriber
-        self._timeout = float(timeout)
-        # Google's retry machinery, bounded by the backend's timeout as a whole.
-        self._retry = Retry(
-            predicate=if_exception_type(*RETRIED),
-            initial=0.1,
-            maximum=min(10.0, self._timeout),
-            multiplier=1.3,
-            timeout=self._timeout,
-        )
-        self._options: dict[str, Any] = {"retry": self._retry, "timeout": self._timeout}
+        self._clients = clients
+        self._timeouts = timeouts
+        # Google's retry machinery, each bounded by its kind of call's time as a whole.
+        self._admin_retry = retry(timeouts.admin)
+        self._ack_retry = retry(timeouts.ack)
         self._recreate = bool(recreate_subscriptions)
         self._refresh = float(fan_out_refresh_seconds)
         self._lock = threading.Lock()
@@ -208,14 +216,23 @@ class GCPPubSubBackend(MessagingBackend):
         return self._project
 
     @property
+    def timeouts(self) -> CallTimeouts:
+        """How long each kind of call may take (from the timeout options)."""
+        return self._timeouts
+
+    @property
     def publisher_client(self) -> Any:
-        """The GAPIC ``google.pubsub_v1.PublisherClient``."""
-        return self._publisher
+        """The GAPIC ``google.pubsub_v1.PublisherClient`` in use now.
+
+        It is replaced, with its channel, when a call runs out of time (see
+        docs/backends/gcp.md, "Timeouts").
+        """
+        return self._clients.publisher
 
     @property
     def subscriber_client(self) -> Any:
-        """The GAPIC ``google.pubsub_v1.SubscriberClient``."""
-        return self._subscriber
+        """The GAPIC ``google.pubsub_v1.SubscriberClient`` in use now (as publisher_client)."""
+        return self._clients.subscriber
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -226,6 +243,32 @@ class GCPPubSubBackend(MessagingBackend):
         )
 
     # ---------------------------------------------------------------- calls
+    def _rpc(
+        self,
+        service: Literal["publisher", "subscriber"],
+        method: str,
+        request: Any,
+        timeout: float,
+        retry: Retry | None,
+    ) -> Any:
+        """Call ``method`` of the current client with a deadline; renew a channel that timed out.
+
+        A call that Pub/Sub answers at once and that ran out of time says the
+        connection under it may be dead: the next call gets a new one.
+        """
+        clients = self._clients
+        client = clients.publisher if service == "publisher" else clients.subscriber
+        try:
+            return getattr(client, method)(request=request, timeout=timeout, retry=retry)
+        except (api_exceptions.DeadlineExceeded, api_exceptions.RetryError) as error:
+            if isinstance(last_error(error), api_exceptions.DeadlineExceeded) and not self.closed:
+                clients.renew(client)
+            raise
+
+    def _admin(self, service: Literal["publisher", "subscriber"], method: str, request: Any) -> Any:
+        """An admin call (get, create, update, delete, list), within ``timeout``."""
+        return self._rpc(service, method, request, self._timeouts.admin, self._admin_retry)
+
     def _fail(
         self,
         error: Exception,
@@ -242,9 +285,8 @@ class GCPPubSubBackend(MessagingBackend):
 
     def _topic(self, name: str) -> types.Topic | None:
         try:
-            topic: types.Topic = self._publisher.get_topic(
-                request={"topic": topic_path(self._project, name)},
-                **self._options,
+            topic: types.Topic = self._admin(
+                "publisher", "get_topic", {"topic": topic_path(self._project, name)}
             )
             return topic
         except api_exceptions.NotFound:
@@ -254,9 +296,10 @@ class GCPPubSubBackend(MessagingBackend):
 
     def _subscription(self, name: str) -> types.Subscription | None:
         try:
-            subscription: types.Subscription = self._subscriber.get_subscription(
-                request={"subscription": subscription_path(self._project, name)},
-                **self._options,
+            subscription: types.Subscription = self._admin(
+                "subscriber",
+                "get_subscription",
+                {"subscription": subscription_path(self._project, name)},
             )
             return subscription
         except api_exceptions.NotFound:
@@ -372,9 +415,10 @@ class GCPPubSubBackend(MessagingBackend):
                 )
             return
         try:
-            self._publisher.create_topic(
-                request={"name": topic_path(self._project, name), "labels": {ROLE_LABEL: "queue"}},
-                **self._options,
+            self._admin(
+                "publisher",
+                "create_topic",
+                {"name": topic_path(self._project, name), "labels": {ROLE_LABEL: "queue"}},
             )
             logger.debug("created the topic of queue %r", name)
         except api_exceptions.AlreadyExists:
@@ -391,7 +435,7 @@ class GCPPubSubBackend(MessagingBackend):
         current = self._subscription(name)
         if current is None:
             try:
-                self._subscriber.create_subscription(request=body, **self._options)
+                self._admin("subscriber", "create_subscription", body)
                 logger.debug("created subscription %r", name)
                 self._forget_fan_outs(queue)
                 return
@@ -413,12 +457,13 @@ class GCPPubSubBackend(MessagingBackend):
         if not paths:
             return
         try:
-            self._subscriber.update_subscription(
-                request={
+            self._admin(
+                "subscriber",
+                "update_subscription",
+                {
                     "subscription": update,
                     "update_mask": field_mask_pb2.FieldMask(paths=paths),
                 },
-                **self._options,
             )
         except GOOGLE_ERRORS as error:
             self._fail(error, f"update subscription {name!r} ({', '.join(paths)})", queue=queue)
@@ -452,13 +497,13 @@ class GCPPubSubBackend(MessagingBackend):
             name,
         )
         try:
-            self._subscriber.delete_subscription(request={"subscription": path}, **self._options)
+            self._admin("subscriber", "delete_subscription", {"subscription": path})
         except api_exceptions.NotFound:
             pass
         except GOOGLE_ERRORS as error:
             self._fail(error, f"delete subscription {name!r} to recreate it", queue=queue)
         try:
-            self._subscriber.create_subscription(request=body, **self._options)
+            self._admin("subscriber", "create_subscription", body)
         except GOOGLE_ERRORS as error:
             self._fail(error, f"recreate subscription {name!r}", queue=queue)
         self._forget_fan_outs(queue)
@@ -468,19 +513,17 @@ class GCPPubSubBackend(MessagingBackend):
             raise QueueNotFound(name, "nothing was deleted; check the name")
         for subscription in [*self._fan_out_names(name, fresh=True), name]:
             try:
-                self._subscriber.delete_subscription(
-                    request={"subscription": subscription_path(self._project, subscription)},
-                    **self._options,
+                self._admin(
+                    "subscriber",
+                    "delete_subscription",
+                    {"subscription": subscription_path(self._project, subscription)},
                 )
             except api_exceptions.NotFound:
                 pass
             except GOOGLE_ERRORS as error:
                 self._fail(error, f"delete subscription {subscription!r} of queue {name!r}")
         try:
-            self._publisher.delete_topic(
-                request={"topic": topic_path(self._project, name)},
-                **self._options,
-            )
+            self._admin("publisher", "delete_topic", {"topic": topic_path(self._project, name)})
         except api_exceptions.NotFound:
             pass
         except GOOGLE_ERRORS as error:
@@ -497,10 +540,7 @@ class GCPPubSubBackend(MessagingBackend):
     def _declare_topic(self, spec: TopicSpec) -> None:
         self.validate_topic(spec)
         try:
-            self._publisher.create_topic(
-                request={"name": topic_path(self._project, spec.name)},
-                **self._options,
-            )
+            self._admin("publisher", "create_topic", {"name": topic_path(self._project, spec.name)})
             logger.debug("created topic %r", spec.name)
         except api_exceptions.AlreadyExists:
             current = self._topic(spec.name)
@@ -517,11 +557,9 @@ class GCPPubSubBackend(MessagingBackend):
             raise TopicNotFound(name, "nothing was deleted; check the name")
         path = topic_path(self._project, name)
         try:
-            pager = self._publisher.list_topic_subscriptions(
-                request={"topic": path}, **self._options
-            )
+            pager = self._admin("publisher", "list_topic_subscriptions", {"topic": path})
             attached = [short_name(item) for item in pager]
-            self._publisher.delete_topic(request={"topic": path}, **self._options)
+            self._admin("publisher", "delete_topic", {"topic": path})
         except api_exceptions.NotFound:
             raise TopicNotFound(name, "nothing was deleted; check the name") from None
         except GOOGLE_ERRORS as error:
@@ -532,9 +570,10 @@ class GCPPubSubBackend(MessagingBackend):
             if not sep or fan_out_subscription(queue, name) != subscription:
                 continue
             try:
-                self._subscriber.delete_subscription(
-                    request={"subscription": subscription_path(self._project, subscription)},
-                    **self._options,
+                self._admin(
+                    "subscriber",
+                    "delete_subscription",
+                    {"subscription": subscription_path(self._project, subscription)},
                 )
             except api_exceptions.NotFound:
                 pass
@@ -578,9 +617,8 @@ class GCPPubSubBackend(MessagingBackend):
             return cached[1]
         prefix = fan_out_prefix(queue_name)
         try:
-            pager = self._subscriber.list_subscriptions(
-                request={"project": f"projects/{self._project}"},
-                **self._options,
+            pager = self._admin(
+                "subscriber", "list_subscriptions", {"project": f"projects/{self._project}"}
             )
             names = [
                 short_name(item.name) for item in pager if short_name(item.name).startswith(prefix)
@@ -598,17 +636,40 @@ class GCPPubSubBackend(MessagingBackend):
 
     # --------------------------------------------------------------- publish
     def _publish(self, kind: str, name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
+        request = wire.publish_request(
+            topic_path(self._project, name), [wire.to_pubsub(message) for message in batch]
+        )
+        return self._send(kind, name, request)
+
+    def _send(self, kind: str, name: str, request: types.PublishRequest) -> list[PublishResult]:
+        """Send one Publish request; one result per message, or raise (see :mod:`.outcomes`).
+
+        Raises:
+            OutcomeUnknown: The request may have reached Pub/Sub (no answer, a
+                connection lost after sending, in this attempt or an earlier one).
+            BackendUnavailable: Nothing was sent (no connection, credentials).
+            QueueNotFound, TopicNotFound, InvalidMessage: Pub/Sub refused it.
+        """
+        attempts = Attempts()
         try:
-            request = wire.publish_request(
-                topic_path(self._project, name), [wire.to_pubsub(message) for message in batch]
+            response = self._rpc(
+                "publisher",
+                "publish",
+                request,
+                self._timeouts.publish,
+                retry(self._timeouts.publish, attempts.failed),
             )
-            response = self._publisher.publish(request=request, **self._options)
         except api_exceptions.NotFound:
             if kind == "queue":
                 raise QueueNotFound(name) from None
             raise TopicNotFound(name) from None
         except GOOGLE_ERRORS as error:
-            self._fail(error, f"publish to {kind} {name!r}", about_messages=True)
+            unknown = attempts.may_have_been_stored(error)
+            action = f"publish to {kind} {name!r}"
+            if self.closed and not unknown:
+                raise BackendClosed(self.name, action) from None
+            context = ErrorContext(action, self._settings.endpoint, about_messages=True)
+            raise_translated(error, context, outcome_unknown=unknown)
         ids = types.PublishResponse.pb(response).message_ids
         return [PublishResult(index, message_id) for index, message_id in enumerate(ids)]
 
@@ -619,6 +680,22 @@ class GCPPubSubBackend(MessagingBackend):
         self, topic_name: str, batch: list[OutgoingMessage]
     ) -> list[PublishResult]:
         return self._publish("topic", topic_name, batch)
+
+    def _forward(
+        self, queue_name: str, message: ReceivedMessage, extra_attributes: dict[str, str]
+    ) -> PublishResult:
+        """Send the message on as it came over the wire (see :mod:`.forwarding`).
+
+        A copy Pub/Sub refuses comes back as a refused result; one that may
+        have been stored raises OutcomeUnknown (the contract reports it).
+        """
+        request = forwarding.copy_request(
+            topic_path(self._project, queue_name), message, extra_attributes
+        )
+        try:
+            return self._send("queue", queue_name, request)[0]
+        except InvalidMessage as refused:
+            return PublishResult(0, error=refused)
 
     # --------------------------------------------------------------- receive
     def _short_deadline(self, queue_name: str, subscription: str) -> float | None:
@@ -642,22 +719,29 @@ class GCPPubSubBackend(MessagingBackend):
         path = subscription_path(self._project, subscription)
         try:
             if wait > 0:
-                response = self._subscriber.pull(
+                # Pull has no wait of its own: the server holds the call until messages come
+                # or the deadline passes, so the deadline is the wait.
+                response = self._clients.subscriber.pull(
                     request={"subscription": path, "max_messages": max_messages},
                     timeout=wait,
                     retry=None,
                 )
             else:
-                response = self._subscriber.pull(
-                    request={
+                response = self._rpc(
+                    "subscriber",
+                    "pull",
+                    {
                         "subscription": path,
                         "max_messages": max_messages,
                         "return_immediately": True,
                     },
-                    **self._options,
+                    self._timeouts.admin,
+                    self._admin_retry,
                 )
-        except api_exceptions.DeadlineExceeded:
-            return []  # the wait ended with nothing to pull
+        except api_exceptions.DeadlineExceeded as error:
+            if wait > 0:
+                return []  # the wait ended with nothing to pull
+            self._fail(error, f"pull from queue {queue_name!r}", queue=queue_name)
         except api_exceptions.NotFound:
             self._forget_fan_outs(queue_name)
             if subscription == queue_name:
@@ -673,7 +757,7 @@ class GCPPubSubBackend(MessagingBackend):
         received: list[ReceivedMessage] = []
         for item in items:
             message = item.message
-            body, attributes = wire.from_pubsub(message.data, message.attributes)
+            body, attributes, hidden = wire.from_pubsub(message.data, message.attributes)
             received.append(
                 ReceivedMessage(
                     queue_name,
@@ -682,7 +766,7 @@ class GCPPubSubBackend(MessagingBackend):
                     message.message_id,
                     item.delivery_attempt or counts[message.message_id],
                     message.ordering_key or None,
-                    GCPReceipt(path, item.ack_id),
+                    GCPReceipt(path, item.ack_id, hidden),
                 )
             )
         return received
@@ -732,13 +816,12 @@ class GCPPubSubBackend(MessagingBackend):
         for path, ack_ids in receipts.by_subscription(messages).items():
             for chunk in receipts.chunks(ack_ids):
                 try:
-                    self._subscriber.modify_ack_deadline(
-                        request={
-                            "subscription": path,
-                            "ack_ids": chunk,
-                            "ack_deadline_seconds": deadline,
-                        },
-                        **self._options,
+                    self._rpc(
+                        "subscriber",
+                        "modify_ack_deadline",
+                        {"subscription": path, "ack_ids": chunk, "ack_deadline_seconds": deadline},
+                        self._timeouts.ack,
+                        self._ack_retry,
                     )
                 except api_exceptions.NotFound:
                     continue  # the subscription is gone, and its messages with it
@@ -750,9 +833,12 @@ class GCPPubSubBackend(MessagingBackend):
         for path, ack_ids in receipts.by_subscription(messages).items():
             for chunk in receipts.chunks(ack_ids):
                 try:
-                    self._subscriber.acknowledge(
-                        request={"subscription": path, "ack_ids": chunk},
-                        **self._options,
+                    self._rpc(
+                        "subscriber",
+                        "acknowledge",
+                        {"subscription": path, "ack_ids": chunk},
+                        self._timeouts.ack,
+                        self._ack_retry,
                     )
                 except api_exceptions.NotFound:
                     continue  # the subscription is gone, and its messages with it
@@ -769,8 +855,4 @@ class GCPPubSubBackend(MessagingBackend):
         self._modify(messages, seconds, "extend the lease of")
 
     def _close(self) -> None:
-        for client in (self._publisher, self._subscriber):
-            try:
-                client.transport.close()
-            except Exception:  # closing must not fail; the channel may be shared and closed
-                logger.debug("closing a Pub/Sub transport failed", exc_info=True)
+        self._clients.close()

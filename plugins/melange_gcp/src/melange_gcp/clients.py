@@ -9,11 +9,22 @@
 - Credentials: ``credentials_file`` (a service-account key file), else
   Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's
   application-default login, or the attached service account).
+
+The publisher and subscriber share one gRPC channel, with keepalive pings so
+that a connection that stopped answering is dropped within seconds, and a
+short reconnect backoff so that calls resume soon after the network heals.
+:class:`Clients` replaces the channel when a call that is answered at once
+ran out of time: the next call then opens a new connection instead of
+waiting on a dead one until keepalive notices.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +36,9 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 
 from melange.exceptions import ConfigurationError
 from melange_gcp.errors import CREDENTIALS_HINT
+from melange_gcp.timeouts import CallTimeouts
+
+logger = logging.getLogger(__name__)
 
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
 PROJECT_ENVS = ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")
@@ -35,7 +49,20 @@ CHANNEL_OPTIONS = (
     # 10 MB messages in both directions: gRPC's default receive limit is 4 MiB.
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
+    ("grpc.max_metadata_size", 4 * 1024 * 1024),
+    # Pings only while calls are in flight (Google's front ends refuse idle pings), and not
+    # held back when the client has no data to send (a black hole gets none of it anyway).
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    # A connection attempt gives up after 5 s, and attempts are at most 5 s apart (gRPC's
+    # defaults, 20 s and 120 s, would keep a healed network unused for up to two minutes).
+    ("grpc.min_reconnect_backoff_ms", 5_000),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    # Subchannels of our own: a replaced channel must not share the dead connection through
+    # gRPC's process-wide subchannel pool.
+    ("grpc.use_local_subchannel_pool", 1),
 )
+"""gRPC channel options, besides the keepalive interval from :class:`CallTimeouts`."""
 
 
 @dataclass(frozen=True)
@@ -53,16 +80,37 @@ class ClientSettings:
     emulator: bool
 
 
+def _without_user_info(value: str) -> str:
+    """``value`` with whatever precedes an ``@`` (a user name, a password) masked."""
+    head, at, tail = value.rpartition("@")
+    if not at:
+        return value
+    scheme, sep, _ = head.partition("://")
+    return f"{scheme}://***@{tail}" if sep else f"***@{tail}"
+
+
+def _host_port(name: str, value: str, example: str) -> str:
+    """Check that ``value`` is ``host:port``; the error never shows a user name or password."""
+    host = value.strip()
+    if "@" in host:
+        raise ConfigurationError(
+            f"{name} must be host:port without a user name or password (Pub/Sub takes "
+            f"credentials from credentials_file or ADC, the emulator none), got "
+            f"{_without_user_info(host)!r}; e.g. {example!r}"
+        )
+    if "://" in host or "/" in host or any(char.isspace() for char in host):
+        raise ConfigurationError(f"{name} must be host:port (e.g. {example!r}), got {host!r}")
+    return host
+
+
 def _emulator_host(option: str | None) -> str | None:
-    host = option if option is not None else os.environ.get(EMULATOR_ENV)
+    name = "emulator_host"
+    host = option
+    if host is None:
+        host, name = os.environ.get(EMULATOR_ENV), f"{name} (from {EMULATOR_ENV})"
     if host is None or not host.strip():
         return None
-    host = host.strip()
-    if "://" in host or "/" in host:
-        raise ConfigurationError(
-            f"emulator_host must be host:port (e.g. '127.0.0.1:8085'), got {host!r}"
-        )
-    return host
+    return _host_port(name, host, "127.0.0.1:8085")
 
 
 def _check_project(project: str, source: str) -> str:
@@ -96,19 +144,103 @@ def _default_credentials(credentials_file: str | None) -> tuple[Any, str | None]
         ) from None
 
 
+def channel_options(timeouts: CallTimeouts) -> list[tuple[str, int]]:
+    """Return the gRPC channel options for ``timeouts``' keepalive."""
+    return [
+        *CHANNEL_OPTIONS,
+        ("grpc.keepalive_time_ms", round(timeouts.keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", round(timeouts.keepalive_ack * 1000)),
+        # Any ping, also gRPC's own flow-control (BDP) pings, waits as long as a keepalive one:
+        # a keepalive ping due while another is unanswered waits for that one (60 s by default).
+        ("grpc.http2.ping_timeout_ms", round(timeouts.keepalive_ack * 1000)),
+    ]
+
+
+class Clients:
+    """The GAPIC publisher and subscriber over one gRPC channel, replaced when it stops answering.
+
+    Args:
+        open_channel: Makes a new channel to the same endpoint.
+        grace: Seconds a replaced channel stays open for the calls still on it.
+    """
+
+    def __init__(self, open_channel: Callable[[], Any], grace: float) -> None:
+        self._open = open_channel
+        self._grace = grace
+        self._lock = threading.Lock()
+        self._retired: list[tuple[float, Any]] = []  # (close after, channel)
+        self._closed = False
+        self.publisher, self.subscriber, self._channel = self._make()
+
+    def _make(self) -> tuple[PublisherClient, SubscriberClient, Any]:
+        channel = self._open()
+        return (
+            PublisherClient(transport=PublisherGrpcTransport(channel=channel)),
+            SubscriberClient(transport=SubscriberGrpcTransport(channel=channel)),
+            channel,
+        )
+
+    def renew(self, used: object) -> bool:
+        """Replace the channel, if ``used`` (the client a timed-out call used) is still current.
+
+        Calls still running on the old channel keep it for ``grace`` seconds;
+        it is closed after that (on a later renewal, or by :meth:`close`).
+        Returns whether the channel was replaced.
+        """
+        with self._lock:
+            if self._closed or (used is not self.publisher and used is not self.subscriber):
+                return False  # replaced already since that call began
+            publisher, subscriber, channel = self._make()
+            self._retired.append((time.monotonic() + self._grace, self._channel))
+            self.publisher, self.subscriber, self._channel = publisher, subscriber, channel
+            due = self._due()
+        # DEBUG: in an outage this happens at every timeout; the caller reports the failure.
+        logger.debug("a Pub/Sub call ran out of time: a new connection for the next ones")
+        for old in due:
+            _close_channel(old)
+        return True
+
+    def _due(self) -> list[Any]:
+        now = time.monotonic()
+        due = [channel for when, channel in self._retired if when <= now]
+        self._retired = [(when, channel) for when, channel in self._retired if when > now]
+        return due
+
+    def close(self) -> None:
+        """Close the channel and every replaced one; idempotent."""
+        with self._lock:
+            self._closed = True
+            channels = [self._channel, *(channel for _, channel in self._retired)]
+            self._retired = []
+        for channel in channels:
+            _close_channel(channel)
+
+
+def _close_channel(channel: Any) -> None:
+    try:
+        channel.close()
+    except Exception:  # closing must not fail; it may be closed already
+        logger.debug("closing a gRPC channel failed", exc_info=True)
+
+
 def make_clients(
     *,
     project: str | None,
     emulator_host: str | None,
     api_endpoint: str | None,
     credentials_file: str | None,
-) -> tuple[ClientSettings, PublisherClient, SubscriberClient]:
+    timeouts: CallTimeouts,
+) -> tuple[ClientSettings, Clients]:
     """Resolve the settings and make the GAPIC publisher and subscriber clients.
 
     Raises:
         ConfigurationError: No project can be found, options contradict each
             other, or no credentials are available for the real service.
     """
+    options = channel_options(timeouts)
+    grace = timeouts.longest + 1.0
+    if api_endpoint is not None:
+        api_endpoint = _host_port("api_endpoint", api_endpoint, DEFAULT_ENDPOINT)
     host = _emulator_host(emulator_host)
     if host is not None and (api_endpoint or credentials_file):
         raise ConfigurationError(
@@ -128,10 +260,9 @@ def make_clients(
                 "no Google Cloud project: pass project=... or set GOOGLE_CLOUD_PROJECT (any id "
                 "works with the emulator, e.g. 'melange-local')"
             )
-        channel = grpc.insecure_channel(host, options=list(CHANNEL_OPTIONS))
-        publisher = PublisherClient(transport=PublisherGrpcTransport(channel=channel))
-        subscriber = SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
-        return ClientSettings(_check_project(resolved, source), host, True), publisher, subscriber
+        settings = ClientSettings(_check_project(resolved, source), host, True)
+        emulator = host
+        return settings, Clients(lambda: grpc.insecure_channel(emulator, options=options), grace)
     credentials, adc_project = _default_credentials(credentials_file)
     if resolved is None:
         resolved, source = adc_project, "Application Default Credentials"
@@ -141,7 +272,12 @@ def make_clients(
             "credentials that name one (`gcloud config set project ...`)"
         )
     endpoint = api_endpoint or DEFAULT_ENDPOINT
-    options = {"api_endpoint": endpoint}
-    publisher = PublisherClient(credentials=credentials, client_options=options)
-    subscriber = SubscriberClient(credentials=credentials, client_options=options)
-    return ClientSettings(_check_project(resolved, source), endpoint, False), publisher, subscriber
+    settings = ClientSettings(_check_project(resolved, source), endpoint, False)
+
+    def open_channel() -> Any:
+        # TLS with the credentials, as the GAPIC transport would make it, with our options.
+        return PublisherGrpcTransport.create_channel(
+            endpoint, credentials=credentials, scopes=SCOPES, options=options
+        )
+
+    return settings, Clients(open_channel, grace)

@@ -1,12 +1,15 @@
 """gRPC and google-auth errors translated into melange's exceptions.
 
-Only the status code, the server's own message and what melange was doing go
-into a message: never credentials, tokens or key material (google-auth's
-messages may quote a key file, so they are summarized, not repeated).
+Only the status code, the first words of the server's own message and what
+melange was doing go into a message (the server's whole text is logged at
+DEBUG): never credentials, tokens or key material. google-auth's messages may
+quote a key file, so they are summarized by their kind and not chained.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -19,9 +22,12 @@ from melange.exceptions import (
     InvalidMessage,
     InvalidTopology,
     MelangeError,
+    OutcomeUnknown,
     QueueNotFound,
     TopicNotFound,
 )
+
+logger = logging.getLogger(__name__)
 
 GOOGLE_ERRORS: tuple[type[Exception], ...] = (
     api_exceptions.GoogleAPIError,
@@ -70,16 +76,57 @@ def server_message(error: Exception) -> str:
     return str(message) if message else type(error).__name__
 
 
-def translate(error: Exception, context: ErrorContext) -> MelangeError:
-    """Return the melange error for a Google client error raised trying ``context.action``."""
+SUMMARY_WORDS = 24
+SUMMARY_CHARS = 160
+_MARKUP = re.compile(r"<[^>]{0,200}>")
+
+
+def summary(text: str) -> str:
+    """Return the first words of ``text`` on one line (markup dropped), for an error message."""
+    words = _MARKUP.sub(" ", text).split()
+    line = " ".join(words[:SUMMARY_WORDS])
+    if len(line) > SUMMARY_CHARS:
+        line = line[:SUMMARY_CHARS].rsplit(" ", 1)[0] or line[:SUMMARY_CHARS]
+    if len(words) > SUMMARY_WORDS or len(line) < len(" ".join(words)):
+        line += " ..."
+    return line or "(no text)"
+
+
+def translate(
+    error: Exception, context: ErrorContext, *, outcome_unknown: bool = False
+) -> MelangeError:
+    """Return the melange error for a Google client error raised trying ``context.action``.
+
+    Args:
+        error: What the Google client raised.
+        context: What melange was doing.
+        outcome_unknown: The request may have reached Pub/Sub and been stored
+            (a publish without an answer): the error is an OutcomeUnknown.
+    """
     where = f"trying to {context.action} (Pub/Sub at {context.endpoint})"
     if isinstance(error, auth_exceptions.GoogleAuthError):
         # google-auth messages can quote key files: keep only the kind of failure.
         return BackendUnavailable(
             f"Google credentials failed ({type(error).__name__}) {where}; {CREDENTIALS_HINT}"
         )
+    if isinstance(error, api_exceptions.RetryError) and isinstance(error.cause, Exception):
+        error = error.cause  # Google's retry gave up: the last attempt's error says why
+        retried = " after retries"
+    else:
+        retried = ""
     code = status_name(error)
-    detail = server_message(error)
+    full = server_message(error)
+    logger.debug("Pub/Sub %s %s%s: %s", code, where, retried, full)
+    detail = summary(full)
+    if outcome_unknown:
+        return _with_code(
+            OutcomeUnknown(
+                f"no answer from Pub/Sub {where}{retried} ({code}: {detail}): the request may "
+                "have reached it, so the messages may have been stored; publishing them again "
+                "may make duplicates, which a consumer with a deduplication cache handles once"
+            ),
+            code,
+        )
     if isinstance(error, api_exceptions.NotFound):
         if context.queue is not None:
             return QueueNotFound(context.queue)
@@ -108,8 +155,9 @@ def translate(error: Exception, context: ErrorContext) -> MelangeError:
     if isinstance(error, unreachable):
         return _with_code(
             BackendUnavailable(
-                f"Pub/Sub did not answer {where} ({code}: {detail}); check the network, or "
-                "that the emulator is running when emulator_host / PUBSUB_EMULATOR_HOST is set"
+                f"Pub/Sub did not answer {where}{retried} ({code}: {detail}); check the "
+                "network, or that the emulator is running when emulator_host / "
+                "PUBSUB_EMULATOR_HOST is set"
             ),
             code,
         )
@@ -124,6 +172,11 @@ def _with_code(error: MelangeError, code: str) -> MelangeError:
     return error
 
 
-def raise_translated(error: Exception, context: ErrorContext) -> NoReturn:
-    """Raise :func:`translate`'s error, chained to ``error``."""
-    raise translate(error, context) from error
+def raise_translated(
+    error: Exception, context: ErrorContext, *, outcome_unknown: bool = False
+) -> NoReturn:
+    """Raise :func:`translate`'s error, chained to ``error`` unless that may hold secrets."""
+    translated = translate(error, context, outcome_unknown=outcome_unknown)
+    if isinstance(error, auth_exceptions.GoogleAuthError):
+        raise translated from None  # its text may quote key material
+    raise translated from error

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from melange.backends.base import ReceivedMessage
 from melange.exceptions import InvalidMessage
@@ -22,10 +22,19 @@ MAX_ACK_IDS = 1_000
 
 @dataclass(frozen=True, slots=True)
 class GCPReceipt:
-    """Settles one delivery: the subscription it was pulled from and its ack id."""
+    """Settles one delivery: the subscription it was pulled from and its ack id.
+
+    Attributes:
+        subscription: The subscription's path.
+        ack_id: The delivery's ack id.
+        hidden: Attributes the message carried on the wire that its received
+            form leaves out (``CloudPubSubDeadLetter*``, melange's empty-body
+            marker), for a byte-exact forward; ``None`` when there were none.
+    """
 
     subscription: str
     ack_id: str
+    hidden: Mapping[str, str] | None = field(default=None, compare=False)
 
 
 def by_subscription(messages: Sequence[ReceivedMessage]) -> dict[str, list[str]]:

@@ -127,9 +127,22 @@ def publish_request(topic: str, messages: list[Any]) -> types.PublishRequest:
     return request
 
 
-def from_pubsub(data: bytes, attributes: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:
-    """Return body and attributes of a pulled message, without what Pub/Sub or melange added."""
-    result = {k: v for k, v in attributes.items() if not k.startswith(DEAD_LETTER_PREFIX)}
+def from_pubsub(
+    data: bytes, attributes: Mapping[str, str]
+) -> tuple[bytes, dict[str, str], dict[str, str] | None]:
+    """Return body and attributes of a pulled message, without what Pub/Sub or melange added.
+
+    The third value holds the attributes left out (``None`` when none were), so
+    that :mod:`~melange_gcp.forwarding` can send the message on exactly as it
+    came, whoever published it.
+    """
+    result = dict(attributes)
+    hidden: dict[str, str] | None = None
+    for key in result:
+        if key.startswith(DEAD_LETTER_PREFIX):
+            hidden = {k: v for k, v in result.items() if k.startswith(DEAD_LETTER_PREFIX)}
+            result = {k: v for k, v in result.items() if not k.startswith(DEAD_LETTER_PREFIX)}
+            break
     if not data and EMPTY_BODY in result:
-        del result[EMPTY_BODY]
-    return data, result
+        hidden = {**(hidden or {}), EMPTY_BODY: result.pop(EMPTY_BODY)}
+    return data, result, hidden
