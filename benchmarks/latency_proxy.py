@@ -25,28 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import threading
 import time
 from dataclasses import dataclass
 
+from melange.testing.faults import require_loopback
 from melange.testing.server_process import StartStop
 
 _CHUNK = 65536
 _CONNECT_TIMEOUT = 5.0
-
-
-def _require_loopback(host: str, what: str) -> None:
-    """Refuse anything but a loopback address: this proxy is never to reach the network."""
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        raise ValueError(f"{what} {host!r} does not resolve: {error}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_loopback:
-            raise ValueError(f"{what} {host!r} is {address}, not a loopback address")
 
 
 @dataclass
@@ -89,8 +77,8 @@ class LatencyProxy(StartStop):
         max_buffered: int = 256,
         lifetime: float = 900.0,
     ) -> None:
-        _require_loopback(target_host, "target host")
-        _require_loopback(listen_host, "listen host")
+        require_loopback(target_host, "target host")
+        require_loopback(listen_host, "listen host")
         if rtt < 0 or max_connections < 1 or max_buffered < 1 or lifetime <= 0:
             raise ValueError(
                 "need rtt >= 0, max_connections >= 1, max_buffered >= 1 and lifetime > 0"

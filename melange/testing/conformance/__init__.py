@@ -26,6 +26,7 @@ import pytest
 pytest.register_assert_rewrite(
     "melange.testing.conformance._support",
     "melange.testing.conformance.data",
+    "melange.testing.conformance.faults",
     "melange.testing.conformance.runtime",
     "melange.testing.conformance.topology",
 )
@@ -48,6 +49,7 @@ from melange.testing.conformance._support import (  # noqa: E402
     without_dead_letter_reason,
 )
 from melange.testing.conformance.data import DataConformance  # noqa: E402
+from melange.testing.conformance.faults import FaultConformance  # noqa: E402
 from melange.testing.conformance.runtime import BackendSpec, RuntimeConformance  # noqa: E402
 from melange.testing.conformance.topology import TopologyConformance  # noqa: E402
 
@@ -65,6 +67,7 @@ __all__ = [
     "ConformanceSuite",
     "DataConformance",
     "DeliveryGuarantee",
+    "FaultConformance",
     "ResourceNames",
     "RuntimeConformance",
     "TopologyConformance",
