@@ -77,6 +77,43 @@ def test_retries_are_botocore_standard_mode(aws_environment: None) -> None:
         assert backend.sqs_client.meta.config.retries == {"mode": "standard"}
 
 
+def test_timeouts_are_sized_to_the_call(aws_environment: None) -> None:
+    """Seconds, not botocore's 60: every client connects and reads within the options;
+    a ReceiveMessage client reads for its long poll's wait plus the margin."""
+    with AWSBackend() as backend:
+        for client in (backend.sqs_client, backend.sns_client):
+            assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (
+                5.0,
+                10.0,
+            )
+        longest = backend.receive_client(20)
+        assert longest.meta.config.read_timeout == 30.0
+        assert longest.meta.config.connect_timeout == 5.0
+        assert longest.meta.config.retries == {"mode": "standard"}
+        assert backend.receive_client(1.9).meta.config.read_timeout == 11.0
+        assert backend.receive_client(60) is longest  # SQS polls 20 s at most
+        assert backend.receive_client(0.5) is backend.receive_client(0)  # one per whole second
+    with AWSBackend(connect_timeout=2, read_timeout=3.5, max_attempts=2) as backend:
+        assert backend.sns_client.meta.config.connect_timeout == 2
+        assert backend.sqs_client.meta.config.read_timeout == 3.5
+        assert backend.receive_client(20).meta.config.read_timeout == 23.5
+        assert backend.receive_client(1).meta.config.retries["total_max_attempts"] == 2
+
+
+def test_timeouts_can_be_configured_from_the_environment(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MELANGE_OPTION_READ_TIMEOUT is read as a number of seconds."""
+    monkeypatch.setenv("MELANGE_BACKEND", "aws")
+    monkeypatch.setenv("MELANGE_OPTION_READ_TIMEOUT", "2.5")
+    monkeypatch.setenv("MELANGE_OPTION_CONNECT_TIMEOUT", "1")
+    backend = MessagingBackendFactory.from_config().backend
+    assert isinstance(backend, AWSBackend)
+    assert backend.sqs_client.meta.config.read_timeout == 2.5
+    assert backend.sqs_client.meta.config.connect_timeout == 1
+    backend.close()
+
+
 def test_a_profile_supplies_region_and_credentials(
     aws_environment: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,6 +154,14 @@ def test_a_ready_session_can_be_passed(aws_environment: None) -> None:
         pytest.param({"max_attempts": True}, "whole number", id="boolean-attempts"),
         pytest.param({"region_name": ""}, "non-empty string", id="empty-region"),
         pytest.param({"session": "not a session"}, "boto3.session.Session", id="bad-session"),
+        pytest.param({"connect_timeout": 0}, "positive number", id="zero-connect-timeout"),
+        pytest.param({"read_timeout": -1}, "positive number", id="negative-read-timeout"),
+        pytest.param({"read_timeout": "5"}, "positive number", id="text-read-timeout"),
+        pytest.param({"read_timeout": True}, "positive number", id="boolean-read-timeout"),
+        pytest.param(
+            {"connect_timeout": float("inf")}, "positive number", id="infinite-connect-timeout"
+        ),
+        pytest.param({"read_timeout": float("nan")}, "positive number", id="nan-read-timeout"),
         pytest.param(
             {"profile_name": "missing-profile"},
             "'missing-profile', named by the profile_name option, is not defined",

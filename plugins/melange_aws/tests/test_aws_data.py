@@ -18,6 +18,7 @@ from melange.exceptions import (
     InvalidMessage,
     LeaseLost,
     MessageTooLarge,
+    OutcomeUnknown,
     QueueNotFound,
 )
 from melange.topology import QueueSpec
@@ -282,6 +283,43 @@ def test_per_message_failures_are_reported_with_the_aws_code(
     assert "publish to queue 'jobs'" in str(error)
 
 
+def test_messages_an_answer_does_not_mention_are_unknown_not_refused(
+    backend: AWSBackend, factory: MessagingBackendFactory
+) -> None:
+    """An answer cut short reads as an empty success: SQS may have stored those messages.
+
+    Before, they were reported refused ("returned no result"), which says "not stored".
+    """
+    factory.init_queue("jobs")
+
+    def forget_entry_one(parsed: dict[str, Any], **_: Any) -> None:
+        parsed["Successful"] = [entry for entry in parsed["Successful"] if entry["Id"] != "1"]
+
+    backend.sqs_client.meta.events.register("after-call.sqs.SendMessageBatch", forget_entry_one)
+    results = backend.publish("jobs", [OutgoingMessage(b"0"), OutgoingMessage(b"1")])
+    assert [r.status for r in results] == ["accepted", "unknown"]
+    assert isinstance(results[1].error, OutcomeUnknown)
+    assert "without a result" in str(results[1].error)
+    assert sorted(m.body for m in receive_all(backend, "jobs", 2)) == [b"0", b"1"]
+
+
+def test_the_producer_id_deduplicates_on_fifo_queues(
+    backend: AWSBackend, factory: MessagingBackendFactory, sqs_sent: Sent
+) -> None:
+    """MessageDeduplicationId: the dedup_id, else the producer id, else a fresh one."""
+    factory.init_queue("jobs.fifo")
+    messages = [
+        OutgoingMessage(b"a", {"melange.id": "p-1"}, dedup_id="explicit"),
+        OutgoingMessage(b"b", {"melange.id": "p-2"}),
+        OutgoingMessage(b"c"),
+        OutgoingMessage(b"d"),
+    ]
+    backend.publish("jobs.fifo", messages)
+    ids = [e["MessageDeduplicationId"] for e in sqs_sent.params["SendMessageBatch"][0]["Entries"]]
+    assert ids[:2] == ["explicit", "p-2"]
+    assert len({ids[2], ids[3]}) == 2 and not {ids[2], ids[3]} & {"explicit", "p-2"}
+
+
 def test_batches_are_split_by_count_and_by_bytes(
     backend: AWSBackend, factory: MessagingBackendFactory, sqs_sent: Sent
 ) -> None:
@@ -344,13 +382,14 @@ def test_a_subscription_without_raw_delivery_is_unwrapped(
 
 
 def test_long_polls_wait_whole_seconds_never_longer_than_asked(
-    backend: AWSBackend, factory: MessagingBackendFactory, sqs_sent: Sent
+    backend: AWSBackend, factory: MessagingBackendFactory
 ) -> None:
     """wait_seconds is rounded down to SQS's whole seconds; max_messages capped at 10."""
     factory.init_queue("jobs")
     backend.publish("jobs", [OutgoingMessage(b"ready")])
+    received = Sent(backend.receive_client(1.9))  # long polls have clients of their own
     backend.receive("jobs", max_messages=50, wait_seconds=1.9)
-    (params,) = sqs_sent.params["ReceiveMessage"]
+    (params,) = received.params["ReceiveMessage"]
     assert (params["WaitTimeSeconds"], params["MaxNumberOfMessages"]) == (1, 10)
     assert params["MessageAttributeNames"] == ["All"]
 

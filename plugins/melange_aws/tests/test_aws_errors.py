@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import traceback
 
 import pytest
 from botocore import exceptions as botocore_errors
 from melange_aws.errors import (
+    SUMMARY_LIMIT,
     ErrorContext,
     entry_error,
     is_sensitive,
     raise_translated,
     safe_endpoint,
     scrub,
+    summarize,
     translate,
+    url_secrets,
 )
 
 from melange.exceptions import (
@@ -125,7 +129,6 @@ def test_throttling_after_retries_suggests_max_attempts() -> None:
     [
         botocore_errors.EndpointConnectionError(endpoint_url="http://localhost:4566"),
         botocore_errors.ConnectTimeoutError(endpoint_url="http://localhost:4566"),
-        botocore_errors.ReadTimeoutError(endpoint_url="http://localhost:4566"),
     ],
 )
 def test_unreachable_endpoints_are_backend_unavailable_naming_the_endpoint(
@@ -244,3 +247,147 @@ def test_scrub_removes_secrets_and_access_key_ids() -> None:
 def test_safe_endpoint_drops_user_info_and_query(url: str | None, shown: str) -> None:
     """Endpoints in messages never carry user info or query strings."""
     assert safe_endpoint(url) == shown
+
+
+# ------------------------------------------------------------- summaries
+HTML_PAGE = (
+    "<!DOCTYPE html><html><head><title>502 Bad Gateway</title>"
+    "<style>h1 { color: red }</style><script>secretTracking()</script></head>"
+    "<body><h1>Bad&nbsp;Gateway</h1><p>The proxy got no valid answer &amp; gave up.</p>"
+    + "<p>filler text</p>" * 200
+    + "</body></html>"
+)
+
+
+def test_an_html_page_is_summarised_to_one_bounded_line() -> None:
+    """Tags, scripts and styles go, entities are decoded, the text is cut at a word."""
+    summary = summarize(HTML_PAGE)
+    assert summary.startswith("502 Bad Gateway Bad Gateway The proxy got no valid answer & gave")
+    assert len(summary) <= SUMMARY_LIMIT and summary.endswith("\u2026")
+    assert "<" not in summary and "secretTracking" not in summary and "color" not in summary
+
+
+def test_short_texts_stay_as_they_are_on_one_line() -> None:
+    """AWS's own messages are short: only their whitespace is collapsed."""
+    assert summarize("Value x for parameter\n  Id is invalid.") == (
+        "Value x for parameter Id is invalid."
+    )
+    assert summarize("Queue <name> is bad") == "Queue <name> is bad"  # not markup
+
+
+def test_an_error_page_names_the_http_status_and_is_logged_whole_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 5xx without an AWS code: "HTTP 502 Bad Gateway: first words", the page at DEBUG."""
+    response = {
+        "Error": {"Code": "502", "Message": HTML_PAGE},
+        "ResponseMetadata": {"HTTPStatusCode": 502},
+    }
+    with caplog.at_level(logging.DEBUG, logger="melange_aws"):
+        error = translate(botocore_errors.ClientError(response, "SendMessageBatch"), CONTEXT)
+    message = str(error)
+    assert type(error) is BrokerError and error.broker_code == "502"
+    assert message.startswith(
+        "AWS failed to publish to queue 'orders' (HTTP 502 Bad Gateway: 502 Bad Gateway "
+    )
+    assert "\n" not in message and len(message) < 300
+    assert any("filler text" in record.getMessage() for record in caplog.records)
+
+
+def test_a_regular_aws_error_keeps_its_usual_form() -> None:
+    """A 4xx with an AWS code reads as before: code and text, no status."""
+    response = {
+        "Error": {"Code": "InvalidParameterValue", "Message": "Value x is invalid"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    error = translate(botocore_errors.ClientError(response, "GetQueueUrl"), CONTEXT)
+    assert str(error) == (
+        "AWS refused to publish to queue 'orders' (InvalidParameterValue: Value x is invalid)"
+    )
+
+
+def test_a_failed_batch_entry_is_summarised_too() -> None:
+    """Per-message refusals quote at most a line of AWS's text."""
+    error = entry_error("InternalError", "x " * 500, CONTEXT)
+    assert len(str(error)) < 400
+
+
+# ------------------------------------------------------- connection errors
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            botocore_errors.ReadTimeoutError(endpoint_url="http://localhost:4566"),
+            "no answer within 7 s (the read timeout)",
+        ),
+        (
+            botocore_errors.ConnectionClosedError(endpoint_url="http://localhost:4566"),
+            "the connection was closed or reset before an answer came",
+        ),
+    ],
+)
+def test_a_silent_or_closed_connection_is_not_called_unreachable(
+    error: Exception, said: str
+) -> None:
+    """Something took the connection: "nothing answers there" (the hint) would mislead."""
+    context = ErrorContext(
+        "receive from queue 'q'",
+        "http://localhost:4566",
+        unreachable_hint="Start LocalStack.",
+        read_timeout=7.0,
+    )
+    translated = translate(error, context)
+    assert isinstance(translated, BackendUnavailable)
+    message = str(translated)
+    assert said in message and "Start LocalStack." not in message
+    assert "read_timeout or max_attempts" in message
+
+
+# ------------------------------------------------------------ URL secrets
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("http://localhost:4566", ()),
+        ("http://admin:pw@127.0.0.1:4566", ("admin:pw", "pw")),
+        ("http://token@host", ("token",)),
+        ("http://us%40er:p%3Ass@host", ("us%40er:p%3Ass", "p%3Ass", "us@er:p:ss", "p:ss")),
+        (None, ()),
+    ],
+)
+def test_the_user_info_of_an_endpoint_url_is_secret(
+    url: str | None, secrets: tuple[str, ...]
+) -> None:
+    """User info and password, as written and decoded; a user name alone before a password not."""
+    assert url_secrets(url) == secrets
+
+
+def test_an_error_whose_cause_quotes_a_secret_is_sensitive() -> None:
+    """The whole chain counts: a clean error caused by one that quotes the password."""
+    try:
+        try:
+            raise OSError("connecting to http://admin:hunter2@host failed")
+        except OSError as inner:
+            raise botocore_errors.HTTPClientError(error="broken") from inner
+    except botocore_errors.HTTPClientError as outer:
+        assert is_sensitive(outer, ("hunter2",))
+        assert not is_sensitive(outer, ("other",))
+
+
+def test_a_sensitive_error_leaves_no_context_either() -> None:
+    """Not even ``__context__`` (which ``from None`` only hides) reaches the botocore error."""
+    original = botocore_errors.EndpointConnectionError(
+        endpoint_url="http://admin:hunter2@localhost:4566"
+    )
+    context = ErrorContext(
+        "look up queue 'q'",
+        "http://admin:hunter2@localhost:4566",
+        secrets=url_secrets("http://admin:hunter2@localhost:4566"),
+    )
+    try:
+        try:
+            raise original
+        except botocore_errors.EndpointConnectionError as error:
+            raise_translated(error, context)
+    except BackendUnavailable as translated:
+        assert translated.__cause__ is None and translated.__context__ is None
+        assert "hunter2" not in "".join(traceback.format_exception(translated))

@@ -50,8 +50,9 @@ class CallLog:
 
 @pytest.fixture
 def calls(backend: AWSBackend) -> CallLog:
-    """The calls of ``backend``'s SQS and SNS clients."""
-    return CallLog(backend.sqs_client, backend.sns_client)
+    """The calls of ``backend``'s SQS (ReceiveMessage's included) and SNS clients."""
+    # receive() polls 0 s by default: the client of 0 s long polls makes its calls.
+    return CallLog(backend.sqs_client, backend.receive_client(0), backend.sns_client)
 
 
 @pytest.fixture

@@ -8,16 +8,22 @@ How each part of melange's contract maps to AWS (details in docs/backends/aws.md
 - subscription: an SNS subscription of protocol ``sqs`` with raw message
   delivery, its filter an SNS filter policy, plus one statement in the queue's
   access policy admitting the subscribed topics;
-- publish: SendMessageBatch / PublishBatch in chunks of 10 within 256 KiB;
-- receive: ReceiveMessage with long polling; ack: DeleteMessageBatch;
-  nack and lease extension: ChangeMessageVisibilityBatch.
+- publish: SendMessageBatch / PublishBatch in chunks of 10 within 256 KiB; a
+  failure after the request went out is an unknown outcome
+  (:mod:`~melange_aws.outcomes`);
+- receive: ReceiveMessage with long polling, on a client of its own whose read
+  timeout outlasts the poll; ack: DeleteMessageBatch; nack and lease
+  extension: ChangeMessageVisibilityBatch;
+- forward (dead-lettering): SendMessage of the message's wire form as received
+  (:mod:`~melange_aws.forwarding`).
 
 The helpers live next to this module, one idea each: :mod:`~melange_aws.clients`
 (boto3 configuration), :mod:`~melange_aws.resources` (cached URLs and ARNs,
 read-only lookups), :mod:`~melange_aws.names` and :mod:`~melange_aws.validation`
 (what AWS refuses), :mod:`~melange_aws.wire` (bodies and attributes on the
 wire), :mod:`~melange_aws.policy` (the queue policy), :mod:`~melange_aws.filters`
-(filter policies), :mod:`~melange_aws.receipts` and :mod:`~melange_aws.errors`.
+(filter policies), :mod:`~melange_aws.receipts`, :mod:`~melange_aws.errors`,
+:mod:`~melange_aws.outcomes` and :mod:`~melange_aws.forwarding`.
 """
 
 from __future__ import annotations
@@ -44,14 +50,19 @@ from melange.backends.base import (
 )
 from melange.exceptions import (
     BackendClosed,
-    BrokerError,
+    BackendUnavailable,
+    InvalidArgument,
     InvalidName,
     InvalidTopology,
     LeaseLost,
     MelangeError,
+    OutcomeUnknown,
     QueueNotFound,
     TopicNotFound,
+    require_number,
+    require_str,
 )
+from melange.message import PRODUCER_ID_ATTRIBUTE
 from melange.topology import (
     DeadLetterPolicy,
     QueueSpec,
@@ -60,7 +71,16 @@ from melange.topology import (
     is_fifo_name,
 )
 from melange_aws import filters, policy, receipts
-from melange_aws.clients import ClientSettings, client_config, make_client, make_session
+from melange_aws.clients import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    LONG_POLL_SECONDS,
+    ClientSettings,
+    client_config,
+    long_poll_config,
+    make_client,
+    make_session,
+)
 from melange_aws.errors import (
     DEFAULT_UNREACHABLE_HINT,
     QUEUE_MISSING,
@@ -68,10 +88,21 @@ from melange_aws.errors import (
     ErrorContext,
     entry_error,
     error_code,
+    is_sensitive,
     raise_translated,
+    raise_unchained,
     safe_endpoint,
+    url_secrets,
 )
-from melange_aws.names import QUEUE_NAME_RULE, TOPIC_NAME_RULE, arn_prefix, name_from_arn
+from melange_aws.forwarding import send_message_params
+from melange_aws.names import (
+    QUEUE_NAME_RULE,
+    TOPIC_NAME_RULE,
+    arn_prefix,
+    deduplication_id,
+    name_from_arn,
+)
+from melange_aws.outcomes import SendTracker, may_have_reached, outcome_unknown
 from melange_aws.receipts import AWSReceipt
 from melange_aws.resources import BOTO_ERRORS, ResourceIndex
 from melange_aws.validation import check_destination, check_message
@@ -119,6 +150,20 @@ class AWSBackend(MessagingBackend):
     :meth:`_known_secrets`, and :attr:`capabilities` per class or instance.
     Other underscored names are internal and may change.
 
+    Timeouts: every call but ReceiveMessage waits ``connect_timeout`` for a
+    connection and ``read_timeout`` for the answer, per attempt; a long poll
+    runs on a client of its own per wait (:meth:`receive_client`), whose read
+    timeout is the wait plus ``read_timeout``. A silent endpoint thus fails a
+    publish after about ``max_attempts`` x ``read_timeout`` plus botocore's
+    backoff, not minutes.
+
+    Publish outcomes: a SendMessageBatch / PublishBatch that failed after its
+    request may have reached the broker (no answer in time, the connection
+    reset or closed, a 5xx answer, on any attempt) raises
+    :class:`~melange.exceptions.OutcomeUnknown`, so its messages are reported
+    *unknown*; one that failed before anything went out (no connection could
+    be made) raises :class:`~melange.exceptions.BackendUnavailable`.
+
     Args:
         region_name: The AWS region, e.g. ``"eu-west-1"``.
         endpoint_url: One endpoint for SQS, SNS and STS (a local emulator).
@@ -133,6 +178,9 @@ class AWSBackend(MessagingBackend):
             when ``None``.
         max_pool_connections: HTTP connections kept per client (botocore's
             default is 10); raise it for more concurrent consumers.
+        connect_timeout: Seconds to wait for a connection, per attempt (5 by default).
+        read_timeout: Seconds to wait for an answer, per attempt (10 by
+            default); a long poll waits its wait time plus this.
         session: A ready boto3 session to make the clients from (e.g. with
             assumed-role credentials), instead of a profile or keys. It is
             used as it is; sessions the backend makes itself share only
@@ -182,6 +230,8 @@ class AWSBackend(MessagingBackend):
         max_attempts: int | None = None,
         max_pool_connections: int | None = None,
         session: boto3.session.Session | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
     ) -> None:
         settings = ClientSettings(
             region_name=region_name,
@@ -195,6 +245,8 @@ class AWSBackend(MessagingBackend):
             max_attempts=max_attempts,
             max_pool_connections=max_pool_connections,
             session=session,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         )
         settings.validate()
         super().__init__()
@@ -205,7 +257,25 @@ class AWSBackend(MessagingBackend):
         self._config = self._client_config()
         self._sqs: Any = self._create_client("sqs")
         self._sns: Any = self._create_client("sns")
+        # Long polls on clients of their own, one per wait (botocore's timeouts are per
+        # client): a read timeout that fits a publish would cut them.
+        self._receivers: dict[int, Any] = {}
         self._sts: Any = None  # made on first need: only topic lookups use it
+        self._sends = SendTracker()
+        self._sends.watch(self._sqs)
+        self._sends.watch(self._sns)
+        # The user info of an endpoint URL is a secret, wherever the URL came from.
+        self._url_secrets = tuple(
+            secret
+            for url in (
+                settings.endpoint_url,
+                settings.sqs_endpoint_url,
+                settings.sns_endpoint_url,
+                self._sqs.meta.endpoint_url,
+                self._sns.meta.endpoint_url,
+            )
+            for secret in url_secrets(url)
+        )
         self._lock = threading.Lock()
         self._policy_locks: dict[str, threading.Lock] = {}
         self._index = ResourceIndex(
@@ -280,6 +350,27 @@ class AWSBackend(MessagingBackend):
         """The boto3 SQS client (e.g. to register botocore event hooks)."""
         return self._sqs
 
+    def receive_client(self, wait_seconds: float = 20.0) -> Any:
+        """Return the boto3 SQS client of long polls of ``wait_seconds`` (whole seconds, <= 20).
+
+        Its read timeout is the wait plus ``read_timeout``. It is made on first
+        use, with :meth:`_create_client` like every client of the backend.
+
+        Raises:
+            BackendClosed: The backend is closed.
+        """
+        wait = min(max(int(wait_seconds), 0), int(LONG_POLL_SECONDS))
+        client = self._receivers.get(wait)
+        if client is None:
+            with self._lock:  # one client per wait, whichever thread asks first
+                if self.closed:
+                    raise BackendClosed(self.name, "receive")
+                client = self._receivers.get(wait)
+                if client is None:
+                    config = long_poll_config(self._settings, wait)
+                    client = self._receivers[wait] = self._create_client("sqs", config=config)
+        return client
+
     @property
     def sns_client(self) -> Any:
         """The boto3 SNS client."""
@@ -336,24 +427,60 @@ class AWSBackend(MessagingBackend):
         topic: str | None = None,
         size: int | None = None,
     ) -> ErrorContext:
+        endpoint = str(client.meta.endpoint_url)
         return ErrorContext(
             action=action,
-            endpoint=str(client.meta.endpoint_url),
+            endpoint=endpoint,
             queue=queue,
             topic=topic,
             size=size,
             unreachable_hint=self._unreachable_hint(),
             backend_name=self.name,
-            secrets=self._known_secrets(),
+            secrets=self._known_secrets() + self._url_secrets + url_secrets(endpoint),
             service=_service_label(client),
+            read_timeout=getattr(client.meta.config, "read_timeout", None),
         )
+
+    def _send(
+        self,
+        call: Callable[..., Any],
+        action: str,
+        client: Any,
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        **params: Any,
+    ) -> Any:
+        """Make a call that stores messages; return its response.
+
+        Raises:
+            OutcomeUnknown: The call failed, but an attempt may have reached the
+                broker (see :mod:`melange_aws.outcomes`).
+            MelangeError: The call failed before anything could be stored.
+        """
+        self._sends.start()
+        try:
+            return call(**params)
+        except BOTO_ERRORS as error:
+            code = error_code(error)
+            if code in QUEUE_MISSING and queue is not None:
+                self._index.forget_queue(queue)
+            if code in TOPIC_MISSING and topic is not None:
+                self._index.forget_topic(topic)
+            if not (self._sends.reached or may_have_reached(error)):
+                self._fail(error, action, client, queue=queue, topic=topic)
+            context = self._context(action, client, queue=queue, topic=topic)
+            unknown = outcome_unknown(error, context, self._sends.failures)
+            if is_sensitive(error, context.secrets):
+                raise_unchained(unknown)
+            raise unknown from error
 
     # ------------------------------------------------------------ validation
     def validate_queue(self, spec: QueueSpec) -> None:
         """Refuse what SQS would refuse: names, fractional seconds, dead-letter mismatches."""
         super().validate_queue(spec)
         for setting in ("visibility_timeout", "message_retention_period", "delay_seconds"):
-            value = getattr(spec, setting)
+            value = require_number(setting, getattr(spec, setting))
             if not float(value).is_integer():
                 raise InvalidTopology(
                     f"{setting}={value!r} on queue {spec.name!r}: SQS takes whole seconds; "
@@ -632,7 +759,9 @@ class AWSBackend(MessagingBackend):
         A per-message delay on a FIFO queue or on any topic (SNS has none), and a
         ``dedup_id`` on a standard queue or topic.
         """
-        check_destination(destination, name, is_fifo_name(name), batch)
+        check_destination(
+            destination, name, is_fifo_name(require_str(f"{destination}_name", name)), batch
+        )
 
     @staticmethod
     def _entry(index: int, message: OutgoingMessage, fifo: bool, body_key: str) -> dict[str, Any]:
@@ -643,8 +772,13 @@ class AWSBackend(MessagingBackend):
             entry["MessageAttributes"] = message_attributes(message.attributes, encoding)
         if fifo:
             entry["MessageGroupId"] = message.group_id or DEFAULT_GROUP_ID
-            # Only an explicit dedup_id deduplicates: every other message gets a unique one.
-            entry["MessageDeduplicationId"] = message.dedup_id or uuid.uuid4().hex
+            # An explicit dedup_id, else the producer id, which melange's publishers assign
+            # once per message: a publish retried after an unknown outcome is then dropped
+            # by SQS/SNS. A message without either gets a unique id.
+            dedup_id = message.dedup_id or message.attributes.get(PRODUCER_ID_ATTRIBUTE)
+            entry["MessageDeduplicationId"] = (
+                uuid.uuid4().hex if dedup_id is None else deduplication_id(dedup_id)
+            )
         elif message.group_id is not None:
             entry["MessageGroupId"] = message.group_id  # fair queues on standard queues
         if message.delay_seconds:  # publish() lets it through for standard queues only
@@ -659,18 +793,26 @@ class AWSBackend(MessagingBackend):
     ) -> list[PublishResult]:
         """One result per message of ``batch`` from a batch response, in order.
 
+        A message the answer names neither as successful nor as failed is
+        *unknown*: an answer cut short (a proxy, a dropped connection after the
+        status line) reads as an empty success, yet SQS may have stored it.
+
         ``error_context`` is called only when something failed: building it on every
         successful publish showed up in the SQS benchmark's profile.
         """
-        accepted = {int(a["Id"]): str(a["MessageId"]) for a in response.get("Successful", [])}
+        accepted = _entries_by_index(response.get("Successful"), len(batch))
         if len(accepted) == len(batch):  # the common case: no error context needed
-            return [PublishResult(index, accepted[index]) for index in range(len(batch))]
+            return [
+                PublishResult(index, str(accepted[index].get("MessageId", "")))
+                for index in range(len(batch))
+            ]
         results: list[PublishResult | None] = [None] * len(batch)
-        for index, message_id in accepted.items():
-            results[index] = PublishResult(index, message_id)
+        for index, entry in accepted.items():
+            results[index] = PublishResult(index, str(entry.get("MessageId", "")))
         context = error_context()
-        for refused in response.get("Failed", []):
-            index = int(refused["Id"])
+        for index, refused in _entries_by_index(response.get("Failed"), len(batch)).items():
+            if results[index] is not None:
+                continue
             message = batch[index]
             size = wire_size(message.body, message.attributes)
             error = entry_error(
@@ -679,16 +821,16 @@ class AWSBackend(MessagingBackend):
                 dataclasses.replace(context, size=size),
             )
             results[index] = PublishResult(index, error=error)
-        return [
-            PublishResult(
-                index,
-                error=BrokerError(
-                    f"{context.service} returned no result for message {index} when asked to "
-                    f"{context.action}"
-                ),
+        if any(result is None for result in results):
+            unknown = OutcomeUnknown(
+                f"{context.service} answered the request to {context.action} without a result "
+                "for some of its messages (an answer cut short?): they may have been stored; "
+                "sent again, they may arrive twice (a consumer's deduplication cache handles "
+                "that: it keys on the producer id)"
             )
-            if result is None
-            else result
+            logger.debug("%s's answer to %s: %r", context.service, context.action, response)
+        return [
+            PublishResult(index, error=unknown) if result is None else result
             for index, result in enumerate(results)
         ]
 
@@ -697,12 +839,14 @@ class AWSBackend(MessagingBackend):
         fifo = is_fifo_name(queue_name)
         entries = [self._entry(index, m, fifo, "MessageBody") for index, m in enumerate(batch)]
         action = f"publish to queue {queue_name!r}"
-        try:
-            response = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
-        except BOTO_ERRORS as error:
-            if error_code(error) in QUEUE_MISSING:
-                self._index.forget_queue(queue_name)
-            self._fail(error, action, self._sqs, queue=queue_name)
+        response = self._send(
+            self._sqs.send_message_batch,
+            action,
+            self._sqs,
+            queue=queue_name,
+            QueueUrl=url,
+            Entries=entries,
+        )
         return self._results(
             batch, response, functools.partial(self._context, action, self._sqs, queue=queue_name)
         )
@@ -716,12 +860,14 @@ class AWSBackend(MessagingBackend):
         fifo = is_fifo_name(topic_name)
         entries = [self._entry(index, m, fifo, "Message") for index, m in enumerate(batch)]
         action = f"publish to topic {topic_name!r}"
-        try:
-            response = self._sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=entries)
-        except BOTO_ERRORS as error:
-            if error_code(error) in TOPIC_MISSING:
-                self._index.forget_topic(topic_name)
-            self._fail(error, action, self._sns, topic=topic_name)
+        response = self._send(
+            self._sns.publish_batch,
+            action,
+            self._sns,
+            topic=topic_name,
+            TopicArn=arn,
+            PublishBatchRequestEntries=entries,
+        )
         return self._results(
             batch, response, functools.partial(self._context, action, self._sns, topic=topic_name)
         )
@@ -730,9 +876,12 @@ class AWSBackend(MessagingBackend):
     def _receive(
         self, queue_name: str, max_messages: int, wait_seconds: float
     ) -> list[ReceivedMessage]:
+        if not math.isfinite(wait_seconds):
+            raise InvalidArgument("wait_seconds", "a finite number of seconds", wait_seconds)
         url = self._index.require_queue_url(queue_name)
+        receiver = self.receive_client(wait_seconds)
         try:
-            response = self._sqs.receive_message(
+            response = receiver.receive_message(
                 QueueUrl=url,
                 MaxNumberOfMessages=min(max_messages, BATCH_SIZE),
                 WaitTimeSeconds=int(wait_seconds),  # whole seconds, never longer than asked
@@ -742,7 +891,8 @@ class AWSBackend(MessagingBackend):
         except BOTO_ERRORS as error:
             if error_code(error) in QUEUE_MISSING:
                 self._index.forget_queue(queue_name)
-            self._fail(error, f"receive from queue {queue_name!r}", self._sqs, queue=queue_name)
+            action = f"receive from queue {queue_name!r}"
+            self._fail(error, action, receiver, queue=queue_name)
         received: list[ReceivedMessage] = []
         for raw in response.get("Messages", []):
             decoded = decode_message(raw)
@@ -755,7 +905,7 @@ class AWSBackend(MessagingBackend):
                     str(raw.get("MessageId", "")),
                     int(count),
                     decoded.group_id,
-                    AWSReceipt(url, str(raw.get("ReceiptHandle", ""))),
+                    AWSReceipt(url, str(raw.get("ReceiptHandle", "")), raw),
                 )
             )
         return received
@@ -827,10 +977,74 @@ class AWSBackend(MessagingBackend):
             message, reason = lost[0]
             raise LeaseLost(message.message_id, message.queue_name, reason)
 
+    # ---------------------------------------------------------------- forward
+    def _forward(
+        self, queue_name: str, message: ReceivedMessage, extra_attributes: dict[str, str]
+    ) -> PublishResult:
+        """Send the message's wire form, exactly as SQS delivered it, to ``queue_name``.
+
+        The body text and every attribute with its data type (Binary values as
+        bytes) go back as received, so nothing melange decoded on receipt (a
+        ``melange.body-encoding`` body, an SNS envelope, Number and Binary
+        attributes) is altered. The group is kept; a FIFO target deduplicates
+        the copy by the original's message id. ``extra_attributes`` are added
+        only within SQS's 10 attributes and 256 KiB.
+
+        Returns:
+            The copy's result; refused (with the error) when SQS refuses the copy.
+
+        Raises:
+            QueueNotFound: ``queue_name`` does not exist.
+            OutcomeUnknown: The copy may have been stored, but no answer came.
+            BackendUnavailable: SQS could not be reached; nothing was sent.
+        """
+        receipt = message.receipt
+        wire = receipt.wire if isinstance(receipt, AWSReceipt) else None
+        if not isinstance(wire, Mapping) or not isinstance(wire.get("Body"), str):
+            # Not received here as it came (built by hand, or by another backend).
+            return super()._forward(queue_name, message, extra_attributes)
+        url = self._index.require_queue_url(queue_name)
+        params = send_message_params(
+            wire,
+            extra_attributes,
+            fifo=is_fifo_name(queue_name),
+            message_id=str(message.message_id),
+        )
+        action = f"copy message {message.message_id!r} to queue {queue_name!r}"
+        try:
+            response = self._send(
+                self._sqs.send_message, action, self._sqs, queue=queue_name, QueueUrl=url, **params
+            )
+        except (QueueNotFound, BackendUnavailable, BackendClosed):
+            raise
+        except MelangeError as refused:  # SQS refused this copy: a result, not a failure
+            return PublishResult(0, error=refused)
+        return PublishResult(0, str(response["MessageId"]))
+
     def _close(self) -> None:
-        for client in (self._sqs, self._sns, self._sts):
+        with self._lock:  # no receive client is made after this
+            receivers = list(self._receivers.values())
+        for client in (self._sqs, self._sns, self._sts, *receivers):
             if client is not None:
                 client.close()
+
+
+def _entries_by_index(entries: object, count: int) -> dict[int, Mapping[str, Any]]:
+    """Index the ``Successful`` or ``Failed`` entries of a batch answer by their ``Id``.
+
+    Entries that name no message of the batch (an answer that is not SQS's or
+    SNS's, or garbled) are left out, so their messages count as unknown.
+    """
+    indexed: dict[int, Mapping[str, Any]] = {}
+    if not isinstance(entries, list):
+        return indexed
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        entry_id = entry.get("Id")
+        if isinstance(entry_id, str) and entry_id.isdigit() and int(entry_id) < count:
+            indexed.setdefault(int(entry_id), entry)
+    return indexed
 
 
 def _service_label(client: Any) -> str:

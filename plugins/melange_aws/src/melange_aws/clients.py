@@ -7,11 +7,14 @@ from ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_SQS`` and ``AWS_ENDPOINT_URL_SNS``
 Options given to the backend override the matching link of that chain.
 
 Retries are botocore's "standard" mode (exponential backoff with jitter on
-throttling and transient errors), configured with :class:`botocore.config.Config`.
+throttling and transient errors), and timeouts are sized to the call (a few
+seconds to connect and to wait for an answer; a long poll's wait plus that
+margin for ReceiveMessage), both configured with :class:`botocore.config.Config`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -27,6 +30,17 @@ from melange.exceptions import ConfigurationError
 
 USER_AGENT_EXTRA = "melange"
 """Appended to the User-Agent header, so melange's calls can be told apart in CloudTrail."""
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a TCP (and TLS) connection; botocore's own default is 60."""
+
+DEFAULT_READ_TIMEOUT = 10.0
+"""Seconds to wait for an answer to a call that does not long-poll (publish, settle,
+topology); botocore's own default is 60, which held a publish to a silent endpoint for
+three minutes (3 attempts). A long poll waits its own wait time plus this margin."""
+
+LONG_POLL_SECONDS = 20.0
+"""The longest wait of a ReceiveMessage long poll (SQS's limit)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,8 @@ class ClientSettings:
     max_attempts: int | None = None
     max_pool_connections: int | None = None
     session: Any = field(default=None, repr=False)
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
 
     def validate(self) -> None:
         """Raise :class:`ConfigurationError` for inconsistent or mistyped options."""
@@ -103,6 +119,17 @@ class ClientSettings:
                 raise ConfigurationError(
                     f"{name} must be a whole number of at least 1, got {value!r}"
                 )
+        for name in ("connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, e.g. {name}=5, got {value!r}"
+                )
 
     def secrets(self) -> tuple[str, ...]:
         """The credential strings that must never appear in a message."""
@@ -127,16 +154,37 @@ class ClientSettings:
 
 
 def client_config(settings: ClientSettings) -> Config:
-    """Return the botocore configuration: standard retries, pool size, user agent."""
+    """Return the botocore configuration: standard retries, timeouts, pool size, user agent."""
     retries: dict[str, Any] = {"mode": "standard"}
     if settings.max_attempts is not None:
         # botocore's "max_attempts" counts retries; "total_max_attempts" counts the first
         # call too, like AWS_MAX_ATTEMPTS and this option.
         retries["total_max_attempts"] = settings.max_attempts
-    options: dict[str, Any] = {"retries": retries, "user_agent_extra": USER_AGENT_EXTRA}
+    options: dict[str, Any] = {
+        "retries": retries,
+        "user_agent_extra": USER_AGENT_EXTRA,
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+    }
     if settings.max_pool_connections is not None:
         options["max_pool_connections"] = settings.max_pool_connections
     return Config(**options)
+
+
+def long_poll_config(settings: ClientSettings, wait_seconds: int) -> Config:
+    """Return what a ReceiveMessage client changes: a read timeout that outlasts its long poll.
+
+    SQS answers a long poll only when a message arrives or the wait (up to
+    :data:`LONG_POLL_SECONDS`) is over, so the read timeout is that wait plus the
+    usual margin: an answer that is merely waited for is never cut off, and a
+    dead connection is still noticed within the margin after the wait.
+
+    Args:
+        settings: The backend's options (``read_timeout`` is the margin).
+        wait_seconds: The long poll's whole seconds, 0 to 20.
+    """
+    wait = min(max(wait_seconds, 0), int(LONG_POLL_SECONDS))
+    return Config(read_timeout=wait + settings.read_timeout)
 
 
 _PROFILE_VARIABLES = ("AWS_DEFAULT_PROFILE", "AWS_PROFILE")

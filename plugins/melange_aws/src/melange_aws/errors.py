@@ -7,16 +7,26 @@ TopicNotFound, MessageTooLarge, BackendUnavailable), else
 ``broker_code``. Messages never contain a credential: errors about
 credentials and permissions carry only the error code (AWS's text and the
 botocore exception are dropped), other AWS texts are scrubbed of anything that
-looks like an access key, and endpoints are shown without user info.
+looks like an access key and of the user info of the endpoint URLs, endpoints
+are shown without user info, and a botocore exception whose text (or whose own
+causes) held a secret is not chained.
+
+What the broker said is summarised to one line (HTTP status when it is not a
+regular AWS error, the code, the first words, at most :data:`SUMMARY_LIMIT`
+characters): an HTML error page of a proxy or load balancer does not end up in
+a message whole. The full text is logged at DEBUG on this module's logger.
 """
 
 from __future__ import annotations
 
+import html
+import http
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from botocore import exceptions as botocore_errors  # type: ignore[import-untyped]
 
@@ -30,6 +40,11 @@ from melange.exceptions import (
     TopicNotFound,
 )
 from melange_aws.wire import MESSAGE_LIMIT
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_LIMIT = 160
+"""The most characters of the broker's own text that a message quotes."""
 
 QUEUE_MISSING = frozenset(
     {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
@@ -99,6 +114,11 @@ CONNECTION_ERRORS = (
     botocore_errors.SSLError,
     botocore_errors.HTTPClientError,
 )
+"""Every botocore error of the network, whether or not a request went out."""
+
+NOT_CONNECTED = (botocore_errors.EndpointConnectionError, botocore_errors.ConnectTimeoutError)
+"""No connection could be made (refused, no route, DNS, connect timeout): nothing answers there."""
+
 CREDENTIAL_ERRORS = (
     botocore_errors.NoCredentialsError,
     botocore_errors.PartialCredentialsError,
@@ -118,9 +138,15 @@ DEFAULT_UNREACHABLE_HINT = (
     "Check the region_name and endpoint_url options (or AWS_REGION, AWS_ENDPOINT_URL and "
     "AWS_ENDPOINT_URL_<SERVICE>), and that the endpoint is up and reachable from this process"
 )
+NO_ANSWER_HINT = (
+    "The endpoint took the connection, so something runs there: check that it is the SQS/SNS "
+    "endpoint and that it is healthy, or raise the read_timeout or max_attempts option"
+)
 
 # Access key ids (AKIA... long-term, ASIA... temporary) are not secret keys, but stay out too.
 _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b")
+_HIDDEN_MARKUP = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 
 
 @dataclass(frozen=True)
@@ -138,6 +164,8 @@ class ErrorContext:
         secrets: Strings that must never appear in a message.
         service: Who was called, as messages name it: ``"SQS"``, ``"SNS"`` or
             ``"STS"`` (an emulator answers for AWS, so "AWS" would mislead).
+        read_timeout: The client's read timeout in seconds (a long poll's includes
+            its wait), for read timeouts.
     """
 
     action: str
@@ -149,6 +177,7 @@ class ErrorContext:
     backend_name: str = "aws"
     secrets: tuple[str, ...] = field(default=(), repr=False)
     service: str = "AWS"
+    read_timeout: float | None = None
 
 
 def safe_endpoint(url: str | None) -> str:
@@ -157,19 +186,96 @@ def safe_endpoint(url: str | None) -> str:
         return "the default AWS endpoint"
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparsable endpoint>"
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def url_secrets(url: str | None) -> tuple[str, ...]:
+    """Return the secrets of an endpoint URL: its user info and password, as written and decoded.
+
+    ``http://admin:pw@host`` gives ``admin:pw`` and ``pw``; ``http://token@host``
+    gives ``token``. A user name alone is not secret when a password follows it
+    (redacting a common word such as ``admin`` everywhere would garble messages).
+    """
+    if not url:
+        return ()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ()
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if not at or not userinfo:
+        return ()
+    found = [userinfo]
+    if ":" in userinfo:
+        found.append(userinfo.split(":", 1)[1])
+    found += [unquote(value) for value in found]
+    return tuple(dict.fromkeys(value for value in found if value))
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove credentials (given ``secrets`` and anything shaped like an access key id)."""
-    for secret in secrets:
+    for secret in sorted(secrets, key=len, reverse=True):  # "user:pw" before "pw"
         if secret:
             text = text.replace(secret, "<redacted>")
     return _ACCESS_KEY_ID.sub("<redacted>", text)
+
+
+def summarize(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    """Return ``text`` as one line of at most ``limit`` characters.
+
+    Markup (an HTML error page) loses its tags, scripts and styles, and its
+    entities are decoded; whitespace is collapsed; a longer text is cut at a
+    word and ends with an ellipsis.
+    """
+    if text.lstrip().startswith("<"):
+        text = html.unescape(_TAG.sub(" ", _HIDDEN_MARKUP.sub(" ", text)))
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + "\u2026"
+
+
+def http_status(error: BaseException) -> int | None:
+    """Return the HTTP status of a ClientError's answer, when known."""
+    if isinstance(error, botocore_errors.ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    return None
+
+
+def describe(code: str, text: str, status: int | None, context: ErrorContext) -> str:
+    """Return what the broker answered, for the parentheses of a message.
+
+    ``InvalidParameterValue: Value x is invalid`` for a regular AWS error; the
+    HTTP status leads when the answer is not one (a 5xx, or no AWS error code):
+    ``HTTP 502 Bad Gateway: <first words of the page>``. The full text, when
+    the summary left part of it out, is logged at DEBUG.
+    """
+    full = scrub(text, context.secrets)
+    summary = summarize(full)
+    regular = code not in ("", "Unknown") and not code.isdigit()
+    if status is not None and (status >= 500 or not regular):
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        head = " ".join(part for part in (f"HTTP {status}", code if regular else phrase) if part)
+    else:
+        head = code or "Unknown"
+    if summary != " ".join(full.split()):
+        logger.debug(
+            "%s answered %s to %s; its whole text: %s", context.service, head, context.action, full
+        )
+    return f"{head}: {summary}" if summary else head
 
 
 def error_code(error: BaseException) -> str | None:
@@ -180,9 +286,20 @@ def error_code(error: BaseException) -> str | None:
     return None
 
 
-def entry_error(code: str, message: str, context: ErrorContext) -> MelangeError:
-    """Translate an error AWS reports for one entry of a batch (or for one call)."""
-    text = scrub(message or "no details", context.secrets)
+def entry_error(
+    code: str, message: str, context: ErrorContext, status: int | None = None
+) -> MelangeError:
+    """Translate an error AWS reports for one entry of a batch (or for one call).
+
+    Args:
+        code: AWS's error code.
+        message: AWS's text (summarised; logged whole at DEBUG).
+        context: What was being done.
+        status: The HTTP status of the answer, for a whole call.
+    """
+    # Without a status (a batch entry) an empty text is said to be empty; with one, the
+    # status's phrase says enough.
+    said = describe(code, message or ("" if status is not None else "no details"), status, context)
     error: MelangeError
     if code in QUEUE_MISSING and context.queue is not None:
         error = QueueNotFound(context.queue)
@@ -196,17 +313,18 @@ def entry_error(code: str, message: str, context: ErrorContext) -> MelangeError:
     elif code in UNAVAILABLE:
         error = BackendUnavailable(
             f"{context.service} at {safe_endpoint(context.endpoint)} could not "
-            f"{context.action} ({code}: {text}), even after botocore's retries; "
+            f"{context.action} ({said}), even after botocore's retries; "
             "retry later, or raise the max_attempts option"
         )
     elif code in TOO_LARGE or (
-        context.size is not None and any(words in text.lower() for words in ("too long", "large"))
+        context.size is not None
+        and any(words in message.lower() for words in ("too long", "large"))
     ):
         error = (
             MessageTooLarge(context.size, MESSAGE_LIMIT, context.backend_name)
             if context.size is not None
             else BrokerError(
-                f"{context.service} refused to {context.action} as too large ({code}: {text})",
+                f"{context.service} refused to {context.action} as too large ({said})",
                 broker_code=code,
             )
         )
@@ -218,11 +336,28 @@ def entry_error(code: str, message: str, context: ErrorContext) -> MelangeError:
             broker_code=code,
         )
     else:
-        error = BrokerError(
-            f"{context.service} refused to {context.action} ({code}: {text})", broker_code=code
-        )
+        # A 5xx is a failure on the broker's side, not a refusal of the request.
+        verb = "failed to" if status is not None and status >= 500 else "refused to"
+        error = BrokerError(f"{context.service} {verb} {context.action} ({said})", broker_code=code)
     error.broker_code = code
     return error
+
+
+def connection_failure(error: BaseException, context: ErrorContext) -> str:
+    """Say what went wrong on the network, in words: ``no answer within read_timeout=10 s``."""
+    if isinstance(error, NOT_CONNECTED):
+        return "no connection could be made"
+    if isinstance(error, botocore_errors.ReadTimeoutError):
+        if context.read_timeout is None:
+            return "no answer within the read timeout"
+        return f"no answer within {context.read_timeout:g} s (the read timeout)"
+    if isinstance(error, botocore_errors.ConnectionClosedError):
+        return "the connection was closed or reset before an answer came"
+    if isinstance(error, botocore_errors.ProxyConnectionError):
+        return "no connection could be made through the HTTP(S) proxy"
+    if isinstance(error, botocore_errors.SSLError):
+        return "the TLS connection failed"
+    return "the HTTP connection failed"
 
 
 def translate(error: Exception, context: ErrorContext) -> MelangeError:
@@ -231,43 +366,94 @@ def translate(error: Exception, context: ErrorContext) -> MelangeError:
     if code is not None:
         assert isinstance(error, botocore_errors.ClientError)
         message = str(error.response.get("Error", {}).get("Message") or "")
-        return entry_error(code, message, context)
+        return entry_error(code, message, context, http_status(error))
+    where = f"the {context.service} endpoint {safe_endpoint(context.endpoint)}"
+    name = type(error).__name__
+    if isinstance(error, NOT_CONNECTED):
+        # Only here: "nothing answers there" would mislead after a reset or a timeout.
+        return BackendUnavailable(
+            f"cannot reach {where} to {context.action} ({name}). {context.unreachable_hint}"
+        )
+    if isinstance(error, (botocore_errors.ProxyConnectionError, botocore_errors.SSLError)):
+        return BackendUnavailable(
+            f"cannot reach {where} to {context.action}: {connection_failure(error, context)} "
+            f"({name}). {DEFAULT_UNREACHABLE_HINT}"
+        )
     if isinstance(error, CONNECTION_ERRORS):
         return BackendUnavailable(
-            f"cannot reach the {context.service} endpoint {safe_endpoint(context.endpoint)} "
-            f"to {context.action} ({type(error).__name__}). {context.unreachable_hint}"
+            f"{where} did not answer the request to {context.action}: "
+            f"{connection_failure(error, context)} ({name}), even after botocore's retries. "
+            f"{NO_ANSWER_HINT}"
         )
     if isinstance(error, CREDENTIAL_ERRORS):
         return BackendUnavailable(
-            f"no usable AWS credentials to {context.action} ({type(error).__name__}). "
-            f"{CREDENTIALS_HINT}"
+            f"no usable AWS credentials to {context.action} ({name}). {CREDENTIALS_HINT}"
         )
     if isinstance(error, botocore_errors.ParamValidationError):
         return InvalidMessage(
             f"botocore refused the parameters to {context.action}: "
-            f"{scrub(str(error), context.secrets)}"
+            f"{summarize(scrub(str(error), context.secrets))}"
         )
     return BrokerError(
         f"unexpected error from botocore while trying to {context.action}: "
-        f"{type(error).__name__}: {scrub(str(error), context.secrets)}"
+        f"{name}: {summarize(scrub(str(error), context.secrets))}"
     )
 
 
-def is_sensitive(error: BaseException, secrets: Iterable[str] = ()) -> bool:
-    """Whether ``error``'s own text could reveal credentials, so it must not be chained.
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception chained to it (causes and contexts), each once."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        # botocore keeps the HTTP library's exception as an argument, not always chained.
+        kwargs = getattr(current, "kwargs", None)
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        if isinstance(inner, BaseException):
+            pending.append(inner)
 
-    Errors about credentials or permissions are, and so is any error whose text
+
+def is_sensitive(error: BaseException, secrets: Iterable[str] = ()) -> bool:
+    """Whether ``error`` or an exception chained to it could reveal credentials.
+
+    Such an error must not be chained. Errors about credentials or permissions
+    are, and so is any error whose text, or the text of one of its causes,
     contains one of ``secrets`` or something shaped like an access key id.
     """
     if isinstance(error, CREDENTIAL_ERRORS) or error_code(error) in ACCESS_REFUSED:
         return True
-    text = str(error)
-    return scrub(text, secrets) != text
+    secrets = tuple(secrets)
+    for link in _chain(error):
+        for text in (str(link), repr(link)):
+            if scrub(text, secrets) != text:
+                return True
+    return False
 
 
 def raise_translated(error: Exception, context: ErrorContext) -> NoReturn:
-    """Raise :func:`translate`'s error, chained to ``error`` unless that could leak credentials."""
+    """Raise :func:`translate`'s error, chained to ``error`` unless that could leak credentials.
+
+    When it could, the error is raised with neither a cause nor a context: not
+    even a traceback printer that ignores ``from None`` reaches ``error``.
+    """
     translated = translate(error, context)
-    if is_sensitive(error, context.secrets):
-        raise translated from None
-    raise translated from error
+    if not is_sensitive(error, context.secrets):
+        raise translated from error
+    raise_unchained(translated)
+
+
+def raise_unchained(error: BaseException) -> NoReturn:
+    """Raise ``error`` without cause or context, even inside an ``except`` block.
+
+    Python sets the context of an exception raised while another is handled;
+    it is cleared again on its way out.
+    """
+    try:
+        raise error from None
+    finally:
+        error.__context__ = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from melange.exceptions import InvalidTopology
+from melange.exceptions import InvalidArgument, InvalidTopology
 from melange.topology import SubscriptionSpec
 
 Filter = tuple[tuple[str, tuple[str, ...]], ...]
@@ -24,10 +24,18 @@ MAX_COMBINATIONS = 150
 
 
 def check(spec: SubscriptionSpec) -> None:
-    """Raise :class:`InvalidTopology` if SNS would refuse ``spec``'s filter policy."""
+    """Raise :class:`InvalidTopology` if SNS would refuse ``spec``'s filter policy.
+
+    Raises:
+        InvalidArgument: The filter is not in SubscriptionSpec's normal form
+            (``((name, (value, ...)), ...)`` of strings), e.g. a spec built by hand
+            without :meth:`SubscriptionSpec.normalize_filter`.
+        InvalidTopology: SNS's limits on filter policies are exceeded.
+    """
     if spec.filter is None:
         return
     where = f"subscription_filter of {spec.queue_name!r} on topic {spec.topic_name!r}"
+    _check_form(spec.filter, where)
     if len(spec.filter) > MAX_KEYS:
         raise InvalidTopology(
             f"{where} names {len(spec.filter)} attributes; SNS filter policies allow at most "
@@ -39,6 +47,23 @@ def check(spec: SubscriptionSpec) -> None:
             f"{where} has {combinations} value combinations (the product of the number of "
             f"values per attribute); SNS allows at most {MAX_COMBINATIONS}. List fewer values"
         )
+
+
+def _check_form(filter_: object, where: str) -> None:
+    """Refuse a filter that is not ``((name, (value, ...)), ...)`` of strings."""
+    expected = "pairs of an attribute name and a tuple of string values"
+    hint = "build it with SubscriptionSpec.normalize_filter({'attribute': ['value']})"
+    if not isinstance(filter_, tuple):
+        raise InvalidArgument(where, expected, filter_, hint)
+    for entry in filter_:
+        if not (isinstance(entry, tuple) and len(entry) == 2):
+            raise InvalidArgument(where, expected, filter_, hint)
+        name, values = entry
+        if not (isinstance(name, str) and name and isinstance(values, tuple) and values):
+            raise InvalidArgument(where, expected, filter_, hint)
+        for value in values:
+            if not isinstance(value, str):
+                raise InvalidArgument(f"{where}, attribute {name!r}", "string values", value)
 
 
 def to_policy(filter_: Filter | None) -> str:

@@ -7,6 +7,7 @@ is created or sent.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from melange.exceptions import InvalidMessage
@@ -63,6 +64,33 @@ def check_message_token(label: str, value: str) -> None:
             f"{label} {value!r} is not accepted by SQS/SNS: use 1 to 128 ASCII letters, "
             "digits and punctuation (no spaces)"
         )
+
+
+def is_message_token(value: object) -> bool:
+    """Return whether SQS/SNS accept ``value`` as a group or deduplication id."""
+    return isinstance(value, str) and _MESSAGE_TOKEN.fullmatch(value) is not None
+
+
+def deduplication_id(value: str) -> str:
+    """Return ``value`` as a MessageDeduplicationId: itself if SQS accepts it, else its SHA-256.
+
+    The hash is as stable as the value, so a message sent again with the same
+    value is still recognised as a duplicate.
+    """
+    if is_message_token(value):
+        return value
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def is_attribute_name(name: object) -> bool:
+    """Return whether SQS/SNS accept ``name`` as an attribute name."""
+    if not isinstance(name, str):
+        return False
+    try:
+        check_attribute_name(name)
+    except InvalidMessage:
+        return False
+    return True
 
 
 def name_from_arn(arn: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 
 from melange.exceptions import QueueNotFound, TopicNotFound
 from melange_aws.errors import (
@@ -34,7 +35,8 @@ from melange_aws.names import arn_prefix, name_from_arn
 
 logger = logging.getLogger(__name__)
 
-BOTO_ERRORS = (ClientError, BotoCoreError)
+BOTO_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
+"""What a botocore call raises: AWS's refusals, botocore's own errors, an answer it cannot read."""
 
 STS_RETRY_SECONDS = 60.0
 """After a passing STS failure (unreachable, throttled), seconds before STS is asked again."""

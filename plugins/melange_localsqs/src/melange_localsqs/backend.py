@@ -22,7 +22,12 @@ from typing import Any
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 from melange_aws import AWSBackend
-from melange_aws.clients import ClientSettings, make_session
+from melange_aws.clients import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    ClientSettings,
+    make_session,
+)
 from melange_aws.errors import CONNECTION_ERRORS, safe_endpoint
 
 from melange.backends.base import Capabilities
@@ -58,7 +63,10 @@ START_HINT = (
     "LocalSQSBackend(port=9324, sns=False)); or point the backend at yours with "
     "host/port or endpoint_url"
 )
-"""How to fix an endpoint that cannot be reached; ends every BackendUnavailable of that kind."""
+"""How to fix an endpoint nothing listens on; ends every BackendUnavailable of that kind.
+
+Only when no connection could be made: a reset, closed or silent connection
+comes from something that runs there, and says so instead."""
 
 # How an endpoint without SNS answers an SNS call: ElasticMQ InvalidAction (400),
 # LocalStack without sns in SERVICES 501, other servers 404 or an unknown-operation code.
@@ -117,6 +125,9 @@ class LocalSQSBackend(AWSBackend):
         aws_session_token: A session token, if the endpoint checks one.
         max_attempts: Attempts per call of botocore's standard retry mode.
         max_pool_connections: HTTP connections kept per client.
+        connect_timeout: Seconds to wait for a connection, per attempt (5 by default).
+        read_timeout: Seconds to wait for an answer, per attempt (10 by
+            default); a long poll waits its wait time plus this.
 
     Raises:
         ConfigurationError: An option is malformed.
@@ -139,6 +150,8 @@ class LocalSQSBackend(AWSBackend):
         aws_session_token: str | None = None,
         max_attempts: int | None = None,
         max_pool_connections: int | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
     ) -> None:
         if sns is not None and not isinstance(sns, bool):
             raise ConfigurationError(f"sns must be True, False or None (ask), got {sns!r}")
@@ -163,6 +176,8 @@ class LocalSQSBackend(AWSBackend):
             region_name=region_name,
             max_attempts=max_attempts,
             max_pool_connections=max_pool_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             session=make_session(
                 ClientSettings(
                     region_name=region_name,
@@ -178,7 +193,7 @@ class LocalSQSBackend(AWSBackend):
         if sns is True:
             self._probed = AWSBackend.capabilities
         elif sns is False:
-            self._no_sns(f"sns=False was passed for {self.endpoint_url}")
+            self._no_sns(f"sns=False was passed for {safe_endpoint(self.endpoint_url)}")
 
     @property
     def endpoint_url(self) -> str:
