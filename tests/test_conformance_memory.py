@@ -7,6 +7,7 @@ in the test process cannot serve.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,62 @@ import melange
 from melange.backends.memory import MemoryBackend
 from melange.clock import ManualClock
 from melange.testing.conformance import ConformanceSuite, DeliveryGuarantee, Wait, requires
+from melange.testing.conformance.convergence import DeclaredTopology
+from melange.topology import DeadLetterPolicy, SubscriptionSpec
+
+
+class MemoryHandChanges:
+    """Changes by hand what the memory backend holds: its state, not its public methods."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+
+    def change(self, topology: DeclaredTopology) -> list[str]:
+        made = []
+        with self.backend._lock:
+            queues, topics = self.backend._queues, self.backend._topics
+            queue = queues[topology.queue]
+            queue.spec = dataclasses.replace(
+                queue.spec,
+                visibility_timeout=333.0,
+                message_retention_period=7200.0,
+                delay_seconds=7.0,
+                dead_letter=None
+                if topology.dead_letter_queue is None
+                else DeadLetterPolicy(topology.dead_letter_queue, 9),
+            )
+            made.append(f"queue {topology.queue}: every setting")
+            for name in topology.topics:
+                topics[name].subscriptions[topology.queue] = SubscriptionSpec(
+                    name, topology.queue, SubscriptionSpec.normalize_filter({"kind": ["x"]})
+                )
+                made.append(f"subscription {name} -> {topology.queue}: filter")
+        return made
+
+    def differences(self, topology: DeclaredTopology) -> list[str]:
+        found = []
+        settings = topology.settings
+        with self.backend._lock:
+            spec = self.backend._queues[topology.queue].spec
+            for name in ("visibility_timeout", "message_retention_period"):
+                if getattr(spec, name) != settings[name]:
+                    found.append(f"queue {name}={getattr(spec, name)}")
+            if spec.delay_seconds != settings.get("delay_seconds", 0.0):
+                found.append(f"queue delay_seconds={spec.delay_seconds}")
+            wanted = (
+                None
+                if topology.dead_letter_queue is None
+                else DeadLetterPolicy(topology.dead_letter_queue, settings["max_receive_count"])
+            )
+            if spec.dead_letter != wanted:
+                found.append(f"queue dead_letter={spec.dead_letter}")
+            for name in topology.topics:
+                subscription = self.backend._topics[name].subscriptions.get(topology.queue)
+                declared = settings.get("subscription_filter")
+                if subscription is None or subscription.filter_dict() != declared:
+                    found.append(f"subscription {name}: {subscription}")
+        return found
+
 
 pytest_plugins = ["pytester"]
 
@@ -35,6 +92,10 @@ class TestMemoryBackend(ConformanceSuite):
     @pytest.fixture
     def melange_wait(self, clock: ManualClock) -> Wait:
         return clock.advance
+
+    @pytest.fixture
+    def melange_hand_changes(self, melange_backend: MemoryBackend) -> MemoryHandChanges:
+        return MemoryHandChanges(melange_backend)
 
     @pytest.fixture
     def melange_delivery(self) -> DeliveryGuarantee:

@@ -25,6 +25,7 @@ import pytest
 # Before the test modules are imported: failing asserts then show their values.
 pytest.register_assert_rewrite(
     "melange.testing.conformance._support",
+    "melange.testing.conformance.convergence",
     "melange.testing.conformance.data",
     "melange.testing.conformance.faults",
     "melange.testing.conformance.runtime",
@@ -48,13 +49,20 @@ from melange.testing.conformance._support import (  # noqa: E402
     requires,
     without_dead_letter_reason,
 )
+from melange.testing.conformance.convergence import (  # noqa: E402
+    ConvergenceConformance,
+    DeclaredTopology,
+    HandChanges,
+)
 from melange.testing.conformance.data import DataConformance  # noqa: E402
 from melange.testing.conformance.faults import FaultConformance  # noqa: E402
 from melange.testing.conformance.runtime import BackendSpec, RuntimeConformance  # noqa: E402
 from melange.testing.conformance.topology import TopologyConformance  # noqa: E402
 
 
-class ConformanceSuite(TopologyConformance, DataConformance, RuntimeConformance):
+class ConformanceSuite(
+    TopologyConformance, ConvergenceConformance, DataConformance, RuntimeConformance
+):
     """Every conformance test: subclass it (as ``Test...``) and provide ``melange_backend``."""
 
 
@@ -65,9 +73,12 @@ __all__ = [
     "BackendSpec",
     "ConformanceBase",
     "ConformanceSuite",
+    "ConvergenceConformance",
     "DataConformance",
+    "DeclaredTopology",
     "DeliveryGuarantee",
     "FaultConformance",
+    "HandChanges",
     "ResourceNames",
     "RuntimeConformance",
     "TopologyConformance",
