@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from melange.backends.base import MessagingBackend
+from melange.backends.topology_rules import dead_letter_mismatch
 from melange.exceptions import (
     ConfigurationError,
     ImmutableSettingError,
@@ -253,10 +254,7 @@ class MessagingBackendFactory:
         require_str("topic_name", topic_name)
         _reject_unknown("init_topic", settings, TOPIC_SETTINGS)
         spec = TopicSpec(topic_name, _flag(settings, "fifo", topic_name))
-        self._backend.require("topics", f"topic {topic_name!r}")
-        if spec.fifo:
-            self._backend.require("fifo", f"FIFO topic {topic_name!r}")
-        self._backend.validate_topic(spec)
+        self._backend.check_topic(spec)
         return spec
 
     def _queue_request(
@@ -267,84 +265,49 @@ class MessagingBackendFactory:
         settings: Mapping[str, Any],
     ) -> _QueueRequest:
         backend = self._backend
-        caps = backend.capabilities
         require_str("queue_name", queue_name)
         if dead_letter_queue_name is not None:
             require_str("dead_letter_queue_name", dead_letter_queue_name)
         _reject_unknown("init_queue", settings, QUEUE_SETTINGS)
         fifo = _flag(settings, "fifo", queue_name)
-        visibility = _seconds(settings, "visibility_timeout", (0.0, caps.max_visibility_timeout))
-        retention = _seconds(settings, "message_retention_period", caps.retention_range)
-        delay = _seconds(settings, "delay_seconds", (0.0, caps.max_delay))
+        default = QueueSpec(queue_name, fifo=fifo)
+        queue = dataclasses.replace(
+            default,
+            visibility_timeout=_seconds(settings, "visibility_timeout", default),
+            message_retention_period=_seconds(settings, "message_retention_period", default),
+            delay_seconds=_seconds(settings, "delay_seconds", default),
+        )
 
-        dead_letter = None
         dead_letter_spec = None
         if dead_letter_queue_name is not None:
-            dead_letter_spec = self._dead_letter_spec(queue_name, fifo, dead_letter_queue_name)
             count = settings.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT)
-            low, high = caps.max_receive_count_range
-            if isinstance(count, bool) or not isinstance(count, int) or not low <= count <= high:
-                raise InvalidTopology(
-                    f"max_receive_count must be a whole number from {low} to {high} on backend "
-                    f"{backend.name!r}, got {count!r}"
-                )
-            dead_letter = DeadLetterPolicy(dead_letter_queue_name, count)
+            queue = dataclasses.replace(
+                queue, dead_letter=DeadLetterPolicy(dead_letter_queue_name, count)
+            )
+            dead_letter_spec = QueueSpec(
+                dead_letter_queue_name, fifo=is_fifo_name(dead_letter_queue_name)
+            )
         elif "max_receive_count" in settings:
             raise InvalidTopology(
                 "max_receive_count applies only with a dead-letter queue: pass "
                 f"dead_letter_queue_name to init_queue({queue_name!r}, ...) "
                 "or drop max_receive_count"
             )
-
-        queue = QueueSpec(queue_name, fifo=fifo, dead_letter=dead_letter)
-        if visibility is not None:
-            queue = dataclasses.replace(queue, visibility_timeout=visibility)
-        if retention is not None:
-            queue = dataclasses.replace(queue, message_retention_period=retention)
-        if delay is not None:
-            queue = dataclasses.replace(queue, delay_seconds=delay)
         topics = tuple(TopicSpec(name, is_fifo_name(name)) for name in _topic_names(topic_names))
         subscription_filter = _subscription_filter(settings.get("subscription_filter"), topics)
         subscriptions = tuple(
             SubscriptionSpec(topic.name, queue_name, subscription_filter) for topic in topics
         )
 
-        # Capabilities, then the backend's own rules, all before any broker call.
-        if fifo:
-            backend.require("fifo", f"FIFO queue {queue_name!r}")
-        if dead_letter is not None:
-            backend.require("dead_letter", f"dead-letter queue of {queue_name!r}")
-        if queue.delay_seconds:
-            backend.require("delay", f"delay_seconds on {queue_name!r}")
-        if topics:
-            backend.require("topics", f"subscribing {queue_name!r} to topics")
-        if subscription_filter is not None:
-            backend.require("filters", f"subscription_filter on {queue_name!r}")
-        backend.validate_queue(queue)
+        # The contract's checks (capabilities, ranges, dead-letter rules, the backend's
+        # own rules), all before any broker call.
+        backend.check_queue(queue)
         if dead_letter_spec is not None:
-            backend.validate_queue(dead_letter_spec)
+            backend.check_queue(dead_letter_spec)
         for topic, subscription in zip(topics, subscriptions, strict=True):
-            if topic.fifo:
-                backend.require("fifo", f"FIFO topic {topic.name!r}")
-            backend.validate_topic(topic)
-            backend.validate_subscription(topic, queue, subscription)
+            backend.check_topic(topic)
+            backend.check_subscription(subscription, topic, queue)
         return _QueueRequest(queue, dead_letter_spec, topics, subscriptions)
-
-    def _dead_letter_spec(self, queue_name: str, fifo: bool, dlq_name: str) -> QueueSpec:
-        if not isinstance(dlq_name, str) or not dlq_name:
-            raise InvalidTopology(
-                f"dead_letter_queue_name must be a non-empty queue name, got {dlq_name!r}"
-            )
-        if dlq_name == queue_name:
-            example = queue_name.removesuffix(".fifo") + ("-dlq.fifo" if fifo else "-dlq")
-            raise InvalidTopology(
-                f"queue {queue_name!r} cannot be its own dead-letter queue: messages that fail "
-                f"there would come straight back. Name another queue, e.g. {example!r}"
-            )
-        dlq_fifo = is_fifo_name(dlq_name)
-        if dlq_fifo != fifo:
-            raise InvalidTopology(_dead_letter_mismatch(queue_name, fifo, dlq_name))
-        return QueueSpec(dlq_name, fifo=dlq_fifo)
 
     # --------------------------------------------------------------- diffing
     def _diff_topic(self, spec: TopicSpec) -> tuple[Action, ...]:
@@ -360,7 +323,7 @@ class MessagingBackendFactory:
         if current is None:
             return (Action("create_queue", spec),)
         if current.fifo != queue.fifo:
-            raise InvalidTopology(_dead_letter_mismatch(queue.name, queue.fifo, spec.name))
+            raise InvalidTopology(dead_letter_mismatch(queue.name, queue.fifo, spec.name))
         return ()  # an existing dead-letter queue keeps its own settings
 
     def _diff_queue(self, spec: QueueSpec) -> tuple[Action, ...]:
@@ -407,21 +370,13 @@ def _flag(settings: Mapping[str, Any], name: str, resource: str) -> bool:
     return value
 
 
-def _seconds(settings: Mapping[str, Any], name: str, bounds: tuple[float, float]) -> float | None:
+def _seconds(settings: Mapping[str, Any], name: str, default: QueueSpec) -> float:
     if name not in settings:
-        return None
+        return float(getattr(default, name))
     value = settings[name]
-    low, high = bounds
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise InvalidTopology(
-            f"{name} must be a number of seconds from {low:g} to {high:g}, got {value!r}"
-        )
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(name, "a number of seconds", value)
+    return float(value)  # the range is the contract's rule (check_queue)
 
 
 def _topic_names(names: Sequence[str] | str | None) -> list[str]:
@@ -469,16 +424,6 @@ def _subscription_filter(
         ):
             raise InvalidTopology(f"{shape}; entry {key!r}: {allowed!r} is not")
     return SubscriptionSpec.normalize_filter(value)
-
-
-def _dead_letter_mismatch(queue_name: str, fifo: bool, dlq_name: str) -> str:
-    kind, other = ("FIFO", "standard") if fifo else ("standard", "FIFO")
-    fixed = dlq_name + ".fifo" if fifo else dlq_name.removesuffix(".fifo")
-    return (
-        f"{kind} queue {queue_name!r} needs a {kind} dead-letter queue, but {dlq_name!r} is "
-        f"{other}; brokers move messages only between queues of the same type. "
-        f"Use e.g. {fixed!r}"
-    )
 
 
 def _same(current: object, declared: object) -> bool:

@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from melange.backends import topology_rules
 from melange.exceptions import (
     BackendClosed,
     BackendUnavailable,
     InvalidArgument,
     InvalidMessage,
-    InvalidTopology,
     MelangeError,
     MessageTooLarge,
     OutcomeUnknown,
@@ -63,6 +63,10 @@ class Capabilities:
         retention_range: Allowed ``message_retention_period`` in seconds, inclusive.
         max_wait_seconds: Longest long-poll wait of one receive call.
         immutable_queue_settings: Queue settings the broker cannot change after creation.
+        dead_letter_any_kind: A dead-letter queue may be of the other kind (FIFO or
+            standard) than its queue; by default it must be of the same kind.
+        case_insensitive_names: Queue names compare case-insensitively, so
+            ``"Orders"`` is also the own dead-letter queue of ``"orders"``.
     """
 
     topics: bool = False
@@ -84,6 +88,8 @@ class Capabilities:
     retention_range: tuple[float, float] = (60.0, 14 * 24 * 3600.0)
     max_wait_seconds: float = 20.0
     immutable_queue_settings: frozenset[str] = frozenset({"fifo"})
+    dead_letter_any_kind: bool = False
+    case_insensitive_names: bool = False
 
     FEATURES = (
         "topics",
@@ -215,6 +221,12 @@ class MessagingBackend(abc.ABC):
     topic_name_rule: NameRule = NameRule()
     """Naming rule for topics, checked before any call."""
 
+    broker_label: str = ""
+    """The broker as error messages name it (``"SQS"``); the backend's name when empty."""
+
+    receive_count_setting: str = "max_receive_count"
+    """The broker's own name for ``max_receive_count``, so a message maps one to the other."""
+
     def __init__(self) -> None:
         self._closed = False
         self._close_lock = threading.Lock()
@@ -250,66 +262,51 @@ class MessagingBackend(abc.ABC):
         if not getattr(self.capabilities, capability):
             raise UnsupportedCapability(self.name, capability, what)
 
+    def check_queue(self, spec: QueueSpec) -> None:
+        """Raise the specific error if ``spec`` cannot be declared on this backend.
+
+        The one place of the topology rules for a queue, called by
+        :meth:`declare_queue` and by the factory before anything is created: the
+        capabilities it needs, the ranges of its settings, the dead-letter rules
+        every broker shares (not its own dead-letter queue, of the same kind unless
+        ``capabilities.dead_letter_any_kind``, ``max_receive_count`` in range), then
+        :meth:`validate_queue` for the broker's own rules. Backends do not
+        override it: they declare data and extend :meth:`validate_queue`.
+
+        Raises:
+            InvalidArgument: ``spec`` or one of its fields has the wrong type.
+            InvalidTopology: A rule is broken (:class:`~melange.exceptions.InvalidName`
+                for names).
+            UnsupportedCapability: The queue needs a capability the backend lacks.
+        """
+        topology_rules.check_queue(self, spec)
+
+    def check_topic(self, spec: TopicSpec) -> None:
+        """Raise the specific error if the topic ``spec`` cannot be declared (as check_queue)."""
+        topology_rules.check_topic(self, spec)
+
+    def check_subscription(
+        self,
+        spec: SubscriptionSpec,
+        topic: TopicSpec | None = None,
+        queue: QueueSpec | None = None,
+    ) -> None:
+        """Raise the specific error if the subscription ``spec`` cannot be made.
+
+        Args:
+            spec: The subscription.
+            topic: The topic as declared, if known (else inferred from its name).
+            queue: The queue as declared, if known (else inferred from its name).
+        """
+        topology_rules.check_subscription(self, spec, topic, queue)
+
     def validate_queue(self, spec: QueueSpec) -> None:
         """Raise :class:`~melange.exceptions.InvalidTopology` if the broker would refuse ``spec``.
 
-        The default checks the name rule; backends extend it with broker rules.
+        A hook for the broker's own rules, called by :meth:`check_queue` after the
+        shared ones. The default checks the name rule; backends extend it.
         """
         self.queue_name_rule.check("queue", spec.name, spec.fifo)
-
-    def check_dead_letter(
-        self,
-        spec: QueueSpec,
-        *,
-        broker: str,
-        receive_count_setting: str,
-        any_kind: bool = False,
-        case_insensitive: bool = False,
-    ) -> None:
-        """Check the rules every broker shares for ``spec``'s dead-letter policy, if it has one.
-
-        For :meth:`validate_queue` overrides of backends with the ``dead_letter``
-        capability. The dead-letter queue's name follows :attr:`queue_name_rule`,
-        it is not the queue itself, and ``max_receive_count`` is within
-        ``capabilities.max_receive_count_range``.
-
-        Args:
-            spec: The queue being validated.
-            broker: The broker as messages name it, e.g. ``"SQS"``.
-            receive_count_setting: The broker's own name for ``max_receive_count``,
-                e.g. ``"maxReceiveCount"``, so the message maps one to the other.
-            any_kind: Accept a dead-letter queue of the other kind (FIFO or
-                standard), whose name is then checked as that kind's; the backend
-                checks which pairs its broker allows. By default it must be of
-                the queue's kind.
-            case_insensitive: The broker's names compare case-insensitively, so
-                ``"Orders"`` is also the own dead-letter queue of ``"orders"``.
-
-        Raises:
-            InvalidName: The dead-letter queue's name breaks the rule.
-            InvalidTopology: The queue is its own dead-letter queue, or
-                ``max_receive_count`` is out of range.
-        """
-        dead_letter = spec.dead_letter
-        if dead_letter is None:
-            return
-        target = dead_letter.queue_name
-        fifo = is_fifo_name(target) if any_kind else spec.fifo
-        self.queue_name_rule.check("dead-letter queue", target, fifo)
-        same = target.lower() == spec.name.lower() if case_insensitive else target == spec.name
-        if same:
-            note = f" ({broker} names compare case-insensitively)" if target != spec.name else ""
-            raise InvalidTopology(
-                f"queue {spec.name!r} cannot be its own dead-letter queue{note}: messages that "
-                "fail there would come straight back. Name another queue"
-            )
-        low, high = self.capabilities.max_receive_count_range
-        count = dead_letter.max_receive_count
-        if not low <= count <= high:
-            raise InvalidTopology(
-                f"queue {spec.name!r}: max_receive_count must be from {low} to {high} on {broker} "
-                f"({receive_count_setting}), got {count!r}"
-            )
 
     def validate_topic(self, spec: TopicSpec) -> None:
         """Raise :class:`~melange.exceptions.InvalidTopology` if the broker refuses ``spec``."""
@@ -350,7 +347,11 @@ class MessagingBackend(abc.ABC):
         return self._call("get a queue", self._get_queue, require_str("name", name))
 
     def declare_queue(self, spec: QueueSpec) -> None:
-        """Create the queue, or set an existing one's mutable settings to ``spec``."""
+        """Create the queue, or set an existing one's mutable settings to ``spec``.
+
+        ``spec`` is checked first (:meth:`check_queue`): an invalid one creates nothing.
+        """
+        self.check_queue(spec)
         self._call("declare a queue", self._declare_queue, spec)
 
     def delete_queue(self, name: str) -> None:
@@ -363,8 +364,8 @@ class MessagingBackend(abc.ABC):
         return self._call("get a topic", self._get_topic, require_str("name", name))
 
     def declare_topic(self, spec: TopicSpec) -> None:
-        """Create the topic if it does not exist (idempotent)."""
-        self.require("topics", "topics")
+        """Create the topic if it does not exist (idempotent); ``spec`` is checked first."""
+        self.check_topic(spec)
         self._call("declare a topic", self._declare_topic, spec)
 
     def delete_topic(self, name: str) -> None:
@@ -378,10 +379,12 @@ class MessagingBackend(abc.ABC):
         return self._call("get a subscription", self._get_subscription, topic_name, queue_name)
 
     def subscribe(self, spec: SubscriptionSpec) -> None:
-        """Subscribe the queue to the topic, or set an existing subscription's filter."""
-        self.require("topics", "subscriptions")
-        if spec.filter is not None:
-            self.require("filters", "subscription filters")
+        """Subscribe the queue to the topic, or set an existing subscription's filter.
+
+        ``spec`` is checked first (:meth:`check_subscription`, with the topic's and
+        the queue's kind inferred from their names).
+        """
+        self.check_subscription(spec)
         self._call("subscribe", self._subscribe, spec)
 
     # ------------------------------------------------------------------- data

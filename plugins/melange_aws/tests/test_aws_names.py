@@ -136,8 +136,8 @@ def test_which_topics_may_deliver_to_which_queues(
         (QueueSpec("q", visibility_timeout=2.5), "whole seconds"),
         (QueueSpec("q", delay_seconds=0.5), "whole seconds"),
         (QueueSpec("q", dead_letter=DeadLetterPolicy("q")), "own dead-letter"),
-        (QueueSpec("q", dead_letter=DeadLetterPolicy("d.fifo")), "only end with '.fifo'"),
-        (QueueSpec("q.fifo", fifo=True, dead_letter=DeadLetterPolicy("d")), "must end"),
+        (QueueSpec("q", dead_letter=DeadLetterPolicy("d.fifo")), "needs a standard dead-letter"),
+        (QueueSpec("q.fifo", fifo=True, dead_letter=DeadLetterPolicy("d")), "needs a FIFO dead-"),
         (QueueSpec("q", dead_letter=DeadLetterPolicy("d", 1001)), "from 1 to 1000"),
         (QueueSpec("bad name"), "letters, digits"),
     ],
@@ -145,7 +145,7 @@ def test_which_topics_may_deliver_to_which_queues(
 def test_queue_specs_sqs_refuses(aws: AWSBackend, spec: QueueSpec, fragment: str) -> None:
     """declare_queue's own validation refuses what SQS would, without the factory."""
     with pytest.raises(InvalidTopology, match=fragment):
-        aws.validate_queue(spec)
+        aws.check_queue(spec)
     with pytest.raises(InvalidTopology, match=fragment):
         aws.declare_queue(spec)
 

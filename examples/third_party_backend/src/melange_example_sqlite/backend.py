@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 from melange.backends import (
     Capabilities,
@@ -32,10 +32,8 @@ from melange.exceptions import (
     BackendUnavailable,
     ConfigurationError,
     InvalidMessage,
-    InvalidTopology,
     LeaseLost,
     QueueNotFound,
-    UnsupportedCapability,
 )
 from melange.topology import DeadLetterPolicy, NameRule, QueueSpec
 
@@ -216,44 +214,11 @@ class SQLiteBackend(MessagingBackend):
         return message.receipt
 
     # ------------------------------------------------------------ topology
-    def validate_queue(self, spec: QueueSpec) -> None:
-        """Check the name rule, then the limits this backend enforces on settings.
-
-        Raises:
-            InvalidName: The name breaks :attr:`queue_name_rule`.
-            UnsupportedCapability: ``spec`` is a FIFO queue.
-            InvalidTopology: A setting is out of range, or the queue is its own dead-letter queue.
-        """
-        super().validate_queue(spec)
-        if spec.fifo:
-            raise UnsupportedCapability(self.name, "fifo", f"FIFO queue {spec.name!r}")
-        caps = self.capabilities
-        limits: Sequence[tuple[str, float, float, float]] = [
-            ("visibility_timeout", spec.visibility_timeout, 0, caps.max_visibility_timeout),
-            ("message_retention_period", spec.message_retention_period, *caps.retention_range),
-            ("delay_seconds", spec.delay_seconds, 0, caps.max_delay),
-        ]
-        if spec.dead_letter is not None:
-            self.queue_name_rule.check("queue", spec.dead_letter.queue_name, False)
-            if spec.dead_letter.queue_name == spec.name:
-                raise InvalidTopology(
-                    f"queue {spec.name!r} cannot be its own dead-letter queue; name another queue"
-                )
-            receives = spec.dead_letter.max_receive_count
-            limits = [*limits, ("max_receive_count", receives, *caps.max_receive_count_range)]
-        for setting, value, low, high in limits:
-            if not low <= value <= high:
-                raise InvalidTopology(
-                    f"queue {spec.name!r}: {setting}={value!r} is out of range for backend "
-                    f"'sqlite'; use a value from {low:g} to {high:g}"
-                )
-
     def _get_queue(self, name: str) -> QueueSpec | None:
         with self._transaction("get a queue") as db:
             return self._load_queue(db, name)
 
     def _declare_queue(self, spec: QueueSpec) -> None:
-        self.validate_queue(spec)  # also guards callers that bypass the factory
         dead_letter = spec.dead_letter
         with self._transaction("declare a queue") as db:
             # One upsert statement: concurrent declares cannot create two queues.

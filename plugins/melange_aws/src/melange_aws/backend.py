@@ -215,6 +215,8 @@ class AWSBackend(MessagingBackend):
     )
     queue_name_rule = QUEUE_NAME_RULE
     topic_name_rule = TOPIC_NAME_RULE
+    broker_label = "SQS"
+    receive_count_setting = "the redrive policy's maxReceiveCount"
 
     def __init__(
         self,
@@ -486,10 +488,6 @@ class AWSBackend(MessagingBackend):
                     f"{setting}={value!r} on queue {spec.name!r}: SQS takes whole seconds; "
                     f"use e.g. {setting}={math.ceil(value)}"
                 )
-        # SQS wants a dead-letter queue of the queue's type (the name rule checks both).
-        self.check_dead_letter(
-            spec, broker="SQS", receive_count_setting="the redrive policy's maxReceiveCount"
-        )
 
     def validate_subscription(
         self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec
@@ -571,7 +569,6 @@ class AWSBackend(MessagingBackend):
         return attributes
 
     def _declare_queue(self, spec: QueueSpec) -> None:
-        self.validate_queue(spec)
         attributes = self._settable_attributes(spec)
         url = self._index.queue_url(spec.name)
         if url is None:
@@ -621,7 +618,6 @@ class AWSBackend(MessagingBackend):
         return TopicSpec(name, fifo=attributes.get("FifoTopic") == "true")
 
     def _declare_topic(self, spec: TopicSpec) -> None:
-        self.validate_topic(spec)
         attributes = {"FifoTopic": "true"} if spec.fifo else {}
         try:
             response = self._sns.create_topic(Name=spec.name, Attributes=attributes)
@@ -694,11 +690,6 @@ class AWSBackend(MessagingBackend):
             return queue_arn
 
     def _subscribe(self, spec: SubscriptionSpec) -> None:
-        topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
-        queue = QueueSpec(spec.queue_name, fifo=is_fifo_name(spec.queue_name))
-        self.validate_topic(topic)
-        self.validate_queue(queue)
-        self.validate_subscription(topic, queue, spec)
         topic_arn = self._index.require_topic_arn(spec.topic_name)
         # The policy first: SNS may deliver as soon as the subscription exists.
         queue_arn = self._admit_topic(spec.queue_name, topic_arn)

@@ -156,6 +156,8 @@ class GCPPubSubBackend(MessagingBackend):
     )
     queue_name_rule = QUEUE_NAME_RULE
     topic_name_rule = TOPIC_NAME_RULE
+    broker_label = "Pub/Sub"
+    receive_count_setting = "max_delivery_attempts"
 
     def __init__(
         self,
@@ -328,9 +330,6 @@ class GCPPubSubBackend(MessagingBackend):
                 f"{spec.name!r}: Pub/Sub keeps messages from {low:g} s (10 minutes) to "
                 f"{high:g} s (31 days)"
             )
-        self.check_dead_letter(
-            spec, broker="Pub/Sub", receive_count_setting="max_delivery_attempts"
-        )
 
     def validate_subscription(
         self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec
@@ -385,7 +384,6 @@ class GCPPubSubBackend(MessagingBackend):
         return queue_spec(name, subscription)
 
     def _declare_queue(self, spec: QueueSpec) -> None:
-        self.validate_queue(spec)
         if spec.dead_letter is not None and self._topic(spec.dead_letter.queue_name) is None:
             raise QueueNotFound(
                 spec.dead_letter.queue_name,
@@ -538,7 +536,6 @@ class GCPPubSubBackend(MessagingBackend):
         return TopicSpec(name, fifo=is_fifo_name(name))
 
     def _declare_topic(self, spec: TopicSpec) -> None:
-        self.validate_topic(spec)
         try:
             self._admin("publisher", "create_topic", {"name": topic_path(self._project, spec.name)})
             logger.debug("created topic %r", spec.name)
@@ -592,12 +589,11 @@ class GCPPubSubBackend(MessagingBackend):
     def _subscribe(self, spec: SubscriptionSpec) -> None:
         topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
         queue_name = spec.queue_name
-        self.validate_topic(topic)
-        self.queue_name_rule.check("queue", queue_name, is_fifo_name(queue_name))
         own = self._subscription(queue_name)
         if own is None or own.topic != topic_path(self._project, queue_name):
             raise QueueNotFound(queue_name)
         current = queue_spec(queue_name, own)
+        # The contract checked names and kinds; this rule depends on the queue as it is.
         self.validate_subscription(topic, current, spec)
         if self._get_topic(spec.topic_name) is None:
             raise TopicNotFound(spec.topic_name)
