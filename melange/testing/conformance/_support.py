@@ -213,7 +213,7 @@ def drain(
     expected: int,
     *,
     ack: bool = True,
-    timeout: float = POLL_TIMEOUT,
+    timeout: float | None = None,
 ) -> list[ReceivedMessage]:
     """Receive until ``expected`` messages arrived or ``timeout`` real seconds passed.
 
@@ -222,13 +222,14 @@ def drain(
         queue: The queue to receive from.
         expected: How many messages to wait for; never more are received.
         ack: Acknowledge each batch as it arrives.
-        timeout: Real seconds to keep polling.
+        timeout: Real seconds to keep polling; :data:`POLL_TIMEOUT` (read at each call) by
+            default.
 
     Returns:
         What was received, in order; shorter than ``expected`` on timeout.
     """
     received: list[ReceivedMessage] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (POLL_TIMEOUT if timeout is None else timeout)
     while len(received) < expected:
         batch = receive_now(backend, queue, min(10, expected - len(received)))
         if batch:

@@ -8,6 +8,7 @@ timeout, so a run against a real broker stays short.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -18,11 +19,12 @@ from collections.abc import Callable
 import pytest
 
 from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
-from melange.exceptions import BackendClosed, MessageTooLarge
+from melange.exceptions import BackendClosed, InvalidMessage, LeaseLost, MessageTooLarge
 from melange.factory import MessagingBackendFactory
 from melange.testing.conformance._support import (
     MARGIN,
     POLL_INTERVAL,
+    POLL_TIMEOUT,
     VISIBILITY_TIMEOUT,
     ConformanceBase,
     DeliveryGuarantee,
@@ -38,7 +40,7 @@ from melange.testing.conformance._support import (
     requires,
     without_dead_letter_reason,
 )
-from melange.topology import QueueSpec
+from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec
 
 CONSUMERS = 4
 LOAD = 1000
@@ -50,6 +52,22 @@ POISON = (b"\xff\xfe not json", b'{"truncated": ')
 DELAY = 3.0
 """Seconds of the delay tests: long enough that a backend which opens a link per queue (about
 0.5 s each on Service Bus's SDK) can publish to two queues and look into both before it ends."""
+
+LONG_POLL = 5.0
+"""Seconds a long-polling receive waits in the waiting tests (or the backend's maximum)."""
+
+PUBLISH_AFTER = 0.5
+"""Real seconds after which the waiting test publishes: its receive is waiting by then."""
+
+WAIT_SLACK = 4.0
+"""Real seconds a waiting receive may take beyond its ``wait_seconds`` (network, a slow poll)."""
+
+
+class _ForeignReceipt:
+    """A receipt no backend issued: stands for the receipt of another backend's delivery."""
+
+    def __repr__(self) -> str:
+        return "<receipt of another backend>"
 
 
 def _max_receives(backend: MessagingBackend) -> int:
@@ -247,6 +265,77 @@ class DataConformance(ConformanceBase):
         melange_backend.ack([again])  # the latest delivery's receipt settles it
         assert_empty(melange_backend, queue)
 
+    def test_a_stale_receipt_settles_nothing_and_its_lease_is_lost(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        """Once a message was received again, the earlier delivery's receipt is stale.
+
+        Acking or nacking with it is a no-op: the current holder settles the message.
+        Extending its lease raises LeaseLost.
+        """
+        queue = melange_names.queue()
+        caps = melange_backend.capabilities
+        melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+        melange_backend.publish(queue, messages(b"redelivered"))
+        (stale,) = drain(melange_backend, queue, 1, ack=False)
+        melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+        (current,) = drain(melange_backend, queue, 1, ack=False)  # another receiver's delivery
+        assert (current.message_id, current.receive_count) == (stale.message_id, 2)
+
+        melange_backend.ack([stale])
+        if caps.nack_delay:
+            melange_backend.nack([stale])
+        assert_empty(melange_backend, queue)  # the stale nack did not release it
+        if caps.lease_extension:
+            with pytest.raises(LeaseLost) as caught:
+                melange_backend.extend_lease([stale], VISIBILITY_TIMEOUT)
+            assert stale.message_id in str(caught.value)
+
+        # The stale ack removed nothing: the message comes back after its current lease.
+        melange_wait(VISIBILITY_TIMEOUT + MARGIN)
+        again = drain(melange_backend, queue, 1, ack=False)
+        assert [(m.message_id, m.receive_count) for m in again] == [(stale.message_id, 3)], (
+            "acking with a stale receipt removed the message its current holder was working on"
+        )
+        melange_backend.ack(again)
+        assert_empty(melange_backend, queue)
+
+    def test_a_receipt_of_another_backend_is_refused(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        """Settling a message whose receipt this backend did not issue raises InvalidMessage.
+
+        The message keeps its own delivery: nothing was settled.
+        """
+        queue = melange_names.queue()
+        caps = melange_backend.capabilities
+        melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+        melange_backend.publish(queue, messages(b"mine"))
+        (received,) = drain(melange_backend, queue, 1, ack=False)
+        foreign = dataclasses.replace(received, receipt=_ForeignReceipt())
+        calls: dict[str, Callable[[], object]] = {"ack": lambda: melange_backend.ack([foreign])}
+        if caps.nack_delay:
+            calls["nack"] = lambda: melange_backend.nack([foreign], delay_seconds=1.0)
+        if caps.lease_extension:
+            calls["extend_lease"] = lambda: melange_backend.extend_lease([foreign], 5.0)
+        for operation, call in calls.items():
+            with pytest.raises(InvalidMessage):
+                call()
+                pytest.fail(f"{operation} accepted a receipt this backend never issued")
+        release(melange_backend, [received], melange_wait)
+        again = drain(melange_backend, queue, 1)
+        assert [(m.message_id, m.body) for m in again] == [(received.message_id, b"mine")], (
+            "the message is gone: a receipt of another backend settled it"
+        )
+
     @requires("nack_delay")
     def test_nack_releases_the_message_at_once(
         self,
@@ -363,6 +452,34 @@ class DataConformance(ConformanceBase):
         assert dead.queue_name == dlq
         assert_empty(melange_backend, queue)
 
+    @requires("dead_letter")
+    def test_a_dead_letter_queue_that_is_gone_swallows_nothing(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        """With its dead-letter queue deleted, a message received too often stays in its queue."""
+        queue, dlq = melange_names.queue(), melange_names.queue("dlq")
+        max_receives = _max_receives(melange_backend)
+        melange_factory.init_queue(
+            queue,
+            dead_letter_queue_name=dlq,
+            max_receive_count=max_receives,
+            visibility_timeout=VISIBILITY_TIMEOUT,
+        )
+        melange_backend.delete_queue(dlq)
+        melange_backend.publish(queue, [OutgoingMessage(b"kept", {"k": "v"})])
+        for _ in range(max_receives):
+            (received,) = drain(melange_backend, queue, 1, ack=False)
+            release(melange_backend, [received], melange_wait)
+        # The receive that would move it to the dead-letter queue finds none: it stays.
+        again = drain(melange_backend, queue, 1)
+        assert [(m.body, dict(m.attributes)) for m in again] == [(b"kept", {"k": "v"})], (
+            "a message due for a dead-letter queue that no longer exists was lost"
+        )
+
     def test_forward_copies_a_received_message_exactly(
         self,
         melange_backend: MessagingBackend,
@@ -404,6 +521,49 @@ class DataConformance(ConformanceBase):
         if caps.nack_delay:  # forward copies: the originals wait for their ack
             melange_backend.nack(received)
             assert len(drain(melange_backend, source, len(originals))) == len(originals)
+
+    def test_forward_never_replaces_an_original_attribute(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """An extra attribute named like one of the original's does not replace it."""
+        source, target = melange_names.queue("source"), melange_names.queue("target")
+        melange_factory.init_queue(source)
+        melange_factory.init_queue(target)
+        original = {"event": "failed", "reason": "the original's own"}
+        melange_backend.publish(source, [OutgoingMessage(b"original", original)])
+        (received,) = drain(melange_backend, source, 1, ack=False)
+        extras = {"reason": "an extra", "melange.dead-letter-source": source}
+        result = melange_backend.forward(received, target, extra_attributes=extras)
+        assert result.status == "accepted", result.error
+        (copy,) = drain(melange_backend, target, 1)
+        assert copy.attributes["reason"] == "the original's own"
+        assert without_dead_letter_reason(copy.attributes) == original
+        melange_backend.ack([received])
+
+    @requires("fifo")
+    def test_forward_keeps_the_message_group(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """A copy forwarded from a FIFO queue to another keeps its group id."""
+        source, target = melange_names.fifo_queue("source"), melange_names.fifo_queue("target")
+        melange_factory.init_queue(source)
+        melange_factory.init_queue(target)
+        melange_backend.publish(source, [OutgoingMessage(b"grouped", {"k": "v"}, group_id="g-7")])
+        (received,) = drain(melange_backend, source, 1, ack=False)
+        assert received.group_id == "g-7"
+        result = melange_backend.forward(received, target)
+        assert result.status == "accepted", result.error
+        copies = drain(melange_backend, target, 1)
+        assert [(m.body, m.group_id, dict(m.attributes)) for m in copies] == [
+            (b"grouped", "g-7", {"k": "v"})
+        ]
+        melange_backend.ack([received])
 
     @requires("dead_letter")
     def test_poison_messages_reach_the_dead_letter_queue_while_the_consumer_goes_on(
@@ -513,6 +673,73 @@ class DataConformance(ConformanceBase):
         assert drain_bodies(melange_backend, queue, 2) == [b"first", b"second"]
         assert_empty(melange_backend, queue)
 
+    @requires("fifo")
+    def test_fifo_holds_a_group_while_one_of_its_messages_is_in_flight(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        """No message of a group is delivered while an earlier one of it may come back."""
+        queue = melange_names.fifo_queue()
+        melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+        outgoing = [OutgoingMessage(f"g:{index}".encode(), group_id="g") for index in range(3)]
+        assert all(result.ok for result in melange_backend.publish(queue, outgoing))
+        first = drain(melange_backend, queue, 1, ack=False)
+        assert [message.body for message in first] == [b"g:0"]
+        assert_empty(melange_backend, queue)  # g:1 waits until g:0 is settled
+        release(melange_backend, first, melange_wait)
+        again = drain(melange_backend, queue, 1, ack=False)
+        assert [(m.body, m.receive_count) for m in again] == [(b"g:0", 2)], (
+            "a later message of the group overtook one that was released"
+        )
+        melange_backend.ack(again)
+        assert drain_bodies(melange_backend, queue, 2) == [b"g:1", b"g:2"]
+
+    @requires("fifo", "dedup")
+    def test_a_dedup_id_repeats_only_within_its_own_queue(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """One dedup id on two queues is a first message on each."""
+        queues = [melange_names.fifo_queue("a"), melange_names.fifo_queue("b")]
+        for queue in queues:
+            melange_factory.init_queue(queue)
+        for queue in queues:
+            (result,) = melange_backend.publish(
+                queue, [OutgoingMessage(queue.encode(), group_id="g", dedup_id="d-same")]
+            )
+            assert result.ok
+        for queue in queues:
+            assert drain_bodies(melange_backend, queue, 1) == [queue.encode()], (
+                f"{queue!r} dropped a message whose dedup id was used on another queue"
+            )
+
+    def test_alike_messages_without_a_dedup_id_are_each_delivered(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """Only a repeated dedup id makes a duplicate: identical messages without one all arrive."""
+        queues: list[tuple[str, str | None]] = [(melange_names.queue(), None)]
+        if melange_backend.capabilities.fifo:
+            queues.append((melange_names.fifo_queue(), "g"))
+        for queue, group in queues:
+            melange_factory.init_queue(queue)
+            twin = OutgoingMessage(b"twin", {"k": "v"}, group_id=group)
+            results = melange_backend.publish(queue, [twin, twin])
+            results += melange_backend.publish(queue, [twin])
+            assert [result.ok for result in results] == [True] * 3
+            received = drain(melange_backend, queue, 3)
+            assert [m.body for m in received] == [b"twin"] * 3, (
+                f"{queue!r} delivered {len(received)} of 3 identical messages without a dedup id"
+            )
+            assert len({message.message_id for message in received}) == 3
+
     # ---------------------------------------------------------------- limits
     def test_batch_publish_beyond_the_batch_limit(
         self,
@@ -566,6 +793,79 @@ class DataConformance(ConformanceBase):
         with pytest.raises(MessageTooLarge):
             melange_backend.publish(queue, [OutgoingMessage(b"small"), too_large])
         assert_empty(melange_backend, queue)
+
+    # --------------------------------------------------------------- waiting
+    def _receive_in_thread(
+        self, backend: MessagingBackend, queue: str, wait_seconds: float
+    ) -> tuple[threading.Thread, dict[str, object]]:
+        """Start ``receive(queue, 1, wait_seconds)`` in a thread; its outcome fills the dict."""
+        outcome: dict[str, object] = {}
+
+        def receive() -> None:
+            started = time.monotonic()
+            try:
+                outcome["received"] = backend.receive(
+                    queue, max_messages=1, wait_seconds=wait_seconds
+                )
+            except BaseException as error:  # reported by the test
+                outcome["error"] = error
+            outcome["seconds"] = time.monotonic() - started
+
+        thread = threading.Thread(target=receive, daemon=True)
+        thread.start()
+        return thread, outcome
+
+    def test_a_waiting_receive_returns_a_message_published_meanwhile(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """A receive waiting on an empty queue returns a message published during its wait.
+
+        It returns when the message arrives, not when the wait is over.
+        """
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=30.0)
+        wait = min(LONG_POLL, melange_backend.capabilities.max_wait_seconds)
+        thread, outcome = self._receive_in_thread(melange_backend, queue, wait)
+        time.sleep(PUBLISH_AFTER)
+        melange_backend.publish(queue, messages(b"while waiting"))
+        thread.join(wait + POLL_TIMEOUT)
+        assert not thread.is_alive(), f"receive(wait_seconds={wait}) did not return"
+        assert "error" not in outcome, outcome
+        received = outcome["received"]
+        assert isinstance(received, list)
+        assert [message.body for message in received] == [b"while waiting"], (
+            f"receive(wait_seconds={wait}) returned {received!r} although a message was "
+            f"published {PUBLISH_AFTER} s into its wait"
+        )
+        melange_backend.ack(received)
+        seconds = outcome["seconds"]
+        assert isinstance(seconds, float)
+        if wait >= 3.0:
+            assert seconds < wait - 1.0, (
+                f"receive(wait_seconds={wait}) returned after {seconds:.1f} s: it waited out "
+                "the wait instead of returning once the message arrived"
+            )
+
+    def test_a_receive_on_an_empty_queue_returns_within_its_wait(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """On an empty queue, a receive with ``wait_seconds=1`` returns (empty) about then."""
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue)
+        thread, outcome = self._receive_in_thread(melange_backend, queue, 1.0)
+        thread.join(1.0 + WAIT_SLACK)
+        assert not thread.is_alive(), (
+            "receive(wait_seconds=1) on an empty queue was still waiting after "
+            f"{1 + WAIT_SLACK:g} s"
+        )
+        assert "error" not in outcome, outcome
+        assert outcome["received"] == []
 
     # ----------------------------------------------------------- concurrency
     def test_concurrent_consumers_process_every_message(
@@ -644,8 +944,28 @@ class DataConformance(ConformanceBase):
             "publish": lambda: melange_backend.publish(queue, messages(b"x")),
             "receive": lambda: melange_backend.receive(queue),
             "ack": lambda: melange_backend.ack([in_hand]),
+            "forward": lambda: melange_backend.forward(in_hand, queue),
             "init_queue": lambda: melange_factory.init_queue(queue),
         }
+        caps = melange_backend.capabilities
+        if caps.nack_delay:
+            calls["nack"] = lambda: melange_backend.nack([in_hand])
+        if caps.lease_extension:
+            calls["extend_lease"] = lambda: melange_backend.extend_lease([in_hand], 1.0)
+        if caps.topics:
+            topic = melange_names.topic()
+            calls.update(
+                {
+                    "get_topic": lambda: melange_backend.get_topic(topic),
+                    "declare_topic": lambda: melange_backend.declare_topic(TopicSpec(topic)),
+                    "delete_topic": lambda: melange_backend.delete_topic(topic),
+                    "publish_to_topic": lambda: melange_backend.publish_to_topic(
+                        topic, messages(b"x")
+                    ),
+                    "get_subscription": lambda: melange_backend.get_subscription(topic, queue),
+                    "subscribe": lambda: melange_backend.subscribe(SubscriptionSpec(topic, queue)),
+                }
+            )
         for operation, call in calls.items():
             with pytest.raises(BackendClosed) as caught:
                 call()
