@@ -32,6 +32,27 @@ KNOWN_DEVIATIONS: dict[str, str] = {
         "not a known Subscription field'); a visibility timeout below Pub/Sub's 10 s minimum "
         "ack deadline is kept in a label, which the service lets UpdateSubscription change"
     ),
+    "test_a_stale_receipt_settles_nothing_and_its_lease_is_lost": (
+        "Pub/Sub without exactly-once delivery accepts an acknowledgement or a deadline change "
+        "for an ack id of an earlier delivery and reports nothing, so the backend cannot tell a "
+        "stale receipt from a current one (docs/backends/gcp.md, Leases)"
+    ),
+    "test_fifo_holds_a_group_while_one_of_its_messages_is_in_flight": (
+        "the Pub/Sub emulator hands out the next message of an ordering key while an earlier "
+        "one was nacked; the service redelivers a nacked message and every later message of its "
+        "ordering key in order (https://cloud.google.com/pubsub/docs/ordering); not checked "
+        "against the service here"
+    ),
+    "test_init_removes_a_subscription_filter_added_by_hand": (
+        "Pub/Sub cannot change a subscription's filter after creation, so init refuses the "
+        "hand-added filter with ImmutableSettingError unless recreate_subscriptions=True "
+        "(test_gcp_topology covers both)"
+    ),
+    "test_a_changed_visibility_timeout_governs_later_deliveries": (
+        "the Pub/Sub emulator refuses UpdateSubscription with update_mask 'labels', where a "
+        "visibility timeout below Pub/Sub's 10 s minimum ack deadline is kept; the service "
+        "accepts it"
+    ),
     "test_messages_of_a_killed_consumer_process_are_redelivered": (
         "Pub/Sub reports a delivery count (delivery_attempt) only on subscriptions with a "
         "dead-letter policy; without one the backend counts the deliveries it pulled itself, "
