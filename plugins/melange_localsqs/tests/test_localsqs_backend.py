@@ -240,7 +240,8 @@ def _assert_topics_refused(backend: LocalSQSBackend, names: ResourceNames, why: 
     assert (refused.value.backend_name, refused.value.capability) == ("localsqs", "topics")
     assert "'localsqs'" in str(refused.value)
     queue = names.queue()
-    with pytest.raises(UnsupportedCapability, match="subscribing"):
+    # The contract checks the topics of a subscription first (check_topic).
+    with pytest.raises(UnsupportedCapability, match="needed for topic"):
         factory.init_queue(queue, [names.topic()])
     assert backend.get_queue(queue) is None  # refused before anything was created
 

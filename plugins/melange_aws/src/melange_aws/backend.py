@@ -70,7 +70,7 @@ from melange.topology import (
     TopicSpec,
     is_fifo_name,
 )
-from melange_aws import filters, policy, receipts
+from melange_aws import filters, policy, receipts, redrive
 from melange_aws.clients import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -104,6 +104,7 @@ from melange_aws.names import (
 )
 from melange_aws.outcomes import SendTracker, may_have_reached, outcome_unknown
 from melange_aws.receipts import AWSReceipt
+from melange_aws.redrive import UnadmittedDeadLetter
 from melange_aws.resources import BOTO_ERRORS, ResourceIndex
 from melange_aws.validation import check_destination, check_message
 from melange_aws.wire import (
@@ -520,27 +521,66 @@ class AWSBackend(MessagingBackend):
         attributes = self._index.queue_attributes(name, ["All"])
         if attributes is None:
             return None
+        dead_letter = self._dead_letter_policy(attributes)
+        if dead_letter is not None and not self._admitted(name, attributes, dead_letter):
+            dead_letter = UnadmittedDeadLetter(
+                dead_letter.queue_name, dead_letter.max_receive_count
+            )
         return QueueSpec(
             name,
             fifo=attributes.get("FifoQueue") == "true",
             visibility_timeout=float(attributes.get("VisibilityTimeout", 30)),
             message_retention_period=float(attributes.get("MessageRetentionPeriod", 345_600)),
             delay_seconds=float(attributes.get("DelaySeconds", 0)),
-            dead_letter=self._dead_letter_policy(attributes),
+            dead_letter=dead_letter,
         )
+
+    def _admitted(
+        self, name: str, attributes: Mapping[str, str], dead_letter: DeadLetterPolicy
+    ) -> bool:
+        """Whether the queue's dead-letter queue admits it (its RedriveAllowPolicy).
+
+        One more read, only for a queue with a dead-letter queue in its own account
+        and region; a dead-letter queue that is gone, or elsewhere, counts as admitting
+        (the factory creates a missing one; one elsewhere never looks converged anyway).
+        """
+        try:
+            target = self._index.queue_attributes(dead_letter.queue_name, ["All"])
+        except MelangeError as error:
+            # A consumer's least-privilege role may not read the dead-letter queue: that
+            # must not fail get_queue (the dispatcher's start). declare_queue checks for sure.
+            logger.debug(
+                "could not read dead-letter queue %r to check that it admits %r: %s",
+                dead_letter.queue_name,
+                name,
+                error,
+            )
+            return True
+        if target is None or not attributes.get("QueueArn"):
+            return True
+        if redrive.admits(target.get("RedriveAllowPolicy"), attributes["QueueArn"]):
+            return True
+        logger.warning(
+            "dead-letter queue %r does not admit queue %r as a source (its RedriveAllowPolicy "
+            "is %s); init_queue admits it again",
+            dead_letter.queue_name,
+            name,
+            target.get("RedriveAllowPolicy"),
+        )
+        return False
 
     @staticmethod
     def _dead_letter_policy(attributes: Mapping[str, str]) -> DeadLetterPolicy | None:
-        redrive = attributes.get("RedrivePolicy")
-        if not redrive:
+        redrive_policy = attributes.get("RedrivePolicy")
+        if not redrive_policy:
             return None
         try:
-            document = json.loads(redrive)
+            document = json.loads(redrive_policy)
             target = str(document["deadLetterTargetArn"])
             count = int(document["maxReceiveCount"])
         except (ValueError, KeyError, TypeError):
             # Unreadable: report something no declaration equals, so init rewrites it.
-            return DeadLetterPolicy(f"<unreadable RedrivePolicy {redrive!r}>", 0)
+            return DeadLetterPolicy(f"<unreadable RedrivePolicy {redrive_policy!r}>", 0)
         own_arn = attributes.get("QueueArn", "")
         # A dead-letter queue in another account or region shows as its ARN, not a name.
         same_place = not own_arn or arn_prefix(own_arn) == arn_prefix(target)
@@ -554,19 +594,47 @@ class AWSBackend(MessagingBackend):
             "RedrivePolicy": "",  # "" removes a policy nobody declared
         }
         if spec.dead_letter is not None:
-            target = self._index.queue_arn(spec.dead_letter.queue_name)
-            if target is None:
-                raise QueueNotFound(
-                    spec.dead_letter.queue_name,
-                    f"it is the dead-letter queue of {spec.name!r}; create it first "
-                    "(MessagingBackendFactory.init_queue creates both)",
-                )
-            redrive = {
-                "deadLetterTargetArn": target,
+            redrive_policy = {
+                "deadLetterTargetArn": self._admit_to_dead_letter(spec.name, spec.dead_letter),
                 "maxReceiveCount": spec.dead_letter.max_receive_count,
             }
-            attributes["RedrivePolicy"] = json.dumps(redrive)
+            attributes["RedrivePolicy"] = json.dumps(redrive_policy)
         return attributes
+
+    def _admit_to_dead_letter(self, name: str, dead_letter: DeadLetterPolicy) -> str:
+        """Make the dead-letter queue's RedriveAllowPolicy admit queue ``name``; return its ARN.
+
+        Done before the queue's RedrivePolicy names the dead-letter queue, even before
+        the queue exists: its ARN is the dead-letter queue's account and region plus
+        its name.
+        """
+        dlq = dead_letter.queue_name
+        with self._policy_lock(dlq):  # read-modify-write: one thread at a time
+            target = self._index.queue_attributes(dlq, ["All"])
+            if target is None:
+                raise QueueNotFound(
+                    dlq,
+                    f"it is the dead-letter queue of {name!r}; create it first "
+                    "(MessagingBackendFactory.init_queue creates both)",
+                )
+            target_arn = target["QueueArn"]
+            updated = redrive.admitting(
+                target.get("RedriveAllowPolicy"),
+                arn_prefix(target_arn) + name,
+                queue=name,
+                dead_letter_queue=dlq,
+            )
+            if updated is not None:
+                url = self._index.require_queue_url(dlq)
+                try:
+                    self._sqs.set_queue_attributes(
+                        QueueUrl=url, Attributes={"RedriveAllowPolicy": updated}
+                    )
+                except BOTO_ERRORS as error:
+                    action = f"let dead-letter queue {dlq!r} admit queue {name!r}"
+                    self._fail(error, action, self._sqs, queue=dlq)
+                logger.info("dead-letter queue %r now admits queue %r", dlq, name)
+            return target_arn
 
     def _declare_queue(self, spec: QueueSpec) -> None:
         attributes = self._settable_attributes(spec)
