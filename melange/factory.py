@@ -339,6 +339,7 @@ class MessagingBackendFactory:
             if setting in immutable:
                 raise ImmutableSettingError(spec.name, setting, value, declared[setting])
             changes.append(Change(setting, value, declared[setting]))
+        changes.extend(self._backend.queue_drift(spec))  # what QueueSpec cannot show
         return (Action("update_queue", spec, tuple(changes)),) if changes else ()
 
     def _diff_subscription(self, spec: SubscriptionSpec, is_new: bool) -> tuple[Action, ...]:
@@ -347,10 +348,11 @@ class MessagingBackendFactory:
         )
         if current is None:
             return (Action("subscribe", spec),)
+        changes: list[Change] = []
         if current.filter != spec.filter:
-            change = Change("filter", current.filter_dict(), spec.filter_dict())
-            return (Action("update_subscription", spec, (change,)),)
-        return ()
+            changes.append(Change("filter", current.filter_dict(), spec.filter_dict()))
+        changes.extend(self._backend.subscription_drift(spec))  # what SubscriptionSpec cannot show
+        return (Action("update_subscription", spec, tuple(changes)),) if changes else ()
 
 
 # ---------------------------------------------------------------- helpers

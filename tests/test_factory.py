@@ -17,7 +17,7 @@ from melange.exceptions import (
     InvalidTopology,
     UnsupportedCapability,
 )
-from melange.topology import DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
+from melange.topology import Change, DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
 
 
 class RecordingBackend(MemoryBackend):
@@ -328,3 +328,43 @@ def test_backend_rules_run_before_any_call(backend: RecordingBackend) -> None:
     with pytest.raises(InvalidTopology, match="cannot subscribe to 'std'"):
         MessagingBackendFactory(strict).init_queue("q.fifo", ["ok.fifo", "std"])
     assert strict.mutations == []
+
+
+class DriftingBackend(MemoryBackend):
+    """Keeps part of a queue's and a subscription's state where the specs cannot show it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admitted = True  # e.g. the dead-letter queue admits the queue
+        self.raw_delivery = True  # e.g. SNS raw message delivery
+
+    def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        return () if self.admitted else (Change("dead_letter_admission", "deny", "admit"),)
+
+    def _subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        return () if self.raw_delivery else (Change("raw_delivery", False, True),)
+
+    def _declare_queue(self, spec: QueueSpec) -> None:
+        super()._declare_queue(spec)
+        self.admitted = True
+
+    def _subscribe(self, spec: SubscriptionSpec) -> None:
+        super()._subscribe(spec)
+        self.raw_delivery = True
+
+
+def test_drift_outside_the_specs_is_planned_and_put_back() -> None:
+    backend = DriftingBackend()
+    factory = MessagingBackendFactory(backend)
+    factory.init_queue("q", ["t"])
+    assert len(factory.init_queue("q", ["t"])) == 0
+    backend.admitted, backend.raw_delivery = False, False
+
+    plan = factory.plan_queue("q", ["t"])
+    assert [(a.kind, [str(c) for c in a.changes]) for a in plan] == [
+        ("update_queue", ["dead_letter_admission: 'deny' -> 'admit'"]),
+        ("update_subscription", ["raw_delivery: False -> True"]),
+    ]
+    factory.apply(plan)
+    assert backend.admitted and backend.raw_delivery
+    assert len(factory.init_queue("q", ["t"])) == 0

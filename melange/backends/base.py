@@ -30,7 +30,7 @@ from melange.exceptions import (
     require_number,
     require_str,
 )
-from melange.topology import NameRule, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
+from melange.topology import Change, NameRule, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
 
 _T = TypeVar("_T")
 _B = TypeVar("_B", bound="MessagingBackend")
@@ -378,6 +378,32 @@ class MessagingBackend(abc.ABC):
         self.require("topics", "subscriptions")
         return self._call("get a subscription", self._get_subscription, topic_name, queue_name)
 
+    def queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        """Return what differs from ``spec`` in settings :class:`QueueSpec` does not model.
+
+        Read-only. Some brokers keep part of a queue's declared state on other
+        resources the queue owns (SQS: the dead-letter queue's redrive allow
+        policy; Pub/Sub: the fan-out subscriptions' settings). When one was
+        changed by hand, the factory plans an ``update_queue`` with these
+        changes, and :meth:`declare_queue` must put them back.
+
+        Args:
+            spec: The queue as declared (it exists).
+        """
+        return self._call("inspect a queue", self._queue_drift, spec)
+
+    def subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        """Return what differs from ``spec`` in subscription settings the contract does not model.
+
+        Read-only, like :meth:`queue_drift` (SNS: raw message delivery, the filter
+        policy's scope, the queue policy admitting the topic); the factory plans an
+        ``update_subscription``, and :meth:`subscribe` must put them back.
+
+        Args:
+            spec: The subscription as declared (it exists).
+        """
+        return self._call("inspect a subscription", self._subscription_drift, spec)
+
     def subscribe(self, spec: SubscriptionSpec) -> None:
         """Subscribe the queue to the topic, or set an existing subscription's filter.
 
@@ -674,6 +700,12 @@ class MessagingBackend(abc.ABC):
 
     def _subscribe(self, spec: SubscriptionSpec) -> None:
         raise UnsupportedCapability(self.name, "topics", "subscriptions")
+
+    def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        return ()  # every setting the backend manages is in QueueSpec
+
+    def _subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        return ()  # every setting the backend manages is in SubscriptionSpec
 
     @abc.abstractmethod
     def _publish_batch(self, queue_name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
