@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from melange_aws.redrive import MAX_SOURCE_QUEUES, UnadmittedDeadLetter, admits, admitting
+from melange_aws.redrive import MAX_SOURCE_QUEUES, admits, admitting
 
 from melange.exceptions import InvalidTopology
-from melange.topology import DeadLetterPolicy
 
 ORDERS = "arn:aws:sqs:us-east-1:123456789012:orders"
 OTHER = "arn:aws:sqs:us-east-1:123456789012:other"
@@ -73,11 +72,3 @@ def test_an_unreadable_policy_is_refused_not_overwritten() -> None:
     """melange does not overwrite what it cannot read; the error says so."""
     with pytest.raises(InvalidTopology, match=r"'orders-dlq' is not a JSON object.*fix or remove"):
         change("not json")
-
-
-def test_an_unadmitted_dead_letter_keeps_its_values_and_never_equals_the_declared_one() -> None:
-    """Readers get the real queue and count; the factory sees a difference."""
-    current = UnadmittedDeadLetter("orders-dlq", 3)
-    declared = DeadLetterPolicy("orders-dlq", 3)
-    assert (current.queue_name, current.max_receive_count) == ("orders-dlq", 3)
-    assert current != declared and declared != current

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NoReturn
@@ -64,6 +65,7 @@ from melange.exceptions import (
 )
 from melange.message import PRODUCER_ID_ATTRIBUTE
 from melange.topology import (
+    Change,
     DeadLetterPolicy,
     QueueSpec,
     SubscriptionSpec,
@@ -104,7 +106,6 @@ from melange_aws.names import (
 )
 from melange_aws.outcomes import SendTracker, may_have_reached, outcome_unknown
 from melange_aws.receipts import AWSReceipt
-from melange_aws.redrive import UnadmittedDeadLetter
 from melange_aws.resources import BOTO_ERRORS, ResourceIndex
 from melange_aws.validation import check_destination, check_message
 from melange_aws.wire import (
@@ -121,6 +122,9 @@ from melange_aws.wire import (
 __all__ = ["AWSBackend", "AWSReceipt"]
 
 logger = logging.getLogger(__name__)
+
+_SubscriptionState = tuple[dict[str, str], str | None, bool] | None
+"""A subscription's SNS attributes, its queue's policy, whether that admits the topic."""
 
 BATCH_SIZE = 10
 """Entries per SendMessageBatch and PublishBatch call, and messages per ReceiveMessage."""
@@ -281,6 +285,8 @@ class AWSBackend(MessagingBackend):
         )
         self._lock = threading.Lock()
         self._policy_locks: dict[str, threading.Lock] = {}
+        # (topic, queue) -> (monotonic time, state): see _subscription_state.
+        self._recent_subscriptions: dict[tuple[str, str], tuple[float, _SubscriptionState]] = {}
         self._index = ResourceIndex(
             self._sqs, self._sns, self._sts_client, self._fail, self._valid_name
         )
@@ -522,10 +528,6 @@ class AWSBackend(MessagingBackend):
         if attributes is None:
             return None
         dead_letter = self._dead_letter_policy(attributes)
-        if dead_letter is not None and not self._admitted(name, attributes, dead_letter):
-            dead_letter = UnadmittedDeadLetter(
-                dead_letter.queue_name, dead_letter.max_receive_count
-            )
         return QueueSpec(
             name,
             fifo=attributes.get("FifoQueue") == "true",
@@ -534,6 +536,23 @@ class AWSBackend(MessagingBackend):
             delay_seconds=float(attributes.get("DelaySeconds", 0)),
             dead_letter=dead_letter,
         )
+
+    def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        """A dead-letter queue that no longer admits the queue (its RedriveAllowPolicy)."""
+        if spec.dead_letter is None:
+            return ()
+        attributes = self._index.queue_attributes(spec.name, ["QueueArn", "RedrivePolicy"])
+        current = None if attributes is None else self._dead_letter_policy(attributes)
+        if attributes is None or current is None:
+            return ()  # the queue's own settings show that difference already
+        if self._admitted(spec.name, attributes, current):
+            return ()
+        change = Change(
+            "dead_letter_admission",
+            f"{current.queue_name} does not admit it (RedriveAllowPolicy)",
+            f"{current.queue_name} admits it",
+        )
+        return (change,)
 
     def _admitted(
         self, name: str, attributes: Mapping[str, str], dead_letter: DeadLetterPolicy
@@ -707,7 +726,26 @@ class AWSBackend(MessagingBackend):
             self._index.forget_topic(name)
 
     # -------------------------------------------------------- subscriptions
-    def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+    def _subscription_state(
+        self, topic_name: str, queue_name: str, *, fresh: bool = True
+    ) -> _SubscriptionState:
+        """The subscription's SNS attributes, the queue's policy and whether it admits the topic.
+
+        ``None`` when the queue, the topic or the subscription does not exist. With
+        ``fresh=False`` a state read within the last second is reused: the factory
+        asks get_subscription and then subscription_drift about the same subscription,
+        and ListSubscriptionsByTopic pages through every subscription of the topic.
+        """
+        key = (topic_name, queue_name)
+        if not fresh:
+            recent = self._recent_subscriptions.get(key)
+            if recent is not None and time.monotonic() - recent[0] < 1.0:
+                return recent[1]
+        state = self._read_subscription_state(topic_name, queue_name)
+        self._recent_subscriptions[key] = (time.monotonic(), state)
+        return state
+
+    def _read_subscription_state(self, topic_name: str, queue_name: str) -> _SubscriptionState:
         queue = self._index.queue_attributes(queue_name, ["QueueArn", "Policy"])
         topic_arn = self._index.topic_arn(topic_name)
         if queue is None or topic_arn is None:
@@ -722,18 +760,32 @@ class AWSBackend(MessagingBackend):
         attributes = self._index.subscription_attributes(subscription_arn, topic_name)
         if attributes is None:
             return None
-        filter_policy = attributes.get("FilterPolicy") or None
-        scope = attributes.get("FilterPolicyScope") or "MessageAttributes"
-        # Anything but what melange sets counts as no subscription, so init subscribes
-        # again (idempotent on SNS) and puts raw delivery, the policy statement and the
-        # filter scope back.
-        if (
-            attributes.get("RawMessageDelivery") != "true"
-            or (filter_policy is not None and scope != "MessageAttributes")
-            or topic_arn not in policy.admitted_topics(queue.get("Policy"), queue_arn)
-        ):
+        admitted = topic_arn in policy.admitted_topics(queue.get("Policy"), queue_arn)
+        return dict(attributes), queue.get("Policy"), admitted
+
+    def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        state = self._subscription_state(topic_name, queue_name)
+        if state is None:
             return None
+        filter_policy = state[0].get("FilterPolicy") or None
         return SubscriptionSpec(topic_name, queue_name, filters.from_policy(filter_policy))
+
+    def _subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        """Raw delivery, the filter policy's scope and the queue policy: what melange sets."""
+        state = self._subscription_state(spec.topic_name, spec.queue_name, fresh=False)
+        if state is None:
+            return ()
+        attributes, _, admitted = state
+        changes: list[Change] = []
+        raw = attributes.get("RawMessageDelivery", "false")
+        if raw != "true":
+            changes.append(Change("RawMessageDelivery", raw, "true"))
+        scope = attributes.get("FilterPolicyScope") or "MessageAttributes"
+        if attributes.get("FilterPolicy") and scope != "MessageAttributes":
+            changes.append(Change("FilterPolicyScope", scope, "MessageAttributes"))
+        if not admitted:
+            changes.append(Change("queue policy", "does not admit the topic", "admits the topic"))
+        return tuple(changes)
 
     def _policy_lock(self, queue_name: str) -> threading.Lock:
         with self._lock:
@@ -758,6 +810,7 @@ class AWSBackend(MessagingBackend):
             return queue_arn
 
     def _subscribe(self, spec: SubscriptionSpec) -> None:
+        self._recent_subscriptions.pop((spec.topic_name, spec.queue_name), None)
         topic_arn = self._index.require_topic_arn(spec.topic_name)
         # The policy first: SNS may deliver as soon as the subscription exists.
         queue_arn = self._admit_topic(spec.queue_name, topic_arn)

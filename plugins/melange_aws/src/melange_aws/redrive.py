@@ -14,27 +14,12 @@ settings belong to whoever declared it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from melange.exceptions import InvalidTopology
-from melange.topology import DeadLetterPolicy
 
 MAX_SOURCE_QUEUES = 10
 """Source queues a ``byQueue`` RedriveAllowPolicy may name."""
-
-
-@dataclass(frozen=True)
-class UnadmittedDeadLetter(DeadLetterPolicy):
-    """A queue's dead-letter policy whose dead-letter queue does not admit the queue.
-
-    What ``get_queue`` reports then: the fields are what the queue's
-    RedrivePolicy holds, so whoever reads them (the dispatcher dead-letters to
-    ``queue_name``) gets the real queue; yet it never equals the declared
-    :class:`~melange.topology.DeadLetterPolicy` (dataclass equality compares the
-    classes), so the factory plans an ``update_queue``, which admits the queue
-    again. The contract has no field for a setting of another resource.
-    """
 
 
 def _document(policy: str) -> dict[str, Any] | None:
