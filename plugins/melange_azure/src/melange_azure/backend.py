@@ -7,17 +7,21 @@ documentation it follows, in docs/backends/azure.md):
 - topic: a topic; subscription: a subscription that forwards (ForwardTo) to the
   queue, its filter a SQL rule;
 - dead-letter queue: MaxDeliveryCount plus ForwardDeadLetteredMessagesTo;
-- publish: ServiceBusMessageBatch, split where the sender's link says it is full;
+- publish: ServiceBusMessageBatch, split where the sender's link says it is full,
+  each message's id its producer id (duplicate detection catches retries);
 - receive: peek-lock; ack: complete; nack: abandon (after a delay, see
-  :mod:`~melange_azure.leases`); lease extension: lock renewal.
+  :mod:`~melange_azure.leases`); lease extension: lock renewal;
+- forward (dead-lettering): a copy of the message as Service Bus delivered it.
 
 The helpers live next to this module, one idea each: :mod:`~melange_azure.clients`
-(options and clients), :mod:`~melange_azure.names` and
+(options, timeouts and clients), :mod:`~melange_azure.names` and
 :mod:`~melange_azure.validation` (what Service Bus refuses),
 :mod:`~melange_azure.resources` (the administration API), :mod:`~melange_azure.filters`
 (SQL rules), :mod:`~melange_azure.wire` (messages on the wire),
-:mod:`~melange_azure.receipts` (receivers), :mod:`~melange_azure.leases` and
-:mod:`~melange_azure.errors`.
+:mod:`~melange_azure.sending` (senders and publish outcomes),
+:mod:`~melange_azure.forwarding` (byte-exact copies), :mod:`~melange_azure.receipts`
+(receivers), :mod:`~melange_azure.leases`, :mod:`~melange_azure.deadlines` (bounds the
+SDK cannot keep) and :mod:`~melange_azure.errors`.
 """
 
 from __future__ import annotations
@@ -40,15 +44,25 @@ from melange.backends.base import (
     PublishResult,
     ReceivedMessage,
 )
-from melange.exceptions import BackendClosed, LeaseLost, MelangeError
+from melange.exceptions import (
+    BackendClosed,
+    BackendUnavailable,
+    InvalidMessage,
+    LeaseLost,
+    MelangeError,
+    QueueNotFound,
+    TopicNotFound,
+)
 from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
-from melange_azure import filters
-from melange_azure.clients import ClientSettings
-from melange_azure.errors import ErrorContext, raise_translated, translate
+from melange_azure import filters, forwarding
+from melange_azure.clients import ClientSettings, Retries, Timeouts
+from melange_azure.deadlines import Deadlines
+from melange_azure.errors import ErrorContext, did_not_answer, raise_clean, translate
 from melange_azure.leases import LeaseKeeper
 from melange_azure.names import QUEUE_NAME_RULE, TOPIC_NAME_RULE
 from melange_azure.receipts import AzureReceipt, Receiver, ReceiverPool
 from melange_azure.resources import Topology
+from melange_azure.sending import GRACE, SDK_ERRORS, NothingSent, Sender, send_batches, send_one
 from melange_azure.validation import (
     MAX_DELAY,
     MAX_DELIVERY_COUNT_RANGE,
@@ -70,6 +84,11 @@ BATCH_SIZE = 100
 
 RECEIVE_SLICE = 0.25
 """Longest stretch a receive holds its receiver, so settlements over it wait at most this long."""
+
+PROBE_AFTER = 10.0
+"""Seconds a receiver may go without any sign of life (a delivery, a settlement, an answer)
+before a receive asks Service Bus something (a peek): a connection that went silent
+(black-holed) is noticed then, instead of receiving nothing forever."""
 
 SESSION_WAIT = 0.5
 """Shortest wait for the next available session when accepting one."""
@@ -110,6 +129,24 @@ class AzureServiceBusBackend(MessagingBackend):
             emulator (the default with an emulator connection string).
         retry_total: How often the SDKs retry a failed call (with exponential
             backoff) before melange raises; their default (3) when omitted.
+        retry_backoff_factor: Seconds of the SDKs' first backoff (0.5; the SDKs'
+            own default is 0.8).
+        retry_backoff_max: The SDKs' longest backoff in seconds (4; theirs is 120).
+        retry_mode: ``"exponential"`` (the default) or ``"fixed"`` backoff.
+        connect_timeout: Seconds for one attempt to open an AMQP link (connect,
+            authenticate, attach) or to run one AMQP management request (the
+            SDK's ``try_timeout``), and to connect to the administration API (5).
+        publish_timeout: Seconds one native send may take, opening the link and
+            the SDK's retries included (10). Then its messages are reported
+            unknown (sent, not confirmed) or refused (never sent).
+        receive_margin: Seconds a receive may take beyond its wait (5): it
+            returns or raises within ``wait_seconds + receive_margin``.
+        settle_timeout: Seconds an ack, nack or lock renewal of one message may
+            take, Service Bus's confirmation included (5).
+        management_timeout: Seconds an administration request waits for its
+            answer (10).
+        socket_timeout: The AMQP transport's socket timeout (the SDK's 0.2 s
+            when omitted).
 
     Raises:
         ConfigurationError: The options are missing, contradictory or malformed.
@@ -136,9 +173,13 @@ class AzureServiceBusBackend(MessagingBackend):
         retention_range=RETENTION_RANGE,
         max_wait_seconds=20.0,
         immutable_queue_settings=frozenset({"fifo"}),
+        dead_letter_any_kind=True,
+        case_insensitive_names=True,
     )
     queue_name_rule = QUEUE_NAME_RULE
     topic_name_rule = TOPIC_NAME_RULE
+    broker_label = "Service Bus"
+    receive_count_setting = "MaxDeliveryCount"
 
     def __init__(
         self,
@@ -148,25 +189,52 @@ class AzureServiceBusBackend(MessagingBackend):
         credential: Any = None,
         management_url: str | None = None,
         retry_total: int | None = None,
+        retry_backoff_factor: float | None = None,
+        retry_backoff_max: float | None = None,
+        retry_mode: str | None = None,
+        connect_timeout: float | None = None,
+        publish_timeout: float | None = None,
+        receive_margin: float | None = None,
+        settle_timeout: float | None = None,
+        management_timeout: float | None = None,
+        socket_timeout: float | None = None,
     ) -> None:
         settings = ClientSettings.make(
-            connection_string, fully_qualified_namespace, credential, management_url, retry_total
+            connection_string,
+            fully_qualified_namespace,
+            credential,
+            management_url,
+            retries=Retries.make(retry_total, retry_backoff_factor, retry_backoff_max, retry_mode),
+            timeouts=Timeouts.make(
+                connect=connect_timeout,
+                publish=publish_timeout,
+                receive_margin=receive_margin,
+                settle=settle_timeout,
+                management=management_timeout,
+            ),
+            socket_timeout=socket_timeout,
         )
         super().__init__()
         self._settings = settings
+        self._timeouts = settings.timeouts
         self._secrets = settings.secrets()
         self._client = settings.data_client()
+        # Accepting the next session waits up to the receive's wait for one, within one attempt.
+        self._session_client = settings.data_client(
+            self.capabilities.max_wait_seconds + settings.timeouts.connect
+        )
         self._admin = settings.admin_client()
         self._topology = Topology(self._admin, self._fail)
         self._lock = threading.Lock()
-        self._senders: dict[str, tuple[Any, threading.Lock]] = {}
+        self._senders: dict[str, Sender] = {}
         self._pools: dict[str, ReceiverPool] = {}
+        self._deadlines = Deadlines()
         self._keeper = LeaseKeeper(self._renew, self._release)
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
         where = (
-            f" management={self._settings.management_url!r}"
+            f" management={self._settings.safe_management_url!r}"
             if self._settings.management_url
             else ""
         )
@@ -197,8 +265,14 @@ class AzureServiceBusBackend(MessagingBackend):
     ) -> NoReturn:
         """Raise the melange error for ``error``, which happened trying to ``action``."""
         if self.closed:
-            raise BackendClosed(self.name, action) from None
-        raise_translated(error, self._context(action, queue, topic, message_id))
+            raise_clean(BackendClosed(self.name, action))
+        raise_clean(translate(error, self._context(action, queue, topic, message_id)))
+
+    def _silent(self, seconds: float, action: str, queue: str | None = None) -> NoReturn:
+        """Raise the error of a call melange's deadline ended after ``seconds``."""
+        if self.closed:
+            raise_clean(BackendClosed(self.name, action))
+        raise_clean(did_not_answer(self._context(action, queue), seconds))
 
     def _context(
         self,
@@ -211,17 +285,13 @@ class AzureServiceBusBackend(MessagingBackend):
 
     # ------------------------------------------------------------ validation
     def validate_queue(self, spec: QueueSpec) -> None:
-        """Check the name and Service Bus's ranges and rules (:mod:`~melange_azure.validation`)."""
+        """Check the name and Service Bus's ranges and rules (:mod:`~melange_azure.validation`).
+
+        The rules every broker shares ran before (``check_queue``); a dead-letter queue
+        of either kind passed them, and check_queue refuses the pair Service Bus cannot
+        forward (standard into FIFO).
+        """
         super().validate_queue(spec)
-        # Either kind of dead-letter queue has a valid name; check_queue refuses the pair
-        # Service Bus cannot forward (standard into FIFO).
-        self.check_dead_letter(
-            spec,
-            broker="Service Bus",
-            receive_count_setting="MaxDeliveryCount",
-            any_kind=True,
-            case_insensitive=True,
-        )
         check_queue(spec)
 
     def validate_subscription(
@@ -248,8 +318,7 @@ class AzureServiceBusBackend(MessagingBackend):
         return self._topology.get_queue(name)
 
     def _declare_queue(self, spec: QueueSpec) -> None:
-        self.validate_queue(spec)
-        self._topology.declare_queue(spec)
+        self._topology.declare_queue(spec)  # the contract checked spec (check_queue)
 
     def _delete_queue(self, name: str) -> None:
         self._topology.delete_queue(name)
@@ -260,7 +329,6 @@ class AzureServiceBusBackend(MessagingBackend):
         return self._topology.get_topic(name)
 
     def _declare_topic(self, spec: TopicSpec) -> None:
-        self.validate_topic(spec)
         self._topology.declare_topic(spec)
 
     def _delete_topic(self, name: str) -> None:
@@ -271,27 +339,24 @@ class AzureServiceBusBackend(MessagingBackend):
         return self._topology.get_subscription(topic_name, queue_name)
 
     def _subscribe(self, spec: SubscriptionSpec) -> None:
-        topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
-        queue = QueueSpec(spec.queue_name, fifo=is_fifo_name(spec.queue_name))
-        self.validate_topic(topic)
-        self.queue_name_rule.check("queue", queue.name, queue.fifo)
-        self.validate_subscription(topic, queue, spec)
+        # The contract checked names, kinds and the filter (check_subscription).
         self._topology.subscribe(spec)
 
     # --------------------------------------------------------------- publish
-    def _sender(self, kind: Literal["queue", "topic"], name: str) -> tuple[Any, threading.Lock]:
+    def _sender(self, kind: Literal["queue", "topic"], name: str) -> Sender:
         key = f"{kind}:{name.lower()}"
         with self._lock:
             if self.closed:
                 raise BackendClosed(self.name, f"publish to {kind} {name!r}")
-            entry = self._senders.get(key)
-            if entry is None:
+            sender = self._senders.get(key)
+            if sender is None:
+                options = self._settings.sender_kwargs()
                 if kind == "queue":
-                    sender = self._client.get_queue_sender(name)
+                    handle = self._client.get_queue_sender(name, **options)
                 else:
-                    sender = self._client.get_topic_sender(name)
-                entry = self._senders[key] = (sender, threading.Lock())
-            return entry
+                    handle = self._client.get_topic_sender(name, **options)
+                sender = self._senders[key] = Sender(kind, name, handle)
+            return sender
 
     def _drop_sender(self, name: str) -> None:
         with self._lock:
@@ -301,65 +366,42 @@ class AzureServiceBusBackend(MessagingBackend):
                 if k.split(":", 1)[1] == name.lower()
             ]
         # The entity is gone: its links are dead, closing them need not hold the caller up.
-        _close_all([_locked_closer(sender, lock) for sender, lock in entries], wait=False)
+        _close_all([_sender_closer(sender) for sender in entries], wait=False)
+
+    def _forget_broken(self, sender: Sender) -> None:
+        """Drop a sender whose call failed: the next publish opens a new link."""
+        with self._lock:
+            key = f"{sender.kind}:{sender.name.lower()}"
+            if self._senders.get(key) is sender:
+                del self._senders[key]
+        _close_all([_sender_closer(sender)], wait=False)
 
     def _send(
         self, kind: Literal["queue", "topic"], name: str, batch: list[OutgoingMessage], delay: float
     ) -> list[PublishResult]:
         fifo = is_fifo_name(name)
-        results: list[PublishResult] = []
-        action = f"publish to {kind} {name!r}"
-        where: dict[str, str] = {kind: name}
-        sender, lock = self._sender(kind, name)
-        with lock:
-            try:
-                sender.__enter__()  # opens the link (once): delays count from the send
-                outgoing = [to_service_bus(message, fifo, delay) for message in batch]
-                start = 0
-                while start < len(outgoing):
-                    chunk = sender.create_message_batch()
-                    end = start
-                    while end < len(outgoing):
-                        try:
-                            chunk.add_message(outgoing[end])
-                        except (sb_errors.MessageSizeExceededError, ValueError):
-                            if end == start:  # one message alone does not fit
-                                raise
-                            break
-                        end += 1
-                    try:
-                        sender.send_messages(chunk)
-                    except (
-                        sb_errors.MessagingEntityNotFoundError,
-                        sb_errors.ServiceBusAuthenticationError,
-                    ):
-                        if kind == "queue":
-                            self._topology.forget_queue(name)
-                        else:
-                            self._topology.forget_topic(name)
-                        raise
-                    except (AzureError, ValueError) as error:
-                        failed = translate(error, self._context(action, **where))
-                        results += [PublishResult(i, error=failed) for i in range(start, end)]
-                    else:
-                        results += [
-                            PublishResult(i, str(outgoing[i].message_id)) for i in range(start, end)
-                        ]
-                    start = end
-            except (AzureError, ValueError) as error:
-                self._drop_sender_locked(kind, name, sender)
-                if isinstance(error, MelangeError):
-                    raise
-                self._fail(error, action, **where)
-        return results
+        outgoing = [to_service_bus(message, fifo, delay) for message in batch]
+        ids = [str(message.message_id) for message in outgoing]
+        sender = self._sender(kind, name)
+        context = self._context(f"publish to {kind} {name!r}", **{kind: name})
+        try:
+            return send_batches(sender, outgoing, ids, self._deadlines, self._timeouts, context)
+        except NothingSent as nothing:
+            self._refused(sender, nothing.error)
+        finally:
+            if sender.broken:
+                self._forget_broken(sender)
 
-    def _drop_sender_locked(self, kind: str, name: str, sender: Any) -> None:
-        """Forget a sender that failed (held under its own lock by the caller)."""
-        with self._lock:
-            key = f"{kind}:{name.lower()}"
-            if self._senders.get(key, (None,))[0] is sender:
-                del self._senders[key]
-        _close_quietly(sender)
+    def _refused(self, sender: Sender, error: MelangeError) -> NoReturn:
+        """Raise the error of a send that stored nothing; forget a missing entity."""
+        if isinstance(error, (QueueNotFound, TopicNotFound)):
+            if sender.kind == "queue":
+                self._topology.forget_queue(sender.name)
+            else:
+                self._topology.forget_topic(sender.name)
+        if self.closed:
+            raise_clean(BackendClosed(self.name, f"publish to {sender.kind} {sender.name!r}"))
+        raise_clean(error)
 
     def _publish_batch(self, queue_name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
         delay = self._topology.behaviour(queue_name).delay
@@ -371,6 +413,55 @@ class AzureServiceBusBackend(MessagingBackend):
         self._topology.require_topic(topic_name)  # a clear TopicNotFound before any link
         return self._send("topic", topic_name, batch, 0.0)
 
+    def _forward(
+        self, queue_name: str, message: ReceivedMessage, extra_attributes: dict[str, str]
+    ) -> PublishResult:
+        """Send a copy of ``message`` as Service Bus delivered it (see :mod:`.forwarding`).
+
+        A message this backend did not receive (no raw Service Bus message to
+        copy) takes the contract's default path.
+        """
+        receipt = message.receipt
+        if not isinstance(receipt, AzureReceipt):
+            return super()._forward(queue_name, message, extra_attributes)
+        self._topology.behaviour(queue_name)  # a clear QueueNotFound before any link
+        fifo = is_fifo_name(queue_name)
+        raw = receipt.message
+        sender = self._sender("queue", queue_name)
+        context = self._context(f"forward a message to queue {queue_name!r}", queue=queue_name)
+
+        def fits(candidate: Any) -> bool:
+            """Whether ``candidate`` fits the link, as the SDK measures a batch."""
+            with sender.lock, self._deadlines.guard(sender.handle, self._timeouts.publish) as guard:
+                try:
+                    sender.handle.create_message_batch().add_message(candidate)
+                except SDK_ERRORS:
+                    return False
+                finally:
+                    sender.broken = sender.broken or guard.expired
+            return True
+
+        try:
+            extras = (
+                forwarding.with_room(raw, extra_attributes, fifo, fits) if extra_attributes else {}
+            )
+            if sender.broken:  # measuring outlived its deadline: nothing was sent
+                raise NothingSent(did_not_answer(context, self._timeouts.publish))
+            copy = forwarding.copy_of(raw, fifo=fifo, extras=extras)
+            return send_one(
+                sender,
+                copy,
+                forwarding.copy_id(copy),
+                self._deadlines,
+                self._timeouts,
+                context,
+            )
+        except NothingSent as nothing:
+            self._refused(sender, nothing.error)
+        finally:
+            if sender.broken:
+                self._forget_broken(sender)
+
     # --------------------------------------------------------------- receive
     def _pool(self, queue_name: str) -> ReceiverPool:
         key = queue_name.lower()
@@ -381,31 +472,47 @@ class AzureServiceBusBackend(MessagingBackend):
             if pool is None:
                 sessions = is_fifo_name(queue_name)
 
-                def make(wait: float) -> Any:
-                    return self._open_receiver(queue_name, sessions, wait)
+                def make(wait: float, budget: float) -> Any:
+                    return self._open_receiver(queue_name, sessions, wait, budget)
 
                 pool = self._pools[key] = ReceiverPool(queue_name, sessions, make)
             return pool
 
-    def _open_receiver(self, queue_name: str, sessions: bool, wait: float) -> Any:
+    def _open_receiver(self, queue_name: str, sessions: bool, wait: float, budget: float) -> Any:
         """A new SDK receiver with its link open (a session receiver holding a session).
+
+        Args:
+            queue_name: The queue.
+            sessions: Whether to accept the next available session (FIFO queue).
+            wait: How long a session receiver waits for a session.
+            budget: Seconds the whole opening may take (melange's deadline).
 
         Raises:
             OperationTimeoutError: No session became available within ``wait``.
+            MelangeError: Service Bus did not answer within ``budget``.
         """
+        options = self._settings.receiver_kwargs()
         if sessions:
-            handle = self._client.get_queue_receiver(
+            handle = self._session_client.get_queue_receiver(
                 queue_name,
                 session_id=NEXT_AVAILABLE_SESSION,
                 max_wait_time=max(wait, SESSION_WAIT),
+                **options,
             )
         else:
-            handle = self._client.get_queue_receiver(queue_name)
-        try:
-            handle.__enter__()  # opens the link now: a receive's own wait may be too short
-        except BaseException:
-            _close_quietly(handle)
-            raise
+            handle = self._client.get_queue_receiver(queue_name, **options)
+        with self._deadlines.guard(handle, budget) as guard:
+            try:
+                handle.__enter__()  # opens the link now: a receive's own wait may be too short
+            except BaseException:
+                _close_quietly(handle)
+                if not guard.expired:
+                    raise
+                failed = True
+            else:
+                failed = False
+        if failed:
+            self._silent(budget, f"receive from queue {queue_name!r}", queue_name)
         return handle
 
     def _drop_pool(self, queue_name: str) -> None:
@@ -431,12 +538,16 @@ class AzureServiceBusBackend(MessagingBackend):
                 self._keeper.hold(message.receipt, visibility)
         return received
 
+    def _budget(self, deadline: float) -> float:
+        """Seconds left of a receive whose wait ends at ``deadline``, its margin included."""
+        return max(deadline + self._timeouts.receive_margin - time.monotonic(), MIN_WAIT)
+
     def _receive_plain(
         self, pool: ReceiverPool, max_messages: int, deadline: float
     ) -> list[ReceivedMessage]:
         queue_name = pool.queue_name
         try:
-            receiver = pool.borrow(deadline - time.monotonic())
+            receiver = pool.borrow(deadline - time.monotonic(), self._budget(deadline))
         except (AzureError, ValueError, RuntimeError) as error:
             self._fail(error, f"receive from queue {queue_name!r}", queue=queue_name)
         try:
@@ -454,27 +565,60 @@ class AzureServiceBusBackend(MessagingBackend):
         receiver.yield_to_settlements()
         wait = min(max(deadline - time.monotonic(), MIN_WAIT), RECEIVE_SLICE)
         queue_name = receiver.queue_name
+        action = f"receive from queue {queue_name!r}"
+        budget = self._budget(deadline)
         with receiver.lock:
             if receiver.closed:
                 return []
-            try:
-                raw = receiver.handle.receive_messages(
-                    max_message_count=max_messages, max_wait_time=wait
-                )
-            except NO_SESSION:
+            failure: BaseException | None = None
+            with self._deadlines.guard(receiver.handle, budget) as guard:
+                try:
+                    raw = receiver.handle.receive_messages(
+                        max_message_count=max_messages, max_wait_time=wait
+                    )
+                    if not raw and receiver.silent_for() > PROBE_AFTER:
+                        failure = self._probe(receiver)
+                except NO_SESSION as error:
+                    if not receiver.sessions:
+                        failure = error
+                    else:  # the session is gone: the next receive accepts another
+                        receiver.broken = True
+                        return []
+                except (AzureError, ValueError, RuntimeError) as error:
+                    failure = error
+            if guard.expired:
                 receiver.broken = True
-                return []
-            except (AzureError, ValueError, RuntimeError) as error:
+                self._silent(budget, action, queue_name)
+            if failure is not None:
                 receiver.broken = True
-                if isinstance(error, sb_errors.SessionLockLostError):
+                if isinstance(failure, sb_errors.SessionLockLostError):
                     return []
-                if isinstance(error, sb_errors.MessagingEntityNotFoundError):
+                if isinstance(failure, sb_errors.MessagingEntityNotFoundError):
                     self._topology.forget_queue(queue_name)
-                self._fail(error, f"receive from queue {queue_name!r}", queue=queue_name)
+                self._fail(failure, action, queue=queue_name)
             received = [self._received(receiver, message) for message in raw]
             fresh = [message for message in received if message is not None]
+            if raw:
+                receiver.alive()
             receiver.unsettled += len(fresh)
         return fresh
+
+    def _probe(self, receiver: Receiver) -> BaseException | None:
+        """Ask Service Bus something on a receiver that has been silent for long (a peek).
+
+        A connection that went silent (an endpoint black-holed after the link
+        opened) delivers nothing and raises nothing; the peek's answer, or its
+        timeout, tells a quiet queue from a dead connection.
+
+        Returns:
+            ``None`` when Service Bus answered, else the error (the connection is dead).
+        """
+        try:
+            receiver.handle.peek_messages(max_message_count=1, timeout=self._timeouts.connect)
+        except (AzureError, ValueError, RuntimeError) as error:
+            return error
+        receiver.alive()
+        return None
 
     def _received(
         self, receiver: Receiver, raw: ServiceBusReceivedMessage
@@ -508,7 +652,9 @@ class AzureServiceBusBackend(MessagingBackend):
         held = pool.free_receivers()
         try:
             for receiver in held:
-                if not received and not receiver.broken:
+                # A session with a message in flight (unsettled) delivers nothing more: a
+                # later message of the group must not overtake one that may come back.
+                if not received and not receiver.broken and receiver.unsettled == 0:
                     received = self._receive_from(receiver, max_messages, time.monotonic())
         finally:
             for receiver in held:
@@ -518,7 +664,7 @@ class AzureServiceBusBackend(MessagingBackend):
                     pool.give_back(receiver)
         while not received:
             try:
-                receiver = pool.new_receiver(deadline - time.monotonic())
+                receiver = pool.new_receiver(deadline - time.monotonic(), self._budget(deadline))
             except NO_SESSION:
                 return []
             except (AzureError, ValueError, RuntimeError) as error:
@@ -537,40 +683,48 @@ class AzureServiceBusBackend(MessagingBackend):
     # ---------------------------------------------------------------- settle
     def _settle(self, message: ReceivedMessage, operation: Literal["complete", "abandon"]) -> bool:
         """Complete or abandon one delivery; ``False`` if Service Bus no longer holds it."""
-        receipt = message.receipt
-        if not isinstance(receipt, AzureReceipt):
-            raise MelangeError(
-                f"message {message.message_id!r} was not received by an azure backend; settle "
-                "messages with the backend that received them"
-            )
+        receipt = _receipt_of(message)
         self._keeper.forget(receipt)
         receiver = receipt.receiver
+        action = f"{operation} message {message.message_id!r}"
+        seconds = self._timeouts.settle
         with receiver.turn():
             if receipt.settled:
                 return False
             if receiver.closed:
                 receipt.settled = True
                 return False
-            try:
-                if operation == "complete":
-                    receiver.handle.complete_message(receipt.message)
-                else:
-                    receiver.handle.abandon_message(receipt.message)
-            except LOCK_GONE:
-                settled = False
-            except (AzureError, ValueError, RuntimeError) as error:
-                if _lock_lost(error):
+            if receiver.broken:
+                # Its connection failed: Service Bus delivers the message again when the
+                # lock expires, as after a lost lock, which settles nothing either.
+                logger.debug("cannot %s: the connection that delivered it failed", action)
+                receipt.settled = True
+                receiver.settled()
+                return False
+            failure: BaseException | None = None
+            with self._deadlines.guard(receiver.handle, seconds + GRACE) as guard:
+                try:
+                    if operation == "complete":
+                        receiver.handle.complete_message(receipt.message)
+                    else:
+                        receiver.handle.abandon_message(receipt.message)
+                except LOCK_GONE:
                     settled = False
+                except (AzureError, ValueError, RuntimeError) as error:
+                    settled = False
+                    if not _lock_lost(error):
+                        failure = error
                 else:
-                    self._fail(
-                        error,
-                        f"{operation} message {message.message_id!r}",
-                        queue=message.queue_name,
-                    )
-            else:
-                settled = True
+                    settled = True
+                    receiver.alive()
             receipt.settled = True
             receiver.settled()
+            if guard.expired:
+                receiver.broken = True
+                raise_clean(_unconfirmed(action, seconds))
+            if failure is not None:
+                receiver.broken = True
+                self._fail(failure, action, queue=message.queue_name)
         return settled
 
     def _ack(self, messages: list[ReceivedMessage]) -> None:
@@ -593,6 +747,8 @@ class AzureServiceBusBackend(MessagingBackend):
             raise first_error
 
     def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
+        for message in messages:
+            _receipt_of(message)  # a receipt of another backend settles nothing here
         if not delay_seconds:
             self._settle_all(messages, "abandon")
             return
@@ -605,6 +761,8 @@ class AzureServiceBusBackend(MessagingBackend):
         # The keeper takes the new deadline at once (so a release due meanwhile does not
         # happen) and renews the lock when it would run out before the deadline.
         now = datetime.datetime.now(datetime.timezone.utc)
+        for message in messages:
+            _receipt_of(message)
         for message in messages:
             receipt = self._live_receipt(message)
             locked_until = receipt.locked_until if receipt is not None else None
@@ -627,23 +785,27 @@ class AzureServiceBusBackend(MessagingBackend):
     def _renew(self, receipt: AzureReceipt) -> datetime.datetime | None:
         """Renew a delivery's lock (its session's, on a FIFO queue)."""
         receiver = receipt.receiver
+        seconds = self._timeouts.settle
         with receiver.turn():
-            if receipt.settled or receiver.closed:
+            if receipt.settled or receiver.closed or receiver.broken:
                 raise sb_errors.MessageLockLostError(message="the delivery was settled")
-            if receiver.sessions:
-                value = receiver.handle.session.renew_lock()
-            else:
-                value = receiver.handle.renew_message_lock(receipt.message)
+            with self._deadlines.guard(receiver.handle, seconds + GRACE):
+                if receiver.sessions:
+                    value = receiver.handle.session.renew_lock(timeout=seconds)
+                else:
+                    value = receiver.handle.renew_message_lock(receipt.message, timeout=seconds)
+            receiver.alive()
         return value if isinstance(value, datetime.datetime) else None
 
     def _release(self, receipt: AzureReceipt) -> None:
         """Abandon a held delivery at its deadline (called by the lease keeper)."""
         receiver = receipt.receiver
         with receiver.turn():
-            if receipt.settled or receiver.closed:
+            if receipt.settled or receiver.closed or receiver.broken:
                 return
             try:
-                receiver.handle.abandon_message(receipt.message)
+                with self._deadlines.guard(receiver.handle, self._timeouts.settle + GRACE):
+                    receiver.handle.abandon_message(receipt.message)
             finally:
                 receipt.settled = True
                 receiver.settled()
@@ -655,11 +817,28 @@ class AzureServiceBusBackend(MessagingBackend):
             pools, self._pools = list(self._pools.values()), {}
             senders, self._senders = list(self._senders.values()), {}
         closers = [_receiver_closer(r) for pool in pools for r in pool.close()]
-        closers += [_locked_closer(sender, lock) for sender, lock in senders]
+        closers += [_sender_closer(sender) for sender in senders]
         # Side by side: the SDK takes up to a second per link (its keep-alive thread).
         _close_all(closers, wait=True)
+        self._deadlines.stop()
         _close_quietly(self._client)
+        _close_quietly(self._session_client)
         _close_quietly(self._admin)
+
+
+def _receipt_of(message: ReceivedMessage) -> AzureReceipt:
+    """The message's receipt, if an azure backend issued it.
+
+    Raises:
+        InvalidMessage: Another backend received the message.
+    """
+    receipt = message.receipt
+    if not isinstance(receipt, AzureReceipt):
+        raise InvalidMessage(
+            f"message {message.message_id!r} was not received by an azure backend; settle "
+            "messages with the backend that received them"
+        )
+    return receipt
 
 
 def _lock_lost(error: BaseException) -> bool:
@@ -680,10 +859,19 @@ def _receiver_closer(receiver: Receiver) -> Callable[[], None]:
     return close
 
 
-def _locked_closer(resource: Any, lock: threading.Lock) -> Callable[[], None]:
+def _unconfirmed(action: str, seconds: float) -> MelangeError:
+    """The error of a settlement melange's deadline ended: it may or may not have happened."""
+    return BackendUnavailable(
+        f"could not {action}: Service Bus did not confirm it within {round(seconds, 1):g} s "
+        "(the connection was closed). If it did not happen, Service Bus delivers the message "
+        "again once its lock expires"
+    )
+
+
+def _sender_closer(sender: Sender) -> Callable[[], None]:
     def close() -> None:
-        with lock:
-            _close_quietly(resource)
+        with sender.lock:
+            _close_quietly(sender.handle)
 
     return close
 

@@ -5,16 +5,22 @@ Every error the backend raises because of Service Bus goes through
 BackendUnavailable for an unreachable namespace or refused credentials,
 LeaseLost for a lost lock, else :class:`~melange.exceptions.BrokerError`. The
 Azure error code (the HTTP status of the administration API, or the AMQP error
-condition such as ``amqp:not-found``) is kept as ``broker_code``.
+condition such as ``amqp:not-found``) is kept as ``broker_code``. A send that
+failed after its messages went out is :func:`send_outcome`'s business: its
+messages may have been stored (:class:`~melange.exceptions.OutcomeUnknown`).
 
 No message carries a secret: every text that leaves this module is passed
 through :func:`scrub`, which removes the configured connection string and key
 and anything shaped like a SAS key or signature, and the Azure exception is
-never chained (its text and its own chain may hold the token that was sent).
+neither chained nor left as the context of the melange error (its text and its
+own chain may hold the token that was sent). A broker's text is summarised to
+one line in the message (markup dropped, at most :data:`SUMMARY_LENGTH`
+characters); the whole text, scrubbed, is logged at DEBUG.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,11 +34,20 @@ from melange.exceptions import (
     BrokerError,
     LeaseLost,
     MelangeError,
+    OutcomeUnknown,
     QueueNotFound,
     TopicNotFound,
 )
 
+logger = logging.getLogger(__name__)
+
 REDACTED = "<redacted>"
+
+SUMMARY_LENGTH = 200
+"""Characters of a broker's text kept in an error message."""
+
+_MARKUP = re.compile(r"<[^>]{0,200}>")
+_SPACE = re.compile(r"\s+")
 
 _SECRET_SHAPES = (
     # Connection-string fields: the key and a pre-made signature.
@@ -43,6 +58,8 @@ _SECRET_SHAPES = (
     re.compile(r"(?i)((?:^|[?&\s])sig=)[^&\s\"',;]+"),
     # OAuth bearer tokens from a credential.
     re.compile(r"(?i)(Bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    # The password of credentials inside a URL: scheme://user:password@host.
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+(?=@)"),
 )
 
 CREDENTIALS_HINT = (
@@ -102,10 +119,74 @@ def error_code(error: BaseException) -> str | None:
     return None if status is None else str(status)
 
 
+def summarize(text: str) -> str:
+    """One line of a broker's text: markup dropped, spaces collapsed, cut at SUMMARY_LENGTH."""
+    line = _SPACE.sub(" ", _MARKUP.sub(" ", text)).strip()
+    if len(line) > SUMMARY_LENGTH:
+        line = line[: SUMMARY_LENGTH - 3].rstrip() + "..."
+    return line
+
+
 def _detail(error: BaseException, secrets: Iterable[str]) -> str:
-    text = getattr(error, "message", None) or str(error) or type(error).__name__
-    first_line = str(text).strip().splitlines()[0] if str(text).strip() else type(error).__name__
-    return scrub(first_line, secrets)[:500]
+    """The error's text for a message: scrubbed, on one line; the whole of it at DEBUG."""
+    text = str(getattr(error, "message", None) or error or "").strip()
+    if not text:
+        return type(error).__name__
+    cleaned = scrub(text, secrets)
+    short = summarize(cleaned) or type(error).__name__
+    if short != cleaned.strip():
+        logger.debug("Service Bus said (%s): %s", type(error).__name__, cleaned)
+    return short
+
+
+def did_not_answer(context: ErrorContext, seconds: float) -> BackendUnavailable:
+    """The error of a call that melange's deadline ended (nothing answered in ``seconds``)."""
+    return BackendUnavailable(
+        f"could not {context.action}: Service Bus did not answer within "
+        f"{round(seconds, 1):g} s (the connection was closed). {UNREACHABLE_HINT}"
+    )
+
+
+REFUSED_SENDS = (sb_errors.MessageSizeExceededError, sb_errors.MessagingEntityNotFoundError)
+"""What a send raises when Service Bus (or the SDK, before sending) refused the messages:
+nothing was stored."""
+
+
+def send_outcome(
+    error: BaseException, context: ErrorContext, *, expired: bool, seconds: float
+) -> MelangeError:
+    """The error of a send that failed after its link was open.
+
+    The messages went out (or may have): unless Service Bus refused them
+    outright (too large, no such entity) or the SDK refused them before
+    sending, the outcome is unknown: no confirmation came, they may be stored.
+    The SDK retries a send over a new connection, so even a last attempt that
+    could not connect says nothing about the earlier ones.
+
+    Args:
+        error: What the send raised.
+        context: What was being done.
+        expired: Whether melange's deadline ended the send.
+        seconds: The send's budget.
+    """
+    if isinstance(error, REFUSED_SENDS) or (
+        # The SDK's own checks, before anything went out (not an Azure error).
+        isinstance(error, (ValueError, TypeError)) and not isinstance(error, core_errors.AzureError)
+    ):
+        return translate(error, context)
+    if expired:
+        why = f"no confirmation came within {round(seconds, 1):g} s (melange closed the connection)"
+    else:
+        code = error_code(error)
+        cause = f"{type(error).__name__}{f' {code}' if code else ''}"
+        why = f"no confirmation came ({cause}: {_detail(error, context.secrets)})"
+    unknown = OutcomeUnknown(
+        f"{context.action}: the message(s) were sent but {why}; they may have been stored. "
+        "Publishing them again may store duplicates, which consumers with a deduplication "
+        "cache handle once (they key on the producer id)"
+    )
+    unknown.broker_code = error_code(error)
+    return unknown
 
 
 def translate(error: BaseException, context: ErrorContext) -> MelangeError:
@@ -166,6 +247,13 @@ def translate(error: BaseException, context: ErrorContext) -> MelangeError:
     return translated
 
 
-def raise_translated(error: BaseException, context: ErrorContext) -> NoReturn:
-    """Raise :func:`translate`'s result without chaining ``error`` (its text may hold a token)."""
-    raise translate(error, context) from None
+def raise_clean(error: MelangeError) -> NoReturn:
+    """Raise ``error`` with neither a cause nor a context: an Azure error may hold a token.
+
+    ``raise ... from None`` only hides the context from tracebacks; the error
+    being handled is still attached as ``__context__``, so it is dropped here.
+    """
+    try:
+        raise error from None
+    finally:
+        error.__context__ = None

@@ -49,6 +49,15 @@ class Receiver:
         self._waiting_lock = threading.Lock()
         self.broken = False
         self.closed = False
+        self.alive_at = time.monotonic()
+
+    def alive(self) -> None:
+        """Note a sign of life: a delivery, a confirmed settlement, an answer."""
+        self.alive_at = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the last sign of life."""
+        return time.monotonic() - self.alive_at
 
     def __repr__(self) -> str:
         kind = "session receiver" if self.sessions else "receiver"
@@ -138,11 +147,14 @@ class ReceiverPool:
     Args:
         queue_name: The queue.
         sessions: Whether the queue is session-enabled (FIFO).
-        make: Makes a new, open SDK receiver for the queue, waiting at most the
-            given seconds for the link (and, for a session receiver, a session).
+        make: Makes a new, open SDK receiver for the queue: ``make(wait, budget)``
+            waits at most ``wait`` seconds for a session (a session receiver)
+            and takes at most ``budget`` seconds in all.
     """
 
-    def __init__(self, queue_name: str, sessions: bool, make: Callable[[float], Any]) -> None:
+    def __init__(
+        self, queue_name: str, sessions: bool, make: Callable[[float, float], Any]
+    ) -> None:
         self.queue_name = queue_name
         self.sessions = sessions
         self._make = make
@@ -151,18 +163,27 @@ class ReceiverPool:
         self._all: list[Receiver] = []
         self.closed = False
 
-    def borrow(self, wait: float) -> Receiver:
+    def borrow(self, wait: float, budget: float) -> Receiver:
         """Return a free receiver (oldest first), or a new one when none is free."""
+        broken: list[Receiver] = []
         with self._lock:
             while self._free:
                 receiver = self._free.pop(0)
-                if not receiver.closed:
-                    return receiver
-        return self.new_receiver(wait)
+                if receiver.broken:  # its connection failed since it was given back
+                    broken.append(receiver)
+                elif not receiver.closed:
+                    break
+            else:
+                receiver = None
+        for dead in broken:
+            self.discard(dead)
+        if receiver is not None:
+            return receiver
+        return self.new_receiver(wait, budget)
 
-    def new_receiver(self, wait: float) -> Receiver:
+    def new_receiver(self, wait: float, budget: float) -> Receiver:
         """Return a newly made receiver, lent out (a session receiver accepts a new session)."""
-        receiver = Receiver(self._make(wait), self.queue_name, self.sessions)
+        receiver = Receiver(self._make(wait, budget), self.queue_name, self.sessions)
         with self._lock:
             self._all.append(receiver)
         return receiver

@@ -40,7 +40,12 @@ from azure.servicebus.management import (
     TrueRuleFilter,
 )
 
-from melange.exceptions import ImmutableSettingError, QueueNotFound, TopicNotFound
+from melange.exceptions import (
+    BackendUnavailable,
+    ImmutableSettingError,
+    QueueNotFound,
+    TopicNotFound,
+)
 from melange.topology import DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
 from melange_azure import filters
 from melange_azure.names import entity_from_address, same_entity, subscription_name
@@ -192,14 +197,27 @@ class Topology:
     def behaviour(self, name: str) -> QueueBehaviour:
         """The queue's delay and short visibility timeout, cached for a while.
 
+        When the cache is stale and the administration API does not answer, the
+        stale value is used: publishing and receiving (over AMQP) do not depend
+        on the administration API being reachable every :data:`BEHAVIOUR_TTL`.
+
         Raises:
             QueueNotFound: The queue does not exist.
+            BackendUnavailable: The administration API did not answer and
+                nothing is known about the queue.
         """
         with self._lock:
             cached = self._behaviours.get(name.lower())
         if cached is not None and time.monotonic() < cached[0]:
             return cached[1]
-        if self.get_queue(name) is None:
+        try:
+            found = self.get_queue(name)
+        except BackendUnavailable:
+            if cached is None:
+                raise
+            logger.debug("the settings of queue %r could not be read again; using them", name)
+            return cached[1]
+        if found is None:
             raise QueueNotFound(name)
         with self._lock:
             return self._behaviours[name.lower()][1]

@@ -1,9 +1,11 @@
 """How melange messages travel through Service Bus, and how received ones are read back.
 
 Outgoing: the body is the AMQP data section, byte for byte; attributes are
-application properties (string to string); the ``dedup_id`` is the message id
-(duplicate detection works on message ids), otherwise melange sets a random
-one so each publish result names its message; the ``group_id`` is the session
+application properties (string to string); the message id is the ``dedup_id``
+(duplicate detection works on message ids), else the producer id (the
+``melange.id`` attribute, assigned once before the first attempt, so that
+duplicate detection drops what a publisher's retry sends again), else a random
+one, so each publish result names its message; the ``group_id`` is the session
 id (sessions are Service Bus's FIFO groups); a delay is a scheduled enqueue time.
 
 Incoming: application properties come back with ``bytes`` keys and values
@@ -23,6 +25,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 
 from melange.backends.base import OutgoingMessage
+from melange.message import PRODUCER_ID_ATTRIBUTE
 
 MESSAGE_LIMIT = 262_144
 """Bytes of one message (body, properties and headers) on the Standard tier: 256 KB."""
@@ -70,7 +73,7 @@ def to_service_bus(
     outgoing = ServiceBusMessage(
         bytes(message.body),
         application_properties=properties or None,
-        message_id=message.dedup_id or uuid.uuid4().hex,
+        message_id=message_id_of(message),
         session_id=session_id,
     )
     delay = message.delay_seconds or queue_delay
@@ -79,6 +82,20 @@ def to_service_bus(
             datetime.timezone.utc
         ) + datetime.timedelta(seconds=delay)
     return outgoing
+
+
+def message_id_of(message: OutgoingMessage) -> str:
+    """The Service Bus message id: the dedup id, else the producer id, else a new one.
+
+    A producer id longer than a message id may be (:data:`MAX_ID_LENGTH`) is
+    not used: Service Bus would refuse the message.
+    """
+    if message.dedup_id:
+        return message.dedup_id
+    producer_id = message.attributes.get(PRODUCER_ID_ATTRIBUTE)
+    if producer_id and len(producer_id) <= MAX_ID_LENGTH:
+        return producer_id
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ class ServiceBusStandIn(StartStop):
             f"SharedAccessKey={self.key};UseDevelopmentEmulator=true"
         )
 
+    def connection_string_at(self, address: str) -> str:
+        """The connection string with the AMQP endpoint at ``address`` ("host:port")."""
+        return self.connection_string.replace(
+            f"Endpoint=sb://{self.host}:{self.amqp_port};", f"Endpoint=sb://{address};"
+        )
+
     def stop(self) -> None:
         """Stop both servers."""
         self.management.stop()

@@ -183,6 +183,8 @@ class Broker(Handler):
         self.acceptor: Any = None
         self.container: Any = None
         self.connections: list[Connection] = []
+        self.transports: list[Any] = []
+        """Transports of accepted connections, to close their sockets when the broker stops."""
         self._dirty: set[str] = set()
         self._last_sweep = 0.0
 
@@ -230,6 +232,7 @@ class Broker(Handler):
         event.connection.sb_state = _ConnectionState()
 
     def on_connection_bound(self, event: Event) -> None:
+        self.transports.append(event.transport)
         sasl = event.transport.sasl()
         sasl.allowed_mechs("ANONYMOUS PLAIN")
         sasl.allow_insecure_mechs = True
@@ -814,3 +817,24 @@ class AMQPBroker:
         self._injector.close()
         self._injector = None
         self._thread = None
+        # A stopped proton container leaves its sockets open: clients would wait on them
+        # forever, as on a black-holed endpoint. Close them, as an exiting process would.
+        for transport in self.broker.transports:
+            selectable = getattr(transport, "_selectable", None)
+            if selectable is not None:
+                selectable.close()
+        self.broker.transports.clear()
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port as a new process would: messages are lost.
+
+        Open connections are closed; the entities stay (they live in the shared
+        namespace, like the management stand-in's), the messages, locks and
+        sessions do not. Problems recorded so far are kept.
+        """
+        errors, dropped = self.errors, self.dropped
+        self.stop()
+        self.broker = Broker(self.namespace, self.broker.key_name, self.broker.key)
+        self.broker.router.errors = errors
+        self.broker.router.dropped = dropped
+        self.start()
