@@ -36,13 +36,6 @@ KNOWN_DEVIATIONS: dict[str, str] = {
         "queue; the stand-in drops it and lists it in AMQPBroker.dropped. Either way it leaves "
         "the queue"
     ),
-    "test_invalid_request_is_refused_before_anything_is_created"
-    "[fifo-queue-standard-dead-letter-queue]": (
-        "Service Bus forwards the dead-lettered messages of a session queue to a queue without "
-        "sessions (a session id is an ordinary property there), so the backend declares "
-        "Capabilities.dead_letter_any_kind and accepts a FIFO queue with a standard dead-letter "
-        "queue; this case of the suite does not consult that capability"
-    ),
 }
 """Conformance tests expected to fail, by test id, each with the reason."""
 
