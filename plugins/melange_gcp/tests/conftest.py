@@ -17,19 +17,6 @@ from melange_gcp.testing import PubSubEmulator, PubSubEmulatorError
 from melange.testing.faults import FaultProxy
 
 PROJECT = "melange-test"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Ignore the deprecation of ``return_immediately``, as the backend does (pytest resets it).
-
-    melange's ``receive(wait_seconds=0)`` means "do not wait"; see docs/backends/gcp.md.
-    """
-    config.addinivalue_line(
-        "filterwarnings",
-        r"ignore:The return_immediately flag is deprecated:DeprecationWarning:google\.pubsub_v1",
-    )
-
-
 """The project id the tests use on the emulator (any id works there)."""
 
 

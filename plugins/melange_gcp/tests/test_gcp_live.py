@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from melange_gcp import GCPPubSubBackend
+from melange_gcp.testing import PubSubHandChanges
 
 from melange.testing.conformance import BackendSpec, ConformanceSuite
 from melange.testing.conformance._support import DeliveryGuarantee
@@ -47,6 +48,10 @@ if os.environ.get(LIVE_PROJECT_ENV):
         @pytest.fixture
         def melange_backend_spec(self) -> BackendSpec:
             return ("gcp", {"project": os.environ[LIVE_PROJECT_ENV], "emulator_host": ""})
+
+        @pytest.fixture
+        def melange_hand_changes(self, melange_backend: GCPPubSubBackend) -> PubSubHandChanges:
+            return PubSubHandChanges.of(melange_backend)
 
         @pytest.fixture
         def melange_delivery(self) -> DeliveryGuarantee:

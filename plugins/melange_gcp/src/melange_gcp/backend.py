@@ -9,12 +9,16 @@ How melange's contract maps to Pub/Sub (details and links in docs/backends/gcp.m
 - subscribing a queue to a topic: a subscription ``<queue>~<topic>`` on that
   topic, with the queue's settings and the filter; the queue's receivers pull
   it together with the queue's own subscription;
-- dead-letter queue: a ``dead_letter_policy`` to the dead-letter queue's topic;
+- dead-letter queue: a ``dead_letter_policy`` to the dead-letter queue's topic,
+  once Pub/Sub's service agent may use it (:mod:`~melange_gcp.permissions`);
 - FIFO (``.fifo`` names): message ordering on the subscriptions, the group id
   as ordering key;
 - publish: Publish with up to 1,000 messages and 10 MB per request;
-- receive: synchronous Pull; ack: Acknowledge; nack, lease extension and
-  visibility timeouts below Pub/Sub's 10 s minimum: ModifyAckDeadline.
+- receive: synchronous Pull, never ``return_immediately`` (the service may
+  answer it empty while messages wait); ack: Acknowledge; nack, lease extension
+  and visibility timeouts below Pub/Sub's 10 s minimum: ModifyAckDeadline.
+- a subscription detached from its deleted topic, or on another topic, is
+  recreated or refused (:mod:`~melange_gcp.attachment`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import logging
 import math
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, NoReturn
 
@@ -51,6 +54,7 @@ from melange.exceptions import (
 )
 from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
 from melange_gcp import filters, forwarding, receipts, wire
+from melange_gcp.attachment import DELETED_TOPIC, SubscriptionDetached, lost_messages
 from melange_gcp.clients import make_clients
 from melange_gcp.errors import GOOGLE_ERRORS, ErrorContext, raise_translated
 from melange_gcp.names import (
@@ -63,6 +67,8 @@ from melange_gcp.names import (
     topic_path,
 )
 from melange_gcp.outcomes import Attempts, last_error
+from melange_gcp.permissions import MODES, DeadLetterPermissions, Mode, ResourceKind
+from melange_gcp.project_number import ProjectNumber, check_project_number
 from melange_gcp.receipts import DeliveryCounter, GCPReceipt
 from melange_gcp.resources import (
     MAX_ACK_DEADLINE,
@@ -73,25 +79,28 @@ from melange_gcp.resources import (
 )
 from melange_gcp.timeouts import DEFAULT_KEEPALIVE, DEFAULT_TIMEOUT, CallTimeouts, retry
 
-__all__ = ["GCPPubSubBackend", "GCPReceipt"]
+__all__ = ["GCPPubSubBackend", "GCPReceipt", "SubscriptionDetached"]
 
 logger = logging.getLogger(__name__)
-
-# receive(wait_seconds=0) means "do not wait", which only return_immediately says; Google
-# deprecates it for throughput, not correctness (docs/backends/gcp.md, "Pull").
-warnings.filterwarnings(
-    "ignore",
-    message="The return_immediately flag is deprecated",
-    category=DeprecationWarning,
-    module=r"google\.pubsub_v1\.",
-)
 
 
 MAX_PULL = 1_000
 """Messages one Pull may return."""
 
+MIN_PULL = 0.5
+"""Shortest deadline a pull gets: time for Pub/Sub to answer with the messages that wait.
+
+Pulls never set ``return_immediately``, which the service may answer empty while
+messages wait; without it the service answers as soon as messages are there, else
+holds the call until its deadline. So ``receive(wait_seconds=0)`` pulls each of the
+queue's subscriptions once with this deadline."""
+
+PULL_TURN = 1.0
+"""Longest deadline of one pull while other subscriptions of the queue wait their turn."""
+
 POLL_INTERVAL = 0.1
-"""Seconds between two pulls of a waiting receive that found nothing."""
+"""Shortest time between two rounds of pulls that found nothing (the emulator answers a
+pull with a deadline of a second or less at once)."""
 
 
 class GCPPubSubBackend(MessagingBackend):
@@ -108,9 +117,9 @@ class GCPPubSubBackend(MessagingBackend):
         api_endpoint: ``host:port`` of the service, e.g. a regional endpoint
             (``europe-west1-pubsub.googleapis.com:443``).
         credentials_file: A service-account key file, instead of ADC.
-        timeout: Seconds an admin call (get, create, update, delete, list) or
-            an immediate pull may take, retries included; also the default of
-            the next two (docs/backends/gcp.md, "Timeouts").
+        timeout: Seconds an admin call (get, create, update, delete, list, IAM)
+            may take, retries included; also the default of the next two
+            (docs/backends/gcp.md, "Timeouts").
         publish_timeout: Seconds one Publish request may take, retries
             included. A publish that runs out of time has an unknown outcome.
         ack_timeout: Seconds one Acknowledge or ModifyAckDeadline request (ack,
@@ -120,17 +129,29 @@ class GCPPubSubBackend(MessagingBackend):
             connection. Google's front ends refuse pings more often than every 30 s.
         recreate_subscriptions: Delete and recreate a subscription whose
             filter or message ordering differs from the declaration (Pub/Sub
-            cannot change them). Its unacknowledged messages are lost, so the
-            default (``False``) refuses with ImmutableSettingError instead.
+            cannot change them), or that is detached from its deleted topic or
+            on another topic (Pub/Sub cannot move it). Its unacknowledged
+            messages are lost (a WARNING names them), so the default
+            (``False``) refuses with ImmutableSettingError (SubscriptionDetached
+            for the topic) instead.
         fan_out_refresh_seconds: How long the list of a queue's fan-out
             subscriptions, found by listing the project's subscriptions, is
             reused before it is listed again. Subscriptions made through this
             backend object are seen at once.
+        dead_letter_permissions: What init does about Pub/Sub's service agent's
+            permissions on a dead-letter queue's topic and the source
+            subscriptions, without which no dead letter moves: ``"grant"``
+            what is missing when the caller may, ``"check"`` only, or
+            ``"skip"``. Missing ones raise ConfigurationError with the gcloud
+            commands. The emulator has no IAM: not checked there.
+        project_number: The project's number, which the service agent is named
+            after; looked up in Cloud Resource Manager when needed otherwise.
 
     Raises:
         ConfigurationError: No project, no credentials, contradicting options, a
-            timeout that is not a positive number of seconds, or a user name or
-            password in ``emulator_host`` / ``api_endpoint``.
+            timeout that is not a positive number of seconds, a user name or
+            password in ``emulator_host`` / ``api_endpoint``, or an unknown
+            ``dead_letter_permissions`` or malformed ``project_number``.
     """
 
     name = "gcp"
@@ -172,6 +193,8 @@ class GCPPubSubBackend(MessagingBackend):
         keepalive_seconds: float = DEFAULT_KEEPALIVE,
         recreate_subscriptions: bool = False,
         fan_out_refresh_seconds: float = 30.0,
+        dead_letter_permissions: Mode = "grant",
+        project_number: int | str | None = None,
     ) -> None:
         timeouts = CallTimeouts.of(
             timeout=timeout,
@@ -188,6 +211,12 @@ class GCPPubSubBackend(MessagingBackend):
                 "fan_out_refresh_seconds must be 0 or more seconds, got "
                 f"{fan_out_refresh_seconds!r}"
             )
+        if dead_letter_permissions not in MODES:
+            raise ConfigurationError(
+                f"dead_letter_permissions must be one of {', '.join(map(repr, MODES))}, got "
+                f"{dead_letter_permissions!r}"
+            )
+        number = check_project_number(project_number)
         settings, clients = make_clients(
             project=project,
             emulator_host=emulator_host,
@@ -210,6 +239,14 @@ class GCPPubSubBackend(MessagingBackend):
         self._short_deadlines: dict[str, tuple[float, float | None]] = {}
         self._counter = DeliveryCounter()
         self._rotation = 0
+        self._permissions: DeadLetterPermissions | None = None
+        if not settings.emulator and dead_letter_permissions != "skip":
+            self._permissions = DeadLetterPermissions(
+                self._project,
+                ProjectNumber(self._project, number, clients.credentials, timeouts.admin),
+                _BackendIam(self),
+                grant=dead_letter_permissions == "grant",
+            )
 
     # ------------------------------------------------------------ properties
     @property
@@ -391,13 +428,18 @@ class GCPPubSubBackend(MessagingBackend):
                 "(MessagingBackendFactory.init_queue creates both)",
             )
         desired = Desired.of(self._project, spec)
+        own = self._subscription(spec.name)
+        if own is not None and not self._recreate:
+            self._check_attached(spec.name, own, spec.name, spec.name)  # before any change
         self._ensure_queue_topic(spec.name)
         self._converge(spec.name, spec.name, desired, "", queue=spec.name)
         for name in self._fan_out_names(spec.name, fresh=True):
             current = self._subscription(name)
-            if current is not None:
-                expression = current.filter
-                self._converge(name, short_name(current.topic), desired, expression, spec.name)
+            if current is None or current.topic == DELETED_TOPIC:
+                # Its topic is gone: init_queue's subscribe recreates (or refuses) it.
+                continue
+            topic = short_name(current.topic)
+            self._converge(name, topic, desired, current.filter, spec.name)
         with self._lock:  # known now: the first receive need not read it back
             short = spec.visibility_timeout if desired.visibility_label is not None else None
             self._short_deadlines[spec.name] = (time.monotonic() + self._refresh, short)
@@ -424,33 +466,96 @@ class GCPPubSubBackend(MessagingBackend):
         except GOOGLE_ERRORS as error:
             self._fail(error, f"create the topic of queue {name!r}", queue=name)
 
+    def _check_attached(
+        self, name: str, current: types.Subscription, topic: str, queue: str
+    ) -> SubscriptionDetached | None:
+        """Refuse a subscription that is not on ``topic``; with recreate_subscriptions, return why.
+
+        Raises:
+            SubscriptionDetached: It is not on ``topic`` and recreating is off.
+        """
+        if current.topic == topic_path(self._project, topic):
+            return None
+        error = SubscriptionDetached(name, current.topic, topic, queue, self._project)
+        if not self._recreate:
+            raise error
+        return error
+
     def _converge(
         self, name: str, topic: str, desired: Desired, expression: str, queue: str
     ) -> None:
-        """Create subscription ``name`` on ``topic``, or bring it to ``desired``."""
-        action = f"create subscription {name!r} of queue {queue!r}"
+        """Create subscription ``name`` on ``topic``, or bring it to ``desired``.
+
+        One on another topic (or detached from its deleted one), or differing
+        in a setting Pub/Sub cannot change, is refused, or recreated with
+        ``recreate_subscriptions``.
+        """
         body = desired.subscription(self._project, name, topic, expression)
         current = self._subscription(name)
         if current is None:
-            try:
-                self._admin("subscriber", "create_subscription", body)
-                logger.debug("created subscription %r", name)
-                self._forget_fan_outs(queue)
-                return
-            except api_exceptions.AlreadyExists as error:
-                current = self._subscription(name)  # made meanwhile: converge it
-                if current is None:  # and deleted again since
-                    self._fail(error, action, queue=queue)
-            except api_exceptions.NotFound as error:
-                self._fail(error, action, topic=topic)
-            except GOOGLE_ERRORS as error:
-                self._fail(error, action, queue=queue)
+            current = self._create_subscription(name, desired, body, queue)
+            if current is None:
+                return  # created as declared
+        detached = self._check_attached(name, current, topic, queue)
+        if detached is not None:
+            logger.warning("%s", lost_messages(detached))
+            self._recreate_subscription(name, desired, body, queue)
+            return
         immutable = self._immutable_drift(name, current, desired, expression)
         if immutable is not None:
             if not self._recreate:
                 raise immutable
-            self._recreate_subscription(name, body, queue)
+            logger.warning(
+                "recreating subscription %r of queue %r: Pub/Sub cannot change its %s "
+                "(recreate_subscriptions=True); the messages still unacknowledged in it are lost",
+                name,
+                queue,
+                immutable.setting,
+            )
+            self._recreate_subscription(name, desired, body, queue)
             return
+        self._update_subscription(name, current, desired, queue)
+
+    def _create_subscription(
+        self, name: str, desired: Desired, body: dict[str, Any], queue: str
+    ) -> types.Subscription | None:
+        """Create subscription ``name``; return it when it still needs converging, else ``None``.
+
+        With the dead-letter permissions checked, the subscription is created
+        without its dead-letter policy (the subscriber role is granted on the
+        subscription itself, so it must exist first) and returned: the policy
+        is set by the update once the permissions are in place. One made
+        meanwhile by a concurrent init is returned to be converged.
+        """
+        action = f"create subscription {name!r} of queue {queue!r}"
+        pending = desired.dead_letter_topic is not None and self._permissions is not None
+        if pending:
+            body = desired.without_dead_letter().subscription(
+                self._project, name, short_name(body["topic"]), body.get("filter", "")
+            )
+        try:
+            created: types.Subscription = self._admin("subscriber", "create_subscription", body)
+        except api_exceptions.AlreadyExists as error:
+            current = self._subscription(name)  # made meanwhile: converge it
+            if current is None:  # and deleted again since
+                self._fail(error, action, queue=queue)
+            return current
+        except api_exceptions.NotFound as error:
+            self._fail(error, action, topic=short_name(body["topic"]))
+        except GOOGLE_ERRORS as error:
+            self._fail(error, action, queue=queue)
+        logger.debug("created subscription %r", name)
+        self._forget_fan_outs(queue)
+        if pending:
+            return created
+        self._dead_letter_permissions(name, desired, queue)  # the emulator's DEBUG line
+        return None
+
+    def _update_subscription(
+        self, name: str, current: types.Subscription, desired: Desired, queue: str
+    ) -> None:
+        """Send one UpdateSubscription with the fields that differ, if any do."""
+        self._dead_letter_permissions(name, desired, queue)
         paths, update = desired.changes(current)
         if not paths:
             return
@@ -466,6 +571,30 @@ class GCPPubSubBackend(MessagingBackend):
         except GOOGLE_ERRORS as error:
             self._fail(error, f"update subscription {name!r} ({', '.join(paths)})", queue=queue)
         logger.debug("updated %s of subscription %r", paths, name)
+
+    def _dead_letter_permissions(self, name: str, desired: Desired, queue: str) -> None:
+        """Make sure Pub/Sub's service agent may move dead letters from subscription ``name``.
+
+        Raises:
+            ConfigurationError: They are missing and could not be granted; the
+                message has the gcloud commands (see :mod:`.permissions`).
+        """
+        target = desired.dead_letter_topic
+        if target is None:
+            return
+        if self._permissions is None:
+            logger.debug(
+                "dead-letter permissions of subscription %r not checked: %s",
+                name,
+                "the emulator has no IAM"
+                if self._settings.emulator
+                else 'dead_letter_permissions="skip"',
+            )
+            return
+        try:
+            self._permissions.ensure(queue, short_name(target), name)
+        except GOOGLE_ERRORS as error:
+            self._fail(error, f"check the dead-letter permissions of subscription {name!r}")
 
     def _immutable_drift(
         self, name: str, current: types.Subscription, desired: Desired, expression: str
@@ -487,24 +616,22 @@ class GCPPubSubBackend(MessagingBackend):
         )
         return error
 
-    def _recreate_subscription(self, name: str, body: dict[str, Any], queue: str) -> None:
+    def _recreate_subscription(
+        self, name: str, desired: Desired, body: dict[str, Any], queue: str
+    ) -> None:
         path = subscription_path(self._project, name)
-        logger.warning(
-            "recreating subscription %r: Pub/Sub cannot change its filter or ordering "
-            "(unacknowledged messages in it are lost)",
-            name,
-        )
         try:
             self._admin("subscriber", "delete_subscription", {"subscription": path})
         except api_exceptions.NotFound:
             pass
         except GOOGLE_ERRORS as error:
             self._fail(error, f"delete subscription {name!r} to recreate it", queue=queue)
-        try:
-            self._admin("subscriber", "create_subscription", body)
-        except GOOGLE_ERRORS as error:
-            self._fail(error, f"recreate subscription {name!r}", queue=queue)
         self._forget_fan_outs(queue)
+        # Its IAM policy went with it: the dead-letter permissions are checked again.
+        self._forget_permissions("subscription", name)
+        created = self._create_subscription(name, desired, body, queue)
+        if created is not None:
+            self._update_subscription(name, created, desired, queue)
 
     def _delete_queue(self, name: str) -> None:
         if self._get_queue(name) is None:
@@ -520,12 +647,14 @@ class GCPPubSubBackend(MessagingBackend):
                 pass
             except GOOGLE_ERRORS as error:
                 self._fail(error, f"delete subscription {subscription!r} of queue {name!r}")
+            self._forget_permissions("subscription", subscription)
         try:
             self._admin("publisher", "delete_topic", {"topic": topic_path(self._project, name)})
         except api_exceptions.NotFound:
             pass
         except GOOGLE_ERRORS as error:
             self._fail(error, f"delete the topic of queue {name!r}")
+        self._forget_permissions("topic", name)
         self._forget_fan_outs(name)
 
     # ---------------------------------------------------------------- topics
@@ -576,22 +705,44 @@ class GCPPubSubBackend(MessagingBackend):
                 pass
             except GOOGLE_ERRORS as error:
                 self._fail(error, f"delete subscription {subscription!r} of topic {name!r}")
+            self._forget_permissions("subscription", subscription)
             self._forget_fan_outs(queue)
 
     # --------------------------------------------------------- subscriptions
     def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        """The queue's fan-out subscription on the topic, if it is as melange made it.
+
+        One that is detached from its deleted topic, on another topic, or that
+        no longer holds the queue's settings (ack deadline, retention,
+        dead-letter policy, ordering, melange's label, no retry policy, no
+        expiration) counts as missing, so init subscribes again and puts it
+        right. Its filter is reported as it is: a changed one is a change of
+        filter (refused, or recreated with ``recreate_subscriptions``).
+        """
         name = fan_out_subscription(queue_name, topic_name)
         current = self._subscription(name)
         if current is None or current.topic != topic_path(self._project, topic_name):
             return None
+        own = self._subscription(queue_name)
+        if own is not None and own.topic == topic_path(self._project, queue_name):
+            drift = Desired.of(self._project, queue_spec(queue_name, own)).drift(current)
+            if drift:
+                logger.debug("subscription %r differs from its queue in %s", name, drift)
+                return None
         return SubscriptionSpec(topic_name, queue_name, filters.from_expression(current.filter))
 
     def _subscribe(self, spec: SubscriptionSpec) -> None:
         topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
         queue_name = spec.queue_name
         own = self._subscription(queue_name)
-        if own is None or own.topic != topic_path(self._project, queue_name):
+        if own is None:
             raise QueueNotFound(queue_name)
+        if own.topic != topic_path(self._project, queue_name):
+            raise QueueNotFound(
+                queue_name,
+                f"its subscription {queue_name!r} is not on its topic (detached from a deleted "
+                f"one?); MessagingBackendFactory.init_queue({queue_name!r}) repairs it",
+            )
         current = queue_spec(queue_name, own)
         # The contract checked names and kinds; this rule depends on the queue as it is.
         self.validate_subscription(topic, current, spec)
@@ -629,6 +780,11 @@ class GCPPubSubBackend(MessagingBackend):
         with self._lock:
             self._fan_outs.pop(queue_name, None)
             self._short_deadlines.pop(queue_name, None)
+
+    def _forget_permissions(self, kind: ResourceKind, name: str) -> None:
+        """Forget the dead-letter permissions found on a deleted (or recreated) resource."""
+        if self._permissions is not None:
+            self._permissions.forget(kind, name)
 
     # --------------------------------------------------------------- publish
     def _publish(self, kind: str, name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
@@ -710,34 +866,22 @@ class GCPPubSubBackend(MessagingBackend):
         return value
 
     def _pull(
-        self, queue_name: str, subscription: str, max_messages: int, wait: float
+        self, queue_name: str, subscription: str, max_messages: int, deadline: float
     ) -> list[ReceivedMessage]:
+        """Pull once: Pub/Sub answers when messages are there, else when ``deadline`` runs out.
+
+        Never with ``return_immediately``, which the service may answer empty
+        while messages wait (Google deprecates it for that).
+        """
         path = subscription_path(self._project, subscription)
         try:
-            if wait > 0:
-                # Pull has no wait of its own: the server holds the call until messages come
-                # or the deadline passes, so the deadline is the wait.
-                response = self._clients.subscriber.pull(
-                    request={"subscription": path, "max_messages": max_messages},
-                    timeout=wait,
-                    retry=None,
-                )
-            else:
-                response = self._rpc(
-                    "subscriber",
-                    "pull",
-                    {
-                        "subscription": path,
-                        "max_messages": max_messages,
-                        "return_immediately": True,
-                    },
-                    self._timeouts.admin,
-                    self._admin_retry,
-                )
-        except api_exceptions.DeadlineExceeded as error:
-            if wait > 0:
-                return []  # the wait ended with nothing to pull
-            self._fail(error, f"pull from queue {queue_name!r}", queue=queue_name)
+            response = self._clients.subscriber.pull(
+                request={"subscription": path, "max_messages": max_messages},
+                timeout=deadline,
+                retry=None,
+            )
+        except api_exceptions.DeadlineExceeded:
+            return []  # the wait ended with nothing to pull
         except api_exceptions.NotFound:
             self._forget_fan_outs(queue_name)
             if subscription == queue_name:
@@ -772,18 +916,12 @@ class GCPPubSubBackend(MessagingBackend):
     ) -> list[ReceivedMessage]:
         limit = min(max_messages, MAX_PULL)
         subscriptions = [queue_name, *self._fan_out_names(queue_name)]
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            remaining = deadline - time.monotonic()
-            if len(subscriptions) == 1:
-                # Pull waits on the server; it may still answer empty before the time is up.
-                received = self._pull(queue_name, queue_name, limit, max(remaining, 0.0))
-            else:
-                received = self._pull_several(queue_name, subscriptions, limit)
-            remaining = deadline - time.monotonic()
-            if received or remaining <= 0:
-                break
-            time.sleep(min(POLL_INTERVAL, remaining))
+        if len(subscriptions) > 1:
+            with self._lock:  # a different one first each call, so that none starves
+                self._rotation += 1
+                start = self._rotation % len(subscriptions)
+            subscriptions = subscriptions[start:] + subscriptions[:start]
+        received = self._pull_within(queue_name, subscriptions, limit, wait_seconds)
         if received:
             short = self._short_deadline(queue_name, queue_name)
             if short is not None:
@@ -791,19 +929,38 @@ class GCPPubSubBackend(MessagingBackend):
                 self._modify(received, short, "apply the visibility timeout of")
         return received
 
-    def _pull_several(
-        self, queue_name: str, subscriptions: list[str], limit: int
+    def _pull_within(
+        self, queue_name: str, subscriptions: list[str], limit: int, wait: float
     ) -> list[ReceivedMessage]:
-        """Pull the queue's subscriptions once each, starting with a different one each call."""
-        with self._lock:
-            self._rotation += 1
-            start = self._rotation % len(subscriptions)
-        received: list[ReceivedMessage] = []
-        for subscription in subscriptions[start:] + subscriptions[:start]:
-            received += self._pull(queue_name, subscription, limit - len(received), 0.0)
-            if len(received) >= limit:
-                break
-        return received
+        """Pull the subscriptions in turn until one gives messages or ``wait`` is over.
+
+        Each pull waits on the server: one subscription for the whole wait,
+        several for at most :data:`PULL_TURN` each, so that messages waiting in
+        any of them are found within a round. The first round pulls every
+        subscription, sharing the wait but each for at least :data:`MIN_PULL`,
+        so a receive ends within ``max(wait, MIN_PULL * subscriptions)``.
+        """
+        ends = time.monotonic() + wait
+        count = len(subscriptions)
+        turn = PULL_TURN if count > 1 else math.inf
+        first: float | None = min(max(wait / count, MIN_PULL), turn)  # each pull of round one
+        while True:
+            started = time.monotonic()
+            for subscription in subscriptions:
+                remaining = ends - time.monotonic()
+                if first is None and remaining <= 0:
+                    return []
+                deadline = first if first is not None else min(remaining, turn)
+                received = self._pull(queue_name, subscription, limit, deadline)
+                if received:
+                    return received
+            first = None
+            remaining = ends - time.monotonic()
+            if remaining <= 0:
+                return []
+            pause = POLL_INTERVAL - (time.monotonic() - started)
+            if pause > 0:  # the emulator answers short pulls at once: do not spin
+                time.sleep(min(pause, remaining))
 
     # ---------------------------------------------------------------- settle
     def _modify(self, messages: list[ReceivedMessage], seconds: float, operation: str) -> None:
@@ -852,3 +1009,36 @@ class GCPPubSubBackend(MessagingBackend):
 
     def _close(self) -> None:
         self._clients.close()
+
+
+class _BackendIam:
+    """GetIamPolicy and SetIamPolicy of topics and subscriptions through the backend's clients."""
+
+    def __init__(self, backend: GCPPubSubBackend) -> None:
+        self._backend = backend
+
+    def _where(
+        self, kind: ResourceKind, name: str
+    ) -> tuple[Literal["publisher", "subscriber"], str]:
+        project = self._backend.project
+        if kind == "topic":
+            return "publisher", topic_path(project, name)
+        return "subscriber", subscription_path(project, name)
+
+    def get_policy(self, kind: ResourceKind, name: str) -> Any:
+        service, path = self._where(kind, name)
+        # Version 3, so that conditional bindings are shown (and kept when written back).
+        request = {"resource": path, "options": {"requested_policy_version": 3}}
+        return self._backend._admin(service, "get_iam_policy", request)
+
+    def set_policy(self, kind: ResourceKind, name: str, policy: Any) -> Any:
+        service, path = self._where(kind, name)
+        backend = self._backend
+        # Not retried: a write with a stale etag must be read again, not sent again.
+        return backend._rpc(
+            service,
+            "set_iam_policy",
+            {"resource": path, "policy": policy},
+            backend.timeouts.admin,
+            None,
+        )

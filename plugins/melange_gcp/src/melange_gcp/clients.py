@@ -43,7 +43,12 @@ logger = logging.getLogger(__name__)
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
 PROJECT_ENVS = ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")
 DEFAULT_ENDPOINT = "pubsub.googleapis.com:443"
-SCOPES = ("https://www.googleapis.com/auth/pubsub",)
+SCOPES = (
+    "https://www.googleapis.com/auth/cloud-platform",
+    "https://www.googleapis.com/auth/pubsub",
+)
+"""The scopes Google's own Pub/Sub clients ask for; cloud-platform also lets the backend look
+the project's number up in Cloud Resource Manager (:mod:`melange_gcp.project_number`)."""
 
 CHANNEL_OPTIONS = (
     # 10 MB messages in both directions: gRPC's default receive limit is 4 MiB.
@@ -162,9 +167,17 @@ class Clients:
     Args:
         open_channel: Makes a new channel to the same endpoint.
         grace: Seconds a replaced channel stays open for the calls still on it.
+        credentials: The google-auth credentials in the channel (``None`` for an
+            emulator), for the backend's calls outside Pub/Sub's API.
+
+    Attributes:
+        credentials: As given.
     """
 
-    def __init__(self, open_channel: Callable[[], Any], grace: float) -> None:
+    def __init__(
+        self, open_channel: Callable[[], Any], grace: float, credentials: Any = None
+    ) -> None:
+        self.credentials = credentials
         self._open = open_channel
         self._grace = grace
         self._lock = threading.Lock()
@@ -280,4 +293,4 @@ def make_clients(
             endpoint, credentials=credentials, scopes=SCOPES, options=options
         )
 
-    return settings, Clients(open_channel, grace)
+    return settings, Clients(open_channel, grace, credentials)

@@ -1,7 +1,8 @@
 """Queue settings as Pub/Sub subscription fields, both ways, and what differs.
 
 A queue's settings live on its own subscription and are copied to each of its
-fan-out subscriptions (one per subscribed topic):
+fan-out subscriptions (one per subscribed topic); a fan-out subscription that
+no longer holds them has drifted (:meth:`Desired.drift`) and is converged too:
 
 - ``visibility_timeout``: ``ack_deadline_seconds``, which Pub/Sub keeps within
   10..600 s. A shorter timeout is kept in the label :data:`VISIBILITY_LABEL`
@@ -18,7 +19,7 @@ fan-out subscriptions (one per subscribed topic):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from google.protobuf import duration_pb2  # type: ignore[import-untyped]
@@ -123,6 +124,20 @@ class Desired:
         if filter_expression:
             body["filter"] = filter_expression
         return body
+
+    def without_dead_letter(self) -> Desired:
+        """The same fields without a dead-letter policy (set once its permissions are checked)."""
+        return replace(self, dead_letter_topic=None, max_delivery_attempts=0)
+
+    def drift(self, current: types.Subscription) -> list[str]:
+        """Return every field of ``current`` that differs from this, the immutable ordering too.
+
+        The filter is left out: it is a subscription's own, not the queue's.
+        """
+        paths, _ = self.changes(current)
+        if bool(current.enable_message_ordering) != self.ordering:
+            paths.append("enable_message_ordering")
+        return paths
 
     def changes(self, current: types.Subscription) -> tuple[list[str], types.Subscription]:
         """Return the mutable fields that differ from ``current``, and the update to send."""

@@ -14,6 +14,9 @@ group::
 
 The emulator needs Java. When it cannot start, :meth:`PubSubEmulator.start`
 raises :class:`PubSubEmulatorError` saying why: tests fail then, they do not skip.
+
+:class:`~melange_gcp.hand_changes.PubSubHandChanges`, the plugin's hands for the
+conformance suite's convergence test, is importable from here too.
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ import threading
 from pathlib import Path
 
 from melange.testing.server_process import ServerProcess, ServerProcessError
+from melange_gcp.hand_changes import PubSubHandChanges
 
-__all__ = ["EMULATOR_SCRIPT", "PubSubEmulator", "PubSubEmulatorError", "find_emulator"]
+__all__ = [
+    "EMULATOR_SCRIPT",
+    "PubSubEmulator",
+    "PubSubEmulatorError",
+    "PubSubHandChanges",
+    "find_emulator",
+]
 
 EMULATOR_SCRIPT = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 """Where the emulator's start script lives under the Cloud SDK root."""

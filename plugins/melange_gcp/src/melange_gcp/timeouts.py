@@ -5,14 +5,17 @@ is left of the whole) and ``retry=google.api_core.retry.Retry(timeout=...)``
 (retries with backoff, never past the whole), so a call returns or raises
 within about its time, black hole or not:
 
-- admin calls (get, create, update, delete, list): ``timeout``;
+- admin calls (get, create, update, delete, list, the IAM policies of
+  dead-letter permissions): ``timeout``;
 - Publish: ``publish_timeout`` (``timeout`` unless set);
 - Acknowledge and ModifyAckDeadline (ack, nack, lease extension): ``ack_timeout``
   (``timeout`` unless set);
-- Pull: a waiting pull's deadline is the wait itself, since Pub/Sub's Pull has
-  no wait of its own: the server holds the call until messages come or the
-  deadline passes (then nothing came, and the receive returns empty). An
-  immediate pull (``return_immediately``) is answered at once: ``timeout``.
+- Pull: its deadline is the wait itself, since Pub/Sub's Pull has no wait of
+  its own: the server holds the call until messages come or the deadline
+  passes (then nothing came, and the receive returns empty). Pulls never set
+  ``return_immediately`` (the service may answer it empty while messages
+  wait), so even ``receive(wait_seconds=0)`` gives each pull a short deadline
+  (``MIN_PULL`` in :mod:`melange_gcp.backend`).
 
 A connection that stops answering under a waiting pull is noticed by gRPC
 keepalive pings (:mod:`melange_gcp.clients`), every ``keepalive_seconds``.
@@ -81,7 +84,7 @@ class CallTimeouts:
     """The time each kind of call may take, in seconds, retries included.
 
     Attributes:
-        admin: Get, create, update, delete and list calls, and immediate pulls.
+        admin: Get, create, update, delete and list calls, and IAM policy calls.
         publish: One Publish request.
         ack: One Acknowledge or ModifyAckDeadline request.
         keepalive: Seconds between keepalive pings while calls are in flight.
