@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from melange_aws.testing import SQSForeignProducerConformance, SQSHandChanges
+from melange_aws.testing import MOTO_SQS_DEVIATIONS, SQSForeignProducerConformance, SQSHandChanges
 from melange_localsqs import LocalSQSBackend
 from melange_localsqs.testing import LOCALSTACK_ENDPOINT_ENV, MotoServer
 
@@ -26,17 +26,7 @@ from melange.testing.conformance._support import DeliveryGuarantee
 from melange.testing.conformance.convergence import ConvergenceConformance
 
 MOTO_DEVIATIONS: dict[str, str] = {
-    "test_a_stale_receipt_settles_nothing_and_its_lease_is_lost": (
-        "moto deletes a message, and changes its visibility, with any receipt handle it ever "
-        "issued for it. SQS documents that only the most recent handle is sure to work: a "
-        "delete with an earlier one 'succeeds, but the message might not be deleted' "
-        "(DeleteMessage), so on SQS a stale ack may or may not remove the message"
-    ),
-    "test_a_dead_letter_queue_that_is_gone_swallows_nothing": (
-        "moto moves a message past maxReceiveCount into a dead-letter queue that was deleted, "
-        "so the message is lost; SQS keeps it in the source queue while the redrive target "
-        "does not exist"
-    ),
+    **MOTO_SQS_DEVIATIONS,
     "test_deleting_a_subscribed_queue_leaves_the_topic_working": (
         "moto 5.2: once a subscribed queue is deleted, SNS PublishBatch answers with neither a "
         "Successful nor a Failed entry and delivers to no remaining queue (Publish fails with "

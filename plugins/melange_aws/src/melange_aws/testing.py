@@ -51,6 +51,22 @@ from melange_aws.backend import AWSBackend
 __all__ = ["SQSForeignProducerConformance", "SQSHandChanges"]
 
 
+MOTO_SQS_DEVIATIONS: dict[str, str] = {
+    "test_a_stale_receipt_settles_nothing_and_its_lease_is_lost": (
+        "moto deletes a message, and changes its visibility, with any receipt handle it ever "
+        "issued for it. SQS documents that only the most recent handle is sure to work: a "
+        "delete with an earlier one 'succeeds, but the message might not be deleted' "
+        "(DeleteMessage), so on SQS a stale ack may or may not remove the message"
+    ),
+    "test_a_dead_letter_queue_that_is_gone_swallows_nothing": (
+        "moto moves a message past maxReceiveCount into a dead-letter queue that was deleted, "
+        "so the message is lost; SQS keeps it in the source queue while the redrive target "
+        "does not exist"
+    ),
+}
+"""Conformance tests moto fails the same way in-process and as a server, each with the reason."""
+
+
 class SQSForeignProducerConformance:
     """Tests of messages that other producers put on an SQS queue."""
 
