@@ -70,8 +70,10 @@ def test_hand_changes_to_a_fan_out_subscription_are_restored_by_a_fresh_backend(
         factory = MessagingBackendFactory(fresh)
         preview = factory.plan_queue(queue, [topic])
         assert [(action.kind, action.target) for action in preview] == [
-            ("subscribe", f"{topic} -> {queue}")
+            ("update_subscription", f"{topic} -> {queue}")
         ], preview.describe()
+        changed = sorted(change.setting for change in preview.actions[0].changes)
+        assert changed == ["ack_deadline_seconds", "retry_policy"], preview.describe()
         assert _subscription(fresh, fan_out).ack_deadline_seconds == 333  # a plan changes nothing
 
         plan = factory.init_queue(queue, [topic])
@@ -99,7 +101,7 @@ def test_a_queue_setting_changed_by_hand_on_its_own_subscription_reaches_every_f
             }
         )
     plan = factory.init_queue(queue, topics, dead_letter_queue_name=dlq, max_receive_count=6)
-    assert [action.kind for action in plan] == ["subscribe", "subscribe"], plan.describe()
+    assert [action.kind for action in plan] == ["update_subscription"] * 2, plan.describe()
     for topic in topics:
         policy = _subscription(backend, f"{queue}~{topic}").dead_letter_policy
         assert (policy.dead_letter_topic.rsplit("/", 1)[-1], policy.max_delivery_attempts) == (

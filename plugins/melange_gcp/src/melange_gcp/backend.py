@@ -52,7 +52,7 @@ from melange.exceptions import (
     QueueNotFound,
     TopicNotFound,
 )
-from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
+from melange.topology import Change, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
 from melange_gcp import filters, forwarding, receipts, wire
 from melange_gcp.attachment import DELETED_TOPIC, SubscriptionDetached, lost_messages
 from melange_gcp.clients import make_clients
@@ -710,26 +710,48 @@ class GCPPubSubBackend(MessagingBackend):
 
     # --------------------------------------------------------- subscriptions
     def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
-        """The queue's fan-out subscription on the topic, if it is as melange made it.
+        """The queue's fan-out subscription on the topic, with its filter.
 
-        One that is detached from its deleted topic, on another topic, or that
-        no longer holds the queue's settings (ack deadline, retention,
-        dead-letter policy, ordering, melange's label, no retry policy, no
-        expiration) counts as missing, so init subscribes again and puts it
-        right. Its filter is reported as it is: a changed one is a change of
-        filter (refused, or recreated with ``recreate_subscriptions``).
+        One detached from its deleted topic, or on another topic, counts as
+        missing, so init subscribes again (refusing, or recreating with
+        ``recreate_subscriptions``). A changed filter is a change of filter.
         """
         name = fan_out_subscription(queue_name, topic_name)
         current = self._subscription(name)
         if current is None or current.topic != topic_path(self._project, topic_name):
             return None
-        own = self._subscription(queue_name)
-        if own is not None and own.topic == topic_path(self._project, queue_name):
-            drift = Desired.of(self._project, queue_spec(queue_name, own)).drift(current)
-            if drift:
-                logger.debug("subscription %r differs from its queue in %s", name, drift)
-                return None
         return SubscriptionSpec(topic_name, queue_name, filters.from_expression(current.filter))
+
+    def _subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        """The fan-out subscription's fields that no longer hold its queue's settings.
+
+        Ack deadline, retention, dead-letter policy, ordering, melange's label,
+        no retry policy, no expiration: what ``_subscribe`` converges.
+        """
+        name = fan_out_subscription(spec.queue_name, spec.topic_name)
+        current = self._subscription(name)
+        own = self._subscription(spec.queue_name)
+        if (
+            current is None
+            or own is None
+            or own.topic != topic_path(self._project, spec.queue_name)
+        ):
+            return ()
+        drift = Desired.of(self._project, queue_spec(spec.queue_name, own)).drift(current)
+        return tuple(Change(field, "changed by hand", "as its queue's") for field in drift)
+
+    def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        """Fields of the queue's own subscription that QueueSpec does not show (retry, expiry)."""
+        own = self._subscription(spec.name)
+        if own is None or own.topic != topic_path(self._project, spec.name):
+            return ()
+        shown = {"ack_deadline_seconds", "message_retention_duration", "dead_letter_policy"}
+        drift = Desired.of(self._project, spec).drift(own)
+        return tuple(
+            Change(field, "changed by hand", "as declared")
+            for field in drift
+            if field not in shown and field != "enable_message_ordering"
+        )
 
     def _subscribe(self, spec: SubscriptionSpec) -> None:
         topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
