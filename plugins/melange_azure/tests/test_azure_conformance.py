@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from azure.servicebus.management import ServiceBusAdministrationClient
 from melange_azure import AzureServiceBusBackend
+from melange_azure.clients import RedirectingTransport
+from melange_azure.hand_changes import ServiceBusHandChanges
 from melange_azure.testing import ServiceBusForeignProducerConformance
 from standin import ServiceBusStandIn
 
@@ -63,6 +66,18 @@ class TestAzureServiceBusBackend(ConformanceSuite, ServiceBusForeignProducerConf
                 "management_url": service_bus.management_url,
             },
         )
+
+    @pytest.fixture
+    def melange_hand_changes(
+        self, service_bus: ServiceBusStandIn
+    ) -> Iterator[ServiceBusHandChanges]:
+        """Hands on the stand-in through the raw administration client."""
+        admin = ServiceBusAdministrationClient.from_connection_string(
+            service_bus.connection_string,
+            transport=RedirectingTransport(service_bus.management_url),
+        )
+        yield ServiceBusHandChanges(admin)
+        admin.close()
 
     @pytest.fixture
     def melange_delivery(self) -> DeliveryGuarantee:

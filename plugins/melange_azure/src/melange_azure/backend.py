@@ -53,7 +53,7 @@ from melange.exceptions import (
     QueueNotFound,
     TopicNotFound,
 )
-from melange.topology import QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
+from melange.topology import Change, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
 from melange_azure import filters, forwarding
 from melange_azure.clients import ClientSettings, Retries, Timeouts
 from melange_azure.deadlines import Deadlines
@@ -319,6 +319,12 @@ class AzureServiceBusBackend(MessagingBackend):
 
     def _declare_queue(self, spec: QueueSpec) -> None:
         self._topology.declare_queue(spec)  # the contract checked spec (check_queue)
+
+    def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        return self._topology.queue_drift(spec)
+
+    def _subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        return self._topology.subscription_drift(spec)
 
     def _delete_queue(self, name: str) -> None:
         self._topology.delete_queue(name)
@@ -596,7 +602,8 @@ class AzureServiceBusBackend(MessagingBackend):
                 if isinstance(failure, sb_errors.MessagingEntityNotFoundError):
                     self._topology.forget_queue(queue_name)
                 self._fail(failure, action, queue=queue_name)
-            received = [self._received(receiver, message) for message in raw]
+            lock = self._lock_seconds(queue_name) if raw else None
+            received = [self._received(receiver, message, lock) for message in raw]
             fresh = [message for message in received if message is not None]
             if raw:
                 receiver.alive()
@@ -621,18 +628,30 @@ class AzureServiceBusBackend(MessagingBackend):
         return None
 
     def _received(
-        self, receiver: Receiver, raw: ServiceBusReceivedMessage
+        self, receiver: Receiver, raw: ServiceBusReceivedMessage, lock: float | None
     ) -> ReceivedMessage | None:
-        """The melange view of a delivery; ``None`` for one whose lock ran out in the buffer."""
+        """The melange view of a delivery; ``None`` for one whose lock ran out in the buffer.
+
+        Called with ``receiver.lock`` held. Whether the lock ran out is Service
+        Bus's to say: when its reported expiry has passed by the local clock
+        (which may only mean the clocks differ), the lock is renewed, and the
+        delivery dropped only if Service Bus answers that the lock is gone.
+        """
+        receipt = AzureReceipt(receiver, raw, lock_seconds=lock)
+        started = time.monotonic()
         locked_until = raw.locked_until_utc
         if (
             not receiver.sessions
             and isinstance(locked_until, datetime.datetime)
             and locked_until <= datetime.datetime.now(datetime.timezone.utc)
         ):
-            # Service Bus delivers it again; handing this copy out would duplicate it.
-            logger.debug("dropped a delivery of %r whose lock ran out unseen", receiver.queue_name)
-            return None
+            if not self._confirm_lock(receiver, raw):
+                # Service Bus delivers it again; handing this copy out would duplicate it.
+                logger.debug("dropped a delivery of %r whose lock ran out", receiver.queue_name)
+                return None
+            receipt.lock_started(started)
+        else:
+            receipt.lock_started(started, locked_until)
         decoded = from_service_bus(raw)
         return ReceivedMessage(
             receiver.queue_name,
@@ -641,8 +660,29 @@ class AzureServiceBusBackend(MessagingBackend):
             decoded.message_id,
             decoded.receive_count,
             decoded.group_id,
-            AzureReceipt(receiver, raw),
+            receipt,
         )
+
+    def _lock_seconds(self, queue_name: str) -> float | None:
+        """The queue's lock duration (cached); ``None`` if it cannot be read now."""
+        try:
+            return self._topology.behaviour(queue_name).lock
+        except MelangeError:
+            return None  # the deliveries are handed out all the same, timed by reported expiry
+
+    def _confirm_lock(self, receiver: Receiver, raw: ServiceBusReceivedMessage) -> bool:
+        """Whether Service Bus still holds the lock of a delivery (renewing it)."""
+        seconds = self._timeouts.settle
+        with self._deadlines.guard(receiver.handle, seconds + GRACE) as guard:
+            try:
+                receiver.handle.renew_message_lock(raw, timeout=seconds)
+            except (AzureError, ValueError, RuntimeError) as error:
+                logger.debug("the lock of a delivery could not be renewed: %s", type(error))
+                return False
+        if guard.expired:
+            receiver.broken = True
+            return False
+        return True
 
     def _receive_sessions(
         self, pool: ReceiverPool, max_messages: int, deadline: float
@@ -759,14 +799,13 @@ class AzureServiceBusBackend(MessagingBackend):
 
     def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
         # The keeper takes the new deadline at once (so a release due meanwhile does not
-        # happen) and renews the lock when it would run out before the deadline.
-        now = datetime.datetime.now(datetime.timezone.utc)
+        # happen) and renews the lock when it would run out before the deadline. A lock
+        # that ran out by the local clock is renewed now: Service Bus says whether it is lost.
         for message in messages:
             _receipt_of(message)
         for message in messages:
             receipt = self._live_receipt(message)
-            locked_until = receipt.locked_until if receipt is not None else None
-            if receipt is None or (locked_until is not None and locked_until <= now):
+            if receipt is None or (self._looks_expired(receipt) and not self._renewed(receipt)):
                 raise LeaseLost(
                     message.message_id,
                     message.queue_name,
@@ -774,6 +813,25 @@ class AzureServiceBusBackend(MessagingBackend):
                     "ran out and the message may have been delivered again",
                 )
             self._keeper.hold(receipt, seconds)
+
+    @staticmethod
+    def _looks_expired(receipt: AzureReceipt) -> bool:
+        """Whether the lock ran out by the local clock (Service Bus may disagree)."""
+        if receipt.lock_ends is not None:
+            return receipt.lock_ends <= time.monotonic()
+        locked_until = receipt.locked_until
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return locked_until is not None and locked_until <= now
+
+    def _renewed(self, receipt: AzureReceipt) -> bool:
+        """Renew the lock now; ``False`` if Service Bus says it is lost."""
+        try:
+            self._renew(receipt)
+        except (AzureError, ValueError, RuntimeError) as error:
+            if isinstance(error, LOCK_GONE) or _lock_lost(error):
+                return False
+            self._fail(error, "renew a message lock", queue=receipt.receiver.queue_name)
+        return True
 
     @staticmethod
     def _live_receipt(message: ReceivedMessage) -> AzureReceipt | None:
@@ -786,6 +844,7 @@ class AzureServiceBusBackend(MessagingBackend):
         """Renew a delivery's lock (its session's, on a FIFO queue)."""
         receiver = receipt.receiver
         seconds = self._timeouts.settle
+        started = time.monotonic()
         with receiver.turn():
             if receipt.settled or receiver.closed or receiver.broken:
                 raise sb_errors.MessageLockLostError(message="the delivery was settled")
@@ -795,6 +854,7 @@ class AzureServiceBusBackend(MessagingBackend):
                 else:
                     value = receiver.handle.renew_message_lock(receipt.message, timeout=seconds)
             receiver.alive()
+        receipt.lock_started(started)
         return value if isinstance(value, datetime.datetime) else None
 
     def _release(self, receipt: AzureReceipt) -> None:

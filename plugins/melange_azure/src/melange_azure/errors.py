@@ -75,6 +75,12 @@ UNREACHABLE_HINT = (
 )
 
 MISSING_CONDITIONS = frozenset({"amqp:not-found", "com.microsoft:entity-not-found"})
+QUOTA_CONDITIONS = frozenset({"amqp:resource-limit-exceeded", "com.microsoft:quota-exceeded"})
+QUOTA_HINT = (
+    "The entity is full (MaxSizeInMegabytes): receive and acknowledge its messages; for a "
+    "topic, look for a subscription that keeps messages nobody receives, such as one "
+    "forwarding to a queue deleted outside melange, and delete it"
+)
 LOCK_LOST_CONDITIONS = frozenset(
     {"com.microsoft:message-lock-lost", "com.microsoft:session-lock-lost"}
 )
@@ -147,7 +153,11 @@ def did_not_answer(context: ErrorContext, seconds: float) -> BackendUnavailable:
     )
 
 
-REFUSED_SENDS = (sb_errors.MessageSizeExceededError, sb_errors.MessagingEntityNotFoundError)
+REFUSED_SENDS = (
+    sb_errors.MessageSizeExceededError,
+    sb_errors.MessagingEntityNotFoundError,
+    sb_errors.ServiceBusQuotaExceededError,
+)
 """What a send raises when Service Bus (or the SDK, before sending) refused the messages:
 nothing was stored."""
 
@@ -241,6 +251,8 @@ def translate(error: BaseException, context: ErrorContext) -> MelangeError:
             "Service Bus no longer holds its lock (it expired and the message was delivered "
             "again, or it was settled)",
         )
+    elif isinstance(error, sb_errors.ServiceBusQuotaExceededError) or code in QUOTA_CONDITIONS:
+        translated = BrokerError(f"{where}: {detail}. {QUOTA_HINT}", broker_code=code)
     else:
         translated = BrokerError(f"{where}: {detail}", broker_code=code)
     translated.broker_code = code

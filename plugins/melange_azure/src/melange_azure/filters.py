@@ -6,7 +6,10 @@ filter over application properties (the ``user.`` scope) that is::
 
     user.[<attribute>] IN ('<v1>', '<v2>') AND user.[<attribute2>] IN ('<v3>')
 
-with single quotes inside values doubled. A subscription without a filter has
+with single quotes inside values doubled. Service Bus reads property names
+case-insensitively: ``user.[color]`` also passes a message whose attribute is
+``Color`` (documented in docs/backends/azure.md), and a filter naming two
+attributes that differ only in case is refused. A subscription without a filter has
 the TrueFilter (``1=1``). The subscription keeps exactly one rule, ``$Default``,
 holding whichever applies; :func:`parse` reads an expression back so init can
 compare it with the declaration.
@@ -82,7 +85,17 @@ def check(spec: SubscriptionSpec) -> None:
     where = f"subscription_filter of {spec.queue_name!r} on topic {spec.topic_name!r}"
     if not spec.filter:
         raise InvalidTopology(f"{where} is empty; pass None to let every message through")
+    seen: dict[str, str] = {}
     for name, values in spec.filter:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            # Service Bus reads property names in SQL filters case-insensitively: both
+            # clauses would test one property, so no message could pass both.
+            raise InvalidTopology(
+                f"{where} names attributes {other!r} and {name!r}, which differ only in case; "
+                "Service Bus SQL filters do not tell property names apart by case. Filter on "
+                "one of them, or rename the attribute"
+            )
         if not name or "]" in name or "[" in name:
             raise InvalidTopology(
                 f"{where} names attribute {name!r}; Service Bus SQL filters cannot name a "

@@ -4,8 +4,11 @@ Service Bus locks a received message for the queue's lock duration; renewing
 the lock restarts that duration, and abandoning makes the message receivable at
 once. melange's ``extend_lease(seconds)`` and ``nack(delay_seconds)`` both mean
 "receivable again exactly ``seconds`` from now", so the keeper holds such
-messages: it renews each lock shortly before it runs out while the deadline is
-later, and abandons the message at the deadline. Abandoning counts a delivery,
+messages: it renews each lock well before it runs out while the deadline is
+later (:func:`renew_margin`: a quarter of the lock duration early, at least 10 s
+for locks of 20 s and more, timed by the local clock from when the lock was
+taken, since the broker's clock may differ and a renewal takes a round trip),
+and abandons the message at the deadline. Abandoning counts a delivery,
 as a lock expiry does, so the receive count stays honest; if the process dies
 meanwhile, the lock simply expires and Service Bus delivers the message again,
 so nothing is lost.
@@ -23,8 +26,23 @@ from melange_azure.receipts import AzureReceipt
 
 logger = logging.getLogger(__name__)
 
-RENEW_AHEAD = 1.0
-"""Seconds before a lock runs out that the keeper renews it (locks last 5 s at least)."""
+RENEW_FRACTION = 0.25
+"""Share of the lock duration before its end at which the keeper renews a lock."""
+
+RENEW_AHEAD = 10.0
+"""...but at least this many seconds early (as the SDK's own renewer: clocks and
+round trips vary), unless that is more than :data:`RENEW_MOST` of the lock."""
+
+RENEW_MOST = 0.5
+"""Share of the lock duration the keeper never renews earlier than (5 s locks: 2.5 s)."""
+
+RENEW_INTERVAL = 1.0
+"""Fewest seconds between two renewals of one lock, whatever the clocks say."""
+
+
+def renew_margin(lock_seconds: float) -> float:
+    """Seconds before a lock of ``lock_seconds`` ends that it is renewed."""
+    return max(RENEW_FRACTION * lock_seconds, min(RENEW_AHEAD, RENEW_MOST * lock_seconds))
 
 
 class LeaseKeeper:
@@ -82,12 +100,24 @@ class LeaseKeeper:
 
     @staticmethod
     def _renew_at(receipt: AzureReceipt) -> float:
-        """Monotonic time at which ``receipt``'s lock should be renewed."""
-        until = receipt.locked_until
-        if until is None:
-            return time.monotonic()
-        left = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-        return time.monotonic() + left - RENEW_AHEAD
+        """Monotonic time at which ``receipt``'s lock should be renewed.
+
+        By the local clock when the lock's length is known (see
+        :meth:`AzureReceipt.lock_started`); for a session's lock, by the expiry
+        Service Bus reported. Never sooner than :data:`RENEW_INTERVAL` after
+        the last renewal, so a clock far off cannot make it renew in a loop.
+        """
+        if receipt.lock_ends is not None:
+            renew_at = receipt.lock_ends - renew_margin(receipt.lock_seconds or 0.0)
+        else:
+            until = receipt.locked_until
+            if until is None:
+                renew_at = time.monotonic()
+            else:
+                left = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+                lock = receipt.lock_seconds or max(left, 0.0)
+                renew_at = time.monotonic() + left - renew_margin(lock)
+        return max(renew_at, receipt.renewed_at + RENEW_INTERVAL)
 
     def _due(self) -> tuple[list[AzureReceipt], list[AzureReceipt], float]:
         """Split held messages into those to release and to renew now; return the next wake."""
@@ -124,6 +154,7 @@ class LeaseKeeper:
                 except Exception:  # the lock runs out instead: Service Bus redelivers
                     logger.debug("abandoning a held message failed", exc_info=True)
             for receipt in renew:
+                receipt.renewed_at = time.monotonic()
                 try:
                     self._renew(receipt)
                 except Exception:  # lost: the message is redelivered; stop holding it

@@ -119,11 +119,41 @@ class AzureReceipt:
         receiver: The receiver that delivered it (settlement goes over its link).
         message: The SDK's received message.
         settled: Whether melange completed or abandoned it already.
+        lock_seconds: The queue's lock duration, when known.
+        lock_ends: When the current lock ends by the local monotonic clock
+            (``None`` for session messages, whose session holds the lock).
+        renewed_at: When the lock was last renewed (monotonic), 0 if never.
     """
 
     receiver: Receiver
     message: ServiceBusReceivedMessage = field(repr=False)
     settled: bool = False
+    lock_seconds: float | None = None
+    lock_ends: float | None = None
+    renewed_at: float = 0.0
+
+    def lock_started(self, started: float, reported: datetime.datetime | None = None) -> None:
+        """Note a message lock taken or renewed at ``started`` (monotonic).
+
+        The lock lasts the queue's lock duration from then, by the local clock:
+        the expiry Service Bus reports is read on its clock, which may be
+        minutes off the local one. For a delivery, a reported expiry sooner
+        than that (it waited in a buffer) is believed, a past one is not (the
+        caller asks Service Bus instead); a renewal passes ``reported=None``.
+        The SDK refuses to settle a message whose expiry has passed by the
+        local clock, so it is given the local view of the lock too.
+        """
+        if self.receiver.sessions or self.lock_seconds is None:
+            return
+        length = self.lock_seconds
+        now = time.monotonic()
+        utc_now = datetime.datetime.now(datetime.timezone.utc)
+        if reported is not None:
+            left_at_start = (reported - utc_now).total_seconds() + (now - started)
+            if left_at_start > 0:
+                length = min(length, left_at_start)
+        self.lock_ends = started + length
+        self.message._expiry = utc_now + datetime.timedelta(seconds=self.lock_ends - now)
 
     @property
     def lock_token(self) -> str:

@@ -46,8 +46,9 @@ from melange.exceptions import (
     QueueNotFound,
     TopicNotFound,
 )
-from melange.topology import DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
+from melange.topology import Change, DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
 from melange_azure import filters
+from melange_azure.conflicts import retry_conflicts
 from melange_azure.names import entity_from_address, same_entity, subscription_name
 from melange_azure.validation import MIN_LOCK_DURATION
 
@@ -124,10 +125,12 @@ class QueueBehaviour:
         delay: Seconds every message waits before it can be received (0 for none).
         visibility: The visibility timeout when it is shorter than the lock
             (melange abandons each delivery then), else ``None``.
+        lock: The queue's LockDuration in seconds.
     """
 
     delay: float = 0.0
     visibility: float | None = None
+    lock: float = 60.0
 
 
 class Topology:
@@ -190,7 +193,7 @@ class Topology:
 
     def _remember(self, spec: QueueSpec) -> None:
         short = spec.visibility_timeout if spec.visibility_timeout < MIN_LOCK_DURATION else None
-        behaviour = QueueBehaviour(spec.delay_seconds, short)
+        behaviour = QueueBehaviour(spec.delay_seconds, short, lock_duration_of(spec))
         with self._lock:
             self._behaviours[spec.name.lower()] = (time.monotonic() + BEHAVIOUR_TTL, behaviour)
 
@@ -273,12 +276,15 @@ class Topology:
         if props is None:
             settings = self._settings(spec, None)
             try:
-                self._admin.create_queue(
-                    spec.name,
-                    requires_session=spec.fifo,
-                    requires_duplicate_detection=spec.fifo,
-                    enable_partitioning=False,
-                    **settings,
+                retry_conflicts(
+                    lambda: self._admin.create_queue(
+                        spec.name,
+                        requires_session=spec.fifo,
+                        requires_duplicate_detection=spec.fifo,
+                        enable_partitioning=False,
+                        **settings,
+                    ),
+                    f"create queue {spec.name!r}",
                 )
             except ResourceExistsError:
                 props = self.queue_properties(spec.name)  # made meanwhile: converge it
@@ -293,10 +299,46 @@ class Topology:
                 return
         self._converge_queue(props, spec)
 
+    def queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        """What differs from ``spec`` beyond QueueSpec: forwarding and status (read-only).
+
+        The queue's own ForwardTo (set, every message would go elsewhere) and
+        status (not Active, it refuses sends or receives), and the same two of
+        its dead-letter queue, which the factory otherwise uses as it is: a
+        dead-letter queue forwarding elsewhere would swallow the dead letters.
+        """
+        props = self.queue_properties(spec.name)
+        if props is None:
+            return ()
+        changes = _entity_drift(props, "queue")
+        if spec.dead_letter is not None:
+            dead_letter = self.queue_properties(spec.dead_letter.queue_name)
+            if dead_letter is not None:
+                changes += _entity_drift(dead_letter, "dead-letter queue")
+        return changes
+
+    def _repair_dead_letter_queue(self, spec: QueueSpec) -> None:
+        """Put the dead-letter queue's forwarding and status back (see :meth:`queue_drift`)."""
+        if spec.dead_letter is None:
+            return
+        name = spec.dead_letter.queue_name
+        props = self.queue_properties(name)
+        if props is None or not _entity_drift(props, "dead-letter queue"):
+            return
+        _restore_entity(props)
+        try:
+            retry_conflicts(lambda: self._admin.update_queue(props), f"update queue {name!r}")
+        except ResourceNotFoundError:
+            raise QueueNotFound(name, "it was deleted while being updated") from None
+        except AzureError as error:
+            self._fail(error, f"update queue {name!r}", queue=name)
+        logger.debug("restored the forwarding and status of dead-letter queue %r", name)
+
     def _converge_queue(self, props: QueueProperties, spec: QueueSpec) -> None:
+        self._repair_dead_letter_queue(spec)
         current = self.queue_spec(props)
         wanted = self._settings(spec, props.user_metadata)
-        differs = (
+        differs = bool(_entity_drift(props, "queue")) or (
             current.visibility_timeout != spec.visibility_timeout
             or current.message_retention_period != spec.message_retention_period
             or current.delay_seconds != spec.delay_seconds
@@ -311,8 +353,9 @@ class Topology:
             return
         for key, value in wanted.items():
             setattr(props, key, value)
+        _restore_entity(props)
         try:
-            self._admin.update_queue(props)
+            retry_conflicts(lambda: self._admin.update_queue(props), f"update queue {spec.name!r}")
         except ResourceNotFoundError:
             raise QueueNotFound(spec.name, "it was deleted while being updated") from None
         except AzureError as error:
@@ -320,14 +363,43 @@ class Topology:
         logger.debug("converged the settings of queue %r", spec.name)
 
     def delete_queue(self, name: str) -> None:
-        """Delete the queue; QueueNotFound if it does not exist."""
+        """Delete the queue and the subscriptions that forward to it.
+
+        A subscription left forwarding to a deleted queue keeps every message
+        it matches, counted against its topic's size quota: once the topic is
+        full, every publish to it fails. So they go first (those of a queue
+        deleted outside melange too, then QueueNotFound still tells).
+
+        Raises:
+            QueueNotFound: The queue does not exist.
+        """
         self.forget_queue(name)
+        self._delete_forwarding_subscriptions(name)
         try:
             self._admin.delete_queue(name)
         except ResourceNotFoundError:
             raise QueueNotFound(name, "nothing was deleted; check the name") from None
         except AzureError as error:
             self._fail(error, f"delete queue {name!r}", queue=name)
+
+    def _delete_forwarding_subscriptions(self, queue_name: str) -> None:
+        action = f"delete the subscriptions forwarding to queue {queue_name!r}"
+        try:
+            for topic in [str(topic.name) for topic in self._admin.list_topics()]:
+                try:
+                    subscriptions = list(self._admin.list_subscriptions(topic))
+                except ResourceNotFoundError:
+                    continue  # the topic was deleted meanwhile, its subscriptions with it
+                for sub in subscriptions:
+                    if not _same_target(entity_from_address(sub.forward_to), queue_name):
+                        continue
+                    try:
+                        self._admin.delete_subscription(topic, sub.name)
+                    except ResourceNotFoundError:
+                        continue  # deleted meanwhile (with its topic, or by another init)
+                    logger.debug("deleted subscription %r of topic %r", sub.name, topic)
+        except AzureError as error:
+            self._fail(error, action, queue=queue_name)
 
     # --------------------------------------------------------------- topics
     def get_topic(self, name: str) -> TopicSpec | None:
@@ -365,11 +437,14 @@ class Topology:
         current = self.get_topic(spec.name)
         if current is None:
             try:
-                self._admin.create_topic(
-                    spec.name,
-                    requires_duplicate_detection=spec.fifo,
-                    support_ordering=spec.fifo or None,
-                    enable_partitioning=False,
+                retry_conflicts(
+                    lambda: self._admin.create_topic(
+                        spec.name,
+                        requires_duplicate_detection=spec.fifo,
+                        support_ordering=spec.fifo or None,
+                        enable_partitioning=False,
+                    ),
+                    f"create topic {spec.name!r}",
                 )
             except ResourceExistsError:
                 current = self.get_topic(spec.name)  # made meanwhile
@@ -437,6 +512,19 @@ class Topology:
             return None
         return SubscriptionSpec(topic_name, queue_name, rule_filter)
 
+    def subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        """What differs from ``spec`` beyond SubscriptionSpec: the status (read-only).
+
+        A subscription that is not Active forwards nothing.
+        """
+        props = self._subscription(spec.topic_name, spec.queue_name)
+        if props is None:
+            return ()
+        status = _status(props.status)
+        if status == ACTIVE:
+            return ()
+        return (Change("subscription status", status, ACTIVE),)
+
     def subscribe(self, spec: SubscriptionSpec) -> None:
         """Create the forwarding subscription or converge its target and rule."""
         if self.queue_properties(spec.queue_name) is None:
@@ -446,8 +534,11 @@ class Topology:
         props = self._subscription(spec.topic_name, spec.queue_name)
         if props is None:
             try:
-                props = self._admin.create_subscription(
-                    spec.topic_name, name, forward_to=spec.queue_name
+                props = retry_conflicts(
+                    lambda: self._admin.create_subscription(
+                        spec.topic_name, name, forward_to=spec.queue_name
+                    ),
+                    action,
                 )
             except ResourceExistsError:
                 props = self._subscription(spec.topic_name, spec.queue_name)
@@ -457,8 +548,10 @@ class Topology:
                 self._fail(error, action, topic=spec.topic_name)
             if props is None:
                 raise TopicNotFound(spec.topic_name, "it was deleted while being subscribed to")
-        if not _same_target(entity_from_address(props.forward_to), spec.queue_name):
+        forwards = _same_target(entity_from_address(props.forward_to), spec.queue_name)
+        if not forwards or _status(props.status) != ACTIVE:
             props.forward_to = spec.queue_name
+            props.status = ACTIVE
             try:
                 self._admin.update_subscription(spec.topic_name, props)
             except AzureError as error:
@@ -479,7 +572,12 @@ class Topology:
             # Replace the filter in place: with no rule at all the subscription would
             # drop whatever is published meanwhile.
             if default is None:
-                self._admin.create_rule(spec.topic_name, name, filters.RULE_NAME, filter=wanted)
+                retry_conflicts(
+                    lambda: self._admin.create_rule(
+                        spec.topic_name, name, filters.RULE_NAME, filter=wanted
+                    ),
+                    action,
+                )
             else:
                 default.filter = wanted
                 default.action = None
@@ -491,6 +589,32 @@ class Topology:
             pass  # a concurrent init wrote or removed the same rule
         except AzureError as error:
             self._fail(error, action, topic=spec.topic_name)
+
+
+ACTIVE = "Active"
+"""The status of an entity melange creates (Service Bus's default)."""
+
+
+def _status(value: object) -> str:
+    """An entity status as text (the SDK gives an ``EntityStatus`` or a string)."""
+    return str(getattr(value, "value", value) or ACTIVE)
+
+
+def _entity_drift(props: QueueProperties, label: str) -> tuple[Change, ...]:
+    """A queue's forwarding and status where they differ from what melange creates."""
+    changes: list[Change] = []
+    target = entity_from_address(props.forward_to)
+    if target is not None:
+        changes.append(Change(f"{label} forward_to", target, None))
+    status = _status(props.status)
+    if status != ACTIVE:
+        changes.append(Change(f"{label} status", status, ACTIVE))
+    return tuple(changes)
+
+
+def _restore_entity(props: QueueProperties) -> None:
+    props.forward_to = None
+    props.status = ACTIVE
 
 
 def _same_target(current: str | None, declared: str | None) -> bool:

@@ -23,7 +23,11 @@ ANONYMOUS), as the azure-servicebus SDK and the backend use it:
   or forwarded to ForwardDeadLetteredMessagesTo; time to live (message or
   DefaultMessageTimeToLive) drops or dead-letters (TTLExpiredException);
 - topics copy to each subscription with a matching rule (see :mod:`.amqp_filters`);
-  ForwardTo on subscriptions and queues (new sequence number, delivery count reset);
+  ForwardTo on subscriptions and queues (new sequence number, delivery count reset); a
+  subscription whose ForwardTo target was deleted keeps its messages, and a topic whose
+  subscriptions hold ``MaxSizeInMegabytes`` refuses sends (``amqp:resource-limit-exceeded``;
+  ``Namespace.megabyte`` scales the quota for tests);
+- lock expiry times reported on the broker's clock, ``Namespace.clock_skew`` off the host's;
 - sessions: ``com.microsoft:session-filter`` with an id or next available (waiting
   up to the link's ``com.microsoft:timeout``), one receiver per session, order kept
   within a session, session lock expiry and renewal;
@@ -394,7 +398,7 @@ class Broker(Handler):
         filters.put_symbol(SESSION_FILTER)
         filters.put_string(session_id)
         filters.exit()
-        consumer.link.properties = {LOCKED_UNTIL_UTC: _ticks(until)}
+        consumer.link.properties = {LOCKED_UNTIL_UTC: _ticks(until + self.namespace.clock_skew)}
         self._start_consumer(consumer)
 
     def _start_consumer(self, consumer: Consumer) -> None:
@@ -501,7 +505,8 @@ class Broker(Handler):
         annotations[symbol("x-opt-enqueued-time")] = timestamp(int(stored.enqueued_time * 1000))
         if not consumer.receive_and_delete:
             annotations[symbol("x-opt-lock-token")] = token
-            annotations[symbol("x-opt-locked-until")] = timestamp(int(until * 1000))
+            reported = until + self.namespace.clock_skew
+            annotations[symbol("x-opt-locked-until")] = timestamp(int(reported * 1000))
         message.annotations = annotations
         delivery = link.delivery(token.bytes_le)
         delivery.sb_token = token

@@ -7,7 +7,9 @@ Grammar (anything else raises, so a test notices a filter the stand-in would get
 
 A rule without an expression (a TrueFilter) and the SQL ``1=1`` match every message;
 ``1=0`` (a FalseFilter) matches none. A clause on a missing or non-string property is
-false, like SQL's comparison with NULL.
+false, like SQL's comparison with NULL. Property names are case-insensitive, as in
+Service Bus SQL filters: ``user.[color]`` reads a property named ``Color`` (which one of
+several names differing only in case it reads is not defined; here, the first sent).
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ def matches(expression: str | None, properties: Mapping[str, object]) -> bool:
     if expression.strip() == "1=0":
         return False
     return all(
-        isinstance(properties.get(name), str) and properties[name] in values
+        isinstance(value := _property(properties, name), str) and value in values
         for name, values in parse(expression)
     )
+
+
+def _property(properties: Mapping[str, object], name: str) -> object:
+    """The value of the property ``name``, its case ignored."""
+    if name in properties:
+        return properties[name]
+    lowered = name.lower()
+    return next((v for k, v in properties.items() if str(k).lower() == lowered), None)

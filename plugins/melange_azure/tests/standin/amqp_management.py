@@ -137,14 +137,14 @@ def _renew_lock(broker: Broker, address: Address, args: dict[str, Any]) -> Respo
                 "already been removed from the queue.",
                 410,
             )
-        expirations.append(_ticks_ms(until))
+        expirations.append(_ticks_ms(until + broker.namespace.clock_skew))
     return Response(200, body={"expirations": Array(UNDESCRIBED, Data.TIMESTAMP, *expirations)})
 
 
 def _renew_session_lock(broker: Broker, address: Address, args: dict[str, Any]) -> Response:
     box = broker.router.box(address)
     until = broker.renew_session_lock(box, str(args.get("session-id", "")))
-    return Response(200, body={"expiration": _ticks_ms(until)})
+    return Response(200, body={"expiration": _ticks_ms(until + broker.namespace.clock_skew)})
 
 
 def _peek(broker: Broker, address: Address, args: dict[str, Any]) -> Response:

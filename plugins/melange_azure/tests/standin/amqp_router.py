@@ -188,12 +188,50 @@ class Router:
                 "Entities that have session support enabled can only receive messages that have "
                 "the SessionId set to a valid value.",
             )
+        if address.kind == "topic":
+            self._check_quota(address, message)
         annotations = message.annotations or {}
         due = annotations.get(SCHEDULED_ENQUEUE_TIME)
         if due is not None and int(due) / 1000 > time.time():
             return self.schedule(address, message, int(due) / 1000)
         self._enter(address, message, hops=0)
         return None
+
+    def _exists(self, target: str) -> bool:
+        try:
+            self.resolve(target)
+        except BrokerError:
+            return False
+        return True
+
+    def topic_size(self, topic: Topic) -> int:
+        """Bytes held by the topic's subscriptions (and their dead-letter queues)."""
+        with self.namespace.lock:
+            subscriptions = list(topic.subscriptions.values())
+        total = 0
+        for sub in subscriptions:
+            path = f"{topic.name}/Subscriptions/{sub.name}"
+            for key in (path, f"{path}/{DEAD_LETTER_SUFFIX}"):
+                box = self.boxes.get(key.lower())
+                if box is not None and box.entity is sub:
+                    total += sum(stored.size for stored in box.all_messages())
+        return total
+
+    def _check_quota(self, address: Address, message: Message) -> None:
+        """Refuse a message the topic has no room for (QuotaExceededException)."""
+        topic = address.entity
+        assert isinstance(topic, Topic)
+        megabytes = int(topic.description.get("MaxSizeInMegabytes") or "1024")
+        limit = megabytes * self.namespace.megabyte
+        size = self.topic_size(topic)
+        if size + len(message.encode()) > limit:
+            raise BrokerError(
+                "amqp:resource-limit-exceeded",
+                f"The maximum entity size has been reached or exceeded for Topic: "
+                f"'{topic.name}'. Size of entity in bytes:{size}, Max entity size in "
+                f"bytes:{limit}.",
+                status=403,
+            )
 
     def schedule(self, address: Address, message: Message, due: float) -> int:
         """Hold a message until ``due`` (epoch seconds); return its sequence number."""
@@ -244,9 +282,11 @@ class Router:
             if not self._passes(topic.name, sub, properties):
                 continue
             sub_address = Address("subscription", sub, f"{topic.name}/Subscriptions/{sub.name}")
-            if sub.forward_to:
+            if sub.forward_to and self._exists(sub.forward_to):
                 self._forward(sub.forward_to, clone(message), hops)
             else:
+                # A subscription whose forwarding target was deleted keeps its messages,
+                # as on the service: they count against the topic's quota until it is full.
                 self._store(self.box(sub_address), clone(message))
 
     def _passes(self, topic: str, sub: Subscription, properties: dict[str, object]) -> bool:
@@ -276,6 +316,7 @@ class Router:
             sequence_number=next(self._sequence),
             enqueued_time=time.time(),
             session_id=message.group_id or None,
+            size=len(message.encode()),
         )
         box.add(stored)
         self._on_available(box)

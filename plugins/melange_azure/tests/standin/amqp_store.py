@@ -32,6 +32,8 @@ class StoredMessage:
     holder: object = None
     """The link the locked message was delivered on (opaque to this module)."""
     deferred: bool = False
+    size: int = 0
+    """Encoded bytes, counted against the entity's (or its topic's) size quota."""
 
     def __lt__(self, other: StoredMessage) -> bool:
         return self.sequence_number < other.sequence_number

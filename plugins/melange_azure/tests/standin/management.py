@@ -18,7 +18,9 @@ It serves what ``azure.servicebus.management.ServiceBusAdministrationClient``
 - ``GET /$Resources/queues``, ``/$Resources/topics``, ``/<topic>/subscriptions``
   and ``.../rules`` return ATOM feeds, paged by ``$skip``/``$top`` with a
   ``next`` link.
-- ``DELETE`` removes an entity (and what it holds); 404 when missing.
+- ``DELETE`` removes an entity (and what it holds); 404 when missing. For
+  ``Namespace.conflict_after_delete`` seconds after, creating the same name answers
+  409 SubCode 40901 "Another conflicting operation is in progress" (off by default).
 - Names are case-insensitive; the casing given at creation is kept.
 - ``ForwardTo`` and ``ForwardDeadLetteredMessagesTo`` arrive as
   ``sb://host:port/<entity>`` URLs and are stored as sent; the target must exist
@@ -352,6 +354,13 @@ def _conflict(tracker: str) -> ServiceError:
     )
 
 
+def _conflicting_operation(tracker: str) -> ServiceError:
+    return ServiceError(
+        409,
+        f"SubCode=40901. Another conflicting operation is in progress. {HELP} {_tracking(tracker)}",
+    )
+
+
 def _unauthorized(message: str) -> ServiceError:
     return ServiceError(401, f"{message} {_tracking('NoSystemTracker')}")
 
@@ -498,6 +507,7 @@ class ManagementServer:
                 raise _not_found(tracker)
             _remove(ns.queues, name)
             _remove(ns.topics, name)
+            ns.deleted_at[name.lower()] = time.monotonic()
             return Response(200, "", "")
         if method != "PUT":
             raise _bad_request(f"{method} is not supported.")
@@ -513,6 +523,7 @@ class ManagementServer:
             return self._entry(kind, existing, name, headers)
         if existing is not None:
             raise _conflict(tracker)
+        self._check_recently_deleted(name, tracker)
         _check_name(name, 260, tracker, allow_slashes=True)
         description = self._new_description(kind, values, tracker)
         if kind is QUEUE:
@@ -544,6 +555,7 @@ class ManagementServer:
             if existing is None:
                 raise _not_found(tracker)
             _remove(topic.subscriptions, name)
+            self.namespace.deleted_at[f"{topic.name}/{name}".lower()] = time.monotonic()
             return Response(200, "", "")
         if method != "PUT":
             raise _bad_request(f"{method} is not supported.")
@@ -557,6 +569,7 @@ class ManagementServer:
             return self._entry(SUBSCRIPTION, existing, path, headers)
         if existing is not None:
             raise _conflict(tracker)
+        self._check_recently_deleted(f"{topic.name}/{name}", tracker)
         _check_name(name, 50, tracker)
         description = self._new_description(SUBSCRIPTION, values, tracker)
         self._check_forwarding(SUBSCRIPTION, description, None, headers)
@@ -606,6 +619,13 @@ class ManagementServer:
         rule = Rule(name, {"CreatedAt": _now()}, expression)
         subscription.rules[name] = rule
         return self._rule_entry(rule, path, headers, status=201)
+
+    def _check_recently_deleted(self, path: str, tracker: str) -> None:
+        """409 while a delete of the same name is still "in progress" (see Namespace)."""
+        deleted = self.namespace.deleted_at.get(path.lower())
+        window = self.namespace.conflict_after_delete
+        if deleted is not None and time.monotonic() < deleted + window:
+            raise _conflicting_operation(tracker)
 
     def _topic(self, name: str, headers: dict[str, str]) -> Topic:
         topic = _find(self.namespace.topics, name)

@@ -114,3 +114,15 @@ class Namespace:
     queues: dict[str, Queue] = field(default_factory=dict)
     topics: dict[str, Topic] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    megabyte: int = 1024 * 1024
+    """Bytes one MaxSizeInMegabytes megabyte stands for; a test shrinks it to reach a
+    topic's quota with a few messages (the service's smallest quota is 1024 MB)."""
+    conflict_after_delete: float = 0.0
+    """Seconds after a delete during which creating the same name answers 409
+    "conflicting operation in progress", as the service does while it still removes
+    the entity; 0 (the default) turns it off."""
+    clock_skew: float = 0.0
+    """Seconds the broker's clock is ahead of the host's (negative: behind): added to
+    the lock expiry times it reports, never to the times it enforces."""
+    deleted_at: dict[str, float] = field(default_factory=dict)
+    """When each entity path (lower case) was last deleted (``time.monotonic()``)."""
