@@ -52,11 +52,12 @@ class _ProducerIds:
             os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
-        self._prefix = os.urandom(8).hex() + "-"
-        self._counter = itertools.count(1)
+        prefix = os.urandom(8).hex() + "-"
+        # All in C: next() on it is atomic in CPython, and costs about 0.15 us.
+        self._ids = map(prefix.__add__, map(str, itertools.count(1)))
 
     def __call__(self) -> str:
-        return self._prefix + format(next(self._counter), "x")  # next() is atomic in CPython
+        return next(self._ids)
 
 
 new_producer_id = _ProducerIds()
