@@ -216,6 +216,16 @@ class ServerProcess(StartStop):
             raise
         return self
 
+    def restart(self: _Server) -> _Server:
+        """Stop the server and start it again, on the same port once it had one; return ``self``.
+
+        For fault tests: whatever the server kept in memory is gone afterwards.
+        """
+        if self._requested_port is None and self._port is not None:
+            self._requested_port = self._port  # clients keep their endpoint
+        self.stop()
+        return self.start()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server: SIGTERM to its process group, SIGKILL after ``timeout`` seconds.
 

@@ -15,7 +15,6 @@ from melange_localsqs.testing import MotoServer
 
 from melange.testing.conformance import FaultConformance
 from melange.testing.faults import FaultTarget
-from melange.testing.server_process import free_port
 
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 2.0
@@ -42,12 +41,9 @@ def aws_backend(address: str) -> AWSBackend:
 
 @pytest.fixture(scope="module")
 def restartable_moto() -> Iterator[MotoServer]:
-    """A moto server of this module's own, on a fixed port: restarted, it answers there again."""
-    server = MotoServer(free_port(), patch_sqs=True).start()
-    try:
+    """A moto server of this module's own: restarted, it answers on the same port again."""
+    with MotoServer(patch_sqs=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class TestAWSFaultsOverHTTP(FaultConformance):
@@ -56,13 +52,9 @@ class TestAWSFaultsOverHTTP(FaultConformance):
         self, restartable_moto: MotoServer, aws_environment: None
     ) -> FaultTarget:
         # aws_environment: nothing of this machine's AWS configuration (a profile) applies.
-        def restart() -> None:
-            restartable_moto.stop()
-            restartable_moto.start()
-
         return FaultTarget(
             address=(restartable_moto.host, restartable_moto.port),
             backend=aws_backend,
-            restart=restart,
+            restart=restartable_moto.restart,
             call_limit=CALL_LIMIT,
         )

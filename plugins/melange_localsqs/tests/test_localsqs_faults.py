@@ -46,25 +46,18 @@ def faulty_backend(address: str) -> LocalSQSBackend:
 
 @pytest.fixture(scope="module")
 def restartable_moto() -> Iterator[MotoServer]:
-    """A moto server of this module's own, on a fixed port: restarted, it answers there again."""
-    server = MotoServer(free_port(), patch_sqs=True).start()
-    try:
+    """A moto server of this module's own: restarted, it answers on the same port again."""
+    with MotoServer(patch_sqs=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class TestLocalSQSFaultsOnMoto(FaultConformance):
     @pytest.fixture
     def melange_fault_target(self, restartable_moto: MotoServer) -> FaultTarget:
-        def restart() -> None:
-            restartable_moto.stop()
-            restartable_moto.start()
-
         return FaultTarget(
             address=(restartable_moto.host, restartable_moto.port),
             backend=faulty_backend,
-            restart=restart,
+            restart=restartable_moto.restart,
             call_limit=CALL_LIMIT,
         )
 
