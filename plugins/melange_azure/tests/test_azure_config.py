@@ -174,3 +174,27 @@ def test_the_management_transport_rewrites_scheme_and_host(service_bus: ServiceB
     response = transport.send(request)
     assert request.url == f"{service_bus.management_url}/$Resources/queues?x=1"
     assert response.status_code == 401  # the stand-in wants a SAS token: it was reached
+
+
+def test_the_sdk_floor_is_the_release_the_tests_run() -> None:
+    """Settlement and try_timeout differ before 7.15: the plugin must not admit what is untested.
+
+    Reproduced before: pyproject.toml admitted azure-servicebus 7.14 while the tests ran 7.15.
+    """
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    (requirement,) = [
+        Requirement(text)
+        for text in importlib.metadata.requires("melange-azure") or []
+        if Requirement(text).name == "azure-servicebus"
+    ]
+    floors = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+    tested = Version(importlib.metadata.version("azure-servicebus"))
+    assert floors, f"no floor for azure-servicebus in {requirement}"
+    assert (floors[0].major, floors[0].minor) == (tested.major, tested.minor), (
+        f"melange-azure admits azure-servicebus {requirement.specifier} but the tests run "
+        f"{tested}: raise the floor to what is tested"
+    )
