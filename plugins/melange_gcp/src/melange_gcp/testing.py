@@ -134,20 +134,6 @@ class PubSubEmulator(ServerProcess):
         """``host:port``, for ``emulator_host=`` or ``PUBSUB_EMULATOR_HOST``."""
         return f"{self.host}:{self.port}"
 
-    def restart(self) -> None:
-        """Stop the emulator and start it again on the same port, empty (its state is lost).
-
-        Returns once it serves again. Clients connected to it see their
-        connections closed, then refused until it is back.
-
-        Raises:
-            PubSubEmulatorError: It was never started, or does not come back.
-        """
-        port = self.port  # raises when never started
-        self.stop()
-        self._requested_port = port
-        self.start()
-
     # ------------------------------------------------------------------ hooks
     def _prepare(self) -> None:
         self._script = self._script or find_emulator()
