@@ -1150,7 +1150,24 @@ def test_simple_dispatcher_runs_one_consumer(registry: SerializerRegistry) -> No
     ) as d:
         stats = d.run_until_idle(IDLE)
     assert calls == [Paid("o1")] and stats.acked == 1
-    assert backend.closed  # close_backend defaults to True
+    assert not backend.closed  # the caller opened it: the caller closes it
+
+
+def test_a_callers_backend_stays_open_for_the_next_dispatcher(
+    registry: SerializerRegistry,
+) -> None:
+    # Two dispatchers in turn on one backend, as a service does between deploy phases:
+    # the first must not close what it did not open (close_backend's default).
+    backend = make_backend()
+    calls: list[Paid] = []
+    for order in ("o1", "o2"):
+        publish(backend, registry, Paid(order))
+        with MessageDispatcher(
+            backend, QUEUE, [consumer(calls.append)], registry, wait_seconds=0.05
+        ) as d:
+            d.run_until_idle(IDLE)
+    assert calls == [Paid("o1"), Paid("o2")]
+    assert not backend.closed
 
 
 @pytest.mark.parametrize(

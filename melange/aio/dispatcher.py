@@ -121,7 +121,9 @@ class AsyncMessageDispatcher(DispatcherOptions):
         lease: When to extend leases of long-running handlers; default
             :class:`LeasePolicy`. Used only when the backend supports lease extension.
         grace_period: Seconds :meth:`stop` lets running handlers finish.
-        close_backend: Close the backend when the dispatcher stops.
+        close_backend: Also close ``backend`` when the dispatcher stops. Off by
+            default: the caller opened the backend, so the caller closes it (it
+            may share it with publishers or another dispatcher).
         startup_timeout: Seconds :meth:`start` waits for a broker that cannot be
             reached (``BackendUnavailable``) before it raises; 0 raises at once.
         reconnect_backoff: Waits between attempts while receives fail, and while
@@ -153,7 +155,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         hooks: Hooks | None = None,
         lease: LeasePolicy | None = None,
         grace_period: float = 30.0,
-        close_backend: bool = True,
+        close_backend: bool = False,
         startup_timeout: float = 60.0,
         reconnect_backoff: RetryPolicy | None = None,
     ) -> None:
