@@ -267,6 +267,51 @@ def test_subclasses_make_extra_clients_with_the_backend_session(aws_environment:
         plain.close()
 
 
+def test_aws_region_is_honoured_as_the_other_aws_sdks_do(
+    aws_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_REGION alone sets the region (botocore itself reads only AWS_DEFAULT_REGION)."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "ap-southeast-2")
+    with AWSBackend() as backend:
+        assert backend.region_name == "ap-southeast-2"
+        assert backend.sns_client.meta.region_name == "ap-southeast-2"
+        assert backend.sqs_client.meta.endpoint_url == "https://sqs.ap-southeast-2.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    ("region_name", "aws_region", "default_region", "profile_region", "expected"),
+    [
+        # The order of the AWS SDKs and tools reference (and AWS CLI v2): the code's
+        # region_name, then AWS_REGION, then AWS_DEFAULT_REGION, then the profile.
+        ("eu-north-1", "ap-southeast-2", "eu-west-3", "sa-east-1", "eu-north-1"),
+        (None, "ap-southeast-2", "eu-west-3", "sa-east-1", "ap-southeast-2"),
+        (None, None, "eu-west-3", "sa-east-1", "eu-west-3"),
+        (None, "", "eu-west-3", "sa-east-1", "eu-west-3"),  # set but empty: not a region
+        (None, None, None, "sa-east-1", "sa-east-1"),
+    ],
+)
+def test_where_the_region_comes_from(
+    aws_environment: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    region_name: str | None,
+    aws_region: str | None,
+    default_region: str | None,
+    profile_region: str,
+    expected: str,
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(f"[default]\nregion = {profile_region}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    for variable, value in (("AWS_REGION", aws_region), ("AWS_DEFAULT_REGION", default_region)):
+        if value is not None:
+            monkeypatch.setenv(variable, value)
+    with AWSBackend(region_name=region_name) as backend:
+        assert backend.region_name == expected
+
+
 def test_no_region_anywhere_is_a_configuration_error(
     aws_environment: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -241,7 +241,7 @@ def make_session(
             aws_access_key_id=settings.aws_access_key_id,
             aws_secret_access_key=settings.aws_secret_access_key,
             aws_session_token=settings.aws_session_token,
-            region_name=settings.region_name,
+            region_name=settings.region_name or _region_from_aws_region(),
             profile_name=settings.profile_name,
             botocore_session=core,
         )
@@ -252,6 +252,18 @@ def make_session(
     # clients read only botocore's data, from the shared loader.
     core.register_component("data_loader", shared_data_loader(data_path))
     return session
+
+
+def _region_from_aws_region() -> str | None:
+    """``AWS_REGION``, which botocore does not read (it reads ``AWS_DEFAULT_REGION``).
+
+    The AWS SDKs and tools reference names ``AWS_REGION`` as the region's
+    variable, and the other SDKs, the AWS CLI v2 and Lambda's runtime set or
+    read it ahead of ``AWS_DEFAULT_REGION``; passing it as the session's region
+    gives it that place: after ``region_name``, before ``AWS_DEFAULT_REGION``
+    and the profile. Empty means unset.
+    """
+    return os.environ.get("AWS_REGION") or None
 
 
 def _unknown_profile(profile: str, settings: ClientSettings) -> ConfigurationError:
