@@ -476,7 +476,7 @@ def test_melange_logs_name_resources_never_credentials(
     mocked_aws: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A whole topology-and-data run logs what it did under melange_aws, without credentials."""
-    caplog.set_level(logging.DEBUG, logger="melange_aws")
+    caplog.set_level(logging.DEBUG, logger="melange.aws")
     with AWSBackend(
         aws_access_key_id=ACCESS_KEY_ID,
         aws_secret_access_key=SECRET_ACCESS_KEY,
@@ -485,7 +485,7 @@ def test_melange_logs_name_resources_never_credentials(
         MessagingBackendFactory(backend).init_queue("orders", ["order-events"])
         backend.publish_to_topic("order-events", [OutgoingMessage(b"x")])
         backend.ack(backend.receive("orders"))
-    records = [record for record in caplog.records if record.name.startswith("melange_aws")]
+    records = [record for record in caplog.records if record.name.startswith("melange.aws")]
     assert any("orders" in record.getMessage() for record in records)
     for record in records:
         for secret in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN):

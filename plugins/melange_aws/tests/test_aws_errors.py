@@ -283,7 +283,7 @@ def test_an_error_page_names_the_http_status_and_is_logged_whole_at_debug(
         "Error": {"Code": "502", "Message": HTML_PAGE},
         "ResponseMetadata": {"HTTPStatusCode": 502},
     }
-    with caplog.at_level(logging.DEBUG, logger="melange_aws"):
+    with caplog.at_level(logging.DEBUG, logger="melange.aws"):
         error = translate(botocore_errors.ClientError(response, "SendMessageBatch"), CONTEXT)
     message = str(error)
     assert type(error) is BrokerError and error.broker_code == "502"

@@ -347,7 +347,7 @@ def test_silent_endpoints_and_unknown_outcomes_do_not_leak(
 def test_broker_texts_are_summarised_to_one_line_and_logged_whole_at_debug(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="melange_azure")
+    caplog.set_level(logging.DEBUG, logger="melange.azure")
     page = (
         "Operation returned an invalid status 'Bad Request'\n"
         "Content: <Error><Code>400</Code><Detail>SubCode=40000. The value for the "

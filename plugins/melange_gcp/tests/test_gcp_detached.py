@@ -128,7 +128,7 @@ def test_recreate_subscriptions_repairs_a_queue_whose_topic_was_deleted_by_hand(
     _delete_topic_by_hand(backend, queue)
     _delete_topic_by_hand(backend, dlq)
 
-    caplog.set_level(logging.WARNING, logger="melange_gcp")
+    caplog.set_level(logging.WARNING, logger="melange.gcp")
     plan = MessagingBackendFactory(repairing).init_queue(queue, dead_letter_queue_name=dlq)
     assert len(plan) == 2, plan.describe()
     warnings = [record.getMessage() for record in caplog.records]
@@ -157,7 +157,7 @@ def test_recreate_subscriptions_repairs_a_fan_out_whose_topic_was_deleted_by_han
     queue, topic = f"{unique}-q", f"{unique}-t"
     MessagingBackendFactory(backend).init_queue(queue, [topic], subscription_filter={"k": ["v"]})
     _delete_topic_by_hand(backend, topic)
-    caplog.set_level(logging.WARNING, logger="melange_gcp")
+    caplog.set_level(logging.WARNING, logger="melange.gcp")
     factory = MessagingBackendFactory(repairing)
     plan = factory.init_queue(queue, [topic], subscription_filter={"k": ["v"]})
     assert [action.kind for action in plan] == ["create_topic", "subscribe"], plan.describe()

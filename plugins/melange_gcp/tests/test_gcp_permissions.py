@@ -298,7 +298,7 @@ def test_on_the_emulator_the_check_is_skipped_with_a_debug_line(
     for client in (backend.publisher_client, backend.subscriber_client):
         monkeypatch.setattr(client, "get_iam_policy", no_iam)
         monkeypatch.setattr(client, "set_iam_policy", no_iam)
-    caplog.set_level(logging.DEBUG, logger="melange_gcp")
+    caplog.set_level(logging.DEBUG, logger="melange.gcp")
     queue = f"{unique}-q"
     MessagingBackendFactory(backend).init_queue(
         queue, [f"{unique}-t"], dead_letter_queue_name=f"{unique}-dlq"

@@ -77,7 +77,7 @@ def test_a_server_error_page_is_summarised_on_one_line_and_logged_whole_at_debug
         + "padding " * 500
         + "</body></html>"
     )
-    caplog.set_level(logging.DEBUG, logger="melange_gcp")
+    caplog.set_level(logging.DEBUG, logger="melange.gcp")
     error = translate(api_exceptions.InternalServerError(page), CONTEXT)
     text = str(error)
     assert isinstance(error, BrokerError) and error.broker_code == "INTERNAL"

@@ -88,13 +88,13 @@ def test_an_html_error_page_is_summarised_to_one_line(
 ) -> None:
     """SQS's JSON protocol gets the page as the error text: one line, the page at DEBUG."""
     backend = LocalSQSBackend(endpoint_url=f"http://{error_page_endpoint}", sns=True)
-    with caplog.at_level(logging.DEBUG, logger="melange_aws"), pytest.raises(BrokerError) as failed:
+    with caplog.at_level(logging.DEBUG, logger="melange.aws"), pytest.raises(BrokerError) as failed:
         backend.get_queue("orders")
     assert_one_line_summary(failed.value)
     message = str(failed.value)
     assert message.startswith("SQS failed to look up queue 'orders' (HTTP 500 ")
     assert "The server encountered an internal error" in message and message.endswith("\u2026)")
-    logged = [r.getMessage() for r in caplog.records if r.name.startswith("melange_aws")]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("melange.aws")]
     assert any(PAGE_WORDS in line and "end of the page" in line for line in logged), logged
     backend.close()
 

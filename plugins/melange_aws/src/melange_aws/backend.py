@@ -121,7 +121,7 @@ from melange_aws.wire import (
 
 __all__ = ["AWSBackend", "AWSReceipt"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.aws.backend")
 
 _SubscriptionState = tuple[dict[str, str], str | None, bool] | None
 """A subscription's SNS attributes, its queue's policy, whether that admits the topic."""

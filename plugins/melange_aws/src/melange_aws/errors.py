@@ -41,7 +41,7 @@ from melange.exceptions import (
 )
 from melange_aws.wire import MESSAGE_LIMIT
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.aws.errors")
 
 SUMMARY_LIMIT = 160
 """The most characters of the broker's own text that a message quotes."""

@@ -33,7 +33,7 @@ from melange_aws.errors import (
 )
 from melange_aws.names import arn_prefix, name_from_arn
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.aws.resources")
 
 BOTO_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 """What a botocore call raises: AWS's refusals, botocore's own errors, an answer it cannot read."""

@@ -77,7 +77,7 @@ from melange_azure.wire import MAX_ATTRIBUTES, MAX_MESSAGE_SIZE, from_service_bu
 
 __all__ = ["AzureReceipt", "AzureServiceBusBackend"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.azure.backend")
 
 BATCH_SIZE = 100
 """Messages melange hands to one publish hook call; bytes are split by ServiceBusMessageBatch."""

@@ -20,7 +20,7 @@ from azure.core.exceptions import HttpResponseError
 
 from melange.exceptions import BackendUnavailable
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.azure.conflicts")
 
 T = TypeVar("T")
 

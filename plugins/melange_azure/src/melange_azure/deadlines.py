@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.azure.deadlines")
 
 INTERVAL = 0.1
 """Seconds between two interruptions of an expired call (it may reconnect meanwhile)."""

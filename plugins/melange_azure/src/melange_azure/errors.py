@@ -39,7 +39,7 @@ from melange.exceptions import (
     TopicNotFound,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.azure.errors")
 
 REDACTED = "<redacted>"
 

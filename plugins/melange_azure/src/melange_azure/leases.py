@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from melange_azure.receipts import AzureReceipt
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.azure.leases")
 
 RENEW_FRACTION = 0.25
 """Share of the lock duration before its end at which the keeper renews a lock."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from azure.servicebus import ServiceBusReceivedMessage
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.azure.receipts")
 
 
 class Receiver:

@@ -52,7 +52,7 @@ from melange_azure.conflicts import retry_conflicts
 from melange_azure.names import entity_from_address, same_entity, subscription_name
 from melange_azure.validation import MIN_LOCK_DURATION
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.azure.resources")
 
 NO_DEAD_LETTER_COUNT = 2_147_483_647
 """MaxDeliveryCount of a queue without a dead-letter queue: Service Bus's largest, so a

@@ -81,7 +81,7 @@ from melange_gcp.timeouts import DEFAULT_KEEPALIVE, DEFAULT_TIMEOUT, CallTimeout
 
 __all__ = ["GCPPubSubBackend", "GCPReceipt", "SubscriptionDetached"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.gcp.backend")
 
 
 MAX_PULL = 1_000

@@ -38,7 +38,7 @@ from melange.exceptions import ConfigurationError
 from melange_gcp.errors import CREDENTIALS_HINT
 from melange_gcp.timeouts import CallTimeouts
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.gcp.clients")
 
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
 PROJECT_ENVS = ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")

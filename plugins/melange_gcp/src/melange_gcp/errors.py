@@ -27,7 +27,7 @@ from melange.exceptions import (
     TopicNotFound,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.gcp.errors")
 
 GOOGLE_ERRORS: tuple[type[Exception], ...] = (
     api_exceptions.GoogleAPIError,

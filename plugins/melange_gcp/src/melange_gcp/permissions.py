@@ -46,7 +46,7 @@ __all__ = [
     "with_binding",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.gcp.permissions")
 
 Mode = Literal["grant", "check", "skip"]
 MODES: tuple[Mode, ...] = ("grant", "check", "skip")

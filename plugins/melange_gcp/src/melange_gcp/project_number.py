@@ -26,7 +26,7 @@ from melange.exceptions import ConfigurationError
 
 __all__ = ["LOOKUP_URL", "ProjectNumber", "check_project_number"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.gcp.project_number")
 
 LOOKUP_URL = "https://cloudresourcemanager.googleapis.com/v1/projects/{project}"
 """Cloud Resource Manager's projects.get; its answer holds ``projectNumber``."""

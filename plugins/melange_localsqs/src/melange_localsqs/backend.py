@@ -41,7 +41,7 @@ __all__ = [
     "LocalSQSBackend",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("melange.localsqs.backend")
 
 DEFAULT_HOST = "localhost"
 """Where a local endpoint listens unless told otherwise."""
