@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from melange.backends.base import MessagingBackend
 from melange.backends.topology_rules import dead_letter_mismatch
@@ -41,17 +41,37 @@ from melange.topology import (
     is_fifo_name,
 )
 
-QUEUE_SETTINGS = (
-    "fifo",
-    "visibility_timeout",
-    "message_retention_period",
-    "delay_seconds",
-    "max_receive_count",
-    "subscription_filter",
-)
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
+
+class QueueSettings(TypedDict, total=False):
+    """The keyword settings of :meth:`MessagingBackendFactory.init_queue`.
+
+    Declared so that a type checker flags a misspelt setting
+    (``visibilty_timeout=30``) in the caller's code; at run time the same
+    mistake raises :class:`~melange.exceptions.InvalidTopology` with a
+    "did you mean".
+    """
+
+    fifo: bool
+    visibility_timeout: float
+    message_retention_period: float
+    delay_seconds: float
+    max_receive_count: int
+    subscription_filter: Mapping[str, Sequence[str]]
+
+
+class TopicSettings(TypedDict, total=False):
+    """The keyword settings of :meth:`MessagingBackendFactory.init_topic`."""
+
+    fifo: bool
+
+
+QUEUE_SETTINGS = tuple(QueueSettings.__annotations__)
 """Keyword settings accepted by :meth:`MessagingBackendFactory.init_queue`."""
 
-TOPIC_SETTINGS = ("fifo",)
+TOPIC_SETTINGS = tuple(TopicSettings.__annotations__)
 """Keyword settings accepted by :meth:`MessagingBackendFactory.init_topic`."""
 
 
@@ -127,7 +147,7 @@ class MessagingBackendFactory:
         return f"MessagingBackendFactory({self._backend!r})"
 
     # ------------------------------------------------------------------ topics
-    def plan_topic(self, topic_name: str, **settings: Any) -> Plan:
+    def plan_topic(self, topic_name: str, **settings: Unpack[TopicSettings]) -> Plan:
         """Return what :meth:`init_topic` would do, changing nothing.
 
         Args:
@@ -138,7 +158,7 @@ class MessagingBackendFactory:
         actions = self._diff_topic(spec)
         return Plan(actions, () if actions else (spec.name,))
 
-    def init_topic(self, topic_name: str, **settings: Any) -> Plan:
+    def init_topic(self, topic_name: str, **settings: Unpack[TopicSettings]) -> Plan:
         """Create the topic if it does not exist.
 
         Args:
@@ -161,7 +181,7 @@ class MessagingBackendFactory:
         queue_name: str,
         topic_names_to_subscribe: Sequence[str] | str | None = None,
         dead_letter_queue_name: str | None = None,
-        **settings: Any,
+        **settings: Unpack[QueueSettings],
     ) -> Plan:
         """Return what :meth:`init_queue` would do, changing nothing.
 
@@ -198,7 +218,7 @@ class MessagingBackendFactory:
         queue_name: str,
         topic_names_to_subscribe: Sequence[str] | str | None = None,
         dead_letter_queue_name: str | None = None,
-        **settings: Any,
+        **settings: Unpack[QueueSettings],
     ) -> Plan:
         """Create or converge a queue, its dead-letter queue and its subscriptions.
 

@@ -9,7 +9,7 @@ command that installs it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from melange.backends.base import (
     Capabilities,
@@ -28,6 +28,18 @@ from melange.backends.registry import (
     register_backend,
     unregister_backend,
 )
+
+if TYPE_CHECKING:
+    # For type checkers only: the classes' real types where the plugins are installed.
+    # At run time __getattr__ resolves them through the entry points, so that importing
+    # melange never imports a broker SDK. Without the plugin a type checker sees Any
+    # (a missing import inside an installed package is not the user's error).
+    from melange_aws import AWSBackend as AWSBackend
+    from melange_azure import AzureServiceBusBackend as AzureServiceBusBackend
+    from melange_gcp import GCPPubSubBackend as GCPPubSubBackend
+    from melange_localsqs import LocalSQSBackend as LocalSQSBackend
+
+    from melange.backends.memory import MemoryBackend as MemoryBackend
 
 __all__ = [
     "ENTRY_POINT_GROUP",
