@@ -7,6 +7,9 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 VENV := .venv
 RUN := $(VENV)/bin
+# The demo's own environment: the core and its two small dependencies from uv.lock, nothing
+# to compile, so `make demo` needs neither the dev tools nor a C compiler.
+DEMO_VENV := .venv-demo
 
 .PHONY: install demo test test-localstack lint typecheck bench clean
 
@@ -20,8 +23,12 @@ $(VENV)/.installed: pyproject.toml uv.lock $(wildcard plugins/*/pyproject.toml) 
 
 install: $(VENV)/.installed  ## Create .venv with melange, the example plugin and the dev tools.
 
-demo: install  ## Run the payments demo on the embedded memory backend.
-	$(RUN)/melange demo
+$(DEMO_VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(DEMO_VENV) $(UV) sync --locked --no-dev --package melange
+	touch $@
+
+demo: $(DEMO_VENV)/.installed  ## Run the payments demo on the embedded memory backend (core only).
+	$(DEMO_VENV)/bin/melange demo
 
 # Two pytest-xdist workers: the tests mostly wait on brokers. One process: add `-p no:xdist`.
 test: install lint  ## The whole suite: lint, type check, tests (with the conformance report).
@@ -44,4 +51,4 @@ bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/gcp_throughput.py
 
 clean:
-	rm -rf $(VENV) .tools build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) .tools build .mypy_cache .ruff_cache .pytest_cache

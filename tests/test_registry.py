@@ -230,6 +230,9 @@ def test_import_melange_scans_no_entry_point_and_imports_no_sdk() -> None:
 
 
 def test_every_install_hint_names_an_extra_that_exists() -> None:
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
     from melange.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
     root = Path(__file__).resolve().parents[1]
@@ -239,7 +242,14 @@ def test_every_install_hint_names_an_extra_that_exists() -> None:
     for known in KNOWN_BACKENDS.values():
         if known.extra is None:
             continue
-        assert extras[known.extra] == [known.distribution], known.name
+        (requirement,) = (Requirement(text) for text in extras[known.extra])
+        assert requirement.name == known.distribution, known.name
+        # Lockstep releases: the extra takes this major version of the plugin, never a 7.x
+        # nor a later major (pip would otherwise fill it with whatever the index has).
+        version = Version(project["project"]["version"])
+        assert requirement.specifier.contains(version), requirement
+        assert not requirement.specifier.contains(f"{version.major - 1}.99"), requirement
+        assert not requirement.specifier.contains(f"{version.major + 1}.0"), requirement
         assert known.extra in extras["all"][0], known.name
         # Every first-party plugin lives in this workspace, so `make install` builds it from here.
         assert (root / "plugins" / known.distribution.replace("-", "_")).is_dir(), known.name
