@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from melange.message import Message
     from melange.publishers import QueuePublisher, TopicPublisher
 
-__version__ = "8.0.0.dev0"
+__version__ = "8.0.0"
 
 _LAZY = {
     "Consumer": "melange.consumers",

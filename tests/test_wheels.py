@@ -3,18 +3,27 @@
 What a user gets from ``pip install "melange[aws]"`` (or ``[localsqs]``, ``[gcp]``,
 ``[azure]``), checked from built artifacts rather than from the editable dev install:
 
-1. ``uv build --wheel`` builds the core (repo root) and every plugin under ``plugins/`` into a
-   temporary directory.
-2. A clean venv (``python -m venv``, none of the dev venv's packages) gets
-   ``pip install --find-links <wheels> "melange[<extra>]"``; melange's own distributions must
-   come from those wheels (pinned to the built versions, checked in pip's ``--report``), their
-   dependencies (boto3, google-cloud-pubsub, azure-servicebus, stevedore, ...) from the index.
+1. ``scripts/build_dists.sh --wheel`` (what ``make dist`` runs, wheels only) builds the core and
+   every plugin under ``plugins/`` into a temporary folder.
+2. A clean venv (``python -m venv``, none of the dev venv's packages) gets exactly what
+   docs/installing.md tells users: ``pip install --find-links <folder> "melange[<extra>]"``, no
+   ``--pre``, no version pin, the package index still in use. The index has the original
+   melange (7.2.0, whose dependencies need pycrypto built from source; the aws test checks that
+   the same pip picks it when the folder is left out); pip must prefer the
+   folder's final release by itself. pip's ``--report`` shows every melange distribution came
+   from the folder at the version in pyproject.toml, pycrypto nowhere, and the dependencies
+   (boto3, google-cloud-pubsub, azure-servicebus, stevedore, ...) from the index.
 3. In that venv: ``import melange`` imports no broker SDK; ``from melange.backends import
    AWSBackend`` (or ``GCPPubSubBackend``, ``AzureServiceBusBackend``) resolves through the
    entry point; and the backend creates a queue, publishes and receives a message on a server
    that this test starts from the dev venv: a moto server, Google's Pub/Sub emulator, the
    Service Bus stand-ins (the clean venv only needs ``melange[<extra>]``).
 4. The ``melange[localsqs]`` venv shows melange-aws and boto3 pulled in as dependencies.
+
+5. Every wheel carries the root LICENSE (``.dist-info/licenses/LICENSE``, ``License-Expression``).
+
+The last two tests need no build: one final version for all five distributions, and dependency
+ranges that can never admit a 7.x or a 9.x melange distribution.
 
 Slow for a test (about a minute with a warm pip cache: five builds, four venvs, four installs
 that download from the package index) and it needs that index. A build, install or server
@@ -25,16 +34,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+import melange
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # melange depends on tomli there
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = REPO / "scripts" / "build_dists.sh"  # `make dist` runs it too
 DISTRIBUTIONS = (  # uv workspace package names
     "melange",
     "melange-aws",
@@ -222,14 +243,20 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], what: str, *, cwd: Path | None = None) -> str:
+def _run(
+    command: list[str],
+    what: str,
+    *,
+    cwd: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> str:
     """Run a step; a failure fails the test with the command and everything it printed."""
     shown = " ".join(part if "\n" not in part else "<script>" for part in command)
     try:
         completed = subprocess.run(
             command,
             cwd=cwd,
-            env=_clean_env(),
+            env={**_clean_env(), **(extra_env or {})},
             capture_output=True,
             text=True,
             timeout=STEP_TIMEOUT,
@@ -254,19 +281,40 @@ def _uv() -> str:
     return found
 
 
+def _pyproject(directory: Path) -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads(
+        (directory / "pyproject.toml").read_text(encoding="utf-8")
+    )["project"]
+    return project
+
+
+def _plugin_dirs() -> dict[str, Path]:
+    """Distribution name -> directory of every first-party plugin."""
+    return {
+        name: REPO / "plugins" / name.replace("-", "_")
+        for name in DISTRIBUTIONS
+        if name != "melange"
+    }
+
+
+RELEASE = _pyproject(REPO)["version"]  # the version every built wheel must carry
+
+
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Wheel file of each distribution, built from this checkout."""
+    """Wheel file of each distribution, built from this checkout by the ``make dist`` script."""
     out_dir = tmp_path_factory.mktemp("wheels")
-    uv = _uv()
-    for distribution in DISTRIBUTIONS:
-        _run(
-            [uv, "build", "--wheel", "--package", distribution, "--out-dir", str(out_dir)],
-            f"building the {distribution} wheel",
-            cwd=REPO,
-        )
+    _run(
+        ["bash", str(BUILD_SCRIPT), "--wheel", str(out_dir)],
+        "building the wheels with scripts/build_dists.sh",
+        cwd=REPO,
+        extra_env={"UV": _uv()},
+    )
     built = {path.name.split("-")[0].replace("_", "-"): path for path in out_dir.glob("*.whl")}
     assert sorted(built) == sorted(DISTRIBUTIONS), f"unexpected wheels: {sorted(built)}"
+    # Nothing else for --find-links to find (uv adds a `.gitignore` to the folder).
+    found = sorted(path.name for path in out_dir.iterdir() if not path.name.startswith("."))
+    assert found == sorted(path.name for path in built.values()), found
     return built
 
 
@@ -305,29 +353,43 @@ def service_bus_stand_in() -> Iterator[dict[str, str]]:
 
 
 def _install(tmp_path: Path, wheels: dict[str, Path], requirement: str) -> tuple[Path, Any]:
-    """A clean venv with ``melange[extra]`` from the built wheels; returns its python, report."""
+    """A clean venv with ``melange[extra]`` as users install it; returns its python, report.
+
+    The command of docs/installing.md, nothing added: no ``--pre``, no pin, no constraint, the
+    index still consulted. Only the versions in the wheels make pip take them over the index's.
+    """
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], "creating a clean venv", cwd=tmp_path)
     python = venv / "bin" / "python"
-    # Pin every melange distribution to the built version, so the index can never supply one.
-    constraints = tmp_path / "constraints.txt"
-    constraints.write_text(
-        "".join(f"{name}=={_version(path)}\n" for name, path in wheels.items()), encoding="utf-8"
-    )
     report = tmp_path / "pip-report.json"
     wheel_dir = next(iter(wheels.values())).parent
     _run(
         [
             str(python), "-m", "pip", "install", "--quiet",
             "--find-links", str(wheel_dir),
-            "--constraint", str(constraints),
             "--report", str(report),
-            f"{requirement}=={_version(wheels['melange'])}",
+            requirement,
         ],
-        f"pip install {requirement} from the built wheels",
+        f"pip install --find-links <wheels> {requirement}",
         cwd=tmp_path,
     )  # fmt: skip
     return python, json.loads(report.read_text(encoding="utf-8"))
+
+
+def _assert_from_the_folder(
+    installed: dict[str, dict[str, Any]], wheels: dict[str, Path], expected: set[str]
+) -> None:
+    """Exactly ``expected`` melange distributions, each the folder's wheel at RELEASE."""
+    ours = {name for name in installed if name == "melange" or name.startswith("melange-")}
+    assert ours == expected, f"melange distributions installed: {sorted(ours)}"
+    for name in ours:
+        item = installed[name]
+        assert item["download_info"]["url"] == wheels[name].as_uri(), (
+            f"{name} was not installed from the wheel built here: {item['download_info']['url']}"
+        )
+        assert item["metadata"]["version"] == RELEASE, name
+    # The original melange's dependency chain (redis-simple-cache-py3 -> ... -> pycrypto).
+    assert not {"pycrypto", "redis-simple-cache-py3", "pika", "marshmallow"} & set(installed)
 
 
 def _version(wheel: Path) -> str:
@@ -335,8 +397,10 @@ def _version(wheel: Path) -> str:
 
 
 def _installed(report: Any) -> dict[str, dict[str, Any]]:
-    """Name -> install item of a pip ``--report``."""
-    return {item["metadata"]["name"].lower(): item for item in report["install"]}
+    """Name -> install item of a pip ``--report`` (names normalised as in PEP 503)."""
+    return {
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item for item in report["install"]
+    }
 
 
 def _facts(python: Path, script: str, endpoint_url: str, what: str) -> dict[str, Any]:
@@ -352,12 +416,28 @@ def test_melange_aws_wheels_work_in_a_clean_venv(
 ) -> None:
     python, report = _install(tmp_path, wheels, "melange[aws]")
     installed = _installed(report)
-    for name in ("melange", "melange-aws"):
-        assert installed[name]["download_info"]["url"] == wheels[name].as_uri(), (
-            f"{name} was not installed from the wheel built here"
-        )
-    assert "melange-localsqs" not in installed
+    _assert_from_the_folder(installed, wheels, {"melange", "melange-aws"})
+    assert installed["melange"]["requested"] is True
+    assert installed["melange-aws"]["requested"] is False
     assert {"boto3", "botocore", "stevedore"} <= set(installed)
+    for name in ("boto3", "stevedore"):  # dependencies still come from the index
+        assert not installed[name]["download_info"]["url"].startswith(
+            wheels["melange"].parent.as_uri()
+        ), name
+
+    # The same pip without the folder takes the index's melange: the folder made the choice.
+    index_only = _run(
+        [
+            str(python), "-m", "pip", "install", "--quiet", "--dry-run", "--no-deps",
+            "--ignore-installed", "--report", "-", "melange",
+        ],
+        "pip install --dry-run melange, from the index only",
+        cwd=tmp_path,
+    )  # fmt: skip
+    [from_index] = json.loads(index_only)["install"]
+    assert from_index["download_info"]["url"] != wheels["melange"].as_uri()
+    # Holds until this release is on the index; then the test above is what users get anyway.
+    assert Version(from_index["metadata"]["version"]) < Version(RELEASE), from_index["metadata"]
 
     facts = _facts(python, AWS_SCRIPT, moto_endpoint, "using the aws backend in the clean venv")
 
@@ -378,8 +458,7 @@ def test_melange_localsqs_wheel_pulls_in_the_aws_plugin_and_boto3(
 ) -> None:
     python, report = _install(tmp_path, wheels, "melange[localsqs]")
     installed = _installed(report)
-    for name in ("melange", "melange-aws", "melange-localsqs"):
-        assert installed[name]["download_info"]["url"] == wheels[name].as_uri()
+    _assert_from_the_folder(installed, wheels, {"melange", "melange-aws", "melange-localsqs"})
     # Asked for melange[localsqs] only: the AWS plugin and boto3 came as dependencies.
     assert installed["melange-aws"]["requested"] is False
     assert installed["boto3"]["requested"] is False
@@ -399,9 +478,8 @@ def test_melange_gcp_wheels_work_in_a_clean_venv(
 ) -> None:
     python, report = _install(tmp_path, wheels, "melange[gcp]")
     installed = _installed(report)
-    for name in ("melange", "melange-gcp"):
-        assert installed[name]["download_info"]["url"] == wheels[name].as_uri()
-    assert not {"melange-aws", "melange-azure", "boto3"} & set(installed)
+    _assert_from_the_folder(installed, wheels, {"melange", "melange-gcp"})
+    assert "boto3" not in installed
     assert "google-cloud-pubsub" in installed
 
     facts = _facts(python, GCP_SCRIPT, pubsub_emulator_host, "using gcp in the clean venv")
@@ -420,9 +498,8 @@ def test_melange_azure_wheels_work_in_a_clean_venv(
 ) -> None:
     python, report = _install(tmp_path, wheels, "melange[azure]")
     installed = _installed(report)
-    for name in ("melange", "melange-azure"):
-        assert installed[name]["download_info"]["url"] == wheels[name].as_uri()
-    assert not {"melange-aws", "melange-gcp", "boto3"} & set(installed)
+    _assert_from_the_folder(installed, wheels, {"melange", "melange-azure"})
+    assert "boto3" not in installed
     assert "azure-servicebus" in installed
 
     facts = _facts(
@@ -436,3 +513,72 @@ def test_melange_azure_wheels_work_in_a_clean_venv(
     assert facts["repr_has_no_key"] is True
     assert facts["published_ok"] == [True]
     assert facts["received_bodies"] == ["hello from an azure wheel"]
+
+
+def test_every_wheel_ships_the_license(wheels: dict[str, Path]) -> None:
+    license_text = (REPO / "LICENSE").read_bytes()
+    for name, wheel in wheels.items():
+        with zipfile.ZipFile(wheel) as archive:
+            licenses = [n for n in archive.namelist() if ".dist-info/licenses/" in n]
+            assert [n.rsplit("/", 1)[1] for n in licenses] == ["LICENSE"], (name, licenses)
+            assert archive.read(licenses[0]) == license_text, name
+            metadata = archive.read(f"{wheel.name.split('-')[0]}-{RELEASE}.dist-info/METADATA")
+        assert b"\nLicense-Expression: MIT\n" in metadata, name
+        assert b"\nLicense-File: LICENSE\n" in metadata, name
+
+
+# ------------------------------------------------------- release metadata, without building
+def test_versions_are_final_and_in_lockstep() -> None:
+    """Every distribution is at one final version that a plain ``pip install`` takes.
+
+    A pre-release (``8.0.0.dev0``) is skipped without ``--pre``: pip then installs the original
+    melange 7.2.0 from PyPI, whose dependencies do not build.
+    """
+    release = Version(RELEASE)
+    assert not release.is_prerelease and not release.is_devrelease, RELEASE
+    assert release > Version("7.2.0")  # the original melange's last release
+    assert melange.__version__ == RELEASE
+    for name, directory in _plugin_dirs().items():
+        assert _pyproject(directory)["version"] == RELEASE, name
+
+
+def _requirements(requirements: list[str]) -> dict[str, Requirement]:
+    parsed = [Requirement(text) for text in requirements]
+    return {requirement.name: requirement for requirement in parsed}
+
+
+def _admits_this_major_only(requirement: Requirement) -> None:
+    """The range takes this release and never the previous or the next major."""
+    major = Version(RELEASE).major
+    assert requirement.specifier.contains(RELEASE), str(requirement)
+    for outside in (f"{major - 1}.99", f"{major + 1}.0.0", "7.2.0"):
+        assert not requirement.specifier.contains(outside), (str(requirement), outside)
+
+
+def test_extras_and_plugins_ask_for_this_major_of_melange() -> None:
+    """``melange[aws]`` can never fill the extra with a 7.x-era or foreign plugin release."""
+    root = _pyproject(REPO)
+    extras = root["optional-dependencies"]
+    for extra, name in (
+        ("aws", "melange-aws"),
+        ("localsqs", "melange-localsqs"),
+        ("gcp", "melange-gcp"),
+        ("azure", "melange-azure"),
+    ):
+        requirement = _requirements(extras[extra])[name]
+        _admits_this_major_only(requirement)
+        assert extra in Requirement(extras["all"][0]).extras  # `all` takes the same pins
+    assert Requirement(extras["all"][0]).name == "melange"
+
+    for name, directory in _plugin_dirs().items():
+        dependencies = _requirements(_pyproject(directory)["dependencies"])
+        _admits_this_major_only(dependencies["melange"])
+        assert (directory / "LICENSE").read_bytes() == (REPO / "LICENSE").read_bytes(), name
+    # localsqs subclasses the aws plugin and uses its internals: the same minor release.
+    aws = _requirements(_pyproject(_plugin_dirs()["melange-localsqs"])["dependencies"])
+    minor = Version(RELEASE).release[:2]
+    assert aws["melange-aws"].specifier.contains(RELEASE)
+    assert not aws["melange-aws"].specifier.contains(f"{minor[0]}.{minor[1] + 1}.0")
+
+    example = _pyproject(REPO / "examples" / "third_party_backend")
+    assert _requirements(example["dependencies"])["melange"].specifier.contains(RELEASE)
