@@ -20,9 +20,9 @@ fixture available), plus:
     the environment: ``memory`` (the default), ``aws`` (a moto server through
     ``AWS_ENDPOINT_URL``), ``gcp`` (Google's Pub/Sub emulator through
     ``PUBSUB_EMULATOR_HOST``) or ``azure`` (the Service Bus stand-ins through
-    ``AZURE_SERVICEBUS_CONNECTION_STRING`` and ``AZURE_SERVICEBUS_MANAGEMENT_URL``). Every fence runs in a fresh
-    temporary directory, with no ``MELANGE_*`` or cloud variables but those,
-    against a broker holding nothing from another test.
+    ``AZURE_SERVICEBUS_CONNECTION_STRING`` and ``AZURE_SERVICEBUS_MANAGEMENT_URL``).
+    Every fence runs in a fresh temporary directory, with no ``MELANGE_*`` or
+    cloud variables but those, against a broker holding nothing from another test.
 ``fresh``
     This fence does not continue the page's earlier ones.
 ``not-run REASON...``
