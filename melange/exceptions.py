@@ -10,7 +10,7 @@ keep only the broker's error code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from melange.backends.base import PublishResult
@@ -70,6 +70,20 @@ def require_number(argument: str, value: object) -> float:
         return value
     hint = "convert it first, e.g. float(value)" if isinstance(value, str) else ""
     raise InvalidArgument(argument, "a number of seconds", value, hint)
+
+
+def raise_unchained(error: BaseException) -> NoReturn:
+    """Raise ``error`` with neither a cause nor a context, even inside an ``except`` block.
+
+    For a translated error whose original may quote a secret (a key, a token, a
+    connection string): ``raise ... from None`` only hides the original from
+    tracebacks, while Python still attaches it as ``__context__`` for any tool
+    that walks the chain; it is cleared here on the way out.
+    """
+    try:
+        raise error from None
+    finally:
+        error.__context__ = None
 
 
 class ConfigurationError(MelangeError, ValueError):

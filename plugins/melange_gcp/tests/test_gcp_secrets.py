@@ -61,7 +61,8 @@ def test_a_credentials_failure_during_a_call_is_not_chained() -> None:
             raise auth_exceptions.RefreshError(f"invalid_grant: {key}")
         except auth_exceptions.RefreshError as error:
             raise_translated(error, CONTEXT)
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    # Neither chained nor kept as context: a tool walking __context__ must not find the key.
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
     assert SECRET not in everything_said(caught.value)
     assert "RefreshError" in str(caught.value)
 

@@ -60,6 +60,7 @@ from melange.exceptions import (
     OutcomeUnknown,
     QueueNotFound,
     TopicNotFound,
+    raise_unchained,
     require_number,
     require_str,
 )
@@ -92,7 +93,6 @@ from melange_aws.errors import (
     error_code,
     is_sensitive,
     raise_translated,
-    raise_unchained,
     safe_endpoint,
     url_secrets,
 )

@@ -38,6 +38,7 @@ from melange.exceptions import (
     MessageTooLarge,
     QueueNotFound,
     TopicNotFound,
+    raise_unchained,
 )
 from melange_aws.wire import MESSAGE_LIMIT
 
@@ -445,15 +446,3 @@ def raise_translated(error: Exception, context: ErrorContext) -> NoReturn:
     if not is_sensitive(error, context.secrets):
         raise translated from error
     raise_unchained(translated)
-
-
-def raise_unchained(error: BaseException) -> NoReturn:
-    """Raise ``error`` without cause or context, even inside an ``except`` block.
-
-    Python sets the context of an exception raised while another is handled;
-    it is cleared again on its way out.
-    """
-    try:
-        raise error from None
-    finally:
-        error.__context__ = None

@@ -52,12 +52,13 @@ from melange.exceptions import (
     MelangeError,
     QueueNotFound,
     TopicNotFound,
+    raise_unchained,
 )
 from melange.topology import Change, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
 from melange_azure import filters, forwarding
 from melange_azure.clients import ClientSettings, Retries, Timeouts
 from melange_azure.deadlines import Deadlines
-from melange_azure.errors import ErrorContext, did_not_answer, raise_clean, translate
+from melange_azure.errors import ErrorContext, did_not_answer, translate
 from melange_azure.leases import LeaseKeeper
 from melange_azure.names import QUEUE_NAME_RULE, TOPIC_NAME_RULE
 from melange_azure.receipts import AzureReceipt, Receiver, ReceiverPool
@@ -265,14 +266,14 @@ class AzureServiceBusBackend(MessagingBackend):
     ) -> NoReturn:
         """Raise the melange error for ``error``, which happened trying to ``action``."""
         if self.closed:
-            raise_clean(BackendClosed(self.name, action))
-        raise_clean(translate(error, self._context(action, queue, topic, message_id)))
+            raise_unchained(BackendClosed(self.name, action))
+        raise_unchained(translate(error, self._context(action, queue, topic, message_id)))
 
     def _silent(self, seconds: float, action: str, queue: str | None = None) -> NoReturn:
         """Raise the error of a call melange's deadline ended after ``seconds``."""
         if self.closed:
-            raise_clean(BackendClosed(self.name, action))
-        raise_clean(did_not_answer(self._context(action, queue), seconds))
+            raise_unchained(BackendClosed(self.name, action))
+        raise_unchained(did_not_answer(self._context(action, queue), seconds))
 
     def _context(
         self,
@@ -406,8 +407,8 @@ class AzureServiceBusBackend(MessagingBackend):
             else:
                 self._topology.forget_topic(sender.name)
         if self.closed:
-            raise_clean(BackendClosed(self.name, f"publish to {sender.kind} {sender.name!r}"))
-        raise_clean(error)
+            raise_unchained(BackendClosed(self.name, f"publish to {sender.kind} {sender.name!r}"))
+        raise_unchained(error)
 
     def _publish_batch(self, queue_name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
         delay = self._topology.behaviour(queue_name).delay
@@ -761,7 +762,7 @@ class AzureServiceBusBackend(MessagingBackend):
             receiver.settled()
             if guard.expired:
                 receiver.broken = True
-                raise_clean(_unconfirmed(action, seconds))
+                raise_unchained(_unconfirmed(action, seconds))
             if failure is not None:
                 receiver.broken = True
                 self._fail(failure, action, queue=message.queue_name)

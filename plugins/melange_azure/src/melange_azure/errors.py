@@ -24,7 +24,6 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 from azure.core import exceptions as core_errors
 from azure.servicebus import exceptions as sb_errors
@@ -257,15 +256,3 @@ def translate(error: BaseException, context: ErrorContext) -> MelangeError:
         translated = BrokerError(f"{where}: {detail}", broker_code=code)
     translated.broker_code = code
     return translated
-
-
-def raise_clean(error: MelangeError) -> NoReturn:
-    """Raise ``error`` with neither a cause nor a context: an Azure error may hold a token.
-
-    ``raise ... from None`` only hides the context from tracebacks; the error
-    being handled is still attached as ``__context__``, so it is dropped here.
-    """
-    try:
-        raise error from None
-    finally:
-        error.__context__ = None

@@ -25,6 +25,7 @@ from melange.exceptions import (
     OutcomeUnknown,
     QueueNotFound,
     TopicNotFound,
+    raise_unchained,
 )
 
 logger = logging.getLogger("melange.gcp.errors")
@@ -178,5 +179,5 @@ def raise_translated(
     """Raise :func:`translate`'s error, chained to ``error`` unless that may hold secrets."""
     translated = translate(error, context, outcome_unknown=outcome_unknown)
     if isinstance(error, auth_exceptions.GoogleAuthError):
-        raise translated from None  # its text may quote key material
+        raise_unchained(translated)  # its text may quote key material
     raise translated from error
