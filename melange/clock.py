@@ -40,7 +40,7 @@ class SystemClock:
 class ManualClock:
     """A clock that moves only when told to; for tests. Thread-safe.
 
-    Example:
+    Examples:
         >>> clock = ManualClock()
         >>> clock.advance(30)
         >>> clock.now()

@@ -58,7 +58,7 @@ Selector = type | str
 class Consumer(abc.ABC):
     """Base class of everything a dispatcher calls; override :meth:`process` (and :meth:`accepts`).
 
-    Example:
+    Examples:
         >>> class AuditLog(Consumer):
         ...     def accepts(self, message):
         ...         return message.attributes.get("audited") == "yes"
@@ -371,7 +371,7 @@ def consumer(
     parameter is annotated ``Message``. A function annotated ``Message`` (or not
     annotated) and given no types accepts every message.
 
-    Example:
+    Examples:
         >>> @consumer
         ... def record(event: PaymentEvent) -> None: ...
         >>> @consumer("payment.v1", name="ledger")
@@ -489,7 +489,7 @@ class SingleDispatchConsumer(Consumer):
     Methods decorated with :func:`consumer` are treated as handlers too, as in
     the original melange.
 
-    Example:
+    Examples:
         >>> class Payments(SingleDispatchConsumer):
         ...     @handler
         ...     def on_paid(self, event: PaymentPaid) -> None: ...

@@ -89,7 +89,7 @@ _SYNC_AWAITABLE_HINT = "; async consumers need melange.aio.AsyncMessageDispatche
 class MessageDispatcher(DispatcherOptions):
     """Receives messages from one queue and hands them to consumers, on a pool of threads.
 
-    Example:
+    Examples:
         >>> dispatcher = MessageDispatcher(backend, "payment-updates", [record_payment])
         >>> dispatcher.run()  # blocks until SIGTERM/SIGINT or stop()
 
@@ -752,7 +752,7 @@ class MessageDispatcher(DispatcherOptions):
 class SimpleMessageDispatcher(MessageDispatcher):
     """A :class:`MessageDispatcher` for exactly one consumer (the original melange's form).
 
-    Example:
+    Examples:
         >>> SimpleMessageDispatcher(record_payment, backend, "payment-updates").run()
 
     Args:

@@ -88,7 +88,7 @@ class _QueueRequest:
 class MessagingBackendFactory:
     """Creates and converges topics, queues, dead-letter queues and subscriptions.
 
-    Example:
+    Examples:
         >>> from melange import MessagingBackendFactory
         >>> from melange.backends import MemoryBackend
         >>> factory = MessagingBackendFactory(MemoryBackend())

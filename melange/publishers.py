@@ -202,7 +202,7 @@ class _Publisher:
 class QueuePublisher(_Publisher):
     """Publishes messages straight to a queue.
 
-    Example:
+    Examples:
         >>> publisher = QueuePublisher(backend)  # doctest: +SKIP
         >>> publisher.publish("payment-updates", {"id": 1}).message_id  # doctest: +SKIP
         '5f0c...'
@@ -296,7 +296,7 @@ class QueuePublisher(_Publisher):
 class TopicPublisher(_Publisher):
     """Publishes messages to a topic; every subscribed queue whose filter matches gets a copy.
 
-    Example:
+    Examples:
         >>> publisher = TopicPublisher(backend)  # doctest: +SKIP
         >>> publisher.publish("payments", event, attributes={"event": "paid"})  # doctest: +SKIP
 

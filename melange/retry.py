@@ -21,7 +21,7 @@ class RetryPolicy:
     The broker's dead-letter queue takes a message after the queue's maximum
     receive count; the policy does not count attempts itself.
 
-    Example:
+    Examples:
         >>> policy = RetryPolicy(base=1.0, factor=2.0, max_delay=300.0, jitter=0.0)
         >>> [policy.delay(n) for n in (1, 2, 3, 10)]
         [1.0, 2.0, 4.0, 300.0]

@@ -359,7 +359,7 @@ class SerializerRegistry:
     the ``melange.manifest`` attribute, else ``melange.serializer``, else the
     default.
 
-    Example:
+    Examples:
         >>> registry = SerializerRegistry()
         >>> registry.bind(PaymentEvent, "payment.v1")  # doctest: +SKIP
         >>> outgoing = registry.encode(PaymentEvent("pay-1", 1250))  # doctest: +SKIP

@@ -69,7 +69,7 @@ def default_hooks() -> Hooks:
 class OpenTelemetryHooks(Hooks):
     """Propagates W3C trace context through message attributes and traces handling.
 
-    Example:
+    Examples:
         >>> from opentelemetry.sdk.trace import TracerProvider  # doctest: +SKIP
         >>> hooks = OpenTelemetryHooks(tracer_provider=TracerProvider())  # doctest: +SKIP
         >>> TopicPublisher(backend, hooks=hooks)  # doctest: +SKIP

@@ -19,7 +19,7 @@ class AsyncConsumer(Consumer):
     :func:`melange.consumers.consumer` and :class:`~melange.consumers.SingleDispatchConsumer`
     handlers written with ``async def`` are asynchronous consumers too.
 
-    Example:
+    Examples:
         >>> class Ledger(AsyncConsumer):
         ...     async def process(self, message):
         ...         await database.record(message.body)

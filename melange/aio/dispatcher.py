@@ -85,7 +85,7 @@ _AWAITABLE_HINT = (
 class AsyncMessageDispatcher(DispatcherOptions):
     """Receives messages from one queue and hands them to consumers, as asyncio tasks.
 
-    Example:
+    Examples:
         >>> async def main():
         ...     dispatcher = AsyncMessageDispatcher(backend, "payment-updates", [record])
         ...     await dispatcher.run()  # until SIGTERM/SIGINT or stop()

@@ -112,7 +112,7 @@ class AsyncQueuePublisher(_AsyncPublisher):
     Behaves exactly like :class:`~melange.publishers.QueuePublisher` (same
     arguments, results and errors); only the calls are awaited.
 
-    Example:
+    Examples:
         >>> publisher = AsyncQueuePublisher(backend)  # doctest: +SKIP
         >>> result = await publisher.publish("payment-updates", event)  # doctest: +SKIP
 
@@ -133,7 +133,7 @@ class AsyncTopicPublisher(_AsyncPublisher):
     Behaves exactly like :class:`~melange.publishers.TopicPublisher`; only the
     calls are awaited.
 
-    Example:
+    Examples:
         >>> publisher = AsyncTopicPublisher(backend)  # doctest: +SKIP
         >>> await publisher.publish("payments", event)  # doctest: +SKIP
 
