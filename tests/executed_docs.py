@@ -1,8 +1,8 @@
-"""Run the Python snippets of README.md and docs/ as tests, on the broker each page needs.
+"""Run the Python snippets of the READMEs and docs/ as tests, on the broker each page needs.
 
 Collection and execution are pytest-markdown-docs' (its ``MarkdownTextFile``
 collector and fence options); this plugin only says which Markdown files are
-documentation (``README.md`` and ``docs/**.md``, collected by a plain ``pytest``
+documentation (the READMEs and ``docs/**.md``, collected by a plain ``pytest``
 run without ``--markdown-docs``) and reads per-page directives written as HTML
 comments, which neither GitHub nor the docs site shows:
 
@@ -60,11 +60,16 @@ class DocsDirectiveError(Exception):
 
 
 def is_documentation(path: Path) -> bool:
-    """README.md at the root and every Markdown page under docs/."""
+    """The READMEs (root, plugins, examples) and every Markdown page under docs/."""
     if path.suffix != ".md":
         return False
     resolved = path.resolve()
-    return resolved == REPO / "README.md" or (REPO / "docs") in resolved.parents
+    readmes = (
+        REPO / "README.md",
+        *REPO.glob("plugins/*/README.md"),
+        *REPO.glob("examples/*/README.md"),
+    )
+    return resolved in readmes or (REPO / "docs") in resolved.parents
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
