@@ -52,6 +52,20 @@ class QueueSettings(TypedDict, total=False):
     (``visibilty_timeout=30``) in the caller's code; at run time the same
     mistake raises :class:`~melange.exceptions.InvalidTopology` with a
     "did you mean".
+
+    Attributes:
+        fifo: Per-group order (and deduplication); default: whether the name
+            ends with ``.fifo``.
+        visibility_timeout: Seconds a received message stays hidden before
+            redelivery (default 30).
+        message_retention_period: Seconds an unreceived message is kept
+            (default 4 days).
+        delay_seconds: Seconds every new message waits before it can be
+            received (default 0).
+        max_receive_count: Receives before a message moves to the dead-letter
+            queue; needs ``dead_letter_queue_name`` (default 5).
+        subscription_filter: ``{attribute: [allowed values]}`` applied to each
+            subscription; needs topics.
     """
 
     fifo: bool
@@ -63,7 +77,11 @@ class QueueSettings(TypedDict, total=False):
 
 
 class TopicSettings(TypedDict, total=False):
-    """The keyword settings of :meth:`MessagingBackendFactory.init_topic`."""
+    """The keyword settings of :meth:`MessagingBackendFactory.init_topic`.
+
+    Attributes:
+        fifo: Per-group order; default: whether the name ends with ``.fifo``.
+    """
 
     fifo: bool
 
