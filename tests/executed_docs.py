@@ -33,6 +33,7 @@ fixture available), plus:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -141,12 +142,37 @@ def pytest_markdown_docs_markdown_it() -> MarkdownIt:
 
 @pytest.fixture
 def docs_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh working directory and an environment that names no broker."""
+    """A fresh working directory, an environment that names no broker, logging put back.
+
+    Pages show process-wide set-up (a handler and a level on the ``melange``
+    logger, a backend registered by name, Prometheus metrics); what a snippet changes there is
+    undone afterwards, so that it cannot change another test's outcome.
+    """
     for name in list(os.environ):
         if name.startswith(_CLEARED_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    yield tmp_path
+    from melange.backends import registry
+
+    monkeypatch.setattr(registry, "_registered", dict(registry._registered))
+    melange_logger = logging.getLogger("melange")
+    handlers, level, propagate = (
+        list(melange_logger.handlers),
+        melange_logger.level,
+        melange_logger.propagate,
+    )
+    from prometheus_client import REGISTRY
+
+    collectors = set(REGISTRY._collector_to_names)
+    try:
+        yield tmp_path
+    finally:
+        melange_logger.handlers[:] = handlers
+        melange_logger.setLevel(level)
+        melange_logger.propagate = propagate
+        # The metrics a page defines at module level, as Prometheus users do.
+        for collector in set(REGISTRY._collector_to_names) - collectors:
+            REGISTRY.unregister(collector)
 
 
 @pytest.fixture(scope="session")
