@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.executed_docs import DocsDirectiveError, is_documentation, pytest_markdown_docs_markdown_it
+
+from tests.executed_docs import (
+    DocsDirectiveError,
+    is_documentation,
+    pytest_markdown_docs_markdown_it,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,4 +61,3 @@ def test_which_files_are_documentation() -> None:
     assert is_documentation(REPO / "plugins" / "melange_aws" / "README.md")
     assert not is_documentation(REPO / "benchmarks" / "README.md")
     assert not is_documentation(REPO / "CHANGELOG.md")
-
