@@ -11,7 +11,7 @@ RUN := $(VENV)/bin
 # to compile, so `make demo` needs neither the dev tools nor a C compiler.
 DEMO_VENV := .venv-demo
 
-.PHONY: install demo test test-localstack lint typecheck bench clean
+.PHONY: install demo test test-localstack lint typecheck bench dist docs docs-build clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -50,5 +50,15 @@ bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/consumer_throughput.py
 	$(RUN)/python benchmarks/gcp_throughput.py
 
+# NO_MKDOCS_2_WARNING hides only Material's banner about MkDocs 2.
+docs: install  ## Serve the documentation site on http://127.0.0.1:8000, reloading on edits.
+	NO_MKDOCS_2_WARNING=1 $(RUN)/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: install  ## Build the documentation site into build/site; any warning fails it.
+	NO_MKDOCS_2_WARNING=1 $(RUN)/mkdocs build --strict -d build/site
+
+dist: | $(UV)  ## Wheels and sdists of melange and the four plugins into dist/ (see docs/installing.md).
+	UV=$(UV) scripts/build_dists.sh dist
+
 clean:
-	rm -rf $(VENV) $(DEMO_VENV) .tools build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) .tools dist build .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
