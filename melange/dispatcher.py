@@ -52,13 +52,13 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from melange._options import DispatcherOptions, positive_int
 from melange._outage import StartupWait
+from melange._schedule import Schedule
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer
 from melange.exceptions import BackendClosed, BackendUnavailable, ConfigurationError
@@ -66,7 +66,7 @@ from melange.lease import LeaseKeeper, LeasePolicy
 from melange.observability import Hooks
 from melange.retry import RetryPolicy
 from melange.serializers import SerializerRegistry
-from melange.settlement import FILL_WAIT, AckBuffer, Delivery, DispatchStats, Outcome, log_extra
+from melange.settlement import Delivery, DispatchStats, Outcome, log_extra
 
 if TYPE_CHECKING:
     from melange.dedup import DedupCache
@@ -195,16 +195,9 @@ class MessageDispatcher(DispatcherOptions):
         self._capacity = threading.Condition(self._lock)
         self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
         self._signalled = False  # run() stopped by a signal
-        self._held = 0  # received, not finished
-        self._reserved = 0  # asked for by receive calls in progress
-        self._pending_acks = 0
-        self._deliveries: set[Delivery] = set()
-        self._active_groups: set[str] = set()
-        self._waiting: dict[str, deque[Delivery]] = {}  # behind the running message of a group
-        self._last_activity = time.monotonic()
+        self._schedule = Schedule(self.workers, self.batch_size)  # guarded by _lock
         self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._acks: queue.SimpleQueue[list[Delivery] | None] = queue.SimpleQueue()
-        self._ack_buffer = AckBuffer(1)  # sized for the backend by start()
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._receivers: list[threading.Thread] = []
@@ -244,7 +237,7 @@ class MessageDispatcher(DispatcherOptions):
     def in_flight(self) -> int:
         """Messages received and not finished yet (at most :attr:`workers`)."""
         with self._lock:
-            return self._held
+            return self._schedule.held
 
     def start(self) -> None:
         """Start receiving and handling in background threads; return once running.
@@ -316,7 +309,7 @@ class MessageDispatcher(DispatcherOptions):
     def _start_threads(self) -> None:
         """Start the heartbeat, workers, receivers and ackers; call with the lock held."""
         self._keeper = self._settlement.lease_keeper(self.lease)
-        self._ack_buffer = self._settlement.ack_buffer()
+        self._schedule.acks = self._settlement.ack_buffer()
         name = self.queue_name
         self._worker_threads = [
             _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(self.workers)
@@ -330,7 +323,7 @@ class MessageDispatcher(DispatcherOptions):
             _thread(self._ack_loop, f"melange-acker-{name}-{i}")
             for i in range(self.concurrent_receives + 1)
         ]
-        self._last_activity = time.monotonic()
+        self._schedule.last_activity = time.monotonic()
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
         """Start, then block until :meth:`stop`, SIGTERM or SIGINT ends the dispatcher.
@@ -423,12 +416,8 @@ class MessageDispatcher(DispatcherOptions):
             now = time.monotonic()
             with self._lock:
                 # Idle time counts from this call at the earliest: what came before is done.
-                quiet_since = max(self._last_activity, began)
-                idle = (
-                    self._held == 0
-                    and self._pending_acks == 0
-                    and now - quiet_since >= idle_seconds
-                )
+                quiet_since = max(self._schedule.last_activity, began)
+                idle = self._schedule.idle and now - quiet_since >= idle_seconds
             if idle or (deadline is not None and now >= deadline):
                 break
             time.sleep(0.01)
@@ -444,7 +433,7 @@ class MessageDispatcher(DispatcherOptions):
             never_started = previous in ("new", "starting")
             self._state = "stopped" if never_started else "stopping"
             self._stop_requested.set()
-            unstarted = self._cancel_unstarted()
+            unstarted = self._schedule.cancel_unstarted()
             self._capacity.notify_all()
         if never_started:  # nothing runs (start() gives up its wait): only the backend to close
             self._close_backend()
@@ -453,14 +442,6 @@ class MessageDispatcher(DispatcherOptions):
         self._shutdown_thread = _thread(
             lambda: self._shutdown(unstarted), f"melange-shutdown-{self.queue_name}"
         )
-
-    def _cancel_unstarted(self) -> list[Delivery]:
-        """Mark every held message that has not started as cancelled; call with the lock held."""
-        unstarted = [d for d in self._deliveries if not d.started and not d.cancelled]
-        for delivery in unstarted:
-            delivery.cancelled = True
-        self._waiting.clear()
-        return unstarted
 
     def _shutdown(self, unstarted: list[Delivery]) -> None:
         deadline = time.monotonic() + self.grace_period
@@ -490,7 +471,7 @@ class MessageDispatcher(DispatcherOptions):
             for thread in self._receivers:
                 thread.join(max(0.0, receive_deadline - time.monotonic()))
             with self._lock:  # abandoned handlers never settle: send what finished now
-                rest = self._ack_buffer.take_all()
+                rest = self._schedule.acks.take_all()
             for batch in rest:
                 self._acks.put(batch)
             for _ in self._ackers:
@@ -521,30 +502,14 @@ class MessageDispatcher(DispatcherOptions):
 
     # -------------------------------------------------------------- receiving
     def _reserve(self) -> int:
-        """Wait for free workers and reserve up to ``batch_size`` of them; 0 when stopping.
-
-        When ``workers >= batch_size``, waits up to :data:`FILL_WAIT` while
-        handlers run for ``batch_size`` free workers: asking for fewer costs a
-        round trip of its own.
-        """
-        # Fewer workers than a batch: no receive can be full, so waiting would only idle them.
-        full = self.batch_size if self.workers >= self.batch_size else 1
+        """Wait for free workers and reserve up to ``batch_size`` of them; 0 when stopping."""
         fill_deadline: float | None = None
         with self._capacity:
             while not self._stop_requested.is_set():
-                free = self.workers - self._held - self._reserved
-                if free > 0:
-                    now = time.monotonic()
-                    if fill_deadline is None:
-                        fill_deadline = now + FILL_WAIT
-                    # Only running handlers free workers soon; a reservation may last a long poll.
-                    if free >= full or self._held == 0 or now >= fill_deadline:
-                        count = min(free, self.batch_size)
-                        self._reserved += count
-                        return count
-                    self._capacity.wait(fill_deadline - now)
-                else:
-                    self._capacity.wait()
+                count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
+                if count:
+                    return count
+                self._capacity.wait(wait)
             return 0
 
     def _receive_loop(self) -> None:
@@ -576,51 +541,30 @@ class MessageDispatcher(DispatcherOptions):
 
     def _unreserve(self, count: int) -> None:
         with self._capacity:
-            self._reserved -= count
+            self._schedule.unreserve(count)
             self._capacity.notify_all()
 
     def _accept(self, received: list[ReceivedMessage], reserved: int, received_at: float) -> None:
         """Take the messages of one receive call: queue them for the workers, or release them."""
         deliveries = self._settlement.deliveries(received, received_at)
-        release: list[Delivery] = []
-        held = 0
         with self._capacity:
-            self._reserved -= reserved
-            if self._stop_requested.is_set():
-                release = deliveries
-            elif deliveries:
-                self._held += len(deliveries)
-                self._deliveries.update(deliveries)
-                self._last_activity = time.monotonic()
-                if self._keeper is not None:  # before a worker can finish (and untrack) one
-                    self._keeper.track([d.lease for d in deliveries])
-                for delivery in deliveries:
-                    self._schedule(delivery)
-                held = self._held
+            start, release = self._schedule.accept(
+                deliveries, reserved, stopping=self._stop_requested.is_set(), now=time.monotonic()
+            )
+            if deliveries and not release and self._keeper is not None:
+                # Before a worker can finish (and untrack) one.
+                self._keeper.track([d.lease for d in deliveries])
+            for delivery in start:
+                self._work.put(delivery)
+            held = self._schedule.held
             self._capacity.notify_all()
         if not received:
             return
         if release:
-            for delivery in release:
-                delivery.cancelled = True
             self._release(release, "released")
             return
         self.stats.peak("max_in_flight", held)
-        logger.debug(
-            "received %d message(s)",
-            len(received),
-            extra=self._queue_extra,
-        )
-
-    def _schedule(self, delivery: Delivery) -> None:
-        """Queue a delivery for a worker, behind a running message of its group; lock held."""
-        group = delivery.received.group_id
-        if group is not None:
-            if group in self._active_groups:
-                self._waiting.setdefault(group, deque()).append(delivery)
-                return
-            self._active_groups.add(group)
-        self._work.put(delivery)
+        logger.debug("received %d message(s)", len(received), extra=self._queue_extra)
 
     # ---------------------------------------------------------------- workers
     def _work_loop(self) -> None:
@@ -646,29 +590,11 @@ class MessageDispatcher(DispatcherOptions):
 
     def _finish(self, delivery: Delivery, acked: bool) -> None:
         """Free the delivery's worker slot and start the next message of its group."""
-        group = delivery.received.group_id
-        behind: list[Delivery] = []
         with self._capacity:
-            self._deliveries.discard(delivery)
-            self._held -= 1
-            self._last_activity = time.monotonic()
-            self._settle(delivery, acked)
-            if group is not None:
-                waiting = self._waiting.pop(group, None)
-                if waiting and acked:
-                    # The group stays active while its next message runs, so one that
-                    # arrives meanwhile waits behind it.
-                    self._work.put(waiting.popleft())
-                    if waiting:
-                        self._waiting[group] = waiting
-                else:
-                    self._active_groups.discard(group)
-                    if waiting:
-                        # Keep the group's order: the messages behind a failed one go back
-                        # to the broker, which hands them out again after it.
-                        behind = list(waiting)
-                        for other in behind:
-                            other.cancelled = True
+            following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
+            self._send(send)
+            if following is not None:
+                self._work.put(following)
             self._capacity.notify_all()
         if self._keeper is not None:
             self._keeper.release(delivery.lease)
@@ -679,11 +605,7 @@ class MessageDispatcher(DispatcherOptions):
         if not deliveries:
             return
         with self._capacity:
-            for delivery in deliveries:
-                if delivery in self._deliveries:
-                    self._deliveries.discard(delivery)
-                    self._held -= 1
-                self._settle(delivery, False)
+            self._send(self._schedule.release(deliveries, time.monotonic()))
             self._capacity.notify_all()
         if self._keeper is not None:
             for delivery in deliveries:
@@ -718,21 +640,18 @@ class MessageDispatcher(DispatcherOptions):
         return True
 
     # ----------------------------------------------------------------- acking
-    def _settle(self, delivery: Delivery, ack: bool) -> None:
-        """Count ``delivery`` as settled, buffering its ack; send full batches. Lock held."""
-        if ack and not delivery.settled:
-            self._pending_acks += 1
-        for batch in self._ack_buffer.settle(delivery, ack, time.monotonic()):
+    def _send(self, batches: list[list[Delivery]]) -> None:
+        """Hand acknowledgement calls to the ackers; lock held."""
+        for batch in batches:
             self._acks.put(batch)
 
     def _ack_loop(self) -> None:
         while True:
             try:
-                batch = self._acks.get(timeout=self._ack_buffer.max_wait)
+                batch = self._acks.get(timeout=self._schedule.acks.max_wait)
             except queue.Empty:
                 with self._lock:  # a slow handler holds back its batch: send the rest anyway
-                    for overdue in self._ack_buffer.take_overdue(time.monotonic()):
-                        self._acks.put(overdue)
+                    self._send(self._schedule.acks.take_overdue(time.monotonic()))
                 continue
             if batch is None:
                 return
@@ -745,8 +664,7 @@ class MessageDispatcher(DispatcherOptions):
             logger.exception("acknowledging failed", extra=self._queue_extra)
         finally:
             with self._lock:
-                self._pending_acks -= len(batch)
-                self._last_activity = time.monotonic()
+                self._schedule.acks_sent(len(batch), time.monotonic())
 
 
 class SimpleMessageDispatcher(MessageDispatcher):

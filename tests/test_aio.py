@@ -769,7 +769,7 @@ def test_acks_keep_up_with_concurrent_receives_in_native_batches(
 ) -> None:
     # On a loaded machine a handler can outlast the 50 ms a receive waits for a full batch;
     # a longer wait keeps this about batching, not about how busy the CPU is.
-    monkeypatch.setattr("melange.aio.dispatcher.FILL_WAIT", 1.0)
+    monkeypatch.setattr("melange._schedule.FILL_WAIT", 1.0)
     backend = RoundTripBackend(0.03)
     MessagingBackendFactory(backend).init_queue(QUEUE)
     publish(backend, registry, *[Paid(f"o-{i}") for i in range(160)])

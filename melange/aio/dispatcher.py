@@ -40,7 +40,6 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from melange._options import DispatcherOptions, positive_int
 from melange._outage import StartupWait
+from melange._schedule import Schedule
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer, is_async_consumer
 from melange.dispatcher import DispatchStats, Outcome
@@ -57,14 +57,7 @@ from melange.message import Message
 from melange.observability import Hooks
 from melange.retry import RetryPolicy
 from melange.serializers import SerializerRegistry
-from melange.settlement import (
-    FILL_WAIT,
-    AckBuffer,
-    CallResult,
-    Delivery,
-    exit_handling,
-    log_extra,
-)
+from melange.settlement import CallResult, Delivery, exit_handling, log_extra
 
 if TYPE_CHECKING:
     from melange.dedup import DedupCache
@@ -195,14 +188,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._held = 0  # received, not finished
-        self._reserved = 0  # asked for by receive calls in progress
-        self._pending_acks = 0
-        self._deliveries: set[Delivery] = set()
-        self._active_groups: set[str] = set()
-        self._waiting: dict[str, deque[Delivery]] = {}  # behind the running message of a group
-        self._last_activity = time.monotonic()
-        self._ack_buffer = AckBuffer(1)  # sized for the backend by start()
+        self._schedule = Schedule(self.concurrency, self.batch_size)
         self._ack_slots: asyncio.Semaphore | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -246,7 +232,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
     @property
     def in_flight(self) -> int:
         """Messages received and not finished yet (at most :attr:`concurrency`)."""
-        return self._held
+        return self._schedule.held
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -316,12 +302,12 @@ class AsyncMessageDispatcher(DispatcherOptions):
         if self._state != "starting":  # stop() was called meanwhile
             return
         self._keeper = self._settlement.lease_keeper(self.lease)
-        self._ack_buffer = self._settlement.ack_buffer()
+        self._schedule.acks = self._settlement.ack_buffer()
         self._receivers = [
             loop.create_task(self._receive_loop(), name=f"melange-receiver-{self.queue_name}-{i}")
             for i in range(self.concurrent_receives)
         ]
-        self._last_activity = time.monotonic()
+        self._schedule.last_activity = time.monotonic()
         self._state = "running"
         logger.info(
             "dispatching queue %s to %s with concurrency %d (asyncio)",
@@ -406,7 +392,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         previous = self._state
         self._state = "stopping"
         self._stop_requested.set()
-        unstarted = self._cancel_unstarted()
+        unstarted = self._schedule.cancel_unstarted()
         self._capacity_changed.set()
         if previous in ("new", "starting"):  # nothing runs (start() gives up its wait)
             shutdown = self._close_unstarted()
@@ -463,22 +449,14 @@ class AsyncMessageDispatcher(DispatcherOptions):
         while not self._stopped.is_set():
             now = time.monotonic()
             # Idle time counts from this call at the earliest: what came before is done.
-            quiet_since = max(self._last_activity, began)
-            idle = self._held == 0 and self._pending_acks == 0 and now - quiet_since >= idle_seconds
+            quiet_since = max(self._schedule.last_activity, began)
+            idle = self._schedule.idle and now - quiet_since >= idle_seconds
             if idle or (deadline is not None and now >= deadline):
                 break
             await asyncio.sleep(0.01)
         if stop:
             await self.stop()
         return self.stats.snapshot()
-
-    def _cancel_unstarted(self) -> list[Delivery]:
-        """Mark every held message that has not started as cancelled."""
-        unstarted = [d for d in self._deliveries if not d.started and not d.cancelled]
-        for delivery in unstarted:
-            delivery.cancelled = True
-        self._waiting.clear()
-        return unstarted
 
     async def _close_unstarted(self) -> None:
         """Stop a dispatcher that never started: only the backend to close."""
@@ -492,7 +470,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         try:
             logger.info(
                 "stopping: %d message(s) handling, %d released",
-                self._held - len(unstarted),
+                self._schedule.held - len(unstarted),
                 len(unstarted),
                 extra=self._queue_extra,
             )
@@ -605,29 +583,13 @@ class AsyncMessageDispatcher(DispatcherOptions):
 
     # -------------------------------------------------------------- receiving
     async def _reserve(self) -> int:
-        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping.
-
-        When ``concurrency >= batch_size``, waits up to
-        :data:`~melange.settlement.FILL_WAIT` while handlers run for ``batch_size``
-        of free capacity: asking for fewer costs a round trip of its own.
-        """
+        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping."""
         assert self._stop_requested is not None and self._capacity_changed is not None
-        # Less capacity than a batch: no receive can be full, so waiting would only idle it.
-        full = self.batch_size if self.concurrency >= self.batch_size else 1
         fill_deadline: float | None = None
         while not self._stop_requested.is_set():
-            free = self.concurrency - self._held - self._reserved
-            wait: float | None = None
-            if free > 0:
-                now = time.monotonic()
-                if fill_deadline is None:
-                    fill_deadline = now + FILL_WAIT
-                # Only running handlers free capacity soon; a reservation may last a long poll.
-                if free >= full or self._held == 0 or now >= fill_deadline:
-                    count = min(free, self.batch_size)
-                    self._reserved += count
-                    return count
-                wait = fill_deadline - now
+            count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
+            if count:
+                return count
             self._capacity_changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._capacity_changed.wait(), wait)
@@ -635,7 +597,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
 
     def _unreserve(self, count: int) -> None:
         assert self._capacity_changed is not None
-        self._reserved -= count
+        self._schedule.unreserve(count)
         self._capacity_changed.set()
 
     async def _receive_loop(self) -> None:
@@ -673,35 +635,22 @@ class AsyncMessageDispatcher(DispatcherOptions):
     ) -> None:
         """Take the messages of one receive call: start their handlers, or release them."""
         assert self._stop_requested is not None and self._capacity_changed is not None
-        self._reserved -= reserved
-        self._capacity_changed.set()
-        if not received:
-            return
         deliveries = self._settlement.deliveries(received, received_at)
-        if self._stop_requested.is_set():
-            for delivery in deliveries:
-                delivery.cancelled = True
-            await self._release(deliveries, "released")
+        start, release = self._schedule.accept(
+            deliveries, reserved, stopping=self._stop_requested.is_set(), now=time.monotonic()
+        )
+        self._capacity_changed.set()
+        if release:
+            await self._release(release, "released")
             return
-        self._held += len(deliveries)
-        self._deliveries.update(deliveries)
-        self._last_activity = time.monotonic()
-        self.stats.peak("max_in_flight", self._held)
+        if not deliveries:
+            return
+        self.stats.peak("max_in_flight", self._schedule.held)
         if self._keeper is not None:
             self._keeper.track([d.lease for d in deliveries])
-        for delivery in deliveries:
-            self._schedule(delivery)
+        for delivery in start:
+            self._start(delivery)
         logger.debug("received %d message(s)", len(received), extra=self._queue_extra)
-
-    def _schedule(self, delivery: Delivery) -> None:
-        """Start a delivery's handler, or queue it behind the running message of its group."""
-        group = delivery.received.group_id
-        if group is not None:
-            if group in self._active_groups:
-                self._waiting.setdefault(group, deque()).append(delivery)
-                return
-            self._active_groups.add(group)
-        self._start(delivery)
 
     def _start(self, delivery: Delivery) -> None:
         assert self._loop is not None
@@ -729,26 +678,10 @@ class AsyncMessageDispatcher(DispatcherOptions):
     def _finish(self, delivery: Delivery, acked: bool) -> None:
         """Free the delivery's capacity and start the next message of its group."""
         assert self._capacity_changed is not None
-        group = delivery.received.group_id
-        behind: list[Delivery] = []
-        self._deliveries.discard(delivery)
-        self._held -= 1
-        self._last_activity = time.monotonic()
-        self._settle(delivery, acked)
-        if group is not None:
-            waiting = self._waiting.pop(group, None)
-            if waiting and acked:
-                self._start(waiting.popleft())  # the group stays active
-                if waiting:
-                    self._waiting[group] = waiting
-            else:
-                self._active_groups.discard(group)
-                if waiting:
-                    # Keep the group's order: the messages behind a failed one go back
-                    # to the broker, which hands them out again after it.
-                    behind = list(waiting)
-                    for other in behind:
-                        other.cancelled = True
+        following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
+        self._send_all(send)
+        if following is not None:
+            self._start(following)
         self._capacity_changed.set()
         if self._keeper is not None:
             self._keeper.release(delivery.lease)
@@ -760,11 +693,7 @@ class AsyncMessageDispatcher(DispatcherOptions):
         if not deliveries:
             return
         assert self._capacity_changed is not None
-        for delivery in deliveries:
-            if delivery in self._deliveries:
-                self._deliveries.discard(delivery)
-                self._held -= 1
-            self._settle(delivery, False)
+        self._send_all(self._schedule.release(deliveries, time.monotonic()))
         self._capacity_changed.set()
         if self._keeper is not None:
             for delivery in deliveries:
@@ -838,31 +767,30 @@ class AsyncMessageDispatcher(DispatcherOptions):
         return "ok"
 
     # ----------------------------------------------------------------- acking
-    def _settle(self, delivery: Delivery, ack: bool) -> None:
-        """Count ``delivery`` as settled, buffering its ack; send full batches."""
+    def _send_all(self, batches: list[list[Delivery]]) -> None:
+        """Start the acknowledgement calls, and a timer for acks left waiting."""
         assert self._loop is not None
-        if ack and not delivery.settled:
-            self._pending_acks += 1
-        for batch in self._ack_buffer.settle(delivery, ack, time.monotonic()):
+        for batch in batches:
             self._send(batch)
-        due = self._ack_buffer.overdue(time.monotonic())
+        due = self._schedule.acks.overdue(time.monotonic())
         if due is not None and self._ack_timer is None:  # a slow neighbour must not hold it
             self._ack_timer = self._loop.call_later(max(0.0, due), self._on_ack_timer)
 
     def _on_ack_timer(self) -> None:
         assert self._loop is not None
         self._ack_timer = None
-        due = self._ack_buffer.overdue(time.monotonic())
+        acks = self._schedule.acks
+        due = acks.overdue(time.monotonic())
         if due is not None and due <= 0:
-            for batch in self._ack_buffer.take_overdue(time.monotonic()):
+            for batch in acks.take_overdue(time.monotonic()):
                 self._send(batch)
-            due = self._ack_buffer.overdue(time.monotonic())
+            due = acks.overdue(time.monotonic())
         if due is not None:
             self._ack_timer = self._loop.call_later(max(0.0, due), self._on_ack_timer)
 
     def _flush_ack_buffer(self) -> None:
         """Send every waiting ack now."""
-        for batch in self._ack_buffer.take_all():
+        for batch in self._schedule.acks.take_all():
             self._send(batch)
 
     def _send(self, batch: list[Delivery]) -> None:
@@ -881,5 +809,4 @@ class AsyncMessageDispatcher(DispatcherOptions):
         except Exception:  # send_acks logs the broker's errors; this is a bug
             logger.exception("acknowledging failed", extra=self._queue_extra)
         finally:
-            self._pending_acks -= len(batch)
-            self._last_activity = time.monotonic()
+            self._schedule.acks_sent(len(batch), time.monotonic())
