@@ -37,11 +37,12 @@ test: install lint  ## The whole suite: lint, type check, tests (with the confor
 test-localstack: install  ## The localsqs tests against LocalStack run natively (no Docker; needs Python >= 3.13).
 	plugins/melange_localsqs/scripts/localstack.sh run $(RUN)/pytest plugins/melange_localsqs/tests -k "LocalStack or localstack" --melange-report=build/conformance-localstack
 
-lint: install  ## ruff and mypy --strict.
+lint: install  ## ruff, mypy --strict and the layering contracts (.importlinter).
 	$(RUN)/ruff check .
 	$(RUN)/ruff format --check melange plugins
 	$(RUN)/mypy melange
 	$(RUN)/mypy plugins/melange_aws/src plugins/melange_localsqs/src plugins/melange_gcp/src plugins/melange_azure/src
+	$(RUN)/lint-imports --no-logo
 
 bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/import_time.py
