@@ -1,8 +1,8 @@
 """The conformance suite against the embedded ``memory`` backend, on a manual clock.
 
 Every test must run here: ``memory`` declares every capability, so a skip is a bug, with one
-exception: the two runtime tests that need a consumer in another process, which a backend living
-in the test process cannot serve.
+exception: the two runtime tests that need a consumer in another process (both their variants,
+``[threads]`` and ``[asyncio]``), which a backend living in the test process cannot serve.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from melange_example_sqlite import SQLiteBackend
 
-from melange.testing.conformance import BackendSpec, ConformanceSuite
+from melange.testing.conformance import BackendSpec, ConformanceSuite, known_deviation
 
 KNOWN_DEVIATIONS: dict[str, str] = {
     # "test_name[param-id]": "why this backend behaves differently, and since when",
@@ -37,7 +37,7 @@ class TestSQLiteBackend(ConformanceSuite):
 
     @pytest.fixture(autouse=True)
     def _known_deviation(self, request: pytest.FixtureRequest) -> None:
-        reason = KNOWN_DEVIATIONS.get(request.node.name)
+        reason = known_deviation(KNOWN_DEVIATIONS, request.node.name)
         if reason is not None:
             # strict: once the deviation is gone the XPASS fails, so the entry gets removed.
             request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

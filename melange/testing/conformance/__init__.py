@@ -14,8 +14,11 @@ A backend plugin runs the whole suite with a few lines in its own tests::
 
 Tests that need an optional capability say so with :func:`requires` and are
 skipped, with a reason naming the backend and the capability, when the backend
-does not declare it. Load :mod:`melange.testing.conformance.report` from your
-``conftest.py`` for a JSON report of the run. See ``docs/conformance.md``.
+does not declare it. Tests that drive a dispatcher run with both dispatchers,
+threaded and asyncio (:mod:`~melange.testing.conformance.drivers`); a known
+deviation keyed by a test's name covers both (:func:`known_deviation`). Load
+:mod:`melange.testing.conformance.report` from your ``conftest.py`` for a JSON
+report of the run. See ``docs/conformance.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ from melange.testing.conformance.convergence import (  # noqa: E402
     HandChanges,
 )
 from melange.testing.conformance.data import DataConformance  # noqa: E402
+from melange.testing.conformance.drivers import (  # noqa: E402
+    DRIVERS,
+    drives_dispatcher,
+    known_deviation,
+)
 from melange.testing.conformance.faults import FaultConformance  # noqa: E402
 from melange.testing.conformance.runtime import BackendSpec, RuntimeConformance  # noqa: E402
 from melange.testing.conformance.topology import TopologyConformance  # noqa: E402
@@ -67,6 +75,7 @@ class ConformanceSuite(
 
 
 __all__ = [
+    "DRIVERS",
     "MARGIN",
     "POLL_TIMEOUT",
     "VISIBILITY_TIMEOUT",
@@ -86,6 +95,8 @@ __all__ = [
     "assert_empty",
     "drain",
     "drain_bodies",
+    "drives_dispatcher",
+    "known_deviation",
     "messages",
     "receive_now",
     "release",

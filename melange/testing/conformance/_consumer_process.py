@@ -2,19 +2,24 @@
 
 Run as ``python -m melange.testing.conformance._consumer_process CONFIG`` where
 CONFIG is a JSON file naming the backend (``backend``, ``options`` for
-:func:`~melange.backends.load_backend`), the ``queue``, a ``progress_file``, a
-``release_file`` and the dispatcher's ``workers``, ``wait_seconds`` and
-``grace_period``.
+:func:`~melange.backends.load_backend`), the ``queue``, the dispatcher
+``driver`` (``"threads"``: :class:`~melange.dispatcher.MessageDispatcher`,
+``"asyncio"``: :class:`~melange.aio.AsyncMessageDispatcher` under
+``asyncio.run``), a ``progress_file``, a ``release_file`` and the
+dispatcher's ``workers`` (the asyncio dispatcher's ``concurrency``),
+``wait_seconds`` and ``grace_period``.
 
 Every message must be a JSON object with a number ``n``. The handler appends
 ``started <n>`` to the progress file, blocks until the release file exists,
-then appends ``finished <n>`` and returns. The
-dispatcher runs with its own SIGTERM/SIGINT handling, so the process exits
-with status 0 after a graceful stop; it logs to stderr.
+then appends ``finished <n>`` and returns (a synchronous consumer: the asyncio
+dispatcher runs it in a thread). The dispatcher runs with its own
+SIGTERM/SIGINT handling, so the process exits with status 0 after a graceful
+stop; it logs to stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from melange.aio import AsyncMessageDispatcher
 from melange.backends import load_backend
 from melange.consumers import consumer
 from melange.dispatcher import MessageDispatcher
@@ -61,15 +67,23 @@ def main(argv: list[str] | None = None) -> int:
         note("finished", number)
 
     backend = load_backend(config["backend"], **config["options"])
-    dispatcher = MessageDispatcher(
-        backend,
-        config["queue"],
-        [hold],
-        workers=int(config["workers"]),
-        wait_seconds=float(config["wait_seconds"]),
-        grace_period=float(config["grace_period"]),
-    )
-    dispatcher.run()
+    options: dict[str, Any] = {
+        "wait_seconds": float(config["wait_seconds"]),
+        "grace_period": float(config["grace_period"]),
+    }
+    driver = config.get("driver", "threads")
+    if driver == "asyncio":
+        dispatcher = AsyncMessageDispatcher(
+            backend, config["queue"], [hold], concurrency=int(config["workers"]), **options
+        )
+        asyncio.run(dispatcher.run())
+    elif driver == "threads":
+        MessageDispatcher(
+            backend, config["queue"], [hold], workers=int(config["workers"]), **options
+        ).run()
+    else:
+        print(f"unknown dispatcher driver {driver!r}", file=sys.stderr)
+        return 2
     return 0
 
 

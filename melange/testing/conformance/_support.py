@@ -13,14 +13,24 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
 from melange.backends.base import Capabilities, MessagingBackend, OutgoingMessage, ReceivedMessage
+from melange.consumers import Consumer
 from melange.exceptions import MelangeError
 from melange.factory import MessagingBackendFactory
 from melange.message import DEAD_LETTER_REASON_ATTRIBUTE, DEAD_LETTER_SOURCE_ATTRIBUTE
+from melange.serializers import SerializerRegistry
+from melange.testing.conformance.drivers import (
+    DRIVER_FIXTURE,
+    DRIVERS,
+    Dispatcher,
+    DriverName,
+    is_driven,
+    make_dispatcher,
+)
 from melange.testing.conformance.report import BACKEND_INFO, REQUIRES_MARKER, describe_backend
 
 Wait = Callable[[float], None]
@@ -139,6 +149,48 @@ class ConformanceBase:
 
     melange_conformance_suite = True
     """Tells the report plugin that a class's tests belong to the suite."""
+
+    melange_driver: DriverName = "threads"
+    """The dispatcher driver of the running test; set by ``melange_dispatcher_driver``."""
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Run a test marked ``drives_dispatcher`` once per driver, also where overridden.
+
+        The mark of the base class's test parametrizes it; an override in a
+        subclass has lost the mark, and is parametrized here instead.
+        """
+        if metafunc.cls is None or not is_driven(metafunc.cls, metafunc.definition.originalname):
+            return
+        marks = metafunc.definition.iter_markers("parametrize")
+        if not any(DRIVER_FIXTURE in str(mark.args[0] if mark.args else "") for mark in marks):
+            metafunc.parametrize(DRIVER_FIXTURE, DRIVERS, indirect=True)
+
+    @pytest.fixture(autouse=True)
+    def melange_dispatcher_driver(self, request: pytest.FixtureRequest) -> DriverName:
+        """Which dispatcher drives the test: ``"threads"``, or ``"asyncio"`` for its twin.
+
+        Tests marked ``drives_dispatcher`` are parametrized over both; every
+        other test sees ``"threads"``.
+        """
+        driver: DriverName = getattr(request, "param", "threads")
+        self.melange_driver = driver
+        return driver
+
+    def melange_dispatcher(
+        self,
+        backend: MessagingBackend,
+        queue_name: str,
+        consumers: Sequence[Consumer],
+        serializers: SerializerRegistry | None = None,
+        **options: Any,
+    ) -> Dispatcher:
+        """A dispatcher of the running test's driver, with ``MessageDispatcher``'s arguments.
+
+        See :func:`melange.testing.conformance.drivers.make_dispatcher`.
+        """
+        return make_dispatcher(
+            self.melange_driver, backend, queue_name, consumers, serializers, **options
+        )
 
     @pytest.fixture
     def melange_backend(self) -> Iterator[MessagingBackend]:

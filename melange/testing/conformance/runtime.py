@@ -1,10 +1,13 @@
 """Conformance tests of the runtime: publishers and the dispatcher over the backend contract.
 
-The runtime (:mod:`melange.publishers`, :mod:`melange.dispatcher`) is written
-once against the contract, so these tests hold on every backend that passes
-the rest of the suite: many messages through failing handlers, a consumer
-process killed or stopped mid-batch, a handler that outlives the visibility
-timeout, and messages no consumer can take.
+The runtime (:mod:`melange.publishers`, :mod:`melange.dispatcher`,
+:mod:`melange.aio`) is written once against the contract, so these tests hold
+on every backend that passes the rest of the suite: many messages through
+failing handlers, a consumer process killed or stopped mid-batch, a handler
+that outlives the visibility timeout, and messages no consumer can take. Each
+test that drives a dispatcher runs twice, with the threaded and with the
+asyncio dispatcher (``[threads]``, ``[asyncio]``; see
+:mod:`melange.testing.conformance.drivers`).
 
 Broker time passes only through ``melange_wait``. Where the runtime itself
 measures time (the lease heartbeat, retry backoff), the tests let real time
@@ -38,7 +41,7 @@ from melange.backends import load_backend
 from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
 from melange.consumers import consumer
 from melange.dedup import MemoryDedupCache
-from melange.dispatcher import MessageDispatcher, Outcome, RetryPolicy
+from melange.dispatcher import Outcome, RetryPolicy
 from melange.exceptions import MessageTooLarge
 from melange.factory import MessagingBackendFactory
 from melange.message import (
@@ -65,12 +68,16 @@ from melange.testing.conformance._support import (
     requires,
     without_dead_letter_reason,
 )
+from melange.testing.conformance.drivers import Dispatcher, DriverName, drives_dispatcher
 
 BackendSpec = tuple[str, Mapping[str, Any]]
 """``(backend name, options)``: ``load_backend(name, **options)`` reaches the broker from
 another process."""
 
 LOAD = 1000
+ASYNCIO_LOAD = 300
+"""Messages of the load test's asyncio variant: the dispatchers share the settlement code, so
+fewer messages show the event-loop scheduling at a third of the time."""
 BACKLOG = 20
 """Messages published ahead of the consumers in the load test."""
 WORKERS = 4
@@ -88,6 +95,8 @@ STALL_TIMEOUT = POLL_TIMEOUT
 """Real seconds without progress after which a runtime test fails."""
 STEP = 0.05
 """Seconds (broker time, and at least as much real time) between two checks of a waiting test."""
+LEASE_CHECK_EVERY = 5
+"""Steps between two receives of the lease test: one receive per half visibility timeout."""
 TINY_RETRY = RetryPolicy(base=0.001, factor=2.0, max_delay=0.05, jitter=0.5)
 """Retries after a few milliseconds (brokers with whole-second delays round up to 1 s)."""
 CHILD_TIMEOUT = 30.0
@@ -161,7 +170,7 @@ def _wait_for(
         _pass_time(wait, step)
 
 
-def _stop_while_time_passes(dispatcher: MessageDispatcher, wait: Wait, seconds: float) -> None:
+def _stop_while_time_passes(dispatcher: Dispatcher, wait: Wait, seconds: float) -> None:
     """Stop the dispatcher while ``seconds`` of broker time pass; return once it has stopped.
 
     Its last long poll ends meanwhile, so the stop costs no extra time.
@@ -244,9 +253,9 @@ def _backend_from_spec(spec: BackendSpec) -> Iterator[tuple[MessagingBackend, Re
 
 
 class _ConsumerProcess:
-    """A dispatcher in another process whose handlers block until released."""
+    """A dispatcher of ``driver`` in another process whose handlers block until released."""
 
-    def __init__(self, spec: BackendSpec, queue: str, directory: Path) -> None:
+    def __init__(self, spec: BackendSpec, queue: str, directory: Path, driver: DriverName) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "config.json"
@@ -257,6 +266,7 @@ class _ConsumerProcess:
                     "backend": spec[0],
                     "options": dict(spec[1]),
                     "queue": queue,
+                    "driver": driver,
                     "progress_file": str(directory / PROGRESS_FILE),
                     "release_file": str(directory / RELEASE_FILE),
                     "workers": CHILD_WORKERS,
@@ -347,6 +357,7 @@ class RuntimeConformance(ConformanceBase):
         return None
 
     # ------------------------------------------------------------------ load
+    @drives_dispatcher
     @requires("dead_letter")
     @pytest.mark.parametrize(
         "dedup", [pytest.param(True, id="dedup"), pytest.param(False, id="no-dedup")]
@@ -364,6 +375,7 @@ class RuntimeConformance(ConformanceBase):
         Every message is handled to success by both consumers, exactly once per
         consumer with a deduplication cache, at least once without; the ones that
         always fail reach the dead-letter queue with body and attributes intact.
+        The asyncio variant sends 300 messages.
         """
         backend = melange_backend
         queue, dlq = melange_names.queue(), melange_names.queue("dlq")
@@ -377,16 +389,17 @@ class RuntimeConformance(ConformanceBase):
             max_receive_count=max_receives,
             visibility_timeout=visibility,
         )
-        plan = _failure_plan(LOAD, max_receives)
+        load = LOAD if self.melange_driver == "threads" else ASYNCIO_LOAD
+        plan = _failure_plan(load, max_receives)
         permanent = {n for n, failures in plan.items() if failures is None}
         good = set(plan) - permanent
         registry = _registry()
         orders = [
             Message(Order(n, f"order-{n}"), attributes={"n": str(n), "kind": "load"})
-            for n in range(LOAD)
+            for n in range(load)
         ]
         publisher = QueuePublisher(backend, registry, hooks=Hooks())
-        assert permanent and len(good) > LOAD / 2
+        assert permanent and len(good) > load / 2
         # The few that always fail go first: their retries overlap the rest of the run.
         sequence = [orders[n] for n in sorted(permanent)] + [orders[n] for n in sorted(good)]
 
@@ -417,7 +430,7 @@ class RuntimeConformance(ConformanceBase):
             # Publish while the dispatcher consumes, keeping a bounded backlog as a steady
             # producer does: some brokers (moto) slow down with every message queued.
             try:
-                for start in range(0, LOAD, BACKLOG):
+                for start in range(0, load, BACKLOG):
                     while not stopping.is_set():
                         with lock:
                             if len(steady_done) >= start - BACKLOG:
@@ -432,7 +445,7 @@ class RuntimeConformance(ConformanceBase):
                 producer_errors.append(error)
 
         dead: dict[int, ReceivedMessage] = {}
-        dispatcher = MessageDispatcher(
+        dispatcher = self.melange_dispatcher(
             backend,
             queue,
             [flaky, steady],
@@ -515,6 +528,7 @@ class RuntimeConformance(ConformanceBase):
         assert_empty(backend, queue)
 
     # ------------------------------------------------------- crash and stop
+    @drives_dispatcher
     def test_messages_of_a_killed_consumer_process_are_redelivered(
         self, melange_backend_spec: BackendSpec | None, tmp_path: Path
     ) -> None:
@@ -523,7 +537,7 @@ class RuntimeConformance(ConformanceBase):
             pytest.skip(SKIP_WITHOUT_SPEC)
         with _backend_from_spec(melange_backend_spec) as (backend, names):
             queue, numbers, process = _child_mid_batch(
-                melange_backend_spec, backend, names, tmp_path / "killed"
+                melange_backend_spec, backend, names, tmp_path / "killed", self.melange_driver
             )
             try:
                 process.signal(signal.SIGKILL)
@@ -543,7 +557,7 @@ class RuntimeConformance(ConformanceBase):
                     handled[int(message.body["n"])] += 1
 
             recorder = _Recorder()
-            dispatcher = MessageDispatcher(
+            dispatcher = self.melange_dispatcher(
                 backend,
                 queue,
                 [second],
@@ -570,6 +584,7 @@ class RuntimeConformance(ConformanceBase):
             )
             assert_empty(backend, queue)
 
+    @drives_dispatcher
     def test_sigterm_lets_running_handlers_finish_and_starts_nothing_new(
         self, melange_backend_spec: BackendSpec | None, tmp_path: Path
     ) -> None:
@@ -578,7 +593,7 @@ class RuntimeConformance(ConformanceBase):
             pytest.skip(SKIP_WITHOUT_SPEC)
         with _backend_from_spec(melange_backend_spec) as (backend, names):
             queue, numbers, process = _child_mid_batch(
-                melange_backend_spec, backend, names, tmp_path / "stopped"
+                melange_backend_spec, backend, names, tmp_path / "stopped", self.melange_driver
             )
             try:
                 process.signal(signal.SIGTERM)
@@ -608,6 +623,7 @@ class RuntimeConformance(ConformanceBase):
             assert_empty(backend, queue)
 
     # ----------------------------------------------------------------- lease
+    @drives_dispatcher
     @requires("lease_extension")
     def test_a_handler_running_three_visibility_timeouts_keeps_its_message(
         self,
@@ -630,17 +646,20 @@ class RuntimeConformance(ConformanceBase):
             started.set()
             release.wait(RUNTIME_TIMEOUT)
 
-        dispatcher = MessageDispatcher(
+        dispatcher = self.melange_dispatcher(
             backend, queue, [slow], workers=2, wait_seconds=1.0, close_backend=False
         )
         dispatcher.start()
         try:
             assert started.wait(POLL_TIMEOUT), "the handler never started"
-            running = 0.0
-            while running < 3 * VISIBILITY_TIMEOUT:
+            # Small steps of time, so a manual clock never runs ahead of the heartbeat; a
+            # receive every few of them (a receive may take a while on a real broker).
+            steps = round(3 * VISIBILITY_TIMEOUT / (2 * STEP))
+            for step in range(1, steps + 1):
                 _pass_time(melange_wait, 2 * STEP)
-                running += 2 * STEP
-                assert_empty(backend, queue)  # nobody else could take it
+                running = step * 2 * STEP
+                if step % LEASE_CHECK_EVERY == 0 or step == steps:
+                    assert_empty(backend, queue)  # nobody else could take it
                 assert calls == [1], f"redelivered after {running:.1f} s of handling"
             release.set()
             deadline = time.monotonic() + POLL_TIMEOUT
@@ -658,6 +677,7 @@ class RuntimeConformance(ConformanceBase):
         assert_empty(backend, queue)  # acknowledged, not merely still leased
 
     # ------------------------------------------------------- bad messages
+    @drives_dispatcher
     @requires("dead_letter")
     @pytest.mark.parametrize("outcome", ["dead_letter", "ack", "leave"])
     def test_messages_no_consumer_can_take_get_the_configured_outcome(
@@ -720,7 +740,7 @@ class RuntimeConformance(ConformanceBase):
             handled.append(order.n)
 
         recorder = _Recorder()
-        dispatcher = MessageDispatcher(
+        dispatcher = self.melange_dispatcher(
             backend,
             queue,
             [orders],
@@ -788,6 +808,7 @@ class RuntimeConformance(ConformanceBase):
             assert_empty(backend, queue)
         assert_empty(backend, dlq)
 
+    @drives_dispatcher
     @requires("dead_letter")
     def test_without_a_dead_letter_queue_the_dead_letter_outcome_leaves_the_message(
         self,
@@ -808,7 +829,7 @@ class RuntimeConformance(ConformanceBase):
         def orders(order: Order) -> None:
             handled.append(order.n)
 
-        dispatcher = MessageDispatcher(
+        dispatcher = self.melange_dispatcher(
             backend, queue, [orders], _registry(), wait_seconds=1.0, close_backend=False
         )
 
@@ -850,11 +871,13 @@ class RuntimeConformance(ConformanceBase):
         registry = _registry()
         publisher = QueuePublisher(backend, registry, hooks=Hooks())
         limit = backend.capabilities.max_message_size
-        fits = Order(1, "x")
+        # One producer id for all: a new one per encode may be a digit longer (9 -> 10).
+        producer_id = f"mlg-{melange_names.token}"
+        fits = Message(Order(1, "x"), producer_id=producer_id)
         overhead = registry.encode(fits).size - len("x")
         largest, too_large = (
-            Order(1, "x" * (limit - overhead)),
-            Order(2, "x" * (limit - overhead + 1)),
+            Message(Order(1, "x" * (limit - overhead)), producer_id=producer_id),
+            Message(Order(2, "x" * (limit - overhead + 1)), producer_id=producer_id),
         )
         assert registry.encode(largest).size == limit
 
@@ -867,7 +890,7 @@ class RuntimeConformance(ConformanceBase):
 
         publisher.publish(queue, largest)
         (received,) = drain(backend, queue, 1)
-        assert registry.decode(received).body == largest
+        assert registry.decode(received).body == largest.body
         assert_empty(backend, queue)
 
 
@@ -875,14 +898,18 @@ __all__ = ["ORDER_MANIFEST", "BackendSpec", "Order", "RuntimeConformance"]
 
 
 def _child_mid_batch(
-    spec: BackendSpec, backend: MessagingBackend, names: ResourceNames, directory: Path
+    spec: BackendSpec,
+    backend: MessagingBackend,
+    names: ResourceNames,
+    directory: Path,
+    driver: DriverName,
 ) -> tuple[str, set[int], _ConsumerProcess]:
     """Fill a fresh queue and start a consumer process; return once its handlers all block."""
     queue = names.queue()
     MessagingBackendFactory(backend).init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
     numbers = set(range(CHILD_MESSAGES))
     QueuePublisher(backend, hooks=Hooks()).publish_batch(queue, [{"n": n} for n in sorted(numbers)])
-    process = _ConsumerProcess(spec, queue, directory)
+    process = _ConsumerProcess(spec, queue, directory, driver)
     try:
         process.start()
         process.wait_until(

@@ -16,6 +16,7 @@ from melange_localsqs.testing import MotoServer
 from melange.testing.conformance import (
     BackendSpec,
     ConformanceSuite,
+    known_deviation,
 )
 from melange.testing.conformance._support import DeliveryGuarantee
 
@@ -85,6 +86,6 @@ class TestAWSBackend(ConformanceSuite, SQSForeignProducerConformance):
     @pytest.fixture(autouse=True)
     def _known_deviation(self, request: pytest.FixtureRequest) -> None:
         """Mark the known moto deviations as strict xfails."""
-        reason = KNOWN_DEVIATIONS.get(request.node.name)
+        reason = known_deviation(KNOWN_DEVIATIONS, request.node.name)
         if reason is not None:
             request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

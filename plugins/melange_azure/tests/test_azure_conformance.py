@@ -23,7 +23,7 @@ from melange_azure.hand_changes import ServiceBusHandChanges
 from melange_azure.testing import ServiceBusForeignProducerConformance
 from standin import ServiceBusStandIn
 
-from melange.testing.conformance import BackendSpec, ConformanceSuite
+from melange.testing.conformance import BackendSpec, ConformanceSuite, known_deviation
 from melange.testing.conformance._support import DeliveryGuarantee
 
 KNOWN_DEVIATIONS: dict[str, str] = {
@@ -87,6 +87,6 @@ class TestAzureServiceBusBackend(ConformanceSuite, ServiceBusForeignProducerConf
     @pytest.fixture(autouse=True)
     def _known_deviation(self, request: pytest.FixtureRequest) -> None:
         """Mark the known deviations as strict xfails."""
-        reason = KNOWN_DEVIATIONS.get(request.node.name)
+        reason = known_deviation(KNOWN_DEVIATIONS, request.node.name)
         if reason is not None:
             request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

@@ -17,7 +17,7 @@ import pytest
 from melange_azure import AzureServiceBusBackend
 from standin import ServiceBusStandIn
 
-from melange.testing.conformance import FaultConformance
+from melange.testing.conformance import FaultConformance, known_deviation
 from melange.testing.faults import FaultTarget
 
 KNOWN_DEVIATIONS: dict[str, str] = {}
@@ -68,6 +68,6 @@ class TestAzureServiceBusFaults(FaultConformance):
     @pytest.fixture(autouse=True)
     def _known_deviation(self, request: pytest.FixtureRequest) -> None:
         """Mark the known deviations as strict xfails."""
-        reason = KNOWN_DEVIATIONS.get(request.node.name)
+        reason = known_deviation(KNOWN_DEVIATIONS, request.node.name)
         if reason is not None:
             request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from melange_azure import AzureServiceBusBackend
 
-from melange.testing.conformance import BackendSpec, ConformanceSuite
+from melange.testing.conformance import BackendSpec, ConformanceSuite, known_deviation
 from melange.testing.conformance._support import DeliveryGuarantee
 
 LIVE_CONNECTION_ENV = "MELANGE_AZURE_CONNECTION_STRING"
@@ -45,6 +45,6 @@ if os.environ.get(LIVE_CONNECTION_ENV):
 
         @pytest.fixture(autouse=True)
         def _known_deviation(self, request: pytest.FixtureRequest) -> None:
-            reason = LIVE_DEVIATIONS.get(request.node.name)
+            reason = known_deviation(LIVE_DEVIATIONS, request.node.name)
             if reason is not None:
                 request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

@@ -13,7 +13,7 @@ import pytest
 from melange_gcp import GCPPubSubBackend
 from melange_gcp.testing import PubSubHandChanges
 
-from melange.testing.conformance import BackendSpec, ConformanceSuite
+from melange.testing.conformance import BackendSpec, ConformanceSuite, known_deviation
 from melange.testing.conformance._support import DeliveryGuarantee
 
 FILTERS_NOT_APPLIED = (
@@ -98,6 +98,6 @@ class TestGCPPubSubBackend(ConformanceSuite):
     @pytest.fixture(autouse=True)
     def _known_deviation(self, request: pytest.FixtureRequest) -> None:
         """Mark the known deviations as strict xfails."""
-        reason = KNOWN_DEVIATIONS.get(request.node.name)
+        reason = known_deviation(KNOWN_DEVIATIONS, request.node.name)
         if reason is not None:
             request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

@@ -17,7 +17,7 @@ import pytest
 from melange_gcp import GCPPubSubBackend
 from melange_gcp.testing import PubSubHandChanges
 
-from melange.testing.conformance import BackendSpec, ConformanceSuite
+from melange.testing.conformance import BackendSpec, ConformanceSuite, known_deviation
 from melange.testing.conformance._support import DeliveryGuarantee
 
 LIVE_PROJECT_ENV = "MELANGE_GCP_PROJECT"
@@ -59,6 +59,6 @@ if os.environ.get(LIVE_PROJECT_ENV):
 
         @pytest.fixture(autouse=True)
         def _known_deviation(self, request: pytest.FixtureRequest) -> None:
-            reason = LIVE_DEVIATIONS.get(request.node.name)
+            reason = known_deviation(LIVE_DEVIATIONS, request.node.name)
             if reason is not None:
                 request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

@@ -21,6 +21,7 @@ from melange_localsqs.testing import LOCALSTACK_ENDPOINT_ENV, MotoServer
 from melange.testing.conformance import (
     BackendSpec,
     ConformanceSuite,
+    known_deviation,
 )
 from melange.testing.conformance._support import DeliveryGuarantee
 from melange.testing.conformance.convergence import ConvergenceConformance
@@ -88,7 +89,7 @@ class LocalSQSConformance(ConformanceSuite, SQSForeignProducerConformance):
 
     @pytest.fixture(autouse=True)
     def _known_deviation(self, request: pytest.FixtureRequest) -> None:
-        reason = self.deviations.get(request.node.name)
+        reason = known_deviation(self.deviations, request.node.name)
         if reason is not None:
             # strict: once the emulator is fixed the XPASS fails, so the entry gets removed.
             request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
