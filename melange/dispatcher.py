@@ -39,7 +39,8 @@ A :class:`MessageDispatcher` runs the loop an application uses every day::
 * :meth:`~MessageDispatcher.stop` (or SIGTERM/SIGINT under
   :meth:`~MessageDispatcher.run`) stops receiving, lets running handlers finish
   within ``grace_period``, releases messages that were received but not
-  started, acknowledges what finished and closes the backend.
+  started, and acknowledges what finished; with ``close_backend=True`` it also
+  closes the backend (by default the caller, who opened it, closes it).
 
 Logging goes to the ``melange.dispatcher`` logger with ``extra`` fields
 ``queue``, ``message_id`` and ``consumer``; message bodies are never logged.
