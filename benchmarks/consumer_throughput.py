@@ -1,45 +1,62 @@
-"""Consumer throughput: melange's ``MessageDispatcher`` against hand-written loops; latency.
+"""Consumer throughput: melange's consumer runtime against hand-written loops; latency.
 
 Two measurements in one run. Every message is the same small JSON object encoded by melange's
 ``SerializerRegistry`` (so it carries the ``melange.serializer`` attribute); every handler is
 the same trivial function (it notes the message's number, which lets each run check that every
 message was handled, and handled once).
 
-1. **Against a hand-written loop on the same endpoint.** The dispatcher (``workers=10,
-   concurrent_receives=1, batch_size=10``; an extra line with the constructor's defaults,
-   ``workers=4``) empties pre-filled queues, and so does a plain loop that receives 10, parses
-   each body with ``json.loads``, calls the handler and deletes the 10 in one call. On
-   ``memory`` the loop uses the backend's ``receive``/``ack``; on ``localsqs`` (a moto server
-   over HTTP, started by the script) it is raw boto3 ``receive_message`` +
-   ``delete_message_batch``, asking for what melange asks for. moto slows down as a queue
-   grows, so localsqs runs spread ``--messages`` over fresh queues of ``--per-queue``, filled
-   before the timing; sides interleave queue by queue in rotating, alternating order, and the
-   headline is the median of the per-repetition ratios dispatcher/loop in msgs/s.
-2. **Under latency.** A :class:`~latency_proxy.LatencyProxy` in front of the endpoint adds a
-   fixed round-trip time (``--rtts``) to every HTTP exchange. For each ``concurrent_receives``
-   (``--concurrency``; ``workers`` is 10 per receive, so every receive may ask for 10) the
-   dispatcher consumes a fresh queue that a feeder thread (talking to the endpoint directly,
-   not through the proxy) keeps stocked, so that receives return 10 messages while the queue
-   stays shallow. Its steady throughput (messages deleted, over the middle 80 % of the
-   deletes) is compared with the limit ``concurrent_receives x 10 / RTT``: **goal at least
-   0.9**. A hand-written boto3 consumer with as many receiving threads, which hands each
-   batch's delete to a thread pool and receives again at once, runs under the same conditions:
-   it shows what the endpoint allows (moto's own time per receive grows with the queue's depth
-   and adds to the RTT). The call logs (every receive and delete: thread, start, end, size)
-   show whether receives stay in flight, whether they return 10, and whether deletes keep up.
+1. **Against a hand-written loop on the same endpoint.** Dispatchers empty pre-filled queues,
+   and so does a plain loop that receives 10, parses each body with ``json.loads``, calls the
+   handler and deletes the 10 in one call. Sides run in rotating, alternating order, and each
+   ratio is the median of the per-repetition ratios side/loop in msgs/s.
+
+   * ``memory`` (part ``memory``): the headline sides are the two drivers built with their
+     **default options**, ``MessageDispatcher(backend, queue, [consumer], serializers)`` and
+     ``melange.aio.AsyncMessageDispatcher(backend, queue, [consumer], serializers)`` (run with
+     ``asyncio.run`` and ``await run_until_idle(idle_seconds=..., stop=True)``); the asyncio
+     driver runs twice, with the same ``def process`` consumer (in its thread pool) and with an
+     ``AsyncConsumer`` whose ``async def process`` runs on the event loop. Extra lines: the
+     threaded dispatcher tuned for memory (``workers=10, concurrent_receives=1,
+     batch_size=10, wait_seconds=0.05``) and with ``workers=4``. The loop uses the backend's
+     ``receive``/``ack``.
+   * ``localsqs`` (part ``localsqs``): the threaded dispatcher (``workers=10,
+     concurrent_receives=1, batch_size=10, wait_seconds=0``, and an extra line with
+     ``workers=4``) against raw boto3 ``receive_message`` + ``delete_message_batch``, asking for
+     what melange asks for, on a moto server over HTTP started by the script. moto slows down
+     as a queue grows, so these runs spread ``--messages`` over fresh queues of
+     ``--per-queue``, filled before the timing, and the sides interleave queue by queue.
+
+2. **Under latency** (part ``latency``). A :class:`~latency_proxy.LatencyProxy` in front of the
+   endpoint adds a fixed round-trip time (``--rtts``) to every HTTP exchange. For each
+   ``concurrent_receives`` (``--concurrency``; ``workers``/``concurrency`` is 10 per receive,
+   so every receive may ask for 10) each driver (threads with the ``def process`` consumer,
+   asyncio with the ``async def process`` one) consumes a fresh queue that a feeder thread
+   (talking to the endpoint directly, not through the proxy) keeps stocked, so that receives
+   return 10 messages while the queue stays shallow. Its steady throughput (messages deleted,
+   over the middle 80 % of the deletes) is compared with the limit ``concurrent_receives x 10 /
+   RTT``: **goal at least 0.9**. A hand-written boto3 consumer with as many receiving threads,
+   which hands each batch's delete to a thread pool and receives again at once, runs under the
+   same conditions: it shows what the endpoint allows (moto's own time per receive grows with
+   the queue's depth and adds to the RTT). The call logs (every receive and delete: thread,
+   start, end, size) show whether receives stay in flight, whether they return 10, and whether
+   deletes keep up.
 
 With ``--localstack URL`` (default: ``$MELANGE_LOCALSTACK_ENDPOINT``, which
-``plugins/melange_localsqs/scripts/localstack.sh run`` sets) both parts also run against that
-LocalStack, whose receive costs about 2 ms whatever the queue's depth.
+``plugins/melange_localsqs/scripts/localstack.sh run`` sets) the ``localsqs`` and ``latency``
+parts also run against that LocalStack, whose receive costs about 2 ms whatever the queue's
+depth. ``--parts memory`` runs part 1 on ``memory`` alone, without starting moto.
 
 Part 1 times each run from the start of its first receive to the end of its last delete: the
-dispatcher's start-up (threads, the queue lookup of ``start()``) and its idle wait and shutdown
-are not timed; part 2 measures a steady state, and its end-to-end figure (from the dispatcher's
+dispatcher's start-up (threads or event loop, the queue lookup of ``start()``) and its idle wait
+and shutdown are not timed. They are in the ``wall`` column (construction to the return of
+``run_until_idle(stop=True)``): with the default ``wait_seconds=5``, ``stop()`` waits for the
+long poll in progress once the queue is empty, so a default run takes about 5 s longer than
+its messages. Part 2 measures a steady state, and its end-to-end figure (from the dispatcher's
 start) is in the JSON output.
 
-Usage: ``.venv/bin/python benchmarks/consumer_throughput.py [--messages 500] [--per-queue 50]
-[--memory-messages 10000] [--repeat 5] [--rtts 50,100] [--concurrency 1,2,4] [--rounds 20]
-[--localstack URL] [--json]``.
+Usage: ``.venv/bin/python benchmarks/consumer_throughput.py [--parts memory,localsqs,latency]
+[--messages 500] [--per-queue 50] [--memory-messages 10000] [--repeat 5] [--rtts 50,100]
+[--concurrency 1,2,4] [--rounds 20] [--localstack URL] [--json]``.
 """
 
 from __future__ import annotations
@@ -76,23 +93,55 @@ RECEIVE_OPTIONS: dict[str, Any] = {
     "MessageSystemAttributeNames": ["ApproximateReceiveCount", "MessageGroupId"],
 }
 # workers=10: a receive asks for no more messages than the dispatcher has free workers, so with
-# fewer it could not receive 10 at a time as the hand-written loop does.
+# fewer it could not receive 10 at a time as the hand-written loop does. (10 is also the
+# constructor's default now: batch_size x concurrent_receives.)
 DISPATCHER_OPTIONS: dict[str, Any] = {"workers": 10, "concurrent_receives": 1, "batch_size": BATCH}
-# The extra line: the constructor's defaults, what an application gets unless it says otherwise.
-DEFAULT_OPTIONS: dict[str, Any] = {"workers": 4, "concurrent_receives": 1, "batch_size": BATCH}
-MEMORY_WAIT, MEMORY_IDLE = 0.05, 0.3  # the dispatcher's receive wait and idle time on memory
+# An extra line: fewer workers than a batch (the constructor's default before 8.0.0.dev0).
+WORKERS4_OPTIONS: dict[str, Any] = {"workers": 4, "concurrent_receives": 1, "batch_size": BATCH}
+MEMORY_WAIT, MEMORY_IDLE = 0.05, 0.3  # the tuned receive wait on memory; idle time of every run
 # Part 1 on SQS: no long polling, as the hand-written loop (the queues are filled beforehand).
 SQS_WAIT, SQS_IDLE = 0.0, 0.5
 # Part 2: long polling (whole seconds on SQS); a stocked queue answers at once anyway.
 LATENCY_WAIT, LATENCY_IDLE = 1.0, 1.0
 STEADY = (0.1, 0.9)  # the part of the deletes that makes the steady throughput
 PAYLOAD = {"order_id": "ord-000000", "amount_cents": 1250, "currency": "EUR", "n": 0}
+PARTS = ("memory", "localsqs", "latency")
 
-DISPATCHER = "dispatcher"
-DISPATCHER_DEFAULTS = "dispatcher workers=4"  # the constructor default before 8.0.0.dev0 tuning
+THREADS, ASYNCIO, LOOP = "threads", "asyncio", "loop"  # who consumes: the two drivers, or a loop
 HAND_LOOP = "hand loop"
 BOTO3_LOOP = "boto3 loop"
 BOTO3_PIPELINED = "boto3 pipelined"
+# Part 1 on memory.
+THREADS_DEFAULTS = "threads, defaults"
+ASYNCIO_DEFAULTS = "asyncio, defaults"
+ASYNCIO_ASYNC_DEF = "asyncio, defaults, async def"
+THREADS_TUNED = "threads, tuned"
+THREADS_WORKERS4 = "threads, workers=4"
+# Part 1 on SQS, and part 2.
+DISPATCHER = "dispatcher"
+DISPATCHER_DEFAULTS = "dispatcher workers=4"  # the constructor default before 8.0.0.dev0 tuning
+ASYNCIO_DISPATCHER = "asyncio dispatcher"
+SQS_SIDES = {DISPATCHER: DISPATCHER_OPTIONS, DISPATCHER_DEFAULTS: WORKERS4_OPTIONS}
+
+
+@dataclass(frozen=True)
+class Side:
+    """Who consumes in one side of part 1 on memory, and with which constructor options."""
+
+    driver: str  # THREADS, ASYNCIO or LOOP
+    options: dict[str, Any] = field(default_factory=dict)  # beyond the four positional ones
+    async_consumer: bool = False  # an AsyncConsumer (async def process) instead of a Consumer
+    headline: bool = False
+
+
+MEMORY_SIDES: dict[str, Side] = {
+    HAND_LOOP: Side(LOOP),
+    THREADS_DEFAULTS: Side(THREADS, headline=True),
+    ASYNCIO_DEFAULTS: Side(ASYNCIO, headline=True),
+    ASYNCIO_ASYNC_DEF: Side(ASYNCIO, async_consumer=True, headline=True),
+    THREADS_TUNED: Side(THREADS, {**DISPATCHER_OPTIONS, "wait_seconds": MEMORY_WAIT}),
+    THREADS_WORKERS4: Side(THREADS, {**WORKERS4_OPTIONS, "wait_seconds": MEMORY_WAIT}),
+}
 
 
 # ------------------------------------------------------------- messages
@@ -129,15 +178,25 @@ class Handled:
         return len(self.numbers) - len(self.seen)
 
 
-def counting_consumer(handled: Handled) -> Any:
-    """A melange Consumer whose ``process`` is the trivial handler."""
+def counting_consumer(handled: Handled, *, asynchronous: bool = False) -> Any:
+    """A melange consumer whose ``process`` is the trivial handler.
+
+    A plain :class:`~melange.consumers.Consumer` (``def process``: the threaded dispatcher calls
+    it on a worker thread, the asyncio one in its thread pool), or with ``asynchronous`` an
+    :class:`~melange.aio.AsyncConsumer` (``async def process``, run on the event loop).
+    """
+    from melange.aio import AsyncConsumer
     from melange.consumers import Consumer
 
     class CountingConsumer(Consumer):
         def process(self, message: Any) -> None:
             handled(message.body)
 
-    return CountingConsumer()
+    class AsyncCountingConsumer(AsyncConsumer):
+        async def process(self, message: Any) -> None:
+            handled(message.body)
+
+    return AsyncCountingConsumer() if asynchronous else CountingConsumer()
 
 
 # ------------------------------------------------------------ call logs
@@ -205,20 +264,61 @@ class Instrumented:
 
 
 def run_dispatcher(
-    backend: Any, queue_name: str, handled: Handled, wait: float, idle: float, **options: Any
-) -> Any:
-    """Run a dispatcher until the queue stays empty for ``idle`` seconds, stop it, return stats."""
-    from melange.dispatcher import MessageDispatcher
+    driver: str,
+    backend: Any,
+    queue_name: str,
+    handled: Handled,
+    idle: float,
+    *,
+    async_consumer: bool = False,
+    **options: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Run a dispatcher until the queue stays empty for ``idle`` seconds and stop it.
 
-    dispatcher = MessageDispatcher(
-        backend,
-        queue_name,
-        [counting_consumer(handled)],
-        wait_seconds=wait,
-        close_backend=False,  # the benchmark reuses the backend
-        **options,
-    )
-    return dispatcher.run_until_idle(idle_seconds=idle, timeout=600.0, stop=True)
+    ``driver`` is :data:`THREADS` (``MessageDispatcher``) or :data:`ASYNCIO`
+    (``AsyncMessageDispatcher`` under ``asyncio.run``); ``options`` are passed to the
+    constructor as they are, so none given means the constructor's defaults. Returns the
+    dispatcher's stats and the options it ran with (defaults resolved).
+    """
+    from melange.serializers import SerializerRegistry
+
+    consumers = [counting_consumer(handled, asynchronous=async_consumer)]
+    serializers = SerializerRegistry()
+    if driver == THREADS:
+        from melange.dispatcher import MessageDispatcher
+
+        dispatcher = MessageDispatcher(backend, queue_name, consumers, serializers, **options)
+        stats = dispatcher.run_until_idle(idle_seconds=idle, timeout=600.0, stop=True)
+        return stats, effective_options(dispatcher, options)
+
+    import asyncio
+
+    from melange.aio import AsyncMessageDispatcher
+
+    async def run() -> tuple[Any, dict[str, Any]]:
+        dispatcher = AsyncMessageDispatcher(backend, queue_name, consumers, serializers, **options)
+        stats = await dispatcher.run_until_idle(idle_seconds=idle, timeout=600.0, stop=True)
+        return stats, effective_options(dispatcher, options)
+
+    return asyncio.run(run())
+
+
+def effective_options(dispatcher: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The sizing options a dispatcher runs with, after the constructor filled in defaults.
+
+    Each is read from the dispatcher, else from its ``config``, else from what was passed;
+    one found nowhere is left out.
+    """
+    capacity = "workers" if hasattr(dispatcher, "workers") else "concurrency"
+    sources = [dispatcher, getattr(dispatcher, "config", None), given]
+    resolved = {}
+    for name in (capacity, "concurrent_receives", "batch_size", "wait_seconds"):
+        for source in sources:
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                resolved[name] = value
+                break
+    return resolved
 
 
 def busy_time(log: CallLog) -> float:
@@ -255,11 +355,29 @@ def check_run(
 
 
 # ------------------------------------------------------- part 1: memory
-def memory_side(side: str, messages: list[Any]) -> float:
-    """One run on a fresh memory backend; returns msgs/s."""
+@dataclass
+class PartOneResult:
+    """Part 1 on one endpoint: per side, msgs/s (and on memory wall seconds) per repetition."""
+
+    rates: dict[str, list[float]]
+    walls: dict[str, list[float]]
+    options: dict[str, dict[str, Any]]  # per dispatcher side, as it ran (defaults resolved)
+
+
+def memory_side(
+    name: str, messages: list[Any], *, warm_up: bool = False
+) -> tuple[float, float, dict[str, Any]]:
+    """One run on a fresh memory backend; returns msgs/s, wall seconds and the options used.
+
+    msgs/s counts from the first receive's start to the last ack's end; wall seconds from the
+    dispatcher's construction to the return of ``run_until_idle(stop=True)``. A warm-up run
+    uses the tuned wait, so that a default dispatcher's final long poll does not make it
+    last 5 s for nothing.
+    """
     from melange.backends.memory import MemoryBackend
     from melange.topology import QueueSpec
 
+    side = MEMORY_SIDES[name]
     backend = MemoryBackend()
     queue = "bench-memory"
     backend.declare_queue(QueueSpec(queue))
@@ -268,35 +386,49 @@ def memory_side(side: str, messages: list[Any]) -> float:
     log = Instrumented(backend).log
     handled = Handled()
     stats = None
+    options: dict[str, Any] = {}
     gc.collect()
-    if side == HAND_LOOP:
+    began = time.perf_counter()
+    if side.driver == LOOP:
         receive, ack, loads = backend.receive, backend.ack, json.loads
         while batch := receive(queue, BATCH, 0.0):
             for message in batch:
                 handled(loads(message.body))
             ack(batch)
     else:
-        options = DISPATCHER_OPTIONS if side == DISPATCHER else DEFAULT_OPTIONS
-        stats = run_dispatcher(backend, queue, handled, MEMORY_WAIT, MEMORY_IDLE, **options)
-    elapsed = busy_time(log)
-    check_run(f"memory {side}", len(messages), handled, log, stats)
+        chosen = {**side.options, "wait_seconds": MEMORY_WAIT} if warm_up else side.options
+        stats, options = run_dispatcher(
+            side.driver,
+            backend,
+            queue,
+            handled,
+            MEMORY_IDLE,
+            async_consumer=side.async_consumer,
+            **chosen,
+        )
+    wall = time.perf_counter() - began
+    check_run(f"memory {name}", len(messages), handled, log, stats)
     if backend.queue_depth(queue) != (0, 0, 0):
-        raise SystemExit(f"memory {side}: queue not empty: {backend.queue_depth(queue)}")
+        raise SystemExit(f"memory {name}: queue not empty: {backend.queue_depth(queue)}")
     backend.close()
-    return len(messages) / elapsed
+    return len(messages) / busy_time(log), wall, options
 
 
-def measure_memory(count: int, repeat: int) -> dict[str, list[float]]:
+def measure_memory(count: int, repeat: int) -> PartOneResult:
     messages = encoded_messages(count)
-    sides = [DISPATCHER, HAND_LOOP, DISPATCHER_DEFAULTS]
-    rates: dict[str, list[float]] = {side: [] for side in sides}
+    sides = list(MEMORY_SIDES)
+    result = PartOneResult({side: [] for side in sides}, {side: [] for side in sides}, {})
     for side in sides:  # warm-up, not recorded
-        memory_side(side, messages[: min(count, 1000)])
+        memory_side(side, messages[: min(count, 1000)], warm_up=True)
     for rep in range(repeat):
         order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
         for side in reversed(order) if rep % 2 else order:
-            rates[side].append(memory_side(side, messages))
-    return rates
+            rate, wall, options = memory_side(side, messages)
+            result.rates[side].append(rate)
+            result.walls[side].append(wall)
+            if options:
+                result.options[side] = options
+    return result
 
 
 # --------------------------------------------------- SQS-like endpoints
@@ -427,12 +559,18 @@ def sqs_queue_run(endpoint: Endpoint, side: str, name: str, url: str, count: int
         gc.collect()
         boto3_loop(endpoint.client, url, handled, log, count)
     else:
-        options = DISPATCHER_OPTIONS if side == DISPATCHER else DEFAULT_OPTIONS
         log = endpoint.backend.new_log()
         endpoint.backend.backend.get_queue(name)  # the backend caches the URL: not timed
         gc.collect()
-        stats = run_dispatcher(
-            endpoint.backend.backend, name, handled, SQS_WAIT, SQS_IDLE, **options
+        stats, _ = run_dispatcher(
+            THREADS,
+            endpoint.backend.backend,
+            name,
+            handled,
+            SQS_IDLE,
+            **SQS_SIDES[side],
+            wait_seconds=SQS_WAIT,
+            close_backend=False,  # the benchmark reuses the backend
         )
     elapsed = busy_time(log)
     check_run(f"{endpoint.label} {side}", count, handled, log, stats)
@@ -442,7 +580,7 @@ def sqs_queue_run(endpoint: Endpoint, side: str, name: str, url: str, count: int
 
 def measure_sqs(
     endpoint: Endpoint, messages: list[Any], per_queue: int, repeat: int
-) -> dict[str, list[float]]:
+) -> PartOneResult:
     sides = [DISPATCHER, BOTO3_LOOP, DISPATCHER_DEFAULTS]
     queue_count = len(messages) // per_queue
     rates: dict[str, list[float]] = {side: [] for side in sides}
@@ -463,7 +601,11 @@ def measure_sqs(
         if rep >= 0:
             for side in sides:
                 rates[side].append(queues * per_queue / elapsed[side])
-    return rates
+    options = {
+        side: {**SQS_SIDES[side], "wait_seconds": SQS_WAIT}
+        for side in (DISPATCHER, DISPATCHER_DEFAULTS)
+    }
+    return PartOneResult(rates, {}, options)
 
 
 # ------------------------------------------------------ part 2: latency
@@ -580,7 +722,8 @@ def latency_run(
     """One run under latency on a fresh, continuously stocked queue; the numbers of the run."""
     name, url = endpoint.new_queue(f"rtt{rtt * 1000:g}-c{receivers}")
     via_proxy.backend.get_queue(name)  # the URL lookup (one RTT) before the timing
-    log = via_proxy.new_log() if side == DISPATCHER else CallLog()
+    dispatched = side in (DISPATCHER, ASYNCIO_DISPATCHER)
+    log = via_proxy.new_log() if dispatched else CallLog()
     # Enough visible messages that every receive in flight gets 10, even before the feeder
     # hears of the ones just taken; no more, since moto's receive slows down with depth.
     feeder = Feeder(endpoint, name, messages, low=2 * receivers * BATCH + BATCH, log=log)
@@ -591,16 +734,21 @@ def latency_run(
     feeder.start()
     start = time.perf_counter()
     try:
-        if side == DISPATCHER:
-            stats = run_dispatcher(
+        if dispatched:
+            # Enough capacity (workers / concurrency) for every receive to ask for 10.
+            capacity = "workers" if side == DISPATCHER else "concurrency"
+            stats, _ = run_dispatcher(
+                THREADS if side == DISPATCHER else ASYNCIO,
                 via_proxy.backend,
                 name,
                 handled,
-                LATENCY_WAIT,
                 LATENCY_IDLE,
-                workers=receivers * BATCH,  # enough free workers for every receive to ask for 10
+                async_consumer=side == ASYNCIO_DISPATCHER,
+                **{capacity: receivers * BATCH},
                 concurrent_receives=receivers,
                 batch_size=BATCH,
+                wait_seconds=LATENCY_WAIT,
+                close_backend=False,  # the benchmark reuses the backend
             )
         else:
             pipelined_boto3(client, url, receivers, handled, log, len(messages))
@@ -617,7 +765,9 @@ def latency_run(
     )
     endpoint.check_empty(side, name, url)
     endpoint.admin.delete_queue(QueueUrl=url)
-    result = analyse(log, start, rtt, receivers, len(messages), feeder.done_at)
+    # The asyncio driver's receives hop between the threads of its pool: no per-thread figures.
+    per_thread = side != ASYNCIO_DISPATCHER
+    result = analyse(log, start, rtt, receivers, len(messages), feeder.done_at, per_thread)
     result.update(endpoint=endpoint.label, side=side, duplicates=handled.duplicates)
     return result
 
@@ -640,12 +790,21 @@ def middle(calls: list[Call], total: int) -> tuple[list[Call], float, float, int
 
 
 def analyse(
-    log: CallLog, start: float, rtt: float, receivers: int, total: int, feeder_done: float | None
+    log: CallLog,
+    start: float,
+    rtt: float,
+    receivers: int,
+    total: int,
+    feeder_done: float | None,
+    per_thread: bool = True,
 ) -> dict[str, Any]:
     """Throughput and what the receive/delete calls did, from one run's call log.
 
     Deletes and receives each get their own steady window (10 % to 90 % of the messages):
     when deletes fall behind, the receives are long done by the time the deletes are counted.
+    Without ``per_thread`` (receives made on whichever thread of a pool is free) the figures
+    that follow one receiving thread (the number of threads, the gaps between one thread's
+    receives) are left out.
     """
     _, low, high, deleted = middle(log.acks, total)
     steady = deleted / (high - low)
@@ -656,7 +815,7 @@ def analyse(
     # Receives made while the feeder was still sending: each should return 10.
     stocked = [call for call in log.receives if feeder_done is None or call.end <= feeder_done]
     by_thread: dict[int, list[Call]] = {}
-    for call in sorted(log.receives, key=lambda call: call.start):
+    for call in sorted(log.receives, key=lambda call: call.start) if per_thread else ():
         by_thread.setdefault(call.thread, []).append(call)
     gaps = [
         later.start - earlier.end
@@ -679,7 +838,7 @@ def analyse(
         # The share of the receive window during which `receivers` receives were in flight.
         "receive_duty": busy / (receivers * (r_high - r_low)),
         "peak_receives_in_flight": peak_overlap(log.receives),
-        "receive_threads": len(by_thread),
+        "receive_threads": len(by_thread) if per_thread else None,
         "receive_call_ms_median": 1000 * statistics.median(c.end - c.start for c in window),
         "receive_gap_ms_median": 1000 * statistics.median(gaps) if gaps else None,
         "receive_gap_ms_max": 1000 * max(gaps) if gaps else None,
@@ -718,7 +877,7 @@ def measure_latency(
             try:
                 for receivers in concurrency:
                     messages = encoded_messages(rounds * receivers * BATCH)
-                    for side in (DISPATCHER, BOTO3_PIPELINED):
+                    for side in (DISPATCHER, ASYNCIO_DISPATCHER, BOTO3_PIPELINED):
                         results.append(
                             latency_run(endpoint, via_proxy, client, side, rtt, receivers, messages)
                         )
@@ -742,48 +901,108 @@ def compare(rates: dict[str, list[float]], ours: str, theirs: str) -> dict[str, 
     }
 
 
-def part_one(rates: dict[str, list[float]], loop: str) -> dict[str, Any]:
+def part_one(result: PartOneResult, loop: str, headline: list[str]) -> dict[str, Any]:
+    """Part 1 on one endpoint, for the JSON output: summaries, samples, ratios to the loop."""
+    comparisons = {side: compare(result.rates, side, loop) for side in result.rates if side != loop}
     return {
-        "msgs_per_second": {side: summary(values) for side, values in rates.items()},
-        "samples": rates,
-        "comparison": compare(rates, DISPATCHER, loop),
-        "extra_comparison": compare(rates, DISPATCHER_DEFAULTS, loop),
+        "loop": loop,
+        "headline": headline,
+        "msgs_per_second": {side: summary(values) for side, values in result.rates.items()},
+        "samples": result.rates,
+        "wall_seconds": {side: summary(values) for side, values in result.walls.items()},
+        "wall_samples": result.walls,
+        "options": result.options,
+        "comparisons": comparisons,
+        "comparison": comparisons[headline[0]],
     }
+
+
+def with_reference(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each run under latency the difference between its fraction and the reference's."""
+    reference = {
+        (run["endpoint"], run["rtt_ms"], run["concurrent_receives"]): run["fraction_of_limit"]
+        for run in runs
+        if run["side"] == BOTO3_PIPELINED
+    }
+    for run in runs:
+        key = (run["endpoint"], run["rtt_ms"], run["concurrent_receives"])
+        ref = reference.get(key)
+        run["fraction_minus_reference"] = None if ref is None else run["fraction_of_limit"] - ref
+    return runs
 
 
 def options_text(options: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in options.items())
 
 
-def report(payload: dict[str, Any]) -> None:
-    print_machine(payload["machine"])
+# What each side of part 1 is, for the report (the options it ran with are printed beside).
+SIDE_NOTES = {
+    HAND_LOOP: "backend.receive(queue, 10), json.loads + handler, backend.ack(the 10)",
+    BOTO3_LOOP: "boto3 receive_message(10) + handler + delete_message_batch",
+    THREADS_DEFAULTS: "MessageDispatcher(backend, queue, [consumer], serializers)",
+    ASYNCIO_DEFAULTS: "AsyncMessageDispatcher(backend, queue, [consumer], serializers), "
+    "def process consumer (runs in the dispatcher's thread pool)",
+    ASYNCIO_ASYNC_DEF: "the same with an AsyncConsumer (async def process, on the event loop)",
+    THREADS_TUNED: "MessageDispatcher tuned for memory",
+    THREADS_WORKERS4: "MessageDispatcher with fewer workers than a batch",
+    DISPATCHER: "MessageDispatcher",
+    DISPATCHER_DEFAULTS: "MessageDispatcher with fewer workers than a batch",
+}
+
+
+def report_part_one(payload: dict[str, Any]) -> None:
     print(
-        f"1. dispatcher ({options_text(DISPATCHER_OPTIONS)}; defaults: "
-        f"{options_text(DEFAULT_OPTIONS)}) against a hand-written loop, trivial handler, "
-        f"{payload['repeat']} repetitions, rotating order"
+        "1. consumer runtime against a hand-written loop on the same endpoint, trivial handler, "
+        f"{payload['repeat']} repetitions, sides in rotating, alternating order"
+    )
+    endpoints = []
+    if "memory" in payload["part1"]:
+        endpoints.append(f"memory: {payload['memory_messages']} messages in one pre-filled queue")
+    if len(payload["part1"]) > ("memory" in payload["part1"]):
+        endpoints.append(
+            f"SQS over HTTP: {payload['messages']} messages, {payload['per_queue']} per fresh queue"
+        )
+    print(f"   per run: {'; '.join(endpoints)}")
+    print(
+        "   msgs/s: messages / (first receive start to last ack end), median (min-max); ratio: "
+        "median of the\n   per-repetition ratios side/loop (min-max); wall: whole run, "
+        "construction to the return of\n   run_until_idle(stop=True) (loop: its own time), median. "
+        "* = headline"
     )
     print(
-        f"   memory: {payload['memory_messages']} messages in one pre-filled queue per run; "
-        f"SQS over HTTP: {payload['messages']} messages per run, {payload['per_queue']} per "
-        "fresh queue"
+        f"  {'endpoint':<10}   {'side':<28} {'msgs/s':>9} {'(min-max)':<19} "
+        f"{'ratio to loop':<18} {'wall s':>6}"
     )
     for label, result in payload["part1"].items():
         for side, stats in result["msgs_per_second"].items():
+            mark = "*" if side in result["headline"] else " "
+            spread = f"({stats['min']:,.0f}-{stats['max']:,.0f})"
+            ratio = ""
+            if side in result["comparisons"]:
+                compared = result["comparisons"][side]
+                paired = compared["paired_ratios"]
+                ratio = f"{compared['ratio']:.2f}x ({min(paired):.2f}-{max(paired):.2f})"
+            wall = result["wall_seconds"].get(side)
+            walls = f"{wall['median']:>6.2f}" if wall else f"{'-':>6}"
             print(
-                f"  {label:<10} {side:<22} median {stats['median']:>9,.0f} msgs/s  "
-                f"(min {stats['min']:,.0f}, max {stats['max']:,.0f})"
+                f"  {label:<10} {mark} {side:<28} {stats['median']:>9,.0f} {spread:<19} "
+                f"{ratio:<18} {walls}"
             )
-    print("  ratios in msgs/s, median of the per-repetition ratios (min-max):")
+    print("  sides (options as run, the constructor's defaults filled in):")
     for label, result in payload["part1"].items():
-        for key in ("comparison", "extra_comparison"):
-            ratio = result[key]
-            paired = ratio["paired_ratios"]
-            print(
-                f"    {label:<10} {ratio['ours']}/{ratio['theirs']:<12} {ratio['ratio']:.2f}x "
-                f"({min(paired):.2f}-{max(paired):.2f})"
-            )
-    if not payload["latency"]:
-        return
+        for side in result["msgs_per_second"]:
+            print(f"    {label} {side}: {SIDE_NOTES.get(side, '')}")
+            if options := result["options"].get(side):
+                print(f"        {options_text(options)}")
+    if "memory" in payload["part1"]:
+        print(
+            "  wall: a dispatcher with the default wait_seconds=5 ends with a long poll on the "
+            f"empty queue; after {MEMORY_IDLE} s idle,\n  stop() waits for that receive (up to "
+            "wait_seconds), which is why those runs take about 5 s more than their messages."
+        )
+
+
+def report_latency(runs: list[dict[str, Any]]) -> None:
     print(
         "2. under latency (TCP proxy in front of the endpoint): steady = msgs deleted per second "
         f"over the middle {round((STEADY[1] - STEADY[0]) * 100)}% of the deletes; limit = "
@@ -793,23 +1012,30 @@ def report(payload: dict[str, Any]) -> None:
         "  receives (own steady window): msgs/s, share of the time the c receives were in "
         "flight,\n  median call ms; while stocked: calls asking 10 / returning 10 / all. "
         "deletes: calls, size median/max,\n  most in flight at once, median call ms. dup: "
-        "messages handled twice (moto hands one out twice under concurrent receives)"
+        "messages handled twice (moto hands one out twice under concurrent receives).\n"
+        "  -ref: fraction minus the boto3 pipelined reference's, same endpoint, RTT and c.\n"
+        f"  dispatcher: MessageDispatcher, workers=c x 10, def process consumer; asyncio "
+        f"dispatcher: AsyncMessageDispatcher,\n  concurrency=c x 10, async def process "
+        f"consumer; both concurrent_receives=c, batch_size=10, wait_seconds={LATENCY_WAIT:g}"
     )
     print(
-        f"  {'endpoint':<10} {'RTT':>3} {'c':>2}  {'side':<15} {'deleted/s':>9} {'limit':>5} "
-        f"{'fraction':>8} | {'recv/s':>6} {'duty':>4} {'ms':>6} {'ask/got/all':>11} | "
-        f"{'calls':>5} {'size':>7} {'peak':>4} {'ms':>5} | dup"
+        f"  {'endpoint':<10} {'RTT':>3} {'c':>2}  {'side':<18} {'deleted/s':>9} {'limit':>5} "
+        f"{'fraction':>8} {'-ref':>5} | {'recv/s':>6} {'duty':>4} {'ms':>6} "
+        f"{'ask/got/all':>11} | {'calls':>5} {'size':>7} {'peak':>4} {'ms':>5} | dup"
     )
-    for run in payload["latency"]:
-        verdict = ("met" if run["met"] else "NOT met") if run["side"] == DISPATCHER else ""
+    for run in runs:
+        dispatched = run["side"] in (DISPATCHER, ASYNCIO_DISPATCHER)
+        verdict = ("met" if run["met"] else "NOT met") if dispatched else ""
         asked = (
             f"{run['receives_asking_10']}/{run['receives_with_10']}/{run['receives_while_stocked']}"
         )
         sizes = f"{run['delete_size_median']:g}/{run['delete_size_max']}"
+        gap = run.get("fraction_minus_reference")
+        gap_text = f"{gap:>+5.2f}" if dispatched and gap is not None else f"{'':>5}"
         print(
             f"  {run['endpoint']:<10} {run['rtt_ms']:>3.0f} {run['concurrent_receives']:>2}  "
-            f"{run['side']:<15} {run['steady_msgs_per_second']:>9.1f} "
-            f"{run['limit_msgs_per_second']:>5.0f} {run['fraction_of_limit']:>8.2f} | "
+            f"{run['side']:<18} {run['steady_msgs_per_second']:>9.1f} "
+            f"{run['limit_msgs_per_second']:>5.0f} {run['fraction_of_limit']:>8.2f} {gap_text} | "
             f"{run['received_msgs_per_second']:>6.1f} {run['receive_duty']:>4.2f} "
             f"{run['receive_call_ms_median']:>6.1f} {asked:>11} | "
             f"{run['delete_calls']:>5} {sizes:>7} {run['peak_deletes_in_flight']:>4} "
@@ -817,8 +1043,22 @@ def report(payload: dict[str, Any]) -> None:
         )
 
 
+def report(payload: dict[str, Any]) -> None:
+    print_machine(payload["machine"])
+    if payload["part1"]:
+        report_part_one(payload)
+    if payload["latency"]:
+        report_latency(payload["latency"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run, of {', '.join(PARTS)} (all); memory alone starts "
+        "no moto server",
+    )
     parser.add_argument("--messages", type=int, default=500, help="SQS messages per run (500)")
     parser.add_argument("--per-queue", type=int, default=50, help="messages per fresh queue (50)")
     parser.add_argument(
@@ -837,6 +1077,9 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     args = parser.parse_args()
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    if not parts or any(part not in PARTS for part in parts):
+        parser.error(f"--parts takes a comma-separated list of {', '.join(PARTS)}")
     if args.per_queue < BATCH or args.per_queue % BATCH or args.messages % args.per_queue:
         parser.error("--per-queue must be a multiple of 10 and divide --messages")
     if min(args.messages, args.memory_messages, args.repeat, args.rounds) < 1:
@@ -849,28 +1092,49 @@ def main() -> int:
     if any(rtt <= 0 for rtt in rtts) or any(value < 1 for value in concurrency):
         parser.error("RTTs must be > 0 ms and concurrency >= 1")
 
-    part1 = {"memory": part_one(measure_memory(args.memory_messages, args.repeat), HAND_LOOP)}
+    part1: dict[str, Any] = {}
+    if "memory" in parts:
+        memory = measure_memory(args.memory_messages, args.repeat)
+        headline = [side for side, spec in MEMORY_SIDES.items() if spec.headline]
+        part1["memory"] = part_one(memory, HAND_LOOP, headline)
     latency: list[dict[str, Any]] = []
-    with opened_endpoints(args.localstack) as endpoints:
-        messages = encoded_messages(args.messages)
-        for endpoint in endpoints:
-            rates = measure_sqs(endpoint, messages, args.per_queue, args.repeat)
-            part1[endpoint.label] = part_one(rates, BOTO3_LOOP)
-        for endpoint in endpoints:
-            latency.extend(measure_latency(endpoint, rtts, concurrency, args.rounds))
+    if "localsqs" in parts or "latency" in parts:
+        with opened_endpoints(args.localstack) as endpoints:
+            messages = encoded_messages(args.messages)
+            for endpoint in endpoints if "localsqs" in parts else ():
+                rates = measure_sqs(endpoint, messages, args.per_queue, args.repeat)
+                part1[endpoint.label] = part_one(rates, BOTO3_LOOP, [DISPATCHER])
+            for endpoint in endpoints if "latency" in parts else ():
+                latency.extend(measure_latency(endpoint, rtts, concurrency, args.rounds))
     payload = {
         "benchmark": "consumer_throughput",
         "machine": machine(),
+        "parts": parts,
+        "memory_sides": {
+            name: {
+                "driver": side.driver,
+                "options": side.options,
+                "async_consumer": side.async_consumer,
+                "headline": side.headline,
+            }
+            for name, side in MEMORY_SIDES.items()
+        },
         "dispatcher_options": DISPATCHER_OPTIONS,
-        "default_options": DEFAULT_OPTIONS,
+        "workers4_options": WORKERS4_OPTIONS,
+        "memory_wait_seconds": MEMORY_WAIT,
+        "memory_idle_seconds": MEMORY_IDLE,
+        "sqs_wait_seconds": SQS_WAIT,
+        "latency_wait_seconds": LATENCY_WAIT,
         "messages": args.messages,
         "per_queue": args.per_queue,
         "memory_messages": args.memory_messages,
         "repeat": args.repeat,
         "rounds": args.rounds,
+        "rtts_ms": [rtt * 1000 for rtt in rtts],
+        "concurrency": concurrency,
         "endpoints": {"moto": "moto server started by the script", "localstack": args.localstack},
         "part1": part1,
-        "latency": latency,
+        "latency": with_reference(latency),
         "goal_fraction_of_limit": GOAL_FRACTION,
     }
     if args.json:

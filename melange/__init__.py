@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from melange.consumers import Consumer, SingleDispatchConsumer, consumer, handler
     from melange.dispatcher import MessageDispatcher, SimpleMessageDispatcher
+    from melange.dispatcher_config import DispatcherConfig
     from melange.exceptions import MelangeError
     from melange.factory import MessagingBackendFactory
     from melange.message import Message
@@ -25,6 +26,7 @@ __version__ = "8.0.0"
 
 _LAZY = {
     "Consumer": "melange.consumers",
+    "DispatcherConfig": "melange.dispatcher_config",
     "MelangeError": "melange.exceptions",
     "Message": "melange.message",
     "MessageDispatcher": "melange.dispatcher",
@@ -39,6 +41,7 @@ _LAZY = {
 
 __all__ = [
     "Consumer",
+    "DispatcherConfig",
     "MelangeError",
     "Message",
     "MessageDispatcher",

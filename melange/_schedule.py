@@ -108,6 +108,15 @@ class Schedule:
             return Reservation(count, 0.0, fill_deadline)
         return Reservation(0, fill_deadline - now, fill_deadline)
 
+    def receivable(self) -> bool:
+        """Whether a waiting receive may start now: a full batch is free, or nothing is held.
+
+        Drivers wake waiting receivers only then; a receive that waits for a
+        full batch wakes by itself at its fill deadline.
+        """
+        free = self.capacity - self.held - self.reserved
+        return free >= self._full or (free > 0 and self.held == 0)
+
     def unreserve(self, count: int) -> None:
         """Give back a reservation whose receive call failed."""
         self.reserved -= count

@@ -336,13 +336,15 @@ class FunctionConsumer(Consumer):
         """Return whether the payload type or manifest is one this function is chosen by."""
         if self.selectors:
             return _matches(self.selectors, message)
-        types_ = self._resolved().types
+        # Called for every message: read the resolved signature without a method call.
+        types_ = (self._signature or self._resolved()).types
         return not types_ or isinstance(message.body, types_)
 
     def process(self, message: Message) -> Any:
         """Call the function with the payload (or the message); return what it returns."""
-        argument = message if self._resolved().wants_message else message.body
-        return self.func(argument)
+        if (self._signature or self._resolved()).wants_message:
+            return self.func(message)
+        return self.func(message.body)
 
 
 @overload

@@ -1,46 +1,40 @@
-"""The consumer runtime: receive, decode, handle, acknowledge, on every backend alike.
+"""The consumer runtime on threads: receive, decode, handle, acknowledge, on every backend alike.
 
 A :class:`MessageDispatcher` runs the loop an application uses every day::
 
     dispatcher = MessageDispatcher(backend, "payment-updates", [record_payment, Payments()])
     dispatcher.run()            # until SIGTERM/SIGINT or dispatcher.stop()
 
-* ``concurrent_receives`` receiver threads receive in batches, never more
-  messages than there are free workers (no prefetch): at most ``workers``
-  messages are received and not yet finished at any time. A receiver waits
-  briefly for a full batch of free workers rather than ask for a few (each
-  receive costs a round trip); ``workers`` defaults to
-  ``batch_size * concurrent_receives`` so that every receive can ask for a
-  full batch.
-* Each message is decoded with the :class:`~melange.serializers.SerializerRegistry`
-  and handed to every consumer that accepts it, on a pool of ``workers``
-  threads. Messages of one FIFO group are handled one after another, in the
-  order they were received; other messages and groups in parallel.
-* A message is acknowledged only after every accepting consumer succeeded.
-  Acks go out in calls of the backend's native batch size, once a batch is full
-  or every message of a received batch is settled, from ``concurrent_receives + 1``
-  threads, so deletes keep up with the receives.
-* A consumer that raises makes the message come back after a
-  :class:`~melange.retry.RetryPolicy` delay (a nack with delay where the backend
-  can, else the visibility timeout) until the queue's maximum receive count
-  sends it to the dead-letter queue.
-* A message that cannot be decoded, or that no consumer accepts, follows the
-  ``on_undecodable`` / ``on_unhandled`` outcome: ``"dead_letter"`` (publish it
-  unchanged to the queue's dead-letter queue, then ack it), ``"ack"`` (drop it
-  with a warning) or ``"leave"`` (let the broker redeliver and eventually
-  dead-letter it).
-* A heartbeat extends the lease of messages whose handlers run long
-  (:class:`~melange.lease.LeasePolicy`), on backends that can.
-* When receives fail (the broker is unreachable, the queue vanished), the
-  receivers retry with capped exponential backoff (``reconnect_backoff``),
-  logging one WARNING when the failures begin and one INFO when receives work
-  again. At start-up, an unreachable broker is waited for up to
-  ``startup_timeout`` seconds.
+It is one of two drivers of the same runtime (:mod:`melange._runtime`); the
+other, :class:`melange.aio.AsyncMessageDispatcher`, runs it on asyncio. What
+the runtime does, whichever drives it:
+
+* receivers ask for batches, never for more messages than there is capacity
+  for (``workers``, no prefetch), waiting briefly for a full batch of free
+  capacity rather than paying a round trip for a few;
+* each message is decoded with the :class:`~melange.serializers.SerializerRegistry`
+  and handed to every consumer that accepts it; messages of one FIFO group one
+  after another, in order, other messages in parallel;
+* a message is acknowledged only after every accepting consumer succeeded, in
+  calls of the backend's native batch size; a consumer that raises makes it
+  come back after a :class:`~melange.retry.RetryPolicy` delay until the queue's
+  maximum receive count sends it to the dead-letter queue;
+* undecodable and unhandled messages follow ``on_undecodable`` / ``on_unhandled``;
+* a heartbeat extends the lease of long-running handlers
+  (:class:`~melange.lease.LeasePolicy`), where the backend can;
+* failing receives are retried with capped backoff, logged once per outage,
+  and :meth:`~MessageDispatcher.start` waits up to ``startup_timeout`` for an
+  unreachable broker;
 * :meth:`~MessageDispatcher.stop` (or SIGTERM/SIGINT under
   :meth:`~MessageDispatcher.run`) stops receiving, lets running handlers finish
-  within ``grace_period``, releases messages that were received but not
-  started, and acknowledges what finished; with ``close_backend=True`` it also
-  closes the backend (by default the caller, who opened it, closes it).
+  within ``grace_period``, releases what did not start and acknowledges what
+  finished.
+
+The options are a :class:`~melange.dispatcher_config.DispatcherConfig` (or its
+keywords). Here handlers run on ``workers`` threads, which take a received
+batch from a shared queue (a worker wakes the next only while messages wait, so
+a fast handler costs no thread hand-off per message); ``concurrent_receives``
+threads receive and ``concurrent_receives + 1`` threads acknowledge.
 
 Logging goes to the ``melange.dispatcher`` logger with ``extra`` fields
 ``queue``, ``message_id`` and ``consumer``; message bodies are never logged.
@@ -48,33 +42,32 @@ Logging goes to the ``melange.dispatcher`` logger with ``extra`` fields
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from melange._options import DispatcherOptions, positive_int
-from melange._outage import StartupWait
-from melange._schedule import Schedule
-from melange.backends.base import MessagingBackend, ReceivedMessage
+from melange._runtime import Now, Runtime, run_now
+from melange.backends.base import MessagingBackend
 from melange.consumers import Consumer
-from melange.exceptions import BackendClosed, BackendUnavailable, ConfigurationError
-from melange.lease import LeaseKeeper, LeasePolicy
-from melange.observability import Hooks
+from melange.dispatcher_config import DispatcherConfig, DispatcherOptions
+from melange.exceptions import ConfigurationError
+from melange.lease import LeasePolicy
 from melange.retry import RetryPolicy
 from melange.serializers import SerializerRegistry
-from melange.settlement import Delivery, DispatchStats, Outcome, log_extra
+from melange.settlement import Delivery, DispatchStats, Outcome
 
 if TYPE_CHECKING:
-    from melange.dedup import DedupCache
-    from melange.topology import QueueSpec
+    from typing_extensions import Unpack
 
 __all__ = [
     "DispatchStats",
+    "DispatcherConfig",
     "LeasePolicy",
     "MessageDispatcher",
     "Outcome",
@@ -84,10 +77,8 @@ __all__ = [
 
 logger = logging.getLogger("melange.dispatcher")
 
-_SYNC_AWAITABLE_HINT = "; async consumers need melange.aio.AsyncMessageDispatcher"
 
-
-class MessageDispatcher(DispatcherOptions):
+class MessageDispatcher(Runtime):
     """Receives messages from one queue and hands them to consumers, on a pool of threads.
 
     Examples:
@@ -97,48 +88,20 @@ class MessageDispatcher(DispatcherOptions):
     Args:
         backend: Where messages come from.
         queue_name: The queue to consume; it must exist when the dispatcher starts.
-        consumers: Every consumer that accepts a message is called with it.
+        consumers: Every consumer that accepts a message is called with it, in order.
         serializers: Decodes bodies; defaults to a new :class:`SerializerRegistry` (JSON).
-        workers: Threads running handlers, and the most messages held at once;
-            default ``batch_size * concurrent_receives``, so that every receive
-            can ask for a full batch.
-        concurrent_receives: Threads receiving at the same time (more hide the
-            broker's round trip).
-        batch_size: Most messages asked for by one receive call.
-        wait_seconds: Long-poll wait of one receive call; also bounds how long a
-            receiver takes to notice :meth:`stop`.
-        retry: Delays before failed messages come back; default :class:`RetryPolicy`.
-        on_undecodable: Outcome for bodies the serializers cannot decode.
-        on_unhandled: Outcome for messages no consumer accepts.
-        dedup: A deduplication cache, so each consumer handles a message id once.
-        dedup_ttl: Seconds a consumer's "done" mark is kept; defaults to the
-            queue's message retention period.
-        dedup_claim_ttl: Seconds a claim lives if its worker dies without
-            releasing it; defaults to the queue's visibility timeout, after which
-            the broker delivers the message again anyway. A longer claim keeps a
-            crashed worker's messages "busy" (and counting receives towards the
-            dead-letter queue) for longer.
-        hooks: Observability hooks; exceptions in them are logged and ignored.
-            Defaults to :func:`melange.tracing.default_hooks` (OpenTelemetry
-            trace context when ``opentelemetry-api`` is installed).
-        lease: When to extend leases of long-running handlers; default
-            :class:`LeasePolicy`. Used only when the backend supports lease extension.
-        grace_period: Seconds :meth:`stop` lets running handlers finish.
-        close_backend: Also close ``backend`` when the dispatcher stops. Off by
-            default: the caller opened the backend, so the caller closes it (it
-            may share it with publishers or another dispatcher).
-        startup_timeout: Seconds :meth:`start` waits for a broker that cannot be
-            reached (``BackendUnavailable``) before it raises; 0 raises at once.
-        reconnect_backoff: Waits between attempts while receives fail, and while
-            waiting for the broker at start-up; default 0.1 s doubling up to 5 s,
-            with 20% jitter (``RetryPolicy(0.1, 2.0, 5.0, 0.2)``). The cap bounds
-            how long the dispatcher stays idle once the broker is back.
+        config: The options, as one :class:`DispatcherConfig`.
+        **options: Or the same options as keywords (``workers``, ``batch_size``,
+            ``wait_seconds``, ``retry``, ``grace_period``, ...; see
+            :class:`DispatcherConfig`). ``workers`` is the number of handler threads.
 
     Raises:
         ConfigurationError: An argument is invalid (no consumers, two consumers
-            with the same name, an ``async`` consumer, an unknown outcome, a
-            non-positive count, ...). Nothing is started.
+            with the same name, an ``async`` consumer, an unknown option or
+            outcome, a non-positive count, ...). Nothing is started.
     """
+
+    _awaitable_hint = "; async consumers need melange.aio.AsyncMessageDispatcher"
 
     def __init__(
         self,
@@ -147,71 +110,25 @@ class MessageDispatcher(DispatcherOptions):
         consumers: Sequence[Consumer],
         serializers: SerializerRegistry | None = None,
         *,
-        workers: int | None = None,
-        concurrent_receives: int = 1,
-        batch_size: int = 10,
-        wait_seconds: float = 5.0,
-        retry: RetryPolicy | None = None,
-        on_undecodable: Outcome = "dead_letter",
-        on_unhandled: Outcome = "dead_letter",
-        dedup: DedupCache | None = None,
-        dedup_ttl: float | None = None,
-        dedup_claim_ttl: float | None = None,
-        hooks: Hooks | None = None,
-        lease: LeasePolicy | None = None,
-        grace_period: float = 30.0,
-        close_backend: bool = False,
-        startup_timeout: float = 60.0,
-        reconnect_backoff: RetryPolicy | None = None,
+        config: DispatcherConfig | None = None,
+        **options: Unpack[DispatcherOptions],
     ) -> None:
-        self._configure(
-            backend,
-            queue_name,
-            consumers,
-            serializers,
-            asynchronous=False,
-            concurrent_receives=concurrent_receives,
-            batch_size=batch_size,
-            wait_seconds=wait_seconds,
-            retry=retry,
-            on_undecodable=on_undecodable,
-            on_unhandled=on_unhandled,
-            dedup=dedup,
-            dedup_ttl=dedup_ttl,
-            dedup_claim_ttl=dedup_claim_ttl,
-            hooks=hooks,
-            lease=lease,
-            grace_period=grace_period,
-            close_backend=close_backend,
-            startup_timeout=startup_timeout,
-            reconnect_backoff=reconnect_backoff,
-        )
-        self.workers = (
-            self.batch_size * self.concurrent_receives
-            if workers is None
-            else positive_int("workers", workers)
-        )
-
+        super().__init__(backend, queue_name, consumers, serializers, config, dict(options))
         self._lock = threading.Lock()
-        self._capacity = threading.Condition(self._lock)
-        self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
+        self._capacity = threading.Condition(self._lock)  # receivers and start() wait on it
+        self._work_ready = threading.Condition(self._lock)  # idle workers wait on it
+        self._ready: collections.deque[Delivery] = collections.deque()
+        self._idle = 0  # workers waiting for work
+        self._waking = False  # a worker was woken and has not run yet
+        self._workers_done = False
         self._signalled = False  # run() stopped by a signal
-        self._schedule = Schedule(self.workers, self.batch_size)  # guarded by _lock
-        self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._acks: queue.SimpleQueue[list[Delivery] | None] = queue.SimpleQueue()
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._receivers: list[threading.Thread] = []
         self._worker_threads: list[threading.Thread] = []
         self._ackers: list[threading.Thread] = []
-        self._keeper: LeaseKeeper | None = None
-        self._shutdown_thread: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} queue={self.queue_name!r} backend={self.backend.name!r} "
-            f"{self._state}>"
-        )
+        self._spawned: list[threading.Thread] = []
 
     def __enter__(self) -> MessageDispatcher:
         return self
@@ -225,21 +142,11 @@ class MessageDispatcher(DispatcherOptions):
         self.stop()
 
     @property
-    def _queue_extra(self) -> dict[str, Any]:
-        return self._settlement.queue_extra
+    def workers(self) -> int:
+        """Threads running handlers, and the most messages held at once."""
+        return self.config.capacity
 
-    # ------------------------------------------------------------- lifecycle
-    @property
-    def running(self) -> bool:
-        """Whether the dispatcher has started and not begun to stop."""
-        return self._state == "running"
-
-    @property
-    def in_flight(self) -> int:
-        """Messages received and not finished yet (at most :attr:`workers`)."""
-        with self._lock:
-            return self._schedule.held
-
+    # ------------------------------------------------------------ public API
     def start(self) -> None:
         """Start receiving and handling in background threads; return once running.
 
@@ -255,76 +162,7 @@ class MessageDispatcher(DispatcherOptions):
                 ``startup_timeout``; the last attempt's error.
             ConfigurationError: The dispatcher was stopped; create a new one.
         """
-        with self._capacity:
-            while self._state == "starting":  # another thread is starting it: wait for it
-                self._capacity.wait()
-            if self._state == "running":
-                return
-            if self._state != "new":
-                raise ConfigurationError(
-                    f"this dispatcher for queue {self.queue_name!r} was stopped and cannot "
-                    "start again; create a new MessageDispatcher"
-                )
-            self._state = "starting"
-        try:
-            spec = self._wait_for_queue()
-            with self._capacity:
-                if self._state != "starting":  # stop() was called meanwhile
-                    return
-                self._settlement.load(spec)
-                self._start_threads()
-                self._state = "running"
-        finally:
-            with self._capacity:
-                if self._state == "starting":  # it failed: a later start() may try again
-                    self._state = "new"
-                self._capacity.notify_all()
-        logger.info(
-            "dispatching queue %s to %s with %d worker(s)",
-            self.queue_name,
-            ", ".join(c.name for c in self.consumers),
-            self.workers,
-            extra=self._queue_extra,
-        )
-
-    def _wait_for_queue(self) -> QueueSpec | None:
-        """Look the queue up, waiting for an unreachable broker; ``None`` once stopping."""
-        waiting = StartupWait(
-            self.queue_name, self.startup_timeout, self.reconnect_backoff, self._queue_extra
-        )
-        while True:
-            try:
-                spec = self.backend.get_queue(self.queue_name)
-            except Exception as exc:
-                if self._stop_requested.is_set():  # e.g. the stop closed the backend
-                    return None
-                delay = waiting.failed(exc) if isinstance(exc, BackendUnavailable) else None
-                if delay is None:
-                    raise
-                if self._stop_requested.wait(delay):
-                    return None
-                continue
-            waiting.succeeded()
-            return spec
-
-    def _start_threads(self) -> None:
-        """Start the heartbeat, workers, receivers and ackers; call with the lock held."""
-        self._keeper = self._settlement.lease_keeper(self.lease)
-        self._schedule.acks = self._settlement.ack_buffer()
-        name = self.queue_name
-        self._worker_threads = [
-            _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(self.workers)
-        ]
-        self._receivers = [
-            _thread(self._receive_loop, f"melange-receiver-{name}-{i}")
-            for i in range(self.concurrent_receives)
-        ]
-        # One more acker than receivers: a slow ack call never holds up the next batch.
-        self._ackers = [
-            _thread(self._ack_loop, f"melange-acker-{name}-{i}")
-            for i in range(self.concurrent_receives + 1)
-        ]
-        self._schedule.last_activity = time.monotonic()
+        run_now(self._start())
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
         """Start, then block until :meth:`stop`, SIGTERM or SIGINT ends the dispatcher.
@@ -364,12 +202,7 @@ class MessageDispatcher(DispatcherOptions):
         if self._stop_requested.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
         self._signalled = True
-        logger.info(
-            "received %s: stopping (grace period %gs)",
-            signal.Signals(signum).name,
-            self.grace_period,
-            extra=self._queue_extra,
-        )
+        self._log_signal(signal.Signals(signum).name)
         # From another thread: the signal may have interrupted this one inside a locked section.
         _thread(self._request_stop, f"melange-signal-{self.queue_name}")
 
@@ -378,7 +211,7 @@ class MessageDispatcher(DispatcherOptions):
 
         Stops receiving, releases messages received but not started (nack with
         no delay, where the backend can), lets running handlers finish within
-        :attr:`grace_period`, acknowledges what finished, and closes the backend
+        ``grace_period``, acknowledges what finished, and closes the backend
         when ``close_backend`` is set.
 
         Args:
@@ -410,241 +243,102 @@ class MessageDispatcher(DispatcherOptions):
         Returns:
             A snapshot of :attr:`stats`.
         """
-        self.start()
-        began = time.monotonic()
-        deadline = None if timeout is None else began + timeout
-        while not self._stopped.is_set():
-            now = time.monotonic()
-            with self._lock:
-                # Idle time counts from this call at the earliest: what came before is done.
-                quiet_since = max(self._schedule.last_activity, began)
-                idle = self._schedule.idle and now - quiet_since >= idle_seconds
-            if idle or (deadline is not None and now >= deadline):
-                break
-            time.sleep(0.01)
-        if stop:
-            self.stop()
-        return self.stats.snapshot()
+        return run_now(self._run_until_idle(idle_seconds, timeout, stop))
 
-    def _request_stop(self) -> None:
+    # ----------------------------------------------------- driver primitives
+    def _io(self, func: Callable[..., Any], *args: Any) -> Now:
+        return Now(func(*args))
+
+    def _pause(self, seconds: float) -> Now:
+        return Now(self._stop_requested.wait(seconds))
+
+    def _sleep(self, seconds: float) -> Now:
+        return Now(time.sleep(seconds))
+
+    def _wait_capacity(self, seconds: float | None) -> Now:
+        return Now(self._capacity.wait(seconds))
+
+    def _wait_state(self) -> Now:
+        return Now(self._capacity.wait())
+
+    def _wait_stopped(self) -> Now:
+        return Now(self.stop())
+
+    def _notify(self, *, state: bool = False) -> None:
+        self._capacity.notify_all()
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            self._ready.extend(deliveries)
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        """Wake one idle worker unless one is waking already; lock held.
+
+        The woken worker wakes the next if messages are still waiting when it
+        takes one, so a batch spreads over the workers as fast as handlers
+        block, while a fast handler empties it alone, without a hand-off.
+        """
+        if self._idle and not self._waking:
+            self._waking = True
+            self._work_ready.notify()
+
+    def _send(self, batches: list[list[Delivery]]) -> None:
+        for batch in batches:
+            self._acks.put(batch)
+
+    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        self._spawned.append(_thread(lambda: run_now(step), f"melange-stop-{self.queue_name}"))
+
+    def _launch(self) -> None:
+        name, config = self.queue_name, self.config
+        self._worker_threads = [
+            _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(config.capacity)
+        ]
+        self._receivers = [
+            _thread(lambda: run_now(self._receive_loop()), f"melange-receiver-{name}-{i}")
+            for i in range(config.concurrent_receives)
+        ]
+        # One more acker than receivers: a slow ack call never holds up the next batch.
+        self._ackers = [
+            _thread(self._ack_loop, f"melange-acker-{name}-{i}")
+            for i in range(config.concurrent_receives + 1)
+        ]
+
+    def _join_handlers(self, deadline: float) -> Now:
         with self._lock:
-            previous = self._state
-            if previous in ("stopping", "stopped"):
-                return
-            never_started = previous in ("new", "starting")
-            self._state = "stopped" if never_started else "stopping"
-            self._stop_requested.set()
-            unstarted = self._schedule.cancel_unstarted()
-            self._capacity.notify_all()
-        if never_started:  # nothing runs (start() gives up its wait): only the backend to close
-            self._close_backend()
-            self._stopped.set()
-            return
-        self._shutdown_thread = _thread(
-            lambda: self._shutdown(unstarted), f"melange-shutdown-{self.queue_name}"
-        )
+            self._workers_done = True
+            self._work_ready.notify_all()
+        return Now(_join(self._worker_threads, deadline))
 
-    def _shutdown(self, unstarted: list[Delivery]) -> None:
-        deadline = time.monotonic() + self.grace_period
-        try:
-            logger.info(
-                "stopping: %d message(s) handling, %d released",
-                self.in_flight - len(unstarted),
-                len(unstarted),
-                extra=self._queue_extra,
-            )
-            self._release(unstarted, "released")
-            for _ in self._worker_threads:
-                self._work.put(None)
-            for thread in self._worker_threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
-            still_running = sum(thread.is_alive() for thread in self._worker_threads)
-            if still_running:
-                logger.warning(
-                    "%d handler(s) still running after the %gs grace period; their messages "
-                    "are not acknowledged and will be delivered again",
-                    still_running,
-                    self.grace_period,
-                    extra=self._queue_extra,
-                )
-            # A receive in progress returns within wait_seconds; its messages are released.
-            receive_deadline = max(deadline, time.monotonic()) + self.wait_seconds + 1.0
-            for thread in self._receivers:
-                thread.join(max(0.0, receive_deadline - time.monotonic()))
-            with self._lock:  # abandoned handlers never settle: send what finished now
-                rest = self._schedule.acks.take_all()
-            for batch in rest:
-                self._acks.put(batch)
-            for _ in self._ackers:
-                self._acks.put(None)
-            ack_deadline = max(0.0, deadline - time.monotonic()) + 10.0 + time.monotonic()
-            for thread in self._ackers:
-                thread.join(max(0.0, ack_deadline - time.monotonic()))
-            if self._keeper is not None:
-                self._keeper.stop(1.0)
-        except Exception:
-            logger.exception(
-                "error while stopping the dispatcher",
-                extra=self._queue_extra,
-            )
-        finally:
-            self._close_backend()
-            with self._lock:
-                self._state = "stopped"
-            self._stopped.set()
-            logger.info(
-                "stopped",
-                extra=self._queue_extra,
-            )
+    def _join_receivers(self, deadline: float) -> Now:
+        return Now(_join(self._receivers, deadline))
 
-    def _close_backend(self) -> None:
-        if self.close_backend:
-            self._settlement.close_backend()
+    def _join_ackers(self, deadline: float) -> Now:
+        for _ in self._ackers:
+            self._acks.put(None)
+        current = threading.current_thread()
+        return Now(_join([*self._ackers, *(t for t in self._spawned if t is not current)], deadline))
 
-    # -------------------------------------------------------------- receiving
-    def _reserve(self) -> int:
-        """Wait for free workers and reserve up to ``batch_size`` of them; 0 when stopping."""
-        fill_deadline: float | None = None
-        with self._capacity:
-            while not self._stop_requested.is_set():
-                count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
-                if count:
-                    return count
-                self._capacity.wait(wait)
-            return 0
-
-    def _receive_loop(self) -> None:
-        failures = 0
-        while True:
-            count = self._reserve()
-            if not count:
-                return
-            received_at = time.monotonic()
-            try:
-                received = self.backend.receive(self.queue_name, count, self.wait_seconds)
-            except BackendClosed:
-                self._unreserve(count)
-                if not self._stop_requested.is_set():
-                    logger.error(
-                        "the backend was closed while the dispatcher was running; stopping",
-                        extra=self._queue_extra,
-                    )
-                    self._request_stop()
-                return
-            except Exception as exc:
-                self._unreserve(count)
-                failures += 1
-                self._stop_requested.wait(self._settlement.receive_failed(failures, exc))
-                continue
-            failures = 0
-            self._settlement.receive_succeeded()
-            self._accept(received, count, received_at)
-
-    def _unreserve(self, count: int) -> None:
-        with self._capacity:
-            self._schedule.unreserve(count)
-            self._capacity.notify_all()
-
-    def _accept(self, received: list[ReceivedMessage], reserved: int, received_at: float) -> None:
-        """Take the messages of one receive call: queue them for the workers, or release them."""
-        deliveries = self._settlement.deliveries(received, received_at)
-        with self._capacity:
-            start, release = self._schedule.accept(
-                deliveries, reserved, stopping=self._stop_requested.is_set(), now=time.monotonic()
-            )
-            if deliveries and not release and self._keeper is not None:
-                # Before a worker can finish (and untrack) one.
-                self._keeper.track([d.lease for d in deliveries])
-            for delivery in start:
-                self._work.put(delivery)
-            held = self._schedule.held
-            self._capacity.notify_all()
-        if not received:
-            return
-        if release:
-            self._release(release, "released")
-            return
-        self.stats.peak("max_in_flight", held)
-        logger.debug("received %d message(s)", len(received), extra=self._queue_extra)
-
-    # ---------------------------------------------------------------- workers
+    # ---------------------------------------------------------------- threads
     def _work_loop(self) -> None:
+        ready, work_ready = self._ready, self._work_ready
         while True:
-            delivery = self._work.get()
-            if delivery is None:
-                return
             with self._lock:
+                while not ready:
+                    if self._workers_done:
+                        return
+                    self._idle += 1
+                    work_ready.wait()
+                    self._idle -= 1
+                    self._waking = False
+                delivery = ready.popleft()
                 if delivery.cancelled:
                     continue
                 delivery.started = True
-            acked = False
-            try:
-                acked = self._handle(delivery)
-            except Exception:  # a bug here must not kill the worker or lose the slot
-                logger.exception(
-                    "internal error while handling message %s; it will be delivered again",
-                    delivery.received.message_id,
-                    extra=log_extra(delivery.received),
-                )
-            finally:
-                self._finish(delivery, acked)
-
-    def _finish(self, delivery: Delivery, acked: bool) -> None:
-        """Free the delivery's worker slot and start the next message of its group."""
-        with self._capacity:
-            following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
-            self._send(send)
-            if following is not None:
-                self._work.put(following)
-            self._capacity.notify_all()
-        if self._keeper is not None:
-            self._keeper.release(delivery.lease)
-        self._release(behind, "released")
-
-    def _release(self, deliveries: list[Delivery], counter: str) -> None:
-        """Drop messages that were not handled and make them receivable again (nack, no delay)."""
-        if not deliveries:
-            return
-        with self._capacity:
-            self._send(self._schedule.release(deliveries, time.monotonic()))
-            self._capacity.notify_all()
-        if self._keeper is not None:
-            for delivery in deliveries:
-                self._keeper.release(delivery.lease)
-        self._settlement.release(deliveries, counter)
-
-    def _handle(self, delivery: Delivery) -> bool:
-        """Decode and handle one message; settle it. Return whether to acknowledge it."""
-        settlement = self._settlement
-        received = delivery.received
-        try:
-            message = self.serializers.decode(received)
-        except Exception as exc:  # SerializationError, or a serializer's own bug
-            return settlement.undecodable(received, self.on_undecodable, exc)
-        accepting, failures = settlement.select(self.consumers, message)
-        if not accepting and not failures:
-            return settlement.unhandled(received, self.on_unhandled, message)
-        busy = False
-        for candidate in accepting:
-            result = settlement.call_sync(candidate, message, received, _SYNC_AWAITABLE_HINT)
-            if result == "busy":
-                busy = True
-            elif isinstance(result, BaseException):
-                failures.append((candidate, result))
-        if failures:
-            settlement.retry(received, message, failures)
-            return False
-        if busy:
-            settlement.busy(received)
-            return False
-        self.stats.add("handled")
-        return True
-
-    # ----------------------------------------------------------------- acking
-    def _send(self, batches: list[list[Delivery]]) -> None:
-        """Hand acknowledgement calls to the ackers; lock held."""
-        for batch in batches:
-            self._acks.put(batch)
+                if ready:
+                    self._wake_worker()
+            run_now(self._work(delivery))
 
     def _ack_loop(self) -> None:
         while True:
@@ -656,16 +350,7 @@ class MessageDispatcher(DispatcherOptions):
                 continue
             if batch is None:
                 return
-            self._send_acks(batch)
-
-    def _send_acks(self, batch: list[Delivery]) -> None:
-        try:
-            self._settlement.send_acks(batch)
-        except Exception:  # send_acks logs the broker's errors; this is a bug
-            logger.exception("acknowledging failed", extra=self._queue_extra)
-        finally:
-            with self._lock:
-                self._schedule.acks_sent(len(batch), time.monotonic())
+            run_now(self._send_acks(batch))
 
 
 class SimpleMessageDispatcher(MessageDispatcher):
@@ -699,8 +384,15 @@ class SimpleMessageDispatcher(MessageDispatcher):
 
 
 # ------------------------------------------------------------------ helpers
-def _thread(target: Any, name: str) -> threading.Thread:
+def _thread(target: Callable[[], object], name: str) -> threading.Thread:
     # Daemon threads: a handler stuck past the grace period must not keep the process alive.
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def _join(threads: Sequence[threading.Thread], deadline: float) -> int:
+    """Join ``threads`` until ``deadline`` (``time.monotonic()``); return how many still run."""
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread in threads)

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("melange.observability")
 
+_NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+"""What :meth:`Hooks.handling` returns: stateless, so one serves every call."""
+
 
 class Hooks:
     """Called by publishers and dispatchers; every method is a no-op by default."""
@@ -50,10 +53,16 @@ class Hooks:
     def on_receive(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> None:
         """A receive call returned ``messages`` (never called with an empty batch)."""
 
-    @contextlib.contextmanager
-    def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
-        """Wrap one consumer handling one message (e.g. a tracing span)."""
-        yield
+    def handling(
+        self, queue_name: str, message: Message, consumer: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Wrap one consumer handling one message (e.g. a tracing span).
+
+        Returns a context manager, entered just before the consumer is called and
+        left just after; it sees the consumer's exception. Override it with a
+        ``@contextlib.contextmanager`` generator. The default does nothing.
+        """
+        return _NO_CONTEXT
 
     def on_handled(self, queue_name: str, message: Message, consumer: str, seconds: float) -> None:
         """A consumer handled a message successfully in ``seconds``."""
@@ -116,8 +125,18 @@ class CompositeHooks(Hooks):
     def on_receive(self, queue_name: str, messages: Sequence[ReceivedMessage]) -> None:  # noqa: D102
         self._each("on_receive", queue_name, messages)
 
+    def handling(  # noqa: D102
+        self, queue_name: str, message: Message, consumer: str
+    ) -> contextlib.AbstractContextManager[None]:
+        hooks = self.hooks
+        if len(hooks) == 1:  # the usual case (see safe()): no ExitStack around it
+            return hooks[0].handling(queue_name, message, consumer)
+        if not hooks:
+            return _NO_CONTEXT
+        return self._nested(queue_name, message, consumer)
+
     @contextlib.contextmanager
-    def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:  # noqa: D102
+    def _nested(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for hook in self.hooks:
                 stack.enter_context(hook.handling(queue_name, message, consumer))
@@ -157,6 +176,73 @@ class CompositeHooks(Hooks):
         self._each("on_lease_lost", queue_name, received, error)
 
 
+_CALLBACKS = (
+    "prepare_attributes",
+    "on_publish",
+    "on_receive",
+    "on_handled",
+    "on_handler_error",
+    "on_undecodable",
+    "on_unhandled",
+    "on_dead_lettered",
+    "on_acked",
+    "on_lease_extended",
+    "on_lease_lost",
+)
+"""The hook methods that return nothing (every one but ``handling``)."""
+
+
+def _skip(*args: Any, **kwargs: Any) -> None:
+    """Stands for a hook method the wrapped object does not override: nothing to call."""
+
+
+def _no_context(*args: Any, **kwargs: Any) -> contextlib.AbstractContextManager[None]:
+    """Stands for a ``handling`` the wrapped object does not override."""
+    return _NO_CONTEXT
+
+
+def _guarded(hook: Hooks, method: str) -> Any:
+    """Return a function calling ``hook.<method>`` that logs and ignores an exception."""
+
+    def call(*args: Any, **kwargs: Any) -> None:
+        try:
+            getattr(hook, method)(*args, **kwargs)  # looked up on each call, as CompositeHooks does
+        except Exception:
+            logger.exception("hook %s.%s failed; ignored", type(hook).__name__, method)
+
+    return call
+
+
+def _overrides(hook: Hooks, method: str) -> bool:
+    """Whether ``hook`` has its own ``method`` rather than the no-op of :class:`Hooks`."""
+    if method in getattr(hook, "__dict__", ()):
+        return True
+    return getattr(type(hook), method, None) is not getattr(Hooks, method)
+
+
+class _Guarded(CompositeHooks):
+    """What :func:`safe` makes of one hook object; every call costs as little as it can.
+
+    Dispatchers call hooks several times per message. A method the object does
+    not override is the base class's no-op, so it is replaced by a function that
+    does nothing (the object is inspected once, here); the others are called
+    directly inside the ``try`` of :meth:`CompositeHooks._each`, without its loop.
+    """
+
+    def __init__(self, hook: Hooks) -> None:
+        super().__init__(hook)
+        if type(hook).__getattribute__ is not object.__getattribute__:
+            return  # attributes computed on each access: keep looking them up every call
+        for method in _CALLBACKS:
+            setattr(self, method, _guarded(hook, method) if _overrides(hook, method) else _skip)
+        if not _overrides(hook, "handling"):
+            self.handling = _no_context  # type: ignore[method-assign]
+
+
 def safe(hooks: Hooks) -> Hooks:
-    """Return ``hooks`` wrapped so that an exception in a hook never escapes."""
-    return hooks if isinstance(hooks, CompositeHooks) else CompositeHooks(hooks)
+    """Return ``hooks`` wrapped so that an exception in a hook never escapes.
+
+    Methods the object does not override (on its class or on the instance) when
+    it is wrapped are skipped: they are the base class's no-ops.
+    """
+    return hooks if isinstance(hooks, CompositeHooks) else _Guarded(hooks)

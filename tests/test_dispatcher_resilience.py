@@ -278,8 +278,8 @@ def test_the_default_backoff_waits_at_most_five_seconds(
     kind: str, registry: SerializerRegistry
 ) -> None:
     dispatcher = make_dispatcher(kind, make_backend(), [consumer(lambda p: None)], registry)
-    assert dispatcher.reconnect_backoff.max_delay == 5.0
-    assert dispatcher.startup_timeout == 60.0
+    assert dispatcher.config.reconnect_backoff.max_delay == 5.0
+    assert dispatcher.config.startup_timeout == 60.0
     # What the receivers wait after the n-th failure in a row.
     delays = [
         dispatcher._settlement.receive_failed(n, BackendUnavailable("down")) for n in range(1, 41)

@@ -1,0 +1,588 @@
+"""The consumer runtime, written once: what both dispatchers do, whatever runs it.
+
+:class:`Runtime` holds a dispatcher's configuration, state and scheduling core
+(:class:`~melange._schedule.Schedule`), and implements the whole runtime: the
+lifecycle, the receive loop, handing messages to handlers, settling them
+(through :class:`~melange.settlement.Settlement`), acknowledging, and the
+graceful shutdown. Its steps are coroutines that reach the outside world only
+through a few driver primitives (:meth:`Runtime._io` for a blocking call,
+:meth:`Runtime._pause`, :meth:`Runtime._dispatch` to start handlers, ...).
+
+* The threaded driver (:class:`melange.dispatcher.MessageDispatcher`) runs
+  each step in one of its threads with :func:`run_now`: its primitives block
+  and return a value that is already there, so a step never suspends.
+* The asyncio driver (:class:`melange.aio.AsyncMessageDispatcher`) runs the
+  same steps as tasks: its primitives are futures of a thread pool and events.
+
+``_lock`` guards the state: a real lock in the threaded driver, a no-op on the
+event loop, where only the loop's thread touches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Literal, TypeVar
+
+from melange._outage import StartupWait
+from melange._schedule import Schedule
+from melange.backends.base import MessagingBackend, ReceivedMessage
+from melange.consumers import Consumer, is_async_consumer
+from melange.dispatcher_config import DispatcherConfig
+from melange.exceptions import BackendClosed, BackendUnavailable, ConfigurationError
+from melange.lease import LeaseKeeper
+from melange.message import Message
+from melange.observability import safe
+from melange.serializers import SerializerRegistry
+from melange.settlement import CallResult, Delivery, DispatchStats, Settlement, log_extra
+from melange.topology import QueueSpec
+
+logger = logging.getLogger("melange.dispatcher")
+
+_T = TypeVar("_T")
+
+State = Literal["new", "starting", "running", "stopping", "stopped"]
+
+
+class Now:
+    """An awaitable whose value is already known: what the threaded driver's primitives return."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.value
+        yield  # a generator that never suspends
+
+
+def run_now(step: Coroutine[Any, Any, _T]) -> _T:
+    """Run a runtime step whose every await is a :class:`Now`; return its result."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        result: _T = done.value
+        return result
+    step.close()
+    raise RuntimeError("a runtime step suspended in the threaded driver")
+
+
+class Runtime:
+    """The state and steps of one dispatcher; see the module docstring.
+
+    Args:
+        backend: Where messages come from.
+        queue_name: The queue to consume.
+        consumers: The consumers.
+        serializers: Decodes bodies; ``None`` for a new JSON registry.
+        config: The options; ``None`` builds one from ``options``.
+        options: Keywords of :class:`DispatcherConfig`, when ``config`` is not given.
+    """
+
+    asynchronous: ClassVar[bool] = False
+    """Whether ``async def`` consumers are accepted (they run on the event loop)."""
+
+    _awaitable_hint: ClassVar[str] = ""
+    _lock: AbstractContextManager[Any]
+    _stop_requested: Any  # threading.Event or asyncio.Event: is_set(), set()
+    _stopped: Any
+
+    def __init__(
+        self,
+        backend: MessagingBackend,
+        queue_name: str,
+        consumers: Sequence[Consumer],
+        serializers: SerializerRegistry | None,
+        config: DispatcherConfig | None,
+        options: dict[str, Any],
+    ) -> None:
+        if config is None:
+            config = DispatcherConfig(**options)
+        elif not isinstance(config, DispatcherConfig):
+            raise ConfigurationError(
+                f"config must be a melange DispatcherConfig, got {type(config).__name__}"
+            )
+        elif options:
+            raise ConfigurationError(
+                f"pass options either in config or as keywords, not both (got config and "
+                f"{', '.join(sorted(options))}); use config.replace({next(iter(options))}=...)"
+            )
+        if not isinstance(backend, MessagingBackend):
+            raise ConfigurationError(
+                f"backend must be a melange MessagingBackend, got {type(backend).__name__}; "
+                "create one with melange.backends.load_backend(...)"
+            )
+        if not isinstance(queue_name, str) or not queue_name:
+            raise ConfigurationError(f"queue_name must be a non-empty string, got {queue_name!r}")
+        if serializers is not None and not isinstance(serializers, SerializerRegistry):
+            raise ConfigurationError(
+                f"serializers must be a melange.serializers.SerializerRegistry, "
+                f"got {type(serializers).__name__}"
+            )
+        self.config = config
+        """The options, validated (:class:`~melange.dispatcher_config.DispatcherConfig`)."""
+        self.backend = backend
+        self.queue_name = queue_name
+        self.consumers = check_consumers(consumers, asynchronous=self.asynchronous)
+        self.serializers = serializers if serializers is not None else SerializerRegistry()
+        self.hooks = config.hooks
+        self.stats = DispatchStats()
+        """What the dispatcher did so far; live counters."""
+        self._async_consumers = frozenset(c for c in self.consumers if is_async_consumer(c))
+        self._settlement = Settlement(
+            backend,
+            queue_name,
+            hooks=safe(config.hooks),  # a failing hook is logged, never changes a message's fate
+            stats=self.stats,
+            retry=config.retry,
+            dedup=config.dedup,
+            dedup_ttl=config.dedup_ttl,
+            dedup_claim_ttl=config.dedup_claim_ttl,
+            reconnect_backoff=config.reconnect_backoff,
+        )
+        self._queue_extra = self._settlement.queue_extra
+        self._schedule = Schedule(config.capacity, config.batch_size)
+        self._state: State = "new"
+        self._keeper: LeaseKeeper | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} queue={self.queue_name!r} backend={self.backend.name!r} "
+            f"{self._state}>"
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the dispatcher has started and not begun to stop."""
+        return self._state == "running"
+
+    @property
+    def in_flight(self) -> int:
+        """Messages received and not finished yet (at most ``config.capacity``)."""
+        with self._lock:
+            return self._schedule.held
+
+    # ------------------------------------------------------ driver primitives
+    def _io(self, func: Callable[..., _T], *args: Any) -> Awaitable[_T]:
+        """Run a blocking call (backend, cache, settlement) and give its result."""
+        raise NotImplementedError
+
+    def _pause(self, seconds: float) -> Awaitable[Any]:
+        """Wait ``seconds``, or less when a stop is requested."""
+        raise NotImplementedError
+
+    def _sleep(self, seconds: float) -> Awaitable[Any]:
+        """Wait ``seconds``."""
+        raise NotImplementedError
+
+    def _wait_capacity(self, seconds: float | None) -> Awaitable[Any]:
+        """Wait up to ``seconds`` (``None``: no limit) for capacity to change; lock held."""
+        raise NotImplementedError
+
+    def _wait_state(self) -> Awaitable[Any]:
+        """Wait for another caller's start to end; lock held."""
+        raise NotImplementedError
+
+    def _notify(self, *, state: bool = False) -> None:
+        """Wake receivers waiting for capacity (and start waiters); lock held."""
+        raise NotImplementedError
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        """Start handling ``deliveries`` (threads or tasks); lock held."""
+        raise NotImplementedError
+
+    def _send(self, batches: list[list[Delivery]]) -> None:
+        """Start these acknowledgement calls; lock held."""
+        raise NotImplementedError
+
+    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run ``step`` in the background (the shutdown waits for it)."""
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        """Acquire what a start needs (the asyncio driver's thread pool)."""
+
+    def _launch(self) -> None:
+        """Start the receivers, workers and ackers; lock held."""
+        raise NotImplementedError
+
+    def _join_handlers(self, deadline: float) -> Awaitable[int]:
+        """Wait for running handlers until ``deadline``; give how many still run."""
+        raise NotImplementedError
+
+    def _join_receivers(self, deadline: float) -> Awaitable[Any]:
+        """Wait for the receivers to end until ``deadline``."""
+        raise NotImplementedError
+
+    def _join_ackers(self, deadline: float) -> Awaitable[Any]:
+        """Wait for the acknowledgements under way to end, until ``deadline``."""
+        raise NotImplementedError
+
+    def _wait_stopped(self) -> Awaitable[Any]:
+        """Wait for the shutdown to end (``stop()``)."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release the driver's resources at the end of the shutdown."""
+
+    def _call_async(
+        self, candidate: Consumer, message: Message, received: ReceivedMessage
+    ) -> Awaitable[CallResult | BaseException]:
+        """Run an ``async def`` consumer (only the asyncio driver has any)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- lifecycle
+    async def _start(self) -> None:
+        with self._lock:
+            while self._state == "starting":  # another caller is starting it: wait for it
+                await self._wait_state()
+            if self._state == "running":
+                return
+            if self._state != "new":
+                raise ConfigurationError(
+                    f"this dispatcher for queue {self.queue_name!r} was stopped and cannot "
+                    f"start again; create a new {type(self).__name__}"
+                )
+            self._state = "starting"
+        try:
+            self._open()
+            spec = await self._wait_for_queue()
+            with self._lock:
+                if self._state != "starting":  # stop() was called meanwhile
+                    return
+                self._settlement.load(spec)
+                self._keeper = self._settlement.lease_keeper(self.config.lease)
+                self._schedule.acks = self._settlement.ack_buffer()
+                self._schedule.last_activity = time.monotonic()
+                self._launch()
+                self._state = "running"
+        finally:
+            with self._lock:
+                if self._state == "starting":  # it failed: a later start() may try again
+                    self._state = "new"
+                    self._close()
+                self._notify(state=True)
+        logger.info(
+            "dispatching queue %s to %s with capacity %d (%s)",
+            self.queue_name,
+            ", ".join(c.name for c in self.consumers),
+            self.config.capacity,
+            "asyncio" if self.asynchronous else "threads",
+            extra=self._queue_extra,
+        )
+
+    async def _wait_for_queue(self) -> QueueSpec | None:
+        """Look the queue up, waiting for an unreachable broker; ``None`` once stopping."""
+        config = self.config
+        waiting = StartupWait(
+            self.queue_name, config.startup_timeout, config.reconnect_backoff, self._queue_extra
+        )
+        while True:
+            try:
+                spec = await self._io(self.backend.get_queue, self.queue_name)
+            except Exception as exc:
+                if self._stop_requested.is_set():  # e.g. the stop closed the backend
+                    return None
+                delay = waiting.failed(exc) if isinstance(exc, BackendUnavailable) else None
+                if delay is None:
+                    raise
+                await self._pause(delay)
+                if self._stop_requested.is_set():
+                    return None
+                continue
+            waiting.succeeded()
+            return spec
+
+    async def _run_until_idle(
+        self, idle_seconds: float, timeout: float | None, stop: bool
+    ) -> DispatchStats:
+        await self._start()
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            with self._lock:
+                # Idle time counts from this call at the earliest: what came before is done.
+                quiet_since = max(self._schedule.last_activity, began)
+                idle = self._schedule.idle and now - quiet_since >= idle_seconds
+            if idle or (deadline is not None and now >= deadline):
+                break
+            await self._sleep(0.01)
+        if stop:
+            await self._wait_stopped()
+        return self.stats.snapshot()
+
+    def _log_signal(self, name: str) -> None:
+        logger.info(
+            "received %s: stopping (grace period %gs)",
+            name,
+            self.config.grace_period,
+            extra=self._queue_extra,
+        )
+
+    def _request_stop(self) -> None:
+        """Begin the graceful shutdown (in the background); idempotent."""
+        with self._lock:
+            previous = self._state
+            if previous in ("stopping", "stopped"):
+                return
+            self._state = "stopping"
+            self._stop_requested.set()
+            unstarted = self._schedule.cancel_unstarted()
+            self._notify(state=True)
+        if previous in ("new", "starting"):  # nothing runs (start() gives up its wait)
+            self._spawn(self._close_unstarted())
+        else:
+            self._spawn(self._shutdown(unstarted))
+
+    async def _close_unstarted(self) -> None:
+        try:
+            await self._close_backend()
+        finally:
+            self._finish_shutdown()
+
+    async def _shutdown(self, unstarted: list[Delivery]) -> None:
+        config = self.config
+        deadline = time.monotonic() + config.grace_period
+        try:
+            logger.info(
+                "stopping: %d message(s) handling, %d released",
+                self.in_flight - len(unstarted),
+                len(unstarted),
+                extra=self._queue_extra,
+            )
+            await self._release(unstarted, "released")
+            still_running = await self._join_handlers(deadline)
+            if still_running:
+                logger.warning(
+                    "%d handler(s) still running after the %gs grace period; their messages "
+                    "are not acknowledged and will be delivered again",
+                    still_running,
+                    config.grace_period,
+                    extra=self._queue_extra,
+                )
+            # A receive in progress returns within wait_seconds; its messages are released.
+            await self._join_receivers(max(deadline, time.monotonic()) + config.wait_seconds + 1)
+            with self._lock:  # abandoned handlers never settle: send what finished now
+                self._send(self._schedule.acks.take_all())
+            await self._join_ackers(max(deadline, time.monotonic()) + 10.0)
+            if self._keeper is not None:
+                await self._io(self._keeper.stop, 1.0)
+        except Exception:
+            logger.exception("error while stopping the dispatcher", extra=self._queue_extra)
+        finally:
+            await self._close_backend()
+            self._finish_shutdown()
+            logger.info("stopped", extra=self._queue_extra)
+
+    def _finish_shutdown(self) -> None:
+        with self._lock:
+            self._state = "stopped"
+        self._close()
+        self._stopped.set()
+
+    async def _close_backend(self) -> None:
+        if self.config.close_backend:
+            await self._io(self._settlement.close_backend)
+
+    # -------------------------------------------------------------- receiving
+    async def _receive_loop(self) -> None:
+        failures = 0
+        while True:
+            count = await self._reserve()
+            if not count:
+                return
+            received_at = time.monotonic()
+            try:
+                received = await self._io(
+                    self.backend.receive, self.queue_name, count, self.config.wait_seconds
+                )
+            except BackendClosed:
+                self._unreserve(count)
+                if not self._stop_requested.is_set():
+                    logger.error(
+                        "the backend was closed while the dispatcher was running; stopping",
+                        extra=self._queue_extra,
+                    )
+                    self._request_stop()
+                return
+            except Exception as exc:
+                self._unreserve(count)
+                failures += 1
+                await self._pause(self._settlement.receive_failed(failures, exc))
+                continue
+            failures = 0
+            self._settlement.receive_succeeded()
+            await self._accept(received, count, received_at)
+
+    async def _reserve(self) -> int:
+        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping."""
+        fill_deadline: float | None = None
+        with self._lock:
+            while not self._stop_requested.is_set():
+                count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
+                if count:
+                    return count
+                await self._wait_capacity(wait)
+        return 0
+
+    def _unreserve(self, count: int) -> None:
+        with self._lock:
+            self._schedule.unreserve(count)
+            self._notify()
+
+    async def _accept(
+        self, received: list[ReceivedMessage], reserved: int, received_at: float
+    ) -> None:
+        """Take the messages of one receive call: start their handlers, or release them."""
+        deliveries = self._settlement.deliveries(received, received_at)
+        with self._lock:
+            start, release = self._schedule.accept(
+                deliveries,
+                reserved,
+                stopping=self._stop_requested.is_set(),
+                now=time.monotonic(),
+            )
+            if deliveries and not release and self._keeper is not None:
+                self._keeper.track([d.lease for d in deliveries])  # before any can finish
+            self._dispatch(start)
+            held = self._schedule.held
+            if len(received) < reserved:
+                self._notify()
+        if release:
+            await self._release(release, "released")
+        elif received:
+            self.stats.peak("max_in_flight", held)
+            logger.debug("received %d message(s)", len(received), extra=self._queue_extra)
+
+    # --------------------------------------------------------------- handling
+    async def _work(self, delivery: Delivery) -> None:
+        """Handle one started delivery and free its capacity, whatever happens."""
+        acked = False
+        try:
+            acked = await self._handle(delivery)
+        except Exception:  # a bug here must not lose the capacity it holds
+            logger.exception(
+                "internal error while handling message %s; it will be delivered again",
+                delivery.received.message_id,
+                extra=log_extra(delivery.received),
+            )
+        finally:
+            self._finish(delivery, acked)
+
+    async def _handle(self, delivery: Delivery) -> bool:
+        """Decode and handle one message; settle it. Return whether to acknowledge it."""
+        settlement = self._settlement
+        received = delivery.received
+        try:
+            message = self.serializers.decode(received)
+        except Exception as exc:  # SerializationError, or a serializer's own bug
+            return await self._io(
+                settlement.undecodable, received, self.config.on_undecodable, exc
+            )
+        accepting, failures = settlement.select(self.consumers, message)
+        if not accepting and not failures:
+            return await self._io(settlement.unhandled, received, self.config.on_unhandled, message)
+        busy = False
+        for candidate in accepting:
+            if candidate in self._async_consumers:
+                result = await self._call_async(candidate, message, received)
+            else:
+                result = await self._io(
+                    settlement.call_sync, candidate, message, received, self._awaitable_hint
+                )
+            if result == "busy":
+                busy = True
+            elif isinstance(result, BaseException):
+                failures.append((candidate, result))
+        if failures:
+            await self._io(settlement.retry, received, message, failures)
+            return False
+        if busy:
+            await self._io(settlement.busy, received)
+            return False
+        self.stats.add("handled")
+        return True
+
+    def _finish(self, delivery: Delivery, acked: bool) -> None:
+        """Free the delivery's capacity and start the next message of its group."""
+        with self._lock:
+            following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
+            self._send(send)
+            if following is not None:
+                self._dispatch([following])
+            if self._schedule.receivable():
+                self._notify()
+        if self._keeper is not None:
+            self._keeper.release(delivery.lease)
+        if behind:
+            self._spawn(self._release(behind, "released"))
+
+    async def _release(self, deliveries: list[Delivery], counter: str) -> None:
+        """Drop messages that were not handled and make them receivable again (nack, no delay)."""
+        if not deliveries:
+            return
+        with self._lock:
+            self._send(self._schedule.release(deliveries, time.monotonic()))
+            self._notify()
+        if self._keeper is not None:
+            for delivery in deliveries:
+                self._keeper.release(delivery.lease)
+        await self._io(self._settlement.release, deliveries, counter)
+
+    # ----------------------------------------------------------------- acking
+    async def _send_acks(self, batch: list[Delivery]) -> None:
+        try:
+            await self._io(self._settlement.send_acks, batch)
+        except Exception:  # send_acks logs the broker's errors; this is a bug
+            logger.exception("acknowledging failed", extra=self._queue_extra)
+        finally:
+            with self._lock:
+                self._schedule.acks_sent(len(batch), time.monotonic())
+
+
+def check_consumers(consumers: Sequence[Consumer], *, asynchronous: bool) -> tuple[Consumer, ...]:
+    """Return ``consumers`` as a tuple once each is a valid, distinctly named :class:`Consumer`.
+
+    Args:
+        consumers: What the application passed.
+        asynchronous: For the asyncio driver, which accepts ``async def`` consumers.
+    """
+    if isinstance(consumers, (Consumer, str, bytes)) or not isinstance(consumers, Sequence):
+        hint = (
+            ""
+            if asynchronous
+            else "; for one consumer use SimpleMessageDispatcher(consumer, backend, queue_name)"
+        )
+        raise ConfigurationError(
+            f"consumers must be a list of Consumer objects, e.g. [record_payment]{hint}"
+        )
+    if not consumers:
+        raise ConfigurationError("a dispatcher needs at least one consumer")
+    names: dict[str, Consumer] = {}
+    for candidate in consumers:
+        if not isinstance(candidate, Consumer):
+            hint = (
+                " (decorate the function with @melange.consumers.consumer)"
+                if callable(candidate)
+                else ""
+            )
+            raise ConfigurationError(f"{candidate!r} is not a melange Consumer{hint}")
+        if not asynchronous and is_async_consumer(candidate):
+            raise ConfigurationError(
+                f"consumer {candidate.name!r} is asynchronous (async def); run it with "
+                "melange.aio.AsyncMessageDispatcher, or make it a plain function"
+            )
+        candidate.validate()
+        other = names.get(candidate.name)
+        if other is not None:
+            raise ConfigurationError(
+                f"two consumers are named {candidate.name!r} ({other!r} and {candidate!r}); "
+                "names key the deduplication cache and logs, so give each a distinct one "
+                "with name=..."
+            )
+        names[candidate.name] = candidate
+    return tuple(consumers)
