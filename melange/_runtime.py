@@ -178,16 +178,12 @@ class Runtime:
         """Wait ``seconds``."""
         raise NotImplementedError
 
-    def _wait_capacity(self, seconds: float | None) -> Awaitable[Any]:
-        """Wait up to ``seconds`` (``None``: no limit) for capacity to change; lock held."""
-        raise NotImplementedError
-
     def _wait_state(self) -> Awaitable[Any]:
         """Wait for another caller's start to end; lock held."""
         raise NotImplementedError
 
     def _notify(self, *, state: bool = False) -> None:
-        """Wake receivers waiting for capacity (and start waiters); lock held."""
+        """Capacity changed: wake a waiting receiver (and, with ``state``, start waiters); lock held."""
         raise NotImplementedError
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
@@ -389,44 +385,37 @@ class Runtime:
             await self._io(self._settlement.close_backend)
 
     # -------------------------------------------------------------- receiving
-    async def _receive_loop(self) -> None:
-        failures = 0
-        while True:
-            count = await self._reserve()
-            if not count:
-                return
-            received_at = time.monotonic()
-            try:
-                received = await self._io(
-                    self.backend.receive, self.queue_name, count, self.config.wait_seconds
-                )
-            except BackendClosed:
-                self._unreserve(count)
-                if not self._stop_requested.is_set():
-                    logger.error(
-                        "the backend was closed while the dispatcher was running; stopping",
-                        extra=self._queue_extra,
-                    )
-                    self._request_stop()
-                return
-            except Exception as exc:
-                self._unreserve(count)
-                failures += 1
-                await self._pause(self._settlement.receive_failed(failures, exc))
-                continue
-            failures = 0
-            self._settlement.receive_succeeded()
-            await self._accept(received, count, received_at)
+    async def _receive_once(self, count: int, failures: int) -> int | None:
+        """Receive up to ``count`` reserved messages and take them.
 
-    async def _reserve(self) -> int:
-        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping."""
-        fill_deadline: float | None = None
-        with self._lock:
-            while not self._stop_requested.is_set():
-                count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
-                if count:
-                    return count
-                await self._wait_capacity(wait)
+        Args:
+            count: The capacity reserved for this call.
+            failures: Receives that failed in a row before this one.
+
+        Returns:
+            The failures in a row after this one, or ``None`` when receiving
+            must end (the backend was closed).
+        """
+        received_at = time.monotonic()
+        try:
+            received = await self._io(
+                self.backend.receive, self.queue_name, count, self.config.wait_seconds
+            )
+        except BackendClosed:
+            self._unreserve(count)
+            if not self._stop_requested.is_set():
+                logger.error(
+                    "the backend was closed while the dispatcher was running; stopping",
+                    extra=self._queue_extra,
+                )
+                self._request_stop()
+            return None
+        except Exception as exc:
+            self._unreserve(count)
+            await self._pause(self._settlement.receive_failed(failures + 1, exc))
+            return failures + 1
+        self._settlement.receive_succeeded()
+        await self._accept(received, count, received_at)
         return 0
 
     def _unreserve(self, count: int) -> None:

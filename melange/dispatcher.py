@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import signal
 import threading
 import time
@@ -115,19 +114,21 @@ class MessageDispatcher(Runtime):
     ) -> None:
         super().__init__(backend, queue_name, consumers, serializers, config, dict(options))
         self._lock = threading.Lock()
-        self._capacity = threading.Condition(self._lock)  # receivers and start() wait on it
-        self._work_ready = threading.Condition(self._lock)  # idle workers wait on it
-        self._ready: collections.deque[Delivery] = collections.deque()
-        self._idle = 0  # workers waiting for work
-        self._waking = False  # a worker was woken and has not run yet
-        self._workers_done = False
+        self._work_ready = threading.Condition(self._lock)  # idle threads wait on it
+        self._changed = threading.Condition(self._lock)  # start() and the shutdown wait on it
+        self._ready: collections.deque[Delivery] = collections.deque()  # to handle
+        self._ack_queue: collections.deque[list[Delivery]] = collections.deque()  # to send
+        self._idle = 0  # threads waiting for a task
+        self._waking = False  # an idle thread was woken and has not run yet
+        self._handling = self._receiving = self._acking = 0  # threads doing each
+        self._receive_failures = 0  # receives that failed in a row
+        self._fill_deadline: float | None = None  # of the next receive (Schedule.reserve)
+        self._done = False  # the threads exit once nothing is left to do
+        self._receive_ended = False  # the backend was closed under the dispatcher
         self._signalled = False  # run() stopped by a signal
-        self._acks: queue.SimpleQueue[list[Delivery] | None] = queue.SimpleQueue()
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
-        self._receivers: list[threading.Thread] = []
-        self._worker_threads: list[threading.Thread] = []
-        self._ackers: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []
         self._spawned: list[threading.Thread] = []
 
     def __enter__(self) -> MessageDispatcher:
@@ -219,7 +220,7 @@ class MessageDispatcher(Runtime):
                 waits until it is done. Called from a handler, it never waits.
         """
         self._request_stop()
-        if threading.current_thread() in self._worker_threads:
+        if threading.current_thread() in self._threads:
             return  # waiting here would wait for this very handler
         self._stopped.wait(timeout)
 
@@ -255,102 +256,147 @@ class MessageDispatcher(Runtime):
     def _sleep(self, seconds: float) -> Now:
         return Now(time.sleep(seconds))
 
-    def _wait_capacity(self, seconds: float | None) -> Now:
-        return Now(self._capacity.wait(seconds))
-
     def _wait_state(self) -> Now:
-        return Now(self._capacity.wait())
+        return Now(self._changed.wait())
 
     def _wait_stopped(self) -> Now:
         return Now(self.stop())
 
     def _notify(self, *, state: bool = False) -> None:
-        self._capacity.notify_all()
+        if state:
+            self._changed.notify_all()
+            self._work_ready.notify_all()
+        elif self._schedule.receivable():
+            self._wake()
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         if deliveries:
             self._ready.extend(deliveries)
-            self._wake_worker()
+            self._wake()
 
-    def _wake_worker(self) -> None:
-        """Wake one idle worker unless one is waking already; lock held.
+    def _send(self, batches: list[list[Delivery]]) -> None:
+        if batches:
+            self._ack_queue.extend(batches)
+            self._wake()
 
-        The woken worker wakes the next if messages are still waiting when it
-        takes one, so a batch spreads over the workers as fast as handlers
-        block, while a fast handler empties it alone, without a hand-off.
+    def _wake(self) -> None:
+        """Wake one idle thread unless one is waking already; lock held.
+
+        A woken thread wakes the next if work is still waiting when it takes
+        some, so a batch spreads over the threads as fast as handlers block,
+        while fast handlers empty it in one thread, without a hand-off.
         """
         if self._idle and not self._waking:
             self._waking = True
             self._work_ready.notify()
 
-    def _send(self, batches: list[list[Delivery]]) -> None:
-        for batch in batches:
-            self._acks.put(batch)
-
     def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
         self._spawned.append(_thread(lambda: run_now(step), f"melange-stop-{self.queue_name}"))
 
     def _launch(self) -> None:
-        name, config = self.queue_name, self.config
-        self._worker_threads = [
-            _thread(self._work_loop, f"melange-worker-{name}-{i}") for i in range(config.capacity)
-        ]
-        self._receivers = [
-            _thread(lambda: run_now(self._receive_loop()), f"melange-receiver-{name}-{i}")
-            for i in range(config.concurrent_receives)
-        ]
-        # One more acker than receivers: a slow ack call never holds up the next batch.
-        self._ackers = [
-            _thread(self._ack_loop, f"melange-acker-{name}-{i}")
-            for i in range(config.concurrent_receives + 1)
+        # Enough threads for every message held, every receive and every ack call at once.
+        config = self.config
+        count = config.capacity + 2 * config.concurrent_receives + 1
+        self._threads = [
+            _thread(self._thread_loop, f"melange-{self.queue_name}-{i}") for i in range(count)
         ]
 
     def _join_handlers(self, deadline: float) -> Now:
-        with self._lock:
-            self._workers_done = True
-            self._work_ready.notify_all()
-        return Now(_join(self._worker_threads, deadline))
+        return Now(self._wait_quiet(lambda: self._handling, deadline))
 
     def _join_receivers(self, deadline: float) -> Now:
-        return Now(_join(self._receivers, deadline))
+        return Now(self._wait_quiet(lambda: self._receiving, deadline))
 
     def _join_ackers(self, deadline: float) -> Now:
-        for _ in self._ackers:
-            self._acks.put(None)
+        self._wait_quiet(lambda: len(self._ack_queue) + self._acking, deadline)
+        with self._lock:
+            self._done = True
+            self._work_ready.notify_all()
         current = threading.current_thread()
-        return Now(_join([*self._ackers, *(t for t in self._spawned if t is not current)], deadline))
+        return Now(_join([t for t in self._spawned if t is not current], deadline))
+
+    def _wait_quiet(self, busy: Callable[[], int], deadline: float) -> int:
+        """Wait until ``busy()`` is 0 or ``deadline`` passed; return ``busy()``."""
+        with self._changed:
+            self._changed.wait_for(lambda: not busy(), max(0.0, deadline - time.monotonic()))
+            return busy()
 
     # ---------------------------------------------------------------- threads
-    def _work_loop(self) -> None:
-        ready, work_ready = self._ready, self._work_ready
+    def _thread_loop(self) -> None:
+        """Take the next task (handle, acknowledge, receive) until the dispatcher is done.
+
+        Every thread does every task, so the thread that receives a batch
+        handles it too, unless another is free at once: fast handlers cost no
+        hand-off between threads.
+        """
+        done: str | None = None  # the task just finished, counted under the next lock round
+        ended = False
         while True:
             with self._lock:
-                while not ready:
-                    if self._workers_done:
-                        return
-                    self._idle += 1
-                    work_ready.wait()
-                    self._idle -= 1
-                    self._waking = False
-                delivery = ready.popleft()
+                if done is not None:
+                    setattr(self, _COUNTERS[done], getattr(self, _COUNTERS[done]) - 1)
+                    self._receive_ended = self._receive_ended or ended
+                    if self._stop_requested.is_set():
+                        self._changed.notify_all()  # the shutdown waits for these counts
+                task = self._next_task()
+            if task is None:
+                return
+            done, item = task
+            try:
+                if done == "handle":
+                    run_now(self._work(item))
+                elif done == "ack":
+                    run_now(self._send_acks(item))
+                else:
+                    failures = run_now(self._receive_once(item, self._receive_failures))
+                    ended = failures is None
+                    self._receive_failures = failures or 0
+            except BaseException:
+                with self._lock:
+                    setattr(self, _COUNTERS[done], getattr(self, _COUNTERS[done]) - 1)
+                    self._changed.notify_all()
+                raise
+
+    def _next_task(self) -> tuple[str, Any] | None:
+        """Wait for the next task and count it; lock held. ``None``: the thread ends."""
+        schedule = self._schedule
+        while True:
+            if self._ack_queue and self._acking <= self.config.concurrent_receives:
+                self._acking += 1
+                return "ack", self._ack_queue.popleft()
+            while self._ready:
+                delivery = self._ready.popleft()
                 if delivery.cancelled:
                     continue
                 delivery.started = True
-                if ready:
-                    self._wake_worker()
-            run_now(self._work(delivery))
-
-    def _ack_loop(self) -> None:
-        while True:
-            try:
-                batch = self._acks.get(timeout=self._schedule.acks.max_wait)
-            except queue.Empty:
-                with self._lock:  # a slow handler holds back its batch: send the rest anyway
-                    self._send(self._schedule.acks.take_overdue(time.monotonic()))
-                continue
-            if batch is None:
-                return
-            run_now(self._send_acks(batch))
+                self._handling += 1
+                if self._ready or self._ack_queue:
+                    self._wake()
+                return "handle", delivery
+            if self._done:
+                return None
+            timeout: float | None = None
+            if (
+                self._receiving < self.config.concurrent_receives
+                and not self._stop_requested.is_set()
+                and not self._receive_ended
+            ):
+                now = time.monotonic()
+                count, timeout, self._fill_deadline = schedule.reserve(now, self._fill_deadline)
+                if count:
+                    self._fill_deadline = None
+                    self._receiving += 1
+                    return "receive", count
+            due = schedule.acks.overdue(time.monotonic())
+            if due is not None:
+                if due <= 0:  # a slow handler holds back its batch: send the rest anyway
+                    self._send(schedule.acks.take_overdue(time.monotonic()))
+                    continue
+                timeout = due if timeout is None else min(timeout, due)
+            self._idle += 1
+            self._work_ready.wait(timeout)
+            self._idle -= 1
+            self._waking = False
 
 
 class SimpleMessageDispatcher(MessageDispatcher):
@@ -389,6 +435,9 @@ def _thread(target: Callable[[], object], name: str) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+_COUNTERS = {"handle": "_handling", "ack": "_acking", "receive": "_receiving"}
 
 
 def _join(threads: Sequence[threading.Thread], deadline: float) -> int:

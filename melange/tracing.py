@@ -12,8 +12,9 @@ the message, across processes and brokers:
 Publishers and dispatchers use :func:`default_hooks` when given no hooks, so
 tracing works as soon as ``opentelemetry-api`` is installed
 (``pip install "melange[otel]"``) and an SDK is configured. Without an SDK no
-span is started (the context is still passed on) and the cost per message is a
-few microseconds. OpenTelemetry is imported on first use, never by ``import melange``.
+span is started (the context is still passed on) and the cost per message is
+well under a microsecond. OpenTelemetry is imported on first use, never by
+``import melange``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import contextlib
 import importlib.util
 from collections.abc import Iterator, MutableMapping
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from melange.exceptions import ConfigurationError
 from melange.observability import Hooks
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.trace import Tracer, TracerProvider
 
@@ -41,6 +43,10 @@ MESSAGING_SYSTEM = "melange"
 INSTALL_HINT = 'pip install "melange[otel]"'
 
 _available: bool | None = None
+
+_NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+_MISSING = object()
 
 
 def opentelemetry_available() -> bool:
@@ -100,6 +106,9 @@ class OpenTelemetryHooks(Hooks):
         self._tracer: Tracer | None = None
         self._modules: tuple[ModuleType, ModuleType, ModuleType] | None = None
         self._fields: tuple[TextMapPropagator, frozenset[str]] | None = None
+        # The provider last looked at, and whether it records spans.
+        self._classified: tuple[object, bool] = (_MISSING, False)
+        self._env_checked = False
 
     def _otel(self) -> tuple[ModuleType, ModuleType, ModuleType]:
         """Import the OpenTelemetry API modules on first use."""
@@ -135,20 +144,42 @@ class OpenTelemetryHooks(Hooks):
             cached = self._fields = (propagator, frozenset(propagator.fields))
         return cached[1]
 
+    def _global_provider(self, trace: ModuleType) -> object:
+        """The global tracer provider: ``None`` (or the API's proxy) while none is set."""
+        # get_tracer_provider() looks OTEL_PYTHON_TRACER_PROVIDER up in os.environ on every
+        # call until a provider is set, which was most of the cost of a message without an
+        # SDK. It loads that variable's provider on the first call; after that, the module
+        # global it returns is read directly: set_tracer_provider() sets it, once, so a
+        # provider set later is seen at the next message.
+        if self._env_checked:
+            provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+            if provider is not _MISSING:
+                return provider
+        provider = trace.get_tracer_provider()
+        self._env_checked = True  # only once that worked: a broken provider keeps failing loudly
+        return provider
+
     def _recording(self, trace: ModuleType) -> bool:
         """Whether spans go anywhere: an SDK (or another real provider) is configured."""
-        provider = self._tracer_provider
+        provider: object = self._tracer_provider
         if provider is None:
-            provider = trace.get_tracer_provider()
-        return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+            provider = self._global_provider(trace)
+        classified = self._classified  # one tuple, read and replaced whole: thread-safe
+        if classified[0] is not provider:
+            records = provider is not None and not isinstance(
+                provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+            )
+            classified = self._classified = (provider, records)
+        return classified[1]
 
     def prepare_attributes(self, attributes: MutableMapping[str, str]) -> None:
         """Write the current trace context into ``attributes`` (nothing when no span is active)."""
         _, propagate, _ = self._otel()
         self._textmap(propagate).inject(attributes)
 
-    @contextlib.contextmanager
-    def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
+    def handling(
+        self, queue_name: str, message: Message, consumer: str
+    ) -> contextlib.AbstractContextManager[None]:
         """Run one consumer's handling in a ``CONSUMER`` span, child of the publisher's context.
 
         The span is named ``"<queue> process"``; an exception the handler raises
@@ -156,22 +187,36 @@ class OpenTelemetryHooks(Hooks):
         Without an OpenTelemetry SDK no span is started, but the publisher's
         context is still made current, so messages the handler publishes carry it on.
         """
-        context, propagate, trace = self._otel()
+        context, propagate, trace = self._modules or self._otel()
         propagator = self._textmap(propagate)
+        carried = not self._carried_fields(propagator).isdisjoint(message.attributes)
+        if self._recording(trace):
+            return self._span(queue_name, message, consumer, propagator if carried else None)
+        # Without an SDK the API's no-op tracer would only make the producer's context
+        # current, at several times the cost; do that directly (this runs for every message).
+        if carried:
+            # Extracted into an empty context: never whatever the worker thread had current.
+            parent = propagator.extract(message.attributes, context=context.Context())
+            return _Current(context, parent)
+        if not context.get_current():
+            return _NO_CONTEXT  # the handler's context is empty already, as it should be
+        return _Current(context, context.Context())
+
+    @contextlib.contextmanager
+    def _span(
+        self,
+        queue_name: str,
+        message: Message,
+        consumer: str,
+        propagator: TextMapPropagator | None,
+    ) -> Iterator[None]:
+        """The ``CONSUMER`` span of :meth:`handling`; ``propagator`` reads the parent, if any."""
+        context, _, trace = self._otel()
         # Extract into an empty context: the span's parent is the producer, never
         # whatever span happens to be current in the worker thread.
         parent = context.Context()
-        if not self._carried_fields(propagator).isdisjoint(message.attributes):
+        if propagator is not None:
             parent = propagator.extract(message.attributes, context=parent)
-        if not self._recording(trace):
-            # The API's no-op tracer would only make the parent current, at several
-            # times the cost; do that directly (this runs for every message).
-            token = context.attach(parent)
-            try:
-                yield
-            finally:
-                context.detach(token)
-            return
         attributes: dict[str, str] = {
             "messaging.system": MESSAGING_SYSTEM,
             "messaging.destination.name": queue_name,
@@ -191,3 +236,20 @@ class OpenTelemetryHooks(Hooks):
             set_status_on_exception=True,
         ):
             yield
+
+
+class _Current(contextlib.AbstractContextManager[None]):
+    """Makes an OpenTelemetry context current while entered (no span: no SDK is configured)."""
+
+    __slots__ = ("_module", "_parent", "_token")
+
+    def __init__(self, module: ModuleType, parent: Context) -> None:
+        self._module = module
+        self._parent = parent
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        self._token = self._module.attach(self._parent)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._module.detach(self._token)

@@ -266,6 +266,27 @@ class AsyncMessageDispatcher(Runtime):
         self._bind_loop()
         return await self._run_until_idle(idle_seconds, timeout, stop)
 
+    # ------------------------------------------------------------- receiving
+    async def _receive_loop(self) -> None:
+        failures: int | None = 0
+        while failures is not None:
+            count = await self._reserve()
+            if not count:
+                return
+            failures = await self._receive_once(count, failures)
+
+    async def _reserve(self) -> int:
+        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping."""
+        fill_deadline: float | None = None
+        while not self._stop_requested.is_set():
+            count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
+            if count:
+                return count
+            self._capacity_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._capacity_changed.wait(), wait)
+        return 0
+
     # ----------------------------------------------------- driver primitives
     def _io(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Run a blocking call in the dispatcher's pool, with the caller's context variables."""
@@ -279,11 +300,6 @@ class AsyncMessageDispatcher(Runtime):
 
     def _sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
         return asyncio.sleep(seconds)
-
-    async def _wait_capacity(self, seconds: float | None) -> None:
-        self._capacity_changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._capacity_changed.wait(), seconds)
 
     async def _wait_state(self) -> None:
         self._state_changed.clear()
