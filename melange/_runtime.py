@@ -1,17 +1,36 @@
 """The consumer runtime, written once: what both dispatchers do, whatever runs it.
 
 :class:`Runtime` holds a dispatcher's configuration, state and scheduling core
-(:class:`~melange._schedule.Schedule`), and implements the whole runtime: the
-lifecycle, the receive loop, handing messages to handlers, settling them
-(through :class:`~melange.settlement.Settlement`), acknowledging, and the
-graceful shutdown. Its steps are coroutines that reach the outside world only
-through a few driver primitives (:meth:`Runtime._io` for a blocking call,
-:meth:`Runtime._pause`, :meth:`Runtime._dispatch` to start handlers, ...).
+(:class:`~melange._schedule.Schedule`), and implements the whole runtime:
 
-* The threaded driver (:class:`melange.dispatcher.MessageDispatcher`) runs
-  each step in one of its threads with :func:`run_now`: its primitives block
-  and return a value that is already there, so a step never suspends.
-* The asyncio driver (:class:`melange.aio.AsyncMessageDispatcher`) runs the
+* receives ask for batches, never for more messages than there is capacity
+  for (``workers``, no prefetch), waiting briefly for a full batch of free
+  capacity rather than paying a round trip for a few;
+* each message is decoded with the :class:`~melange.serializers.SerializerRegistry`
+  and handed to every consumer that accepts it; messages of one FIFO group one
+  after another, in order, other messages in parallel;
+* a message is acknowledged only after every accepting consumer succeeded, in
+  calls of the backend's native batch size; a consumer that raises makes it
+  come back after a :class:`~melange.retry.RetryPolicy` delay until the
+  queue's maximum receive count sends it to the dead-letter queue
+  (:class:`~melange.settlement.Settlement` decides each message's fate);
+* undecodable and unhandled messages follow ``on_undecodable`` / ``on_unhandled``;
+* a heartbeat extends the lease of long-running handlers
+  (:class:`~melange.lease.LeasePolicy`), where the backend can;
+* failing receives are retried with capped backoff, logged once per outage,
+  and a start waits up to ``startup_timeout`` for an unreachable broker;
+* a stop (or SIGTERM/SIGINT) stops receiving, lets running handlers finish
+  within ``grace_period``, releases what did not start and acknowledges what
+  finished.
+
+Its steps are coroutines that reach the outside world only through a few
+driver primitives (:meth:`Runtime._io` for a blocking call, :meth:`Runtime._pause`,
+:meth:`Runtime._dispatch` to start handlers, ...):
+
+* the threaded driver (:class:`melange.dispatcher.MessageDispatcher`) runs each
+  step in one of its threads with :func:`run_now`: its primitives block and
+  return a value that is already there, so a step never suspends;
+* the asyncio driver (:class:`melange.aio.AsyncMessageDispatcher`) runs the
   same steps as tasks: its primitives are futures of a thread pool and events.
 
 ``_lock`` guards the state: a real lock in the threaded driver, a no-op on the
@@ -20,6 +39,7 @@ event loop, where only the loop's thread touches it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
@@ -36,7 +56,14 @@ from melange.lease import LeaseKeeper
 from melange.message import Message
 from melange.observability import safe
 from melange.serializers import SerializerRegistry
-from melange.settlement import CallResult, Delivery, DispatchStats, Settlement, log_extra
+from melange.settlement import (
+    CallResult,
+    Delivery,
+    DispatchStats,
+    Settlement,
+    exit_handling,
+    log_extra,
+)
 from melange.topology import QueueSpec
 
 logger = logging.getLogger("melange.dispatcher")
@@ -178,12 +205,16 @@ class Runtime:
         """Wait ``seconds``."""
         raise NotImplementedError
 
+    def _wait_capacity(self, seconds: float | None) -> Awaitable[Any]:
+        """Wait up to ``seconds`` (``None``: no limit) for capacity to change."""
+        raise NotImplementedError
+
     def _wait_state(self) -> Awaitable[Any]:
         """Wait for another caller's start to end; lock held."""
         raise NotImplementedError
 
     def _notify(self, *, state: bool = False) -> None:
-        """Capacity changed: wake a waiting receiver (and, with ``state``, start waiters); lock held."""
+        """Capacity changed: wake a waiting receiver (``state``: start waiters too); lock held."""
         raise NotImplementedError
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
@@ -224,10 +255,8 @@ class Runtime:
     def _close(self) -> None:
         """Release the driver's resources at the end of the shutdown."""
 
-    def _call_async(
-        self, candidate: Consumer, message: Message, received: ReceivedMessage
-    ) -> Awaitable[CallResult | BaseException]:
-        """Run an ``async def`` consumer (only the asyncio driver has any)."""
+    def _io_detached(self, func: Callable[..., Any], *args: Any) -> None:
+        """Start a blocking call without waiting for it (a cancelled task cannot await)."""
         raise NotImplementedError
 
     # -------------------------------------------------------------- lifecycle
@@ -385,6 +414,26 @@ class Runtime:
             await self._io(self._settlement.close_backend)
 
     # -------------------------------------------------------------- receiving
+    async def _receive_loop(self) -> None:
+        """Receive for as long as the dispatcher runs (one per concurrent receive)."""
+        failures: int | None = 0
+        while failures is not None:
+            count = await self._reserve()
+            if not count:
+                return
+            failures = await self._receive_once(count, failures)
+
+    async def _reserve(self) -> int:
+        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping."""
+        fill_deadline: float | None = None
+        while not self._stop_requested.is_set():
+            with self._lock:
+                count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
+            if count:
+                return count
+            await self._wait_capacity(wait)
+        return 0
+
     async def _receive_once(self, count: int, failures: int) -> int | None:
         """Receive up to ``count`` reserved messages and take them.
 
@@ -449,7 +498,10 @@ class Runtime:
 
     # --------------------------------------------------------------- handling
     async def _work(self, delivery: Delivery) -> None:
-        """Handle one started delivery and free its capacity, whatever happens."""
+        """Handle one delivery and free its capacity, whatever happens."""
+        if delivery.cancelled:  # released before it started
+            return
+        delivery.started = True
         acked = False
         try:
             acked = await self._handle(delivery)
@@ -469,9 +521,7 @@ class Runtime:
         try:
             message = self.serializers.decode(received)
         except Exception as exc:  # SerializationError, or a serializer's own bug
-            return await self._io(
-                settlement.undecodable, received, self.config.on_undecodable, exc
-            )
+            return await self._io(settlement.undecodable, received, self.config.on_undecodable, exc)
         accepting, failures = settlement.select(self.consumers, message)
         if not accepting and not failures:
             return await self._io(settlement.unhandled, received, self.config.on_unhandled, message)
@@ -521,6 +571,40 @@ class Runtime:
             for delivery in deliveries:
                 self._keeper.release(delivery.lease)
         await self._io(self._settlement.release, deliveries, counter)
+
+    async def _call_async(
+        self, candidate: Consumer, message: Message, received: ReceivedMessage
+    ) -> CallResult | BaseException:
+        """Run an ``async def`` consumer in the calling task (only the asyncio driver has any)."""
+        settlement, dedup = self._settlement, self.config.dedup is not None
+        if dedup:
+            claim = await self._io(settlement.claim, candidate, received)
+            if claim != "claimed":
+                return "skipped" if claim == "done" else claim
+        started = time.monotonic()
+        # Entered and left in this task, so context-variable hooks (tracing) see the handler.
+        context = settlement.enter_handling(message, candidate, received)
+        try:
+            result: Any = candidate.process(message)
+            if inspect.isawaitable(result):
+                await result
+        except BaseException as exc:
+            exit_handling(context, exc, received, candidate.name)
+            if dedup:
+                if isinstance(exc, Exception):
+                    await self._io(settlement.unclaim, candidate, received)
+                else:  # cancelled (grace period over): no await left; release in the background
+                    self._io_detached(settlement.unclaim, candidate, received)
+            if not isinstance(exc, Exception):
+                raise
+            return exc
+        exit_handling(context, None, received, candidate.name)
+        seconds = time.monotonic() - started
+        if dedup:
+            await self._io(settlement.handled, candidate, message, received, seconds)
+        else:
+            settlement.handled(candidate, message, received, seconds)
+        return "ok"
 
     # ----------------------------------------------------------------- acking
     async def _send_acks(self, batch: list[Delivery]) -> None:

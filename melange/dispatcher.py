@@ -5,36 +5,14 @@ A :class:`MessageDispatcher` runs the loop an application uses every day::
     dispatcher = MessageDispatcher(backend, "payment-updates", [record_payment, Payments()])
     dispatcher.run()            # until SIGTERM/SIGINT or dispatcher.stop()
 
-It is one of two drivers of the same runtime (:mod:`melange._runtime`); the
-other, :class:`melange.aio.AsyncMessageDispatcher`, runs it on asyncio. What
-the runtime does, whichever drives it:
-
-* receivers ask for batches, never for more messages than there is capacity
-  for (``workers``, no prefetch), waiting briefly for a full batch of free
-  capacity rather than paying a round trip for a few;
-* each message is decoded with the :class:`~melange.serializers.SerializerRegistry`
-  and handed to every consumer that accepts it; messages of one FIFO group one
-  after another, in order, other messages in parallel;
-* a message is acknowledged only after every accepting consumer succeeded, in
-  calls of the backend's native batch size; a consumer that raises makes it
-  come back after a :class:`~melange.retry.RetryPolicy` delay until the queue's
-  maximum receive count sends it to the dead-letter queue;
-* undecodable and unhandled messages follow ``on_undecodable`` / ``on_unhandled``;
-* a heartbeat extends the lease of long-running handlers
-  (:class:`~melange.lease.LeasePolicy`), where the backend can;
-* failing receives are retried with capped backoff, logged once per outage,
-  and :meth:`~MessageDispatcher.start` waits up to ``startup_timeout`` for an
-  unreachable broker;
-* :meth:`~MessageDispatcher.stop` (or SIGTERM/SIGINT under
-  :meth:`~MessageDispatcher.run`) stops receiving, lets running handlers finish
-  within ``grace_period``, releases what did not start and acknowledges what
-  finished.
-
-The options are a :class:`~melange.dispatcher_config.DispatcherConfig` (or its
-keywords). Here handlers run on ``workers`` threads, which take a received
-batch from a shared queue (a worker wakes the next only while messages wait, so
-a fast handler costs no thread hand-off per message); ``concurrent_receives``
-threads receive and ``concurrent_receives + 1`` threads acknowledge.
+It is one of two drivers of one runtime (:mod:`melange._runtime`, which says
+what the runtime guarantees); :class:`melange.aio.AsyncMessageDispatcher` is the
+asyncio one. Both take a :class:`~melange.dispatcher_config.DispatcherConfig`
+or its keywords. Here one pool of ``workers + 2 * concurrent_receives + 1``
+threads does every task: handle a message (at most ``workers`` at once),
+acknowledge a batch, receive. The thread that receives a batch goes on to
+handle it, waking another only while messages wait, so fast handlers cost no
+hand-off between threads and slow ones spread over the pool.
 
 Logging goes to the ``melange.dispatcher`` logger with ``extra`` fields
 ``queue``, ``message_id`` and ``consumer``; message bodies are never logged.
@@ -120,7 +98,7 @@ class MessageDispatcher(Runtime):
         self._ack_queue: collections.deque[list[Delivery]] = collections.deque()  # to send
         self._idle = 0  # threads waiting for a task
         self._waking = False  # an idle thread was woken and has not run yet
-        self._handling = self._receiving = self._acking = 0  # threads doing each
+        self._busy = {"handle": 0, "ack": 0, "receive": 0}  # threads doing each task
         self._receive_failures = 0  # receives that failed in a row
         self._fill_deadline: float | None = None  # of the next receive (Schedule.reserve)
         self._done = False  # the threads exit once nothing is left to do
@@ -254,13 +232,15 @@ class MessageDispatcher(Runtime):
         return Now(self._stop_requested.wait(seconds))
 
     def _sleep(self, seconds: float) -> Now:
-        return Now(time.sleep(seconds))
+        time.sleep(seconds)
+        return Now()
 
     def _wait_state(self) -> Now:
         return Now(self._changed.wait())
 
     def _wait_stopped(self) -> Now:
-        return Now(self.stop())
+        self.stop()
+        return Now()
 
     def _notify(self, *, state: bool = False) -> None:
         if state:
@@ -302,18 +282,20 @@ class MessageDispatcher(Runtime):
         ]
 
     def _join_handlers(self, deadline: float) -> Now:
-        return Now(self._wait_quiet(lambda: self._handling, deadline))
+        return Now(self._wait_quiet(lambda: self._busy["handle"], deadline))
 
     def _join_receivers(self, deadline: float) -> Now:
-        return Now(self._wait_quiet(lambda: self._receiving, deadline))
+        return Now(self._wait_quiet(lambda: self._busy["receive"], deadline))
 
     def _join_ackers(self, deadline: float) -> Now:
-        self._wait_quiet(lambda: len(self._ack_queue) + self._acking, deadline)
+        self._wait_quiet(lambda: len(self._ack_queue) + self._busy["ack"], deadline)
         with self._lock:
             self._done = True
             self._work_ready.notify_all()
-        current = threading.current_thread()
-        return Now(_join([t for t in self._spawned if t is not current], deadline))
+        for thread in self._spawned:  # releases behind failed FIFO messages
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return Now()
 
     def _wait_quiet(self, busy: Callable[[], int], deadline: float) -> int:
         """Wait until ``busy()`` is 0 or ``deadline`` passed; return ``busy()``."""
@@ -334,7 +316,7 @@ class MessageDispatcher(Runtime):
         while True:
             with self._lock:
                 if done is not None:
-                    setattr(self, _COUNTERS[done], getattr(self, _COUNTERS[done]) - 1)
+                    self._busy[done] -= 1
                     self._receive_ended = self._receive_ended or ended
                     if self._stop_requested.is_set():
                         self._changed.notify_all()  # the shutdown waits for these counts
@@ -353,7 +335,7 @@ class MessageDispatcher(Runtime):
                     self._receive_failures = failures or 0
             except BaseException:
                 with self._lock:
-                    setattr(self, _COUNTERS[done], getattr(self, _COUNTERS[done]) - 1)
+                    self._busy[done] -= 1
                     self._changed.notify_all()
                 raise
 
@@ -361,15 +343,15 @@ class MessageDispatcher(Runtime):
         """Wait for the next task and count it; lock held. ``None``: the thread ends."""
         schedule = self._schedule
         while True:
-            if self._ack_queue and self._acking <= self.config.concurrent_receives:
-                self._acking += 1
+            if self._ack_queue and self._busy["ack"] <= self.config.concurrent_receives:
+                self._busy["ack"] += 1
                 return "ack", self._ack_queue.popleft()
             while self._ready:
                 delivery = self._ready.popleft()
                 if delivery.cancelled:
                     continue
                 delivery.started = True
-                self._handling += 1
+                self._busy["handle"] += 1
                 if self._ready or self._ack_queue:
                     self._wake()
                 return "handle", delivery
@@ -377,7 +359,7 @@ class MessageDispatcher(Runtime):
                 return None
             timeout: float | None = None
             if (
-                self._receiving < self.config.concurrent_receives
+                self._busy["receive"] < self.config.concurrent_receives
                 and not self._stop_requested.is_set()
                 and not self._receive_ended
             ):
@@ -385,7 +367,7 @@ class MessageDispatcher(Runtime):
                 count, timeout, self._fill_deadline = schedule.reserve(now, self._fill_deadline)
                 if count:
                     self._fill_deadline = None
-                    self._receiving += 1
+                    self._busy["receive"] += 1
                     return "receive", count
             due = schedule.acks.overdue(time.monotonic())
             if due is not None:
@@ -435,13 +417,3 @@ def _thread(target: Callable[[], object], name: str) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
-
-
-_COUNTERS = {"handle": "_handling", "ack": "_acking", "receive": "_receiving"}
-
-
-def _join(threads: Sequence[threading.Thread], deadline: float) -> int:
-    """Join ``threads`` until ``deadline`` (``time.monotonic()``); return how many still run."""
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return sum(thread.is_alive() for thread in threads)

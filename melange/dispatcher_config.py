@@ -104,7 +104,7 @@ class DispatcherConfig:
     startup_timeout: float = 60.0
     reconnect_backoff: RetryPolicy = RECONNECT_BACKOFF
 
-    def __init__(self, **options: Unpack[DispatcherOptions]) -> None:  # noqa: D107
+    def __init__(self, **options: Unpack[DispatcherOptions]) -> None:
         unknown = [name for name in options if name not in _FIELDS]
         if unknown:
             name = unknown[0]

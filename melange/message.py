@@ -142,7 +142,7 @@ class Message:
         return replace(self, attributes={**self.attributes, **attributes})
 
 
-def received_message(
+def _received_message(
     body: Any,
     manifest: str | None,
     attributes: dict[str, str],

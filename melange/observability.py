@@ -226,7 +226,7 @@ class _Guarded(CompositeHooks):
     Dispatchers call hooks several times per message. A method the object does
     not override is the base class's no-op, so it is replaced by a function that
     does nothing (the object is inspected once, here); the others are called
-    directly inside the ``try`` of :meth:`CompositeHooks._each`, without its loop.
+    inside a ``try`` as :meth:`CompositeHooks._each` does, without its loop.
     """
 
     def __init__(self, hook: Hooks) -> None:

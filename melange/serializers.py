@@ -36,8 +36,8 @@ from melange.message import (
     RESERVED_ATTRIBUTES,
     SERIALIZER_ATTRIBUTE,
     Message,
+    _received_message,
     new_producer_id,
-    received_message,
 )
 
 __all__ = [
@@ -649,7 +649,7 @@ class SerializerRegistry:
         kept = dict(attributes)  # a copy the message takes over, without melange's own
         for name in _RESERVED:
             kept.pop(name, None)
-        return received_message(
+        return _received_message(
             body,
             manifest,
             kept,

@@ -1,25 +1,15 @@
 """The consumer runtime on asyncio.
 
-:class:`AsyncMessageDispatcher` is the asyncio driver of the runtime that
-:class:`melange.dispatcher.MessageDispatcher` drives with threads
-(:mod:`melange._runtime`): the same steps, options
-(:class:`~melange.dispatcher_config.DispatcherConfig`), guarantees, logs and
-counters, with handlers as event-loop tasks:
-
-* asynchronous consumers (``async def process``) run on the event loop, at most
-  ``concurrency`` messages at a time;
-* synchronous consumers run in a thread, so a blocking handler stalls nothing
-  else;
-* every backend and deduplication-cache call (the contract is synchronous) runs
-  in the dispatcher's own thread pool, so a long-polling receive never blocks
-  the event loop. Its own pool rather than the loop's default executor: long
-  polls and slow handlers cannot starve the application's ``to_thread`` calls,
-  nor be starved by them, and ``asyncio.run`` does not wait for a pending poll
-  on exit.
-
-Lease extension is the runtime's :class:`~melange.lease.LeaseKeeper` (a
-heartbeat thread). Logging goes to the ``melange.dispatcher`` logger, as with
-threads; message bodies are never logged.
+:class:`AsyncMessageDispatcher` drives the runtime of :mod:`melange._runtime`
+as :class:`melange.dispatcher.MessageDispatcher` does with threads: the same
+steps, options (:class:`~melange.dispatcher_config.DispatcherConfig`),
+guarantees, logs and counters, with handlers as event-loop tasks. Asynchronous
+consumers (``async def process``) run on the event loop; synchronous ones, and
+every backend and deduplication-cache call (the contract is synchronous), in
+the dispatcher's own thread pool, so neither a blocking handler nor a long poll
+stalls the loop. Its own pool rather than the loop's default executor: long
+polls and slow handlers cannot starve the application's ``to_thread`` calls, nor
+be starved by them, and ``asyncio.run`` does not wait for a pending poll on exit.
 """
 
 from __future__ import annotations
@@ -28,23 +18,21 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import inspect
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from melange._runtime import Runtime
-from melange.backends.base import MessagingBackend, ReceivedMessage
+from melange.backends.base import MessagingBackend
 from melange.consumers import Consumer
 from melange.dispatcher_config import DispatcherConfig, DispatcherOptions, positive_int
 from melange.exceptions import ConfigurationError
-from melange.message import Message
 from melange.serializers import SerializerRegistry
-from melange.settlement import CallResult, Delivery, DispatchStats, exit_handling
+from melange.settlement import Delivery, DispatchStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -154,15 +142,9 @@ class AsyncMessageDispatcher(Runtime):
     async def start(self) -> None:
         """Start receiving and handling in background tasks; return once running.
 
-        As :meth:`melange.dispatcher.MessageDispatcher.start`: waits up to
-        ``startup_timeout`` for an unreachable broker (:meth:`request_stop`, or
-        a signal under :meth:`run`, ends the wait); does nothing while running.
-
-        Raises:
-            QueueNotFound: The queue does not exist (raised at once).
-            BackendUnavailable: The broker could not be reached within
-                ``startup_timeout``; the last attempt's error.
-            ConfigurationError: The dispatcher was stopped; create a new one.
+        As :meth:`melange.dispatcher.MessageDispatcher.start`, awaited;
+        :meth:`request_stop` (or a signal under :meth:`run`) ends a wait for an
+        unreachable broker.
         """
         self._bind_loop()
         await self._start()
@@ -170,19 +152,13 @@ class AsyncMessageDispatcher(Runtime):
     async def run(self, *, install_signal_handlers: bool = True) -> None:
         """Start, then wait until :meth:`stop`, SIGTERM or SIGINT has ended the dispatcher.
 
-        Returns normally after a graceful shutdown; a second SIGINT while
-        shutting down raises :class:`KeyboardInterrupt`. Cancelling the call
-        begins a graceful stop too (await :meth:`stop` to wait for it).
+        As :meth:`melange.dispatcher.MessageDispatcher.run`, awaited; cancelling
+        the call begins a graceful stop too (await :meth:`stop` to wait for it).
 
         Args:
             install_signal_handlers: Handle SIGTERM and SIGINT while running, with
                 :meth:`asyncio.loop.add_signal_handler` (only in the main thread,
                 on Unix); the previous handlers are restored on return.
-
-        Raises:
-            QueueNotFound: The queue does not exist.
-            BackendUnavailable: The broker could not be reached within ``startup_timeout``.
-            ConfigurationError: The dispatcher was stopped; create a new one.
         """
         loop = self._bind_loop()  # request_stop() needs the loop: a signal may come during start()
         installed: list[tuple[signal.Signals, Any]] = []
@@ -266,27 +242,6 @@ class AsyncMessageDispatcher(Runtime):
         self._bind_loop()
         return await self._run_until_idle(idle_seconds, timeout, stop)
 
-    # ------------------------------------------------------------- receiving
-    async def _receive_loop(self) -> None:
-        failures: int | None = 0
-        while failures is not None:
-            count = await self._reserve()
-            if not count:
-                return
-            failures = await self._receive_once(count, failures)
-
-    async def _reserve(self) -> int:
-        """Wait for free capacity and reserve up to ``batch_size`` of it; 0 when stopping."""
-        fill_deadline: float | None = None
-        while not self._stop_requested.is_set():
-            count, wait, fill_deadline = self._schedule.reserve(time.monotonic(), fill_deadline)
-            if count:
-                return count
-            self._capacity_changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._capacity_changed.wait(), wait)
-        return 0
-
     # ----------------------------------------------------- driver primitives
     def _io(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Run a blocking call in the dispatcher's pool, with the caller's context variables."""
@@ -300,6 +255,11 @@ class AsyncMessageDispatcher(Runtime):
 
     def _sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
         return asyncio.sleep(seconds)
+
+    async def _wait_capacity(self, seconds: float | None) -> None:
+        self._capacity_changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._capacity_changed.wait(), seconds)
 
     async def _wait_state(self) -> None:
         self._state_changed.clear()
@@ -316,14 +276,9 @@ class AsyncMessageDispatcher(Runtime):
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         assert self._loop is not None
         for delivery in deliveries:
-            task = self._loop.create_task(self._start_work(delivery))
+            task = self._loop.create_task(self._work(delivery))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
-
-    async def _start_work(self, delivery: Delivery) -> None:
-        if not delivery.cancelled:  # released before it started
-            delivery.started = True
-            await self._work(delivery)
 
     def _send(self, batches: list[list[Delivery]]) -> None:
         """Start the acknowledgement calls, and a timer for acks left waiting."""
@@ -370,25 +325,13 @@ class AsyncMessageDispatcher(Runtime):
         ]
 
     async def _join_handlers(self, deadline: float) -> int:
-        if not self._handlers:
-            return 0
-        _, running = await asyncio.wait(
-            set(self._handlers), timeout=max(0.0, deadline - time.monotonic())
-        )
-        for task in running:
-            task.cancel()  # a thread running a synchronous handler is abandoned
-        if running:
+        running = await _cancel_after(self._handlers, deadline)
+        if running:  # a thread running a synchronous handler cannot be cancelled: abandoned
             await asyncio.wait(running, timeout=1.0)
         return len(running)
 
     async def _join_receivers(self, deadline: float) -> None:
-        receivers = [task for task in self._receivers if not task.done()]
-        if receivers:
-            _, stuck = await asyncio.wait(
-                receivers, timeout=max(0.0, deadline - time.monotonic())
-            )
-            for task in stuck:
-                task.cancel()
+        await _cancel_after(self._receivers, deadline)
 
     async def _join_ackers(self, deadline: float) -> None:
         current = asyncio.current_task()
@@ -400,6 +343,10 @@ class AsyncMessageDispatcher(Runtime):
             if left:
                 return
 
+    def _io_detached(self, func: Callable[..., Any], *args: Any) -> None:
+        assert self._pool is not None
+        self._pool.submit(func, *args)
+
     def _close(self) -> None:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
@@ -407,37 +354,12 @@ class AsyncMessageDispatcher(Runtime):
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # an abandoned synchronous handler keeps its thread
 
-    async def _call_async(
-        self, candidate: Consumer, message: Message, received: ReceivedMessage
-    ) -> CallResult | BaseException:
-        """Run an asynchronous consumer on the event loop."""
-        settlement, dedup = self._settlement, self.config.dedup is not None
-        if dedup:
-            claim = await self._io(settlement.claim, candidate, received)
-            if claim != "claimed":
-                return "skipped" if claim == "done" else claim
-        started = time.monotonic()
-        # Entered and left in this task, so context-variable hooks (tracing) see the handler.
-        context = settlement.enter_handling(message, candidate, received)
-        try:
-            result: Any = candidate.process(message)
-            if inspect.isawaitable(result):
-                await result
-        except BaseException as exc:
-            exit_handling(context, exc, received, candidate.name)
-            if dedup:
-                if isinstance(exc, Exception):
-                    await self._io(settlement.unclaim, candidate, received)
-                else:  # cancelled (grace period over): no await left; release in the background
-                    assert self._pool is not None
-                    self._pool.submit(settlement.unclaim, candidate, received)
-            if not isinstance(exc, Exception):
-                raise
-            return exc
-        exit_handling(context, None, received, candidate.name)
-        seconds = time.monotonic() - started
-        if dedup:
-            await self._io(settlement.handled, candidate, message, received, seconds)
-        else:
-            settlement.handled(candidate, message, received, seconds)
-        return "ok"
+
+async def _cancel_after(tasks: Collection[asyncio.Task[None]], deadline: float) -> set[Any]:
+    """Wait for ``tasks`` until ``deadline``; cancel and return those still running."""
+    pending = {task for task in tasks if not task.done()}
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        for task in pending:
+            task.cancel()
+    return pending
