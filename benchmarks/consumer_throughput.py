@@ -931,8 +931,32 @@ def with_reference(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return runs
 
 
+OPTION_ORDER = ("workers", "concurrency", "concurrent_receives", "batch_size", "wait_seconds")
+ENDPOINT_ORDER = ("memory", "moto", "localstack")
+SIDE_ORDER = (*MEMORY_SIDES, BOTO3_LOOP, DISPATCHER, DISPATCHER_DEFAULTS)
+
+
 def options_text(options: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in options.items())
+    """``key=value, ...`` in a fixed order (the JSON output sorts keys)."""
+    known = [key for key in OPTION_ORDER if key in options]
+    rest = sorted(key for key in options if key not in OPTION_ORDER)
+    return ", ".join(f"{key}={options[key]}" for key in known + rest)
+
+
+def ordered_endpoints(part1: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Part 1's endpoints in running order, whether the payload is fresh or read from JSON."""
+    rank = {label: index for index, label in enumerate(ENDPOINT_ORDER)}
+    return sorted(part1.items(), key=lambda item: rank.get(item[0], len(rank)))
+
+
+def ordered_sides(result: dict[str, Any]) -> list[str]:
+    """An endpoint's sides: the loop, the headline sides, then the extra lines."""
+    rank = {side: index for index, side in enumerate(SIDE_ORDER)}
+    extra = sorted(
+        (side for side in result["msgs_per_second"] if side not in result["headline"]),
+        key=lambda side: (side != result["loop"], rank.get(side, len(rank))),
+    )
+    return [extra[0], *result["headline"], *extra[1:]]
 
 
 # What each side of part 1 is, for the report (the options it ran with are printed beside).
@@ -973,8 +997,9 @@ def report_part_one(payload: dict[str, Any]) -> None:
         f"  {'endpoint':<10}   {'side':<28} {'msgs/s':>9} {'(min-max)':<19} "
         f"{'ratio to loop':<18} {'wall s':>6}"
     )
-    for label, result in payload["part1"].items():
-        for side, stats in result["msgs_per_second"].items():
+    for label, result in ordered_endpoints(payload["part1"]):
+        for side in ordered_sides(result):
+            stats = result["msgs_per_second"][side]
             mark = "*" if side in result["headline"] else " "
             spread = f"({stats['min']:,.0f}-{stats['max']:,.0f})"
             ratio = ""
@@ -989,11 +1014,16 @@ def report_part_one(payload: dict[str, Any]) -> None:
                 f"{ratio:<18} {walls}"
             )
     print("  sides (options as run, the constructor's defaults filled in):")
-    for label, result in payload["part1"].items():
-        for side in result["msgs_per_second"]:
-            print(f"    {label} {side}: {SIDE_NOTES.get(side, '')}")
-            if options := result["options"].get(side):
-                print(f"        {options_text(options)}")
+    described: dict[tuple[str, str], list[str]] = {}  # one line for the endpoints alike
+    for label, result in ordered_endpoints(payload["part1"]):
+        for side in ordered_sides(result):
+            options = result["options"].get(side)
+            key = (side, options_text(options) if options else "")
+            described.setdefault(key, []).append(label)
+    for (side, options), labels in described.items():
+        print(f"    {', '.join(labels)} {side}: {SIDE_NOTES.get(side, '')}")
+        if options:
+            print(f"        {options}")
     if "memory" in payload["part1"]:
         print(
             "  wall: a dispatcher with the default wait_seconds=5 ends with a long poll on the "
