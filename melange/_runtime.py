@@ -170,6 +170,9 @@ class Runtime:
             dedup_claim_ttl=config.dedup_claim_ttl,
             reconnect_backoff=config.reconnect_backoff,
         )
+        self._settlement.accepting_all = frozenset(
+            c for c in self.consumers if c.accepts_every_message()
+        )
         self._queue_extra = self._settlement.queue_extra
         self._schedule = Schedule(config.capacity, config.batch_size)
         self._state: State = "new"
@@ -504,15 +507,24 @@ class Runtime:
         delivery.started = True
         acked = False
         try:
-            acked = await self._handle(delivery)
+            acked = await self._handle_safely(delivery)
+        finally:
+            with self._lock:
+                behind = self._finished(delivery, acked)
+            if behind:
+                self._spawn(self._release(behind, "released"))
+
+    async def _handle_safely(self, delivery: Delivery) -> bool:
+        """:meth:`_handle`, logging (not raising) an error of melange's own."""
+        try:
+            return await self._handle(delivery)
         except Exception:  # a bug here must not lose the capacity it holds
             logger.exception(
                 "internal error while handling message %s; it will be delivered again",
                 delivery.received.message_id,
                 extra=log_extra(delivery.received),
             )
-        finally:
-            self._finish(delivery, acked)
+            return False
 
     async def _handle(self, delivery: Delivery) -> bool:
         """Decode and handle one message; settle it. Return whether to acknowledge it."""
@@ -546,19 +558,22 @@ class Runtime:
         self.stats.add("handled")
         return True
 
-    def _finish(self, delivery: Delivery, acked: bool) -> None:
-        """Free the delivery's capacity and start the next message of its group."""
-        with self._lock:
-            following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
-            self._send(send)
-            if following is not None:
-                self._dispatch([following])
-            if self._schedule.receivable():
-                self._notify()
+    def _finished(self, delivery: Delivery, acked: bool) -> list[Delivery]:
+        """Free the delivery's capacity, start the next of its group; lock held.
+
+        Returns:
+            The messages that waited behind it in its FIFO group, when it failed:
+            release them (:meth:`_release`) once the lock is let go.
+        """
         if self._keeper is not None:
             self._keeper.release(delivery.lease)
-        if behind:
-            self._spawn(self._release(behind, "released"))
+        following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
+        self._send(send)
+        if following is not None:
+            self._dispatch([following])
+        if self._schedule.receivable():
+            self._notify()
+        return behind
 
     async def _release(self, deliveries: list[Delivery], counter: str) -> None:
         """Drop messages that were not handled and make them receivable again (nack, no delay)."""

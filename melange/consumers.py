@@ -112,6 +112,14 @@ class Consumer(abc.ABC):
             message: The decoded message; ``message.id`` is the broker's id.
         """
 
+    def accepts_every_message(self) -> bool:
+        """Whether :meth:`accepts` is true for every message, so a dispatcher may skip calling it.
+
+        True when :meth:`accepts` is not overridden; subclasses that know better
+        may say so. Called once, after :meth:`validate`.
+        """
+        return type(self).accepts is Consumer.accepts
+
     def validate(self) -> None:  # noqa: B027 - optional hook: most consumers need no checks
         """Raise :class:`~melange.exceptions.ConfigurationError` if the consumer cannot work.
 
@@ -331,6 +339,10 @@ class FunctionConsumer(Consumer):
     def validate(self) -> None:
         """Resolve the function's annotations now; raise ConfigurationError if they are unusable."""
         self._resolved()
+
+    def accepts_every_message(self) -> bool:
+        """True when neither selectors nor a payload type annotation choose the messages."""
+        return not self.selectors and not self._resolved().types
 
     def accepts(self, message: Message) -> bool:
         """Return whether the payload type or manifest is one this function is chosen by."""

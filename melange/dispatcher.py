@@ -312,31 +312,42 @@ class MessageDispatcher(Runtime):
         hand-off between threads.
         """
         done: str | None = None  # the task just finished, counted under the next lock round
-        ended = False
+        ended = acked = False
+        item: Any = None
         while True:
+            behind: list[Delivery] = []
             with self._lock:
                 if done is not None:
                     self._busy[done] -= 1
+                    if done == "handle":
+                        behind = self._finished(item, acked)
                     self._receive_ended = self._receive_ended or ended
                     if self._stop_requested.is_set():
                         self._changed.notify_all()  # the shutdown waits for these counts
-                task = self._next_task()
+                task = None if behind else self._next_task()
+            if behind:  # a failed FIFO message: give back the rest of its group first
+                self._spawn(self._release(behind, "released"))
+                done = None
+                continue
             if task is None:
                 return
             done, item = task
             try:
                 if done == "handle":
-                    run_now(self._work(item))
+                    acked = run_now(self._handle_safely(item))
                 elif done == "ack":
                     run_now(self._send_acks(item))
                 else:
                     failures = run_now(self._receive_once(item, self._receive_failures))
                     ended = failures is None
                     self._receive_failures = failures or 0
-            except BaseException:
+            except BaseException:  # the thread dies: free what it held
                 with self._lock:
                     self._busy[done] -= 1
+                    behind = self._finished(item, False) if done == "handle" else []
                     self._changed.notify_all()
+                if behind:
+                    self._spawn(self._release(behind, "released"))
                 raise
 
     def _next_task(self) -> tuple[str, Any] | None:

@@ -38,12 +38,15 @@ __all__ = ["DispatcherConfig", "DispatcherOptions"]
 class DispatcherConfig:
     """The options of a dispatcher, checked when the object is created.
 
+    Create it with the attributes below as keywords; each one left out takes
+    its default.
+
     Examples:
         >>> config = DispatcherConfig(workers=20, on_undecodable="ack")
         >>> config.capacity
         20
 
-    Args:
+    Attributes:
         workers: The most messages held (received and not finished) at once,
             hence the most handlers running at once (threads of the threaded
             driver; ``concurrency`` of the asyncio one). Default

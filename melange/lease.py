@@ -78,7 +78,7 @@ class Lease:
         capped: ``max_lease`` was reached; no further extension is made.
     """
 
-    __slots__ = ("capped", "expires_at", "lost", "received", "received_at")
+    __slots__ = ("capped", "expires_at", "lost", "received", "received_at", "released")
 
     def __init__(self, received: ReceivedMessage, received_at: float, expires_at: float) -> None:
         self.received = received
@@ -86,6 +86,7 @@ class Lease:
         self.expires_at = expires_at
         self.lost = False
         self.capped = False
+        self.released = False  # settled: the keeper drops it on its next pass
 
 
 class LeaseKeeper:
@@ -123,6 +124,7 @@ class LeaseKeeper:
         self._extension = min(visibility_timeout, backend.capabilities.max_visibility_timeout)
         self.interval = min(1.0, max(0.02, self._remaining_trigger / 4))
         self._leases: set[Lease] = set()
+        self._prune_at = 64  # drop released leases once the set reaches this size
         self._lock = threading.Lock()
         # A broker outage fails every beat: warn once, not once a second.
         self._outage = Outage(
@@ -149,11 +151,20 @@ class LeaseKeeper:
         """Start keeping ``leases``."""
         with self._lock:
             self._leases.update(leases)
+            if len(self._leases) >= self._prune_at:  # amortized: the set stays O(held)
+                self._prune()
+                self._prune_at = 2 * len(self._leases) + 64
 
     def release(self, lease: Lease) -> None:
-        """Stop keeping ``lease`` (its message was settled)."""
-        with self._lock:
-            self._leases.discard(lease)
+        """Stop keeping ``lease`` (its message was settled).
+
+        Marks it only (one store, no lock: this runs for every message); it
+        leaves the set on the next heartbeat or :meth:`track`.
+        """
+        lease.released = True
+
+    def _prune(self) -> None:
+        self._leases = {lease for lease in self._leases if not lease.released}
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
@@ -172,10 +183,12 @@ class LeaseKeeper:
             now: The current monotonic time.
         """
         with self._lock:
+            self._prune()
             due = [
                 lease
                 for lease in self._leases
-                if not lease.lost
+                if not lease.released
+                and not lease.lost
                 and not lease.capped
                 and lease.expires_at - now <= self._remaining_trigger
             ]

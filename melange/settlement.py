@@ -286,6 +286,7 @@ class Settlement:
         self.dedup = dedup
         self.dedup_ttl = dedup_ttl
         self.dedup_claim_ttl = dedup_claim_ttl
+        self.accepting_all: frozenset[Consumer] = frozenset()  # whose accepts() is always true
         self.can_nack = backend.capabilities.nack_delay
         self._max_delay = backend.capabilities.max_visibility_timeout
         # Set by load() from the dispatcher's one get_queue() call.
@@ -388,6 +389,9 @@ class Settlement:
         accepting: list[Consumer] = []
         failures: list[tuple[Consumer, BaseException]] = []
         for candidate in consumers:
+            if candidate in self.accepting_all:
+                accepting.append(candidate)
+                continue
             try:
                 if candidate.accepts(message):
                     accepting.append(candidate)
@@ -447,13 +451,14 @@ class Settlement:
                     extra=log_extra(received, candidate.name),
                 )
         self.hooks.on_handled(self.queue_name, message, candidate.name, seconds)
-        logger.debug(
-            "consumer %s handled message %s in %.3fs",
-            candidate.name,
-            received.message_id,
-            seconds,
-            extra=log_extra(received, candidate.name),
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # runs for every message: skip building extra
+            logger.debug(
+                "consumer %s handled message %s in %.3fs",
+                candidate.name,
+                received.message_id,
+                seconds,
+                extra=log_extra(received, candidate.name),
+            )
 
     def unclaim(self, candidate: Consumer, received: ReceivedMessage) -> None:
         """Drop ``candidate``'s claim after it failed, so a redelivery can handle the message."""
@@ -489,7 +494,7 @@ class Settlement:
         context = self.enter_handling(message, candidate, received)
         try:
             result: object = candidate.process(message)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 if inspect.iscoroutine(result):
                     result.close()  # never awaited: close it to avoid a RuntimeWarning
                 raise ConfigurationError(

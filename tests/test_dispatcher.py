@@ -641,6 +641,31 @@ def test_lease_keeper_extends_when_due_up_to_max_lease(
     assert [m.message_id for m in backend.receive(QUEUE, 1)] == [received.message_id]
 
 
+def test_lease_keeper_never_extends_a_released_lease_and_forgets_it(
+    registry: SerializerRegistry, clock: ManualClock
+) -> None:
+    backend = make_backend(clock, visibility_timeout=10.0)
+    for order in ("o1", "o2"):
+        publish(backend, registry, Paid(order))
+    first, second = backend.receive(QUEUE, 2)
+    hooks = LeaseHooks()
+    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=60.0), [])
+    settled = Lease(first, received_at=0.0, expires_at=10.0)
+    running = Lease(second, received_at=0.0, expires_at=10.0)
+    keeper.track([settled, running])
+    keeper.release(settled)  # a mark only: it runs for every message
+    clock.advance(6.0)
+    keeper.extend_due(6.0)
+    assert hooks.extended == [(second.message_id, 10.0)]
+    assert keeper._leases == {running}  # dropped on the heartbeat, not kept forever
+    for _ in range(200):  # without heartbeats, track() keeps the set proportional to what runs
+        more = [Lease(second, received_at=0.0, expires_at=100.0) for _ in range(10)]
+        keeper.track(more)
+        for lease in more:
+            keeper.release(lease)
+    assert len(keeper._leases) <= 2 * 10 + 64
+
+
 def test_lease_keeper_warns_once_per_outage_and_says_when_it_is_over(
     registry: SerializerRegistry, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
