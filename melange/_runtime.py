@@ -113,6 +113,8 @@ class Runtime:
     """Whether ``async def`` consumers are accepted (they run on the event loop)."""
 
     _awaitable_hint: ClassVar[str] = ""
+    _inline: ClassVar[bool] = False
+    """Whether :meth:`_io` runs the call in the calling thread (the threaded driver)."""
     _lock: AbstractContextManager[Any]
     _stop_requested: Any  # threading.Event or asyncio.Event: is_set(), set()
     _stopped: Any
@@ -173,6 +175,7 @@ class Runtime:
         self._settlement.accepting_all = frozenset(
             c for c in self.consumers if c.accepts_every_message()
         )
+        self._every_consumer_accepts = len(self._settlement.accepting_all) == len(self.consumers)
         self._queue_extra = self._settlement.queue_extra
         self._schedule = Schedule(config.capacity, config.batch_size)
         self._state: State = "new"
@@ -534,13 +537,21 @@ class Runtime:
             message = self.serializers.decode(received)
         except Exception as exc:  # SerializationError, or a serializer's own bug
             return await self._io(settlement.undecodable, received, self.config.on_undecodable, exc)
-        accepting, failures = settlement.select(self.consumers, message)
-        if not accepting and not failures:
-            return await self._io(settlement.unhandled, received, self.config.on_unhandled, message)
+        failures: list[tuple[Consumer, BaseException]] = []
+        if self._every_consumer_accepts:
+            accepting: Sequence[Consumer] = self.consumers
+        else:
+            accepting, failures = settlement.select(self.consumers, message)
+            if not accepting and not failures:
+                return await self._io(
+                    settlement.unhandled, received, self.config.on_unhandled, message
+                )
         busy = False
         for candidate in accepting:
             if candidate in self._async_consumers:
                 result = await self._call_async(candidate, message, received)
+            elif self._inline:  # runs for every message: no awaitable to build
+                result = settlement.call_sync(candidate, message, received, self._awaitable_hint)
             else:
                 result = await self._io(
                     settlement.call_sync, candidate, message, received, self._awaitable_hint

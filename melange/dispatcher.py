@@ -79,6 +79,7 @@ class MessageDispatcher(Runtime):
     """
 
     _awaitable_hint = "; async consumers need melange.aio.AsyncMessageDispatcher"
+    _inline = True
 
     def __init__(
         self,
