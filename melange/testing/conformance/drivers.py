@@ -11,8 +11,7 @@ as ``test_...[threads]`` and ``test_...[asyncio]``:
   :class:`~melange.aio.AsyncMessageDispatcher` on an event loop of its own, in
   a background thread, with the surface the tests use (``start``,
   ``stop(timeout)``, ``run_until_idle``, ``with``, ``stats``, ``in_flight``,
-  ``running``). It takes the same keywords as ``MessageDispatcher``;
-  ``workers=`` becomes ``concurrency=``.
+  ``running``). It takes the same arguments as ``MessageDispatcher``.
 
 The tests' consumers stay plain synchronous ones: the asyncio dispatcher runs
 them in its thread pool, as it runs an application's blocking consumers.
@@ -109,28 +108,16 @@ class AsyncioDispatcher:
     Once the dispatcher has stopped, the loop ends and its thread exits.
 
     Args:
-        backend: Where messages come from.
-        queue_name: The queue to consume.
-        consumers: The consumers; synchronous ones run in the dispatcher's threads.
-        serializers: Decodes bodies.
-        workers: ``MessageDispatcher``'s name for ``concurrency``.
-        **options: Every other keyword of :class:`~melange.aio.AsyncMessageDispatcher`.
+        *args: The positional arguments of :class:`~melange.aio.AsyncMessageDispatcher`
+            (backend, queue name, consumers, serializers).
+        **options: Its keywords: a ``config``, or the options of
+            :class:`~melange.dispatcher_config.DispatcherConfig`.
     """
 
-    def __init__(
-        self,
-        backend: MessagingBackend,
-        queue_name: str,
-        consumers: Sequence[Consumer],
-        serializers: SerializerRegistry | None = None,
-        *,
-        workers: int | None = None,
-        **options: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **options: Any) -> None:
         # Built here, outside the loop: a bad argument raises in the caller, as with threads.
-        self.dispatcher = AsyncMessageDispatcher(
-            backend, queue_name, consumers, serializers, concurrency=workers, **options
-        )
+        self.dispatcher = AsyncMessageDispatcher(*args, **options)
+        queue_name = self.dispatcher.queue_name
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._serve, name=f"melange-conformance-loop-{queue_name}", daemon=True
@@ -247,8 +234,7 @@ def make_dispatcher(
         queue_name: The queue to consume.
         consumers: The consumers (synchronous ones work with both drivers).
         serializers: Decodes bodies.
-        **options: Keywords of :class:`~melange.dispatcher.MessageDispatcher`
-            (``workers`` is the asyncio dispatcher's ``concurrency``).
+        **options: Keywords of :class:`~melange.dispatcher.MessageDispatcher`.
 
     Returns:
         The dispatcher, not started.
