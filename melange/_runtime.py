@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from contextlib import AbstractContextManager
@@ -193,6 +194,11 @@ class Runtime:
         return self._state == "running"
 
     @property
+    def workers(self) -> int:
+        """The most messages held (received, not finished), hence handlers running, at once."""
+        return self.config.capacity
+
+    @property
     def in_flight(self) -> int:
         """Messages received and not finished yet (at most ``config.capacity``)."""
         with self._lock:
@@ -260,10 +266,6 @@ class Runtime:
 
     def _close(self) -> None:
         """Release the driver's resources at the end of the shutdown."""
-
-    def _io_detached(self, func: Callable[..., Any], *args: Any) -> None:
-        """Start a blocking call without waiting for it (a cancelled task cannot await)."""
-        raise NotImplementedError
 
     # -------------------------------------------------------------- lifecycle
     async def _start(self) -> None:
@@ -346,10 +348,13 @@ class Runtime:
             await self._wait_stopped()
         return self.stats.snapshot()
 
-    def _log_signal(self, name: str) -> None:
+    def _stop_signal(self, signum: int) -> None:
+        """A stop signal arrived: log it; a second SIGINT raises ``KeyboardInterrupt``."""
+        if self._stop_requested.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
         logger.info(
             "received %s: stopping (grace period %gs)",
-            name,
+            signal.Signals(signum).name,
             self.config.grace_period,
             extra=self._queue_extra,
         )
@@ -619,8 +624,8 @@ class Runtime:
             if dedup:
                 if isinstance(exc, Exception):
                     await self._io(settlement.unclaim, candidate, received)
-                else:  # cancelled (grace period over): no await left; release in the background
-                    self._io_detached(settlement.unclaim, candidate, received)
+                else:  # cancelled (grace period over): it cannot await; the call runs anyway
+                    self._io(settlement.unclaim, candidate, received)
             if not isinstance(exc, Exception):
                 raise
             return exc

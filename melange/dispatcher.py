@@ -5,14 +5,10 @@ A :class:`MessageDispatcher` runs the loop an application uses every day::
     dispatcher = MessageDispatcher(backend, "payment-updates", [record_payment, Payments()])
     dispatcher.run()            # until SIGTERM/SIGINT or dispatcher.stop()
 
-It is one of two drivers of one runtime (:mod:`melange._runtime`, which says
-what the runtime guarantees); :class:`melange.aio.AsyncMessageDispatcher` is the
-asyncio one. Both take a :class:`~melange.dispatcher_config.DispatcherConfig`
-or its keywords. Here one pool of ``workers + 2 * concurrent_receives + 1``
-threads does every task: handle a message (at most ``workers`` at once),
-acknowledge a batch, receive. The thread that receives a batch goes on to
-handle it, waking another only while messages wait, so fast handlers cost no
-hand-off between threads and slow ones spread over the pool.
+It is the threaded driver of the runtime in :mod:`melange._runtime` (which says
+what it guarantees); :class:`melange.aio.AsyncMessageDispatcher` is the asyncio
+one. One pool of ``workers + 2 * concurrent_receives + 1`` threads does every
+task: handle a message (at most ``workers`` at once), send an ack call, receive.
 
 Logging goes to the ``melange.dispatcher`` logger with ``extra`` fields
 ``queue``, ``message_id`` and ``consumer``; message bodies are never logged.
@@ -103,7 +99,6 @@ class MessageDispatcher(Runtime):
         self._receive_failures = 0  # receives that failed in a row
         self._fill_deadline: float | None = None  # of the next receive (Schedule.reserve)
         self._done = False  # the threads exit once nothing is left to do
-        self._receive_ended = False  # the backend was closed under the dispatcher
         self._signalled = False  # run() stopped by a signal
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
@@ -120,11 +115,6 @@ class MessageDispatcher(Runtime):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    @property
-    def workers(self) -> int:
-        """Threads running handlers, and the most messages held at once."""
-        return self.config.capacity
 
     # ------------------------------------------------------------ public API
     def start(self) -> None:
@@ -179,10 +169,8 @@ class MessageDispatcher(Runtime):
                 signal.signal(signum, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._stop_requested.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
+        self._stop_signal(signum)
         self._signalled = True
-        self._log_signal(signal.Signals(signum).name)
         # From another thread: the signal may have interrupted this one inside a locked section.
         _thread(self._request_stop, f"melange-signal-{self.queue_name}")
 
@@ -261,12 +249,7 @@ class MessageDispatcher(Runtime):
             self._wake()
 
     def _wake(self) -> None:
-        """Wake one idle thread unless one is waking already; lock held.
-
-        A woken thread wakes the next if work is still waiting when it takes
-        some, so a batch spreads over the threads as fast as handlers block,
-        while fast handlers empty it in one thread, without a hand-off.
-        """
+        """Wake one idle thread unless one is waking already (it wakes the next); lock held."""
         if self._idle and not self._waking:
             self._waking = True
             self._work_ready.notify()
@@ -290,7 +273,7 @@ class MessageDispatcher(Runtime):
 
     def _join_ackers(self, deadline: float) -> Now:
         self._wait_quiet(lambda: len(self._ack_queue) + self._busy["ack"], deadline)
-        with self._lock:
+        with self._lock:  # nothing is left to do: the threads end
             self._done = True
             self._work_ready.notify_all()
         for thread in self._spawned:  # releases behind failed FIFO messages
@@ -306,14 +289,9 @@ class MessageDispatcher(Runtime):
 
     # ---------------------------------------------------------------- threads
     def _thread_loop(self) -> None:
-        """Take the next task (handle, acknowledge, receive) until the dispatcher is done.
-
-        Every thread does every task, so the thread that receives a batch
-        handles it too, unless another is free at once: fast handlers cost no
-        hand-off between threads.
-        """
+        """Do the next task (handle, acknowledge, receive) until the dispatcher is done."""
         done: str | None = None  # the task just finished, counted under the next lock round
-        ended = acked = False
+        acked = False
         item: Any = None
         while True:
             behind: list[Delivery] = []
@@ -322,7 +300,6 @@ class MessageDispatcher(Runtime):
                     self._busy[done] -= 1
                     if done == "handle":
                         behind = self._finished(item, acked)
-                    self._receive_ended = self._receive_ended or ended
                     if self._stop_requested.is_set():
                         self._changed.notify_all()  # the shutdown waits for these counts
                 task = None if behind else self._next_task()
@@ -338,49 +315,44 @@ class MessageDispatcher(Runtime):
                     acked = run_now(self._handle_safely(item))
                 elif done == "ack":
                     run_now(self._send_acks(item))
-                else:
+                else:  # None: the backend was closed, and the dispatcher is stopping
                     failures = run_now(self._receive_once(item, self._receive_failures))
-                    ended = failures is None
                     self._receive_failures = failures or 0
             except BaseException:  # the thread dies: free what it held
                 with self._lock:
                     self._busy[done] -= 1
-                    behind = self._finished(item, False) if done == "handle" else []
-                    self._changed.notify_all()
-                if behind:
-                    self._spawn(self._release(behind, "released"))
+                    if done == "handle":
+                        self._spawn(self._release(self._finished(item, False), "released"))
                 raise
 
     def _next_task(self) -> tuple[str, Any] | None:
-        """Wait for the next task and count it; lock held. ``None``: the thread ends."""
+        """Wait for the next task and count it; lock held. ``None``: the thread ends.
+
+        The thread that receives a batch handles it too; whoever takes a task
+        while more work waits wakes one more thread, so fast handlers cost no
+        hand-off, and a second receive, an ack or slow handlers find a thread.
+        """
         schedule = self._schedule
         while True:
-            if self._ack_queue and self._busy["ack"] <= self.config.concurrent_receives:
-                self._busy["ack"] += 1
-                return "ack", self._ack_queue.popleft()
-            while self._ready:
-                delivery = self._ready.popleft()
-                if delivery.cancelled:
-                    continue
-                delivery.started = True
-                self._busy["handle"] += 1
-                if self._ready or self._ack_queue:
-                    self._wake()
-                return "handle", delivery
-            if self._done:
+            task = self._take_task()
+            if task is None and self._done:
                 return None
             timeout: float | None = None
-            if (
-                self._busy["receive"] < self.config.concurrent_receives
-                and not self._stop_requested.is_set()
-                and not self._receive_ended
-            ):
+            if task is None and self._may_receive():
                 now = time.monotonic()
                 count, timeout, self._fill_deadline = schedule.reserve(now, self._fill_deadline)
                 if count:
                     self._fill_deadline = None
                     self._busy["receive"] += 1
-                    return "receive", count
+                    task = "receive", count
+            if task is not None:
+                if (
+                    self._ready
+                    or self._ack_ready()
+                    or (self._may_receive() and schedule.receivable())
+                ):
+                    self._wake()
+                return task
             due = schedule.acks.overdue(time.monotonic())
             if due is not None:
                 if due <= 0:  # a slow handler holds back its batch: send the rest anyway
@@ -391,6 +363,29 @@ class MessageDispatcher(Runtime):
             self._work_ready.wait(timeout)
             self._idle -= 1
             self._waking = False
+
+    def _take_task(self) -> tuple[str, Any] | None:
+        """An ack to send, else a message to handle; lock held."""
+        if self._ack_ready():
+            self._busy["ack"] += 1
+            return "ack", self._ack_queue.popleft()
+        while self._ready:
+            delivery = self._ready.popleft()
+            if not delivery.cancelled:
+                delivery.started = True
+                self._busy["handle"] += 1
+                return "handle", delivery
+        return None
+
+    def _ack_ready(self) -> bool:
+        # At most concurrent_receives + 1 ack calls at once: deletes keep up with receives.
+        return bool(self._ack_queue) and self._busy["ack"] <= self.config.concurrent_receives
+
+    def _may_receive(self) -> bool:
+        return (
+            self._busy["receive"] < self.config.concurrent_receives
+            and not self._stop_requested.is_set()
+        )
 
 
 class SimpleMessageDispatcher(MessageDispatcher):

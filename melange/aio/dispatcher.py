@@ -58,17 +58,14 @@ class AsyncMessageDispatcher(Runtime):
             loop; synchronous ones in a thread.
         serializers: Decodes bodies; defaults to a new :class:`SerializerRegistry` (JSON).
         config: The options, as one :class:`~melange.dispatcher_config.DispatcherConfig`.
-        concurrency: This driver's name for the ``workers`` option: the most
-            messages held (received and not finished) at once, hence the most
-            handlers running at once.
+        concurrency: This driver's name for the ``workers`` option (the most
+            messages held, hence handlers running, at once).
         **options: Or the options as keywords (see
             :class:`~melange.dispatcher_config.DispatcherConfig`). Hooks are
             called from the event loop and from the dispatcher's threads.
 
     Raises:
-        ConfigurationError: An argument is invalid (no consumers, two consumers
-            with the same name, an unknown option or outcome, a non-positive
-            count, ...).
+        ConfigurationError: An argument is invalid; nothing is started.
     """
 
     asynchronous = True
@@ -183,9 +180,7 @@ class AsyncMessageDispatcher(Runtime):
                     signal.signal(signum, previous)
 
     def _on_signal(self, signum: signal.Signals) -> None:
-        if self._stop_requested.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
-        self._log_signal(signum.name)
+        self._stop_signal(signum)
         self.request_stop()
 
     def request_stop(self) -> None:
@@ -274,20 +269,22 @@ class AsyncMessageDispatcher(Runtime):
             self._state_changed.set()
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
-        assert self._loop is not None
         for delivery in deliveries:
-            task = self._loop.create_task(self._work(delivery))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            self._task(self._handlers, self._work(delivery))
+
+    def _task(self, tasks: set[asyncio.Task[None]], step: Coroutine[Any, Any, None]) -> None:
+        """Run ``step`` as a task kept in ``tasks`` while it runs."""
+        assert self._loop is not None
+        task = self._loop.create_task(step)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _send(self, batches: list[list[Delivery]]) -> None:
         """Start the acknowledgement calls, and a timer for acks left waiting."""
         assert self._loop is not None
         for batch in batches:
             assert self._ack_slots is not None  # created by _launch, before any message
-            task = self._loop.create_task(self._send_in_slot(batch, self._ack_slots))
-            self._ack_tasks.add(task)
-            task.add_done_callback(self._ack_tasks.discard)
+            self._task(self._ack_tasks, self._send_in_slot(batch, self._ack_slots))
         due = self._schedule.acks.overdue(time.monotonic())
         if due is not None and self._ack_timer is None:  # a slow neighbour must not hold it
             self._ack_timer = self._loop.call_later(max(0.0, due), self._on_ack_timer)
@@ -301,10 +298,7 @@ class AsyncMessageDispatcher(Runtime):
         self._send(self._schedule.acks.take_overdue(time.monotonic()))
 
     def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(step)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._task(self._background, step)
 
     def _open(self) -> None:
         # Threads: receives, settlements of every held message, synchronous handlers
@@ -342,10 +336,6 @@ class AsyncMessageDispatcher(Runtime):
             _, left = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
             if left:
                 return
-
-    def _io_detached(self, func: Callable[..., Any], *args: Any) -> None:
-        assert self._pool is not None
-        self._pool.submit(func, *args)
 
     def _close(self) -> None:
         if self._ack_timer is not None:
