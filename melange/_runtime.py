@@ -608,10 +608,8 @@ class Runtime:
     ) -> CallResult | BaseException:
         """Run an ``async def`` consumer in the calling task (only the asyncio driver has any)."""
         settlement, dedup = self._settlement, self.config.dedup is not None
-        if dedup:
-            claim = await self._io(settlement.claim, candidate, received)
-            if claim != "claimed":
-                return "skipped" if claim == "done" else claim
+        if dedup and (ended := await self._io(settlement.claim, candidate, received)) is not None:
+            return ended
         started = time.monotonic()
         # Entered and left in this task, so context-variable hooks (tracing) see the handler.
         context = settlement.enter_handling(message, candidate, received)

@@ -414,16 +414,26 @@ class Settlement:
         return outcome in ("ack", "dead_letter")
 
     # -------------------------------------------------------------- handling
-    def claim(self, candidate: Consumer, received: ReceivedMessage) -> ClaimResult | BaseException:
-        """Claim the message for ``candidate`` in the deduplication cache (which must be set)."""
+    def claim(
+        self, candidate: Consumer, received: ReceivedMessage
+    ) -> CallResult | BaseException | None:
+        """Claim the message for ``candidate`` in the deduplication cache (which must be set).
+
+        Returns:
+            ``None`` when claimed: call the consumer. Otherwise how the call
+            ends without it: ``"skipped"`` (handled already), ``"busy"``
+            (another worker holds the claim) or the cache's error.
+        """
         assert self.dedup is not None
         try:
-            claim = self.dedup.claim(
+            claim: ClaimResult = self.dedup.claim(
                 _dedup_key(candidate, received),
                 self.dedup_claim_ttl or max(self.visibility_timeout, 1.0),
             )
         except Exception as exc:
             return exc
+        if claim == "claimed":
+            return None
         if claim == "done":
             self.stats.add("duplicates")
             logger.debug(
@@ -432,6 +442,7 @@ class Settlement:
                 candidate.name,
                 extra=log_extra(received, candidate.name),
             )
+            return "skipped"
         return claim
 
     def handled(
@@ -486,10 +497,8 @@ class Settlement:
             received: The message as the backend returned it.
             async_hint: Completes the error when ``process`` returns an awaitable.
         """
-        if self.dedup is not None:
-            claim = self.claim(candidate, received)
-            if claim != "claimed":
-                return "skipped" if claim == "done" else claim
+        if self.dedup is not None and (ended := self.claim(candidate, received)) is not None:
+            return ended
         started = time.monotonic()
         context = self.enter_handling(message, candidate, received)
         try:
