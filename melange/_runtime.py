@@ -43,6 +43,7 @@ import inspect
 import logging
 import signal
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Literal, TypeVar
@@ -51,7 +52,7 @@ from melange._outage import StartupWait
 from melange._schedule import Schedule
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer, is_async_consumer
-from melange.dispatcher_config import DispatcherConfig
+from melange.dispatcher_config import DISPATCHER_OPTIONS, DispatcherConfig
 from melange.exceptions import BackendClosed, BackendUnavailable, ConfigurationError
 from melange.lease import LeaseKeeper
 from melange.message import Message
@@ -644,6 +645,23 @@ class Runtime:
         finally:
             with self._lock:
                 self._schedule.acks_sent(len(batch), time.monotonic())
+
+
+def _option_alias(name: str) -> property:
+    def read(self: Runtime) -> Any:
+        warnings.warn(
+            f"dispatcher.{name} is deprecated; read dispatcher.config.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(self.config, name)
+
+    return property(read, doc=f"Deprecated: ``config.{name}``.")
+
+
+# 8.0 dispatchers had their options as attributes: keep them readable, with a warning.
+for _name in set(DISPATCHER_OPTIONS) - {"workers", "hooks"}:  # those two are attributes still
+    setattr(Runtime, _name, _option_alias(_name))
 
 
 def check_consumers(consumers: Sequence[Consumer], *, asynchronous: bool) -> tuple[Consumer, ...]:

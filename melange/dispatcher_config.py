@@ -241,7 +241,8 @@ def _dedup(label: str, value: Any) -> Any:
 
 
 _DEFAULTS = {f.name: f for f in dataclasses.fields(DispatcherConfig)}
-_FIELDS = tuple(_DEFAULTS)
+_FIELDS = DISPATCHER_OPTIONS = tuple(_DEFAULTS)
+"""The names of the options, in order."""
 _CHECKS: dict[str, Any] = {
     "workers": _optional(positive_int),
     "concurrent_receives": _checked(positive_int),

@@ -129,3 +129,16 @@ def test_the_config_runs_a_dispatcher_on_each_driver() -> None:
         return (await dispatcher.run_until_idle(0.2, stop=True)).handled
 
     assert asyncio.run(main()) == 4 and max(sizes) == 3
+
+
+def test_the_8_0_option_attributes_still_read_with_a_deprecation_warning() -> None:
+    backend = MemoryBackend()
+    for dispatcher in (
+        MessageDispatcher(backend, "q", [noop], grace_period=3.0),
+        AsyncMessageDispatcher(backend, "q", [noop], grace_period=3.0),
+    ):
+        with pytest.warns(DeprecationWarning, match=r"read dispatcher.config.grace_period"):
+            assert dispatcher.grace_period == 3.0  # type: ignore[attr-defined]
+        assert dispatcher.workers == 10 and dispatcher.hooks is dispatcher.config.hooks
+        with pytest.raises(AttributeError):
+            dispatcher.grace_periods  # type: ignore[attr-defined]  # noqa: B018
