@@ -306,13 +306,14 @@ def run_dispatcher(
 def effective_options(dispatcher: Any, given: dict[str, Any]) -> dict[str, Any]:
     """The sizing options a dispatcher runs with, after the constructor filled in defaults.
 
-    Each is read from the dispatcher, else from its ``config``, else from what was passed;
-    one found nowhere is left out.
+    Each is read from the dispatcher's ``config``, else from what was passed; one found
+    nowhere is left out. The capacity is named as the driver names it.
     """
-    capacity = "workers" if hasattr(dispatcher, "workers") else "concurrency"
-    sources = [dispatcher, getattr(dispatcher, "config", None), given]
+    sources = [dispatcher.config, given]
     resolved = {}
-    for name in (capacity, "concurrent_receives", "batch_size", "wait_seconds"):
+    capacity = "concurrency" if hasattr(dispatcher, "concurrency") else "workers"
+    resolved[capacity] = dispatcher.config.capacity
+    for name in ("concurrent_receives", "batch_size", "wait_seconds"):
         for source in sources:
             value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
             if value is not None:
