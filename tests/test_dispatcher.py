@@ -427,6 +427,37 @@ def test_never_more_messages_received_and_unfinished_than_workers(
     assert stats.max_in_flight <= workers
 
 
+def test_slow_handlers_of_one_received_batch_spread_over_the_pool(
+    registry: SerializerRegistry,
+) -> None:
+    """The thread that receives a batch handles it, but wakes others while messages wait."""
+    backend = make_backend()
+    running = {"now": 0, "max": 0}
+    threads: set[int] = set()
+    lock = threading.Lock()
+
+    @consumer
+    def slow(event: Paid) -> None:
+        with lock:
+            running["now"] += 1
+            running["max"] = max(running["max"], running["now"])
+            threads.add(threading.get_ident())
+        time.sleep(0.3)
+        with lock:
+            running["now"] -= 1
+
+    publish(backend, registry, *(Paid(f"o{i}") for i in range(10)))
+    began = time.monotonic()
+    with dispatcher(backend, [slow], registry, workers=10, batch_size=10) as d:
+        stats = d.run_until_idle(IDLE)
+    handling = time.monotonic() - began - IDLE
+
+    assert stats.handled == 10 and stats.acked == 10
+    assert backend.asked[0] == 10  # one receive brought the whole batch
+    assert running["max"] == 10 and len(threads) == 10
+    assert handling < 1.5  # in parallel: one handler's time, not ten
+
+
 def test_fifo_groups_keep_their_order_and_run_in_parallel(registry: SerializerRegistry) -> None:
     backend = make_backend(fifo=True)
     groups = [f"g{i}" for i in range(4)]
