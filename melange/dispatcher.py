@@ -66,7 +66,7 @@ class MessageDispatcher(Runtime):
         config: The options, as one :class:`DispatcherConfig`.
         **options: Or the same options as keywords (``workers``, ``batch_size``,
             ``wait_seconds``, ``retry``, ``grace_period``, ...; see
-            :class:`DispatcherConfig`). ``workers`` is the number of handler threads.
+            :class:`DispatcherConfig`). ``workers`` is the most messages handled at once.
 
     Raises:
         ConfigurationError: An argument is invalid (no consumers, two consumers
