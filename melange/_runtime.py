@@ -497,7 +497,7 @@ class Runtime:
                 now=time.monotonic(),
             )
             if deliveries and not release and self._keeper is not None:
-                self._keeper.track([d.lease for d in deliveries])  # before any can finish
+                self._keeper.track(deliveries)  # before any can finish
             self._dispatch(start)
             held = self._schedule.held
             if len(received) < reserved:
@@ -583,7 +583,7 @@ class Runtime:
             release them (:meth:`_release`) once the lock is let go.
         """
         if self._keeper is not None:
-            self._keeper.release(delivery.lease)
+            self._keeper.release(delivery)
         following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
         self._send(send)
         if following is not None:
@@ -601,7 +601,7 @@ class Runtime:
             self._notify()
         if self._keeper is not None:
             for delivery in deliveries:
-                self._keeper.release(delivery.lease)
+                self._keeper.release(delivery)
         await self._io(self._settlement.release, deliveries, counter)
 
     async def _call_async(

@@ -160,16 +160,26 @@ class ReceiveBatch:
         self.since = 0.0  # when the first waiting ack was added
 
 
-class Delivery:
-    """One received message while a dispatcher holds it."""
+class Delivery(Lease):
+    """One received message while a dispatcher holds it, and its lease (one object per message).
 
-    __slots__ = ("batch", "cancelled", "lease", "received", "settled", "started")
+    Args:
+        received: The message.
+        received_at: Monotonic time just before the receive call that returned it.
+        expires_at: Monotonic time its lease ends (the visibility timeout after ``received_at``).
+        batch: The messages of the same receive call, whose acks go out together.
+    """
+
+    __slots__ = ("batch", "cancelled", "settled", "started")
 
     def __init__(
-        self, received: ReceivedMessage, lease: Lease, batch: ReceiveBatch | None = None
+        self,
+        received: ReceivedMessage,
+        received_at: float,
+        expires_at: float,
+        batch: ReceiveBatch | None = None,
     ) -> None:
-        self.received = received
-        self.lease = lease
+        super().__init__(received, received_at, expires_at)
         self.batch = batch
         self.started = False
         self.cancelled = False  # released before it started (shutdown, failed group predecessor)
@@ -343,7 +353,7 @@ class Settlement:
         """Wrap the messages of one receive call, counting them and telling the hooks."""
         expires_at = received_at + self.visibility_timeout
         batch = ReceiveBatch(len(received))
-        deliveries = [Delivery(m, Lease(m, received_at, expires_at), batch) for m in received]
+        deliveries = [Delivery(m, received_at, expires_at, batch) for m in received]
         if received:  # before any handler can start, so hooks see the steps in order
             self.stats.add("received", len(received))
             self.hooks.on_receive(self.queue_name, received)
@@ -707,8 +717,8 @@ class Settlement:
         """Acknowledge a batch (at most :data:`ACK_BATCH`), logging what the broker refused."""
         # A lost lease means a stale receipt: ack those one by one so they cannot
         # fail the others (the broker ignores or refuses a stale receipt).
-        current = [d.received for d in batch if not d.lease.lost]
-        stale = [d.received for d in batch if d.lease.lost]
+        current = [d.received for d in batch if not d.lost]
+        stale = [d.received for d in batch if d.lost]
         acked: list[ReceivedMessage] = []
         for group in ([current] if current else []) + [[m] for m in stale]:
             try:

@@ -6,7 +6,6 @@ import pytest
 
 from melange._schedule import Schedule
 from melange.backends.base import ReceivedMessage
-from melange.lease import Lease
 from melange.settlement import FILL_WAIT, AckBuffer, Delivery, ReceiveBatch
 
 
@@ -15,7 +14,7 @@ def received(count: int, group: str | None = None, start: int = 0) -> list[Deliv
     out = []
     for n in range(start, start + count):
         message = ReceivedMessage("q", b"{}", {}, f"m{n}", 1, group, receipt=n)
-        out.append(Delivery(message, Lease(message, 0.0, 30.0), batch))
+        out.append(Delivery(message, 0.0, 30.0, batch))
     return out
 
 
