@@ -516,17 +516,61 @@ class Runtime:
         delivery.started = True
         acked = False
         try:
-            acked = await self._handle_safely(delivery)
+            acked = await self._handle(delivery)
         finally:
             with self._lock:
                 behind = self._finished(delivery, acked)
             if behind:
                 self._spawn(self._release(behind, "released"))
 
-    async def _handle_safely(self, delivery: Delivery) -> bool:
-        """:meth:`_handle`, logging (not raising) an error of melange's own."""
+    async def _handle(self, delivery: Delivery) -> bool:
+        """Decode and handle one message; settle it. Return whether to acknowledge it.
+
+        An error of melange's own is logged, not raised: the message keeps no
+        capacity and is delivered again.
+        """
         try:
-            return await self._handle(delivery)
+            settlement = self._settlement
+            received = delivery.received
+            try:
+                message = self.serializers.decode(received)
+            except Exception as exc:  # SerializationError, or a serializer's own bug
+                return await self._io(
+                    settlement.undecodable, received, self.config.on_undecodable, exc
+                )
+            failures: list[tuple[Consumer, BaseException]] = []
+            if self._every_consumer_accepts:
+                accepting: Sequence[Consumer] = self.consumers
+            else:
+                accepting, failures = settlement.select(self.consumers, message)
+                if not accepting and not failures:
+                    return await self._io(
+                        settlement.unhandled, received, self.config.on_unhandled, message
+                    )
+            busy = False
+            for candidate in accepting:
+                if candidate in self._async_consumers:
+                    result = await self._call_async(candidate, message, received)
+                elif self._inline:  # runs for every message: no awaitable to build
+                    result = settlement.call_sync(
+                        candidate, message, received, self._awaitable_hint
+                    )
+                else:
+                    result = await self._io(
+                        settlement.call_sync, candidate, message, received, self._awaitable_hint
+                    )
+                if result == "busy":
+                    busy = True
+                elif isinstance(result, BaseException):
+                    failures.append((candidate, result))
+            if failures:
+                await self._io(settlement.retry, received, message, failures)
+                return False
+            if busy:
+                await self._io(settlement.busy, received)
+                return False
+            self.stats.add("handled")
+            return True
         except Exception:  # a bug here must not lose the capacity it holds
             logger.exception(
                 "internal error while handling message %s; it will be delivered again",
@@ -534,46 +578,6 @@ class Runtime:
                 extra=log_extra(delivery.received),
             )
             return False
-
-    async def _handle(self, delivery: Delivery) -> bool:
-        """Decode and handle one message; settle it. Return whether to acknowledge it."""
-        settlement = self._settlement
-        received = delivery.received
-        try:
-            message = self.serializers.decode(received)
-        except Exception as exc:  # SerializationError, or a serializer's own bug
-            return await self._io(settlement.undecodable, received, self.config.on_undecodable, exc)
-        failures: list[tuple[Consumer, BaseException]] = []
-        if self._every_consumer_accepts:
-            accepting: Sequence[Consumer] = self.consumers
-        else:
-            accepting, failures = settlement.select(self.consumers, message)
-            if not accepting and not failures:
-                return await self._io(
-                    settlement.unhandled, received, self.config.on_unhandled, message
-                )
-        busy = False
-        for candidate in accepting:
-            if candidate in self._async_consumers:
-                result = await self._call_async(candidate, message, received)
-            elif self._inline:  # runs for every message: no awaitable to build
-                result = settlement.call_sync(candidate, message, received, self._awaitable_hint)
-            else:
-                result = await self._io(
-                    settlement.call_sync, candidate, message, received, self._awaitable_hint
-                )
-            if result == "busy":
-                busy = True
-            elif isinstance(result, BaseException):
-                failures.append((candidate, result))
-        if failures:
-            await self._io(settlement.retry, received, message, failures)
-            return False
-        if busy:
-            await self._io(settlement.busy, received)
-            return False
-        self.stats.add("handled")
-        return True
 
     def _finished(self, delivery: Delivery, acked: bool) -> list[Delivery]:
         """Free the delivery's capacity, start the next of its group; lock held.

@@ -312,7 +312,7 @@ class MessageDispatcher(Runtime):
             done, item = task
             try:
                 if done == "handle":
-                    acked = run_now(self._handle_safely(item))
+                    acked = run_now(self._handle(item))
                 elif done == "ack":
                     run_now(self._send_acks(item))
                 else:  # None: the backend was closed, and the dispatcher is stopping

@@ -179,7 +179,11 @@ class Delivery(Lease):
         expires_at: float,
         batch: ReceiveBatch | None = None,
     ) -> None:
-        super().__init__(received, received_at, expires_at)
+        # The Lease fields set here rather than by Lease.__init__: this runs for every message.
+        self.received = received
+        self.received_at = received_at
+        self.expires_at = expires_at
+        self.lost = self.capped = self.released = False
         self.batch = batch
         self.started = False
         self.cancelled = False  # released before it started (shutdown, failed group predecessor)

@@ -6,6 +6,7 @@ import pytest
 
 from melange._schedule import Schedule
 from melange.backends.base import ReceivedMessage
+from melange.lease import Lease
 from melange.settlement import FILL_WAIT, AckBuffer, Delivery, ReceiveBatch
 
 
@@ -118,3 +119,11 @@ def test_a_full_ack_call_goes_out_without_waiting_for_the_rest() -> None:
     schedule.accept(batch, 10, stopping=False, now=0.0)
     schedule.finish(batch[0], True, now=0.0)
     assert [ids(c) for c in schedule.finish(batch[1], True, now=0.0).send] == [["m0", "m1"]]
+
+
+def test_a_delivery_is_a_complete_lease() -> None:
+    """Delivery sets Lease's fields itself (it runs per message): none may be forgotten."""
+    (delivery,) = received(1)
+    assert isinstance(delivery, Lease)
+    assert all(hasattr(delivery, name) for name in Lease.__slots__)
+    assert not (delivery.lost or delivery.capped or delivery.released)
