@@ -49,6 +49,7 @@ bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/round_trip.py
 	$(RUN)/python benchmarks/sqs_throughput.py
 	$(RUN)/python benchmarks/consumer_throughput.py
+	$(RUN)/python benchmarks/runtime_steps.py
 	$(RUN)/python benchmarks/gcp_throughput.py
 
 # NO_MKDOCS_2_WARNING hides only Material's banner about MkDocs 2.
