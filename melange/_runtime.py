@@ -219,7 +219,7 @@ class Runtime:
         raise NotImplementedError
 
     def _wait_capacity(self, seconds: float | None) -> Awaitable[Any]:
-        """Wait up to ``seconds`` (``None``: no limit) for capacity to change."""
+        """Wait up to ``seconds`` (``None``: no limit) for capacity to change (:meth:`_reserve`)."""
         raise NotImplementedError
 
     def _wait_state(self) -> Awaitable[Any]:
@@ -427,7 +427,11 @@ class Runtime:
 
     # -------------------------------------------------------------- receiving
     async def _receive_loop(self) -> None:
-        """Receive for as long as the dispatcher runs (one per concurrent receive)."""
+        """Receive for as long as the dispatcher runs (one per concurrent receive).
+
+        The asyncio driver runs it as tasks; the threaded driver's pool takes
+        each receive as a task of its own instead (:meth:`_receive_once`).
+        """
         failures: int | None = 0
         while failures is not None:
             count = await self._reserve()
