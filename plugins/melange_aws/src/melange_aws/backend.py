@@ -52,11 +52,14 @@ from melange.backends.base import (
 from melange.exceptions import (
     BackendClosed,
     BackendUnavailable,
+    ConfigurationError,
     InvalidArgument,
+    InvalidMessage,
     InvalidName,
     InvalidTopology,
     LeaseLost,
     MelangeError,
+    MessageTooLarge,
     OutcomeUnknown,
     QueueNotFound,
     TopicNotFound,
@@ -113,11 +116,13 @@ from melange_aws.wire import (
     MAX_ATTRIBUTES,
     MAX_MESSAGE_SIZE,
     MESSAGE_LIMIT,
+    STRING_TYPE,
     decode_message,
     encode_body,
     message_attributes,
     wire_size,
 )
+from melange_aws.wire7 import ATTRIBUTES_7X, write_7x
 
 __all__ = ["AWSBackend", "AWSReceipt"]
 
@@ -190,6 +195,11 @@ class AWSBackend(MessagingBackend):
             assumed-role credentials), instead of a profile or keys. It is
             used as it is; sessions the backend makes itself share only
             botocore's read-only data loader with each other.
+        compatible_with_7x: While melange 7.x consumers still read the queues
+            (a rolling upgrade): publish in 7.x's format (which 8.x consumers read
+            too), subscribe queues to topics without raw delivery, and leave the
+            raw delivery of existing subscriptions as it is. Messages in 7.x's
+            format are read whatever this says. See docs/upgrading.md.
 
     Raises:
         ConfigurationError: Options contradict each other, the profile does not
@@ -239,7 +249,13 @@ class AWSBackend(MessagingBackend):
         session: boto3.session.Session | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        compatible_with_7x: bool = False,
     ) -> None:
+        if not isinstance(compatible_with_7x, bool):
+            raise ConfigurationError(
+                f"compatible_with_7x must be True or False, got {compatible_with_7x!r}"
+            )
+        self.compatible_with_7x = compatible_with_7x
         settings = ClientSettings(
             region_name=region_name,
             endpoint_url=endpoint_url,
@@ -520,7 +536,31 @@ class AWSBackend(MessagingBackend):
         body travels as base64, a third larger) within 256 KiB.
         """
         super().validate_message(message)
-        return check_message(message, self.name)
+        size = check_message(message, self.name)
+        if self.compatible_with_7x:
+            size = self._check_7x_message(message, size)
+        return size
+
+    def _check_7x_message(self, message: OutgoingMessage, size: int) -> int:
+        """With ``compatible_with_7x``: room for 7.x's two attributes and its queue wrapper."""
+        if len(message.attributes) + ATTRIBUTES_7X > MAX_ATTRIBUTES:
+            raise InvalidMessage(
+                f"{len(message.attributes)} attributes (melange's own included) leave no room "
+                f"for the {ATTRIBUTES_7X} that melange 7.x consumers need "
+                f"(compatible_with_7x=True): at most {MAX_ATTRIBUTES - ATTRIBUTES_7X}; drop "
+                "some, or turn compatible_with_7x off once no 7.x consumer is left"
+            )
+        text, _ = encode_body(message.body)
+        attributes = dict(message.attributes)
+        legacy = write_7x(text, attributes, queue=True)  # the larger form: queue messages
+        grown = size + len(legacy.encode()) - len(text.encode())
+        grown += sum(
+            len(name) + len(STRING_TYPE) + len(attributes[name].encode())
+            for name in attributes.keys() - message.attributes.keys()
+        )
+        if grown > MESSAGE_LIMIT:
+            raise MessageTooLarge(grown, MESSAGE_LIMIT, self.name)
+        return grown
 
     # --------------------------------------------------------------- queues
     def _get_queue(self, name: str) -> QueueSpec | None:
@@ -778,7 +818,7 @@ class AWSBackend(MessagingBackend):
         attributes, _, admitted = state
         changes: list[Change] = []
         raw = attributes.get("RawMessageDelivery", "false")
-        if raw != "true":
+        if raw != "true" and not self.compatible_with_7x:  # 7.x consumers need the envelope
             changes.append(Change("RawMessageDelivery", raw, "true"))
         scope = attributes.get("FilterPolicyScope") or "MessageAttributes"
         if attributes.get("FilterPolicy") and scope != "MessageAttributes":
@@ -817,7 +857,8 @@ class AWSBackend(MessagingBackend):
         action = f"subscribe queue {spec.queue_name!r} to topic {spec.topic_name!r}"
         subscription_arn = self._index.find_subscription(spec.topic_name, topic_arn, queue_arn)
         if subscription_arn is None:
-            attributes = {"RawMessageDelivery": "true"}
+            # 7.x consumers read SNS's envelope, not the raw message.
+            attributes = {"RawMessageDelivery": "false" if self.compatible_with_7x else "true"}
             if spec.filter is not None:
                 attributes["FilterPolicyScope"] = "MessageAttributes"
                 attributes["FilterPolicy"] = filters.to_policy(spec.filter)
@@ -845,7 +886,7 @@ class AWSBackend(MessagingBackend):
         """Set the attributes of an existing subscription that differ from ``spec``."""
         current = self._index.subscription_attributes(arn, spec.topic_name) or {}
         changes: list[tuple[str, str]] = []
-        if current.get("RawMessageDelivery") != "true":
+        if current.get("RawMessageDelivery") != "true" and not self.compatible_with_7x:
             changes.append(("RawMessageDelivery", "true"))
         if filters.from_policy(current.get("FilterPolicy")) != spec.filter:
             changes.append(("FilterPolicy", filters.to_policy(spec.filter)))  # "" removes it
@@ -875,13 +916,18 @@ class AWSBackend(MessagingBackend):
             destination, name, is_fifo_name(require_str(f"{destination}_name", name)), batch
         )
 
-    @staticmethod
-    def _entry(index: int, message: OutgoingMessage, fifo: bool, body_key: str) -> dict[str, Any]:
+    def _entry(
+        self, index: int, message: OutgoingMessage, fifo: bool, body_key: str
+    ) -> dict[str, Any]:
         """Return one SendMessageBatch (``"MessageBody"``) or PublishBatch (``"Message"``) entry."""
         text, encoding = encode_body(message.body)
+        attributes: Mapping[str, str] = message.attributes
+        if self.compatible_with_7x:
+            attributes = dict(attributes)
+            text = write_7x(text, attributes, queue=body_key == "MessageBody")
         entry: dict[str, Any] = {"Id": str(index), body_key: text}
-        if message.attributes or encoding is not None:
-            entry["MessageAttributes"] = message_attributes(message.attributes, encoding)
+        if attributes or encoding is not None:
+            entry["MessageAttributes"] = message_attributes(attributes, encoding)
         if fifo:
             entry["MessageGroupId"] = message.group_id or DEFAULT_GROUP_ID
             # An explicit dedup_id, else the producer id, which melange's publishers assign

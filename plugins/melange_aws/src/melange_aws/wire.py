@@ -21,7 +21,8 @@ the data type (``"String"``) and the value; :func:`wire_size` counts the same.
 Received messages are read whatever produced them: melange itself (raw SNS
 delivery or direct sends), an SNS subscription without raw delivery (the body
 is a JSON envelope, unwrapped here), or another producer (Number attributes
-arrive as their text, Binary attributes as base64 text).
+arrive as their text, Binary attributes as base64 text). Messages in melange 7.x's
+format are turned into melange 8's (:mod:`melange_aws.wire7`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from melange_aws.wire7 import SERIALIZER_ID_7X, read_7x
 
 MESSAGE_LIMIT = 262_144
 """Bytes one SNS message may have, and one SNS PublishBatch request. SQS accepts up to
@@ -157,7 +160,16 @@ def decode_message(message: Mapping[str, Any]) -> Decoded:
     if envelope is not None:
         text, envelope_attributes = envelope
         attributes = {**envelope_attributes, **attributes}
-    body = _decode_body(text, attributes)
+    body: bytes | None = None
+    if SERIALIZER_ID_7X in attributes:  # sent by melange 7.x, or for its consumers
+        text, base64_text = read_7x(text, attributes)
+        if base64_text:  # 7.x's base64 has line breaks: not the strict form melange sends
+            try:
+                body = base64.b64decode(text)
+            except (binascii.Error, ValueError):
+                pass  # left as text: the serializer reports it as undecodable
+    if body is None:
+        body = _decode_body(text, attributes)
     system = message.get("Attributes") or {}
     group_id = system.get("MessageGroupId")
     if group_id == DEFAULT_GROUP_ID:

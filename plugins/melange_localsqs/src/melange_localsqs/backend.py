@@ -128,6 +128,8 @@ class LocalSQSBackend(AWSBackend):
         connect_timeout: Seconds to wait for a connection, per attempt (5 by default).
         read_timeout: Seconds to wait for an answer, per attempt (10 by
             default); a long poll waits its wait time plus this.
+        compatible_with_7x: Publish and subscribe so that melange 7.x consumers
+            still read the queues, during a rolling upgrade (see ``AWSBackend``).
 
     Raises:
         ConfigurationError: An option is malformed.
@@ -152,6 +154,7 @@ class LocalSQSBackend(AWSBackend):
         max_pool_connections: int | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        compatible_with_7x: bool = False,
     ) -> None:
         if sns is not None and not isinstance(sns, bool):
             raise ConfigurationError(f"sns must be True, False or None (ask), got {sns!r}")
@@ -178,6 +181,7 @@ class LocalSQSBackend(AWSBackend):
             max_pool_connections=max_pool_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            compatible_with_7x=compatible_with_7x,
             session=make_session(
                 ClientSettings(
                     region_name=region_name,
