@@ -10,6 +10,10 @@ RUN := $(VENV)/bin
 # The demo's own environment: the core and its two small dependencies from uv.lock, nothing
 # to compile, so `make demo` needs neither the dev tools nor a C compiler.
 DEMO_VENV := .venv-demo
+# melange 7.2.0 from PyPI in a venv of its own, for the rolling-upgrade test
+# (plugins/melange_localsqs/tests/test_upgrade_from_7x.py); the pinned list says why --no-deps.
+MELANGE7_VENV := build/melange7-venv
+MELANGE7_REQUIREMENTS := plugins/melange_localsqs/tests/melange7/requirements.txt
 
 .PHONY: install demo test test-localstack lint typecheck bench dist docs docs-build clean
 
@@ -30,8 +34,17 @@ $(DEMO_VENV)/.installed: pyproject.toml uv.lock | $(UV)
 demo: $(DEMO_VENV)/.installed  ## Run the payments demo on the embedded memory backend (core only).
 	$(DEMO_VENV)/bin/melange demo
 
+# Rebuilt from scratch when the pinned list changes. The import check (-I: not the melange 8
+# of the working directory) fails the build rather than the test.
+$(MELANGE7_VENV)/.installed: $(MELANGE7_REQUIREMENTS)
+	rm -rf $(MELANGE7_VENV)
+	$(PYTHON) -m venv $(MELANGE7_VENV)
+	$(MELANGE7_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $(MELANGE7_REQUIREMENTS)
+	$(MELANGE7_VENV)/bin/python -I -c "import melange, melange.backends.sqs.localsqs, melange.serializers.registry; assert melange.__version__ == '7.2.0', melange.__version__"
+	touch $@
+
 # Two pytest-xdist workers: the tests mostly wait on brokers. One process: add `-p no:xdist`.
-test: install lint  ## The whole suite: lint, type check, tests (with the conformance report).
+test: install lint $(MELANGE7_VENV)/.installed  ## The whole suite: lint, type check, tests (with the conformance report).
 	$(RUN)/pytest -n 2 --melange-report=build/conformance
 
 test-localstack: install  ## The localsqs tests against LocalStack run natively (no Docker; needs Python >= 3.13).

@@ -83,6 +83,11 @@ def test_a_7x_topic_message_through_the_sns_envelope_gives_the_payload() -> None
     assert decoded_payload(topic_message_7x(json.dumps(PAYLOAD))) == PAYLOAD
 
 
+def test_a_7x_topic_payload_shaped_like_the_queue_wrapper_is_not_unwrapped_twice() -> None:
+    payload = {"Message": "sent by 7.x to a topic"}
+    assert decoded_payload(topic_message_7x(json.dumps(payload))) == payload
+
+
 def test_a_7x_topic_message_with_raw_delivery_gives_the_payload() -> None:
     raw = {"MessageId": "m", "Body": json.dumps(PAYLOAD), "MessageAttributes": attributes_7x()}
     assert decoded_payload(raw) == PAYLOAD
@@ -121,7 +126,7 @@ def test_messages_not_in_7x_form_are_left_alone(raw: dict[str, Any]) -> None:
 
 def test_an_unknown_7x_serializer_keeps_the_payload_for_the_registry_to_refuse() -> None:
     attributes = {"serializer_id": "9", "manifest": "Custom"}
-    body, base64_text = read_7x(json.dumps({"Message": "abc"}), attributes)
+    body, base64_text = read_7x(json.dumps({"Message": "abc"}), attributes, enveloped=False)
     assert (body, base64_text) == ("abc", False)
     assert attributes == {"melange.manifest": "Custom"}  # no serializer named: undecodable
 
@@ -209,3 +214,23 @@ def test_compatible_backend_keeps_room_for_the_7x_attributes(legacy: AWSBackend)
 def test_compatible_with_7x_must_be_a_bool(mocked_aws: None) -> None:
     with pytest.raises(ConfigurationError, match="compatible_with_7x must be True or False"):
         AWSBackend(compatible_with_7x="yes")  # type: ignore[arg-type]
+
+
+def receive_count(queue: str) -> int:
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+    return int(json.loads(attributes["Attributes"]["RedrivePolicy"])["maxReceiveCount"])
+
+
+def test_compatible_backend_keeps_7x_dead_letter_count(
+    legacy: AWSBackend, backend: AWSBackend
+) -> None:
+    MessagingBackendFactory(legacy).init_queue("billing-7x", dead_letter_queue_name="billing-dlq")
+    assert receive_count("billing-7x") == 4  # 7.x's count, kept by a re-init while compatible
+    MessagingBackendFactory(legacy).init_queue(
+        "billing-7x", dead_letter_queue_name="billing-dlq", max_receive_count=6
+    )
+    assert receive_count("billing-7x") == 6  # said explicitly: done
+    MessagingBackendFactory(backend).init_queue("billing-7x", dead_letter_queue_name="billing-dlq")
+    assert receive_count("billing-7x") == 5  # melange 8's default once the option is off

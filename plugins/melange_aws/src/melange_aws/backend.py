@@ -69,6 +69,7 @@ from melange.exceptions import (
 )
 from melange.message import PRODUCER_ID_ATTRIBUTE
 from melange.topology import (
+    DEFAULT_MAX_RECEIVE_COUNT,
     Change,
     DeadLetterPolicy,
     QueueSpec,
@@ -122,7 +123,7 @@ from melange_aws.wire import (
     message_attributes,
     wire_size,
 )
-from melange_aws.wire7 import ATTRIBUTES_7X, write_7x
+from melange_aws.wire7 import ATTRIBUTES_7X, MAX_RECEIVE_COUNT_7X, write_7x
 
 __all__ = ["AWSBackend", "AWSReceipt"]
 
@@ -369,6 +370,15 @@ class AWSBackend(MessagingBackend):
         except Exception:  # an error message must not fail on its way out
             logger.debug("could not read the session's credentials to redact them")
         return tuple(secret for secret in secrets if secret)
+
+    @property
+    def default_max_receive_count(self) -> int:
+        """Receives before dead-lettering when ``init_queue`` is not told.
+
+        7.x's 4 with ``compatible_with_7x``, so that a re-init leaves a 7.x
+        queue's redrive policy as it was; melange's default otherwise.
+        """
+        return MAX_RECEIVE_COUNT_7X if self.compatible_with_7x else DEFAULT_MAX_RECEIVE_COUNT
 
     @property
     def sqs_client(self) -> Any:

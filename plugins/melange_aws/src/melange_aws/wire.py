@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -162,12 +163,11 @@ def decode_message(message: Mapping[str, Any]) -> Decoded:
         attributes = {**envelope_attributes, **attributes}
     body: bytes | None = None
     if SERIALIZER_ID_7X in attributes:  # sent by melange 7.x, or for its consumers
-        text, base64_text = read_7x(text, attributes)
+        text, base64_text = read_7x(text, attributes, enveloped=envelope is not None)
         if base64_text:  # 7.x's base64 has line breaks: not the strict form melange sends
-            try:
+            # Left as text if it is not base64: the serializer reports it as undecodable.
+            with contextlib.suppress(binascii.Error, ValueError):
                 body = base64.b64decode(text)
-            except (binascii.Error, ValueError):
-                pass  # left as text: the serializer reports it as undecodable
     if body is None:
         body = _decode_body(text, attributes)
     system = message.get("Attributes") or {}

@@ -35,11 +35,14 @@ SERIALIZER_IDS_7X = {name: number for number, name in SERIALIZERS_7X.items()}
 JSON_MANIFEST_7X = "json"
 """The manifest 7.x's JSON serializer wrote for every payload."""
 
+MAX_RECEIVE_COUNT_7X = 4
+"""The dead-letter maxReceiveCount 7.x's ``init_queue`` always set."""
+
 ATTRIBUTES_7X = 2
 """Attribute slots the 7.x format takes: ``manifest`` and ``serializer_id``."""
 
 
-def read_7x(text: str, attributes: dict[str, str]) -> tuple[str, bool]:
+def read_7x(text: str, attributes: dict[str, str], *, enveloped: bool) -> tuple[str, bool]:
     """Turn a 7.x message into melange 8's form (``attributes`` is updated in place).
 
     A message is in 7.x's form when it carries a numeric ``serializer_id``
@@ -50,6 +53,8 @@ def read_7x(text: str, attributes: dict[str, str]) -> tuple[str, bool]:
     Args:
         text: The body as received (an SNS envelope already unwrapped).
         attributes: The message's string attributes; changed in place.
+        enveloped: Whether ``text`` came out of an SNS envelope: a topic message,
+            which 7.x never wrapped (a payload may look like the wrapper itself).
 
     Returns:
         The body text, and whether it is base64 text of the payload's bytes (7.x's
@@ -58,7 +63,7 @@ def read_7x(text: str, attributes: dict[str, str]) -> tuple[str, bool]:
     number = attributes.get(SERIALIZER_ID_7X, "").strip()
     if not number.isdigit():
         return text, False
-    body = _unwrapped(text)
+    body = text if enveloped else _unwrapped(text)
     serializer = SERIALIZERS_7X.get(str(int(number)))
     base64_text = False
     if serializer is not None and SERIALIZER_ATTRIBUTE not in attributes:
