@@ -35,7 +35,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from melange.exceptions import ConfigurationError
 from melange.message import Message
@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_C = TypeVar("_C", bound="Consumer")
+
+MARK_7X = "__melange_7x__"
+"""Set on consumer classes (and their methods) adapted from melange 7.x's form."""
 
 Selector = type | str
 """What a consumer or handler is chosen by: a payload type, or a manifest string."""
@@ -77,10 +81,24 @@ class Consumer(abc.ABC):
     cache forget what this consumer already handled.
     """
 
+    def __new__(cls: type[_C], *args: Any, **kwargs: Any) -> _C:
+        """Create the consumer; ``Consumer(on_message=callable)`` (melange 7.x) makes a 7.x one."""
+        # melange 7.x's Consumer(on_message=callable), handled in melange.compat (loaded only then).
+        if cls is Consumer and ("on_message" in kwargs or (args and callable(args[0]))):
+            from melange.compat.calls_consumers import OnMessageConsumer
+
+            # A subclass of cls, so Python then runs its __init__ with these arguments.
+            return cast(_C, super().__new__(OnMessageConsumer))
+        return super().__new__(cls)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = cls.__qualname__
+        if _written_for_7x(cls):
+            from melange.compat.calls_consumers import adapt_class_7x
+
+            adapt_class_7x(cls)
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None:
@@ -138,6 +156,24 @@ def is_async_consumer(candidate: Consumer) -> bool:
     if isinstance(flag, bool):
         return flag
     return inspect.iscoroutinefunction(candidate.process)
+
+
+def _written_for_7x(cls: type[Consumer]) -> bool:
+    """Whether ``cls`` is a melange 7.x consumer, which takes the payload rather than a Message.
+
+    Only 7.x passed keywords to ``process`` (``message_id=``), so a ``process``
+    taking ``**kwargs`` or a ``message_id`` parameter is 7.x's; so is a subclass
+    of such a class that overrides ``process`` or ``accepts``.
+    """
+    if getattr(cls, MARK_7X, False):
+        return "process" in cls.__dict__ or "accepts" in cls.__dict__
+    process = cls.__dict__.get("process")
+    if not inspect.isfunction(process):
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD or p.name == "message_id"
+        for p in inspect.signature(process).parameters.values()
+    )
 
 
 # ------------------------------------------------------------- annotations

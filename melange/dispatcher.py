@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from melange._runtime import Now, Runtime, run_now
 from melange.backends.base import MessagingBackend
@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("melange.dispatcher")
+
+_D = TypeVar("_D", bound="MessageDispatcher")
 
 
 class MessageDispatcher(Runtime):
@@ -76,6 +78,18 @@ class MessageDispatcher(Runtime):
 
     _awaitable_hint = "; async consumers need melange.aio.AsyncMessageDispatcher"
     _inline = True
+
+    def __new__(cls: type[_D], *args: Any, **kwargs: Any) -> _D:
+        """Create the dispatcher; a melange 7.x-form call makes a 7.x-form dispatcher."""
+        # melange 7.x took (serializer_registry, cache, backend, always_ack) and a queue only
+        # in consume_loop(): a registry where the backend goes is that form, handled by
+        # melange.compat (loaded only then).
+        if _called_7x_way(cls, args, kwargs):
+            from melange.compat.calls_dispatcher import dispatcher_7x
+
+            # Not a MessageDispatcher (it has no queue yet), so Python skips __init__.
+            return cast(_D, dispatcher_7x(cls, args, kwargs))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -419,6 +433,14 @@ class SimpleMessageDispatcher(MessageDispatcher):
 
 
 # ------------------------------------------------------------------ helpers
+def _called_7x_way(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``cls(*args, **kwargs)`` is melange 7.x's form (the registry before the backend)."""
+    if "serializer_registry" in kwargs and cls in (MessageDispatcher, SimpleMessageDispatcher):
+        return True
+    position = 1 if cls is SimpleMessageDispatcher else 0 if cls is MessageDispatcher else -1
+    return 0 <= position < len(args) and isinstance(args[position], SerializerRegistry)
+
+
 def _thread(target: Callable[[], object], name: str) -> threading.Thread:
     # Daemon threads: a handler stuck past the grace period must not keep the process alive.
     thread = threading.Thread(target=target, name=name, daemon=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -92,6 +93,9 @@ QUEUE_SETTINGS = tuple(QueueSettings.__annotations__)
 TOPIC_SETTINGS = tuple(TopicSettings.__annotations__)
 """Keyword settings accepted by :meth:`MessagingBackendFactory.init_topic`."""
 
+SETTINGS_7X = frozenset({"dlq_name", "filter_events"})
+"""melange 7.x ``init_queue`` keywords, handled by ``melange.compat.calls_factory``."""
+
 
 @dataclasses.dataclass(frozen=True)
 class _QueueRequest:
@@ -125,6 +129,11 @@ class MessagingBackendFactory:
     """
 
     def __init__(self, backend: MessagingBackend | None = None) -> None:
+        if backend is None:
+            # A melange 7.x application may have set BackendManager's default: it keeps it.
+            legacy = sys.modules.get("melange.compat.backend_manager")
+            if legacy is not None:
+                backend = legacy.default_backend_if_set("MessagingBackendFactory()")
         if backend is None:
             from melange.config import load_backend_from_config
 
@@ -304,6 +313,12 @@ class MessagingBackendFactory:
     ) -> _QueueRequest:
         backend = self._backend
         require_str("queue_name", queue_name)
+        if not settings.keys().isdisjoint(SETTINGS_7X):
+            from melange.compat.calls_factory import queue_settings_7x
+
+            dead_letter_queue_name, settings = queue_settings_7x(
+                queue_name, dead_letter_queue_name, settings
+            )
         if dead_letter_queue_name is not None:
             require_str("dead_letter_queue_name", dead_letter_queue_name)
         _reject_unknown("init_queue", settings, QUEUE_SETTINGS)
@@ -318,7 +333,9 @@ class MessagingBackendFactory:
 
         dead_letter_spec = None
         if dead_letter_queue_name is not None:
-            count = settings.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT)
+            # A backend may have its own default: 7.x's 4 while it stays compatible with 7.x.
+            default_count = getattr(backend, "default_max_receive_count", DEFAULT_MAX_RECEIVE_COUNT)
+            count = settings.get("max_receive_count", default_count)
             queue = dataclasses.replace(
                 queue, dead_letter=DeadLetterPolicy(dead_letter_queue_name, count)
             )

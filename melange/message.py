@@ -12,7 +12,9 @@ import itertools
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
+
+from melange.exceptions import InvalidArgument
 
 MANIFEST_ATTRIBUTE = "melange.manifest"
 """Attribute carrying the payload's manifest (what kind of object the body holds)."""
@@ -101,6 +103,14 @@ def _adopt(items: dict[str, str]) -> Attributes:
     return attributes
 
 
+_NEW_FORM = (
+    "write Message(body, manifest=..., attributes={...}) and let the SerializerRegistry "
+    "serialize the body; melange.models.Message is 7.x's message, for 7.x backends"
+)
+_SEVEN_X_CALL = "melange 7.x's Message(message_id, content, metadata, serializer_id, manifest)"
+_HINT = f"this looks like {_SEVEN_X_CALL}: {_NEW_FORM}"
+
+
 @dataclass(frozen=True)
 class Message:
     """A payload and its metadata, before serialization or after deserialization.
@@ -132,10 +142,43 @@ class Message:
     producer_id: str | None = None
 
     def __post_init__(self) -> None:
+        if self.id is not None and not isinstance(self.id, str):
+            # An int here is 7.x's serializer_id: Message(message_id, content, metadata,
+            # serializer_id, manifest) fills every field of this class with the wrong value.
+            seven_x = isinstance(self.id, int) and not isinstance(self.id, bool)
+            hint = _HINT if seven_x else "convert it first, e.g. str(message_id)"
+            raise InvalidArgument("id", "a string (the broker's message id) or None", self.id, hint)
+        attributes = self.attributes
         # A read-only copy: the message is frozen, and the caller's dict may change later.
         # An Attributes is read-only already, so it is shared (e.g. by replace()).
-        if type(self.attributes) is not Attributes:
-            object.__setattr__(self, "attributes", Attributes(self.attributes))
+        if type(attributes) is not Attributes:
+            if not (
+                attributes is None or type(attributes) is dict or isinstance(attributes, Mapping)
+            ):
+                raise InvalidArgument(
+                    "attributes",
+                    "a mapping of str to str, e.g. {'event': 'paid'}",
+                    attributes,
+                    f"if this is {_SEVEN_X_CALL}, {_NEW_FORM}",
+                )
+            object.__setattr__(self, "attributes", Attributes(attributes))
+
+    @staticmethod
+    def create(*args: Any, **kwargs: Any) -> NoReturn:
+        """Removed: melange 7.x's ``Message.create(content, manifest, serializer_id)``.
+
+        Raises:
+            InvalidArgument: Always; the message names the melange 8 form.
+        """
+        error = InvalidArgument.__new__(InvalidArgument)
+        Exception.__init__(
+            error,
+            "Message.create(content, manifest, serializer_id) is melange 7.x's, which built a "
+            "message from serialized content; melange 8's Message holds the payload object: "
+            f"{_NEW_FORM}",
+        )
+        error.argument = "create"
+        raise error
 
     def with_attributes(self, **attributes: str) -> Message:
         """Return a copy with ``attributes`` added to (or replacing) the current ones."""

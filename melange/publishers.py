@@ -22,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from melange.backends.base import MessagingBackend, OutgoingMessage, PublishResult
-from melange.exceptions import InvalidMessage, require_number, require_str
+from melange.exceptions import ConfigurationError, InvalidMessage, require_number, require_str
 from melange.message import RESERVED_ATTRIBUTES, Message
 from melange.observability import Hooks, safe
 from melange.serializers import SerializerRegistry
@@ -34,11 +34,25 @@ __all__ = ["QueuePublisher", "TopicPublisher"]
 
 logger = logging.getLogger("melange.publishers")
 
+_P = TypeVar("_P", bound="_Publisher")
+
 
 class _Publisher:
     """What both publishers share; they differ only in where a batch goes."""
 
     _kind: Literal["queue", "topic"] = "queue"
+
+    def __new__(cls: type[_P], *args: Any, **kwargs: Any) -> _P:
+        # melange 7.x took (serializer_registry, backend=None): a registry first is that form,
+        # handled by a subclass in melange.compat (loaded only then).
+        if (cls is QueuePublisher or cls is TopicPublisher) and (
+            (args and isinstance(args[0], SerializerRegistry)) or "serializer_registry" in kwargs
+        ):
+            from melange.compat.calls_publishers import publisher_class_7x
+
+            # A subclass of cls, so Python then runs its __init__ with these arguments.
+            return cast(_P, super().__new__(publisher_class_7x(cls)))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -48,6 +62,17 @@ class _Publisher:
         hooks: Hooks | None = None,
         producer_ids: bool = True,
     ) -> None:
+        if not isinstance(backend, MessagingBackend):
+            raise ConfigurationError(
+                f"{type(self).__name__} needs a melange.backends.MessagingBackend as its first "
+                f"argument, got {type(backend).__name__}; e.g. {type(self).__name__}(backend, "
+                "serializers), with a backend from melange.backends.load_backend(name)"
+            )
+        if serializers is not None and not isinstance(serializers, SerializerRegistry):
+            raise ConfigurationError(
+                f"serializers must be a melange.serializers.SerializerRegistry, got "
+                f"{type(serializers).__name__}"
+            )
         self.backend = backend
         self.producer_ids = producer_ids
         self.serializers = SerializerRegistry() if serializers is None else serializers

@@ -21,6 +21,7 @@ from melange.backends import topology_rules
 from melange.exceptions import (
     BackendClosed,
     BackendUnavailable,
+    ConfigurationError,
     InvalidArgument,
     InvalidMessage,
     MelangeError,
@@ -198,6 +199,16 @@ class ReceivedMessage:
     receipt: Any = field(default=None, repr=False, compare=False)
 
 
+_METHODS_7X = (
+    "retrieve_messages",
+    "yield_messages",
+    "publish_to_queue",
+    "acknowledge",
+    "close_connection",
+)
+"""Methods only a melange 7.x backend defines (melange 8's hooks have other names)."""
+
+
 class MessagingBackend(abc.ABC):
     """The contract between melange and a message broker.
 
@@ -226,6 +237,20 @@ class MessagingBackend(abc.ABC):
 
     receive_count_setting: str = "max_receive_count"
     """The broker's own name for ``max_receive_count``, so a message maps one to the other."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A backend written for melange 7.x would only fail when instantiated, with
+        # Python's "abstract methods" error; say what changed when it is defined.
+        seven_x = [name for name in _METHODS_7X if name in cls.__dict__]
+        if seven_x and not any(hook in cls.__dict__ for hook in ("_receive", "_publish_batch")):
+            raise ConfigurationError(
+                f"{cls.__qualname__} implements melange 7.x's backend interface "
+                f"({', '.join(seven_x)}), which melange 8 cannot run: subclass "
+                "melange.backends.MessagingBackend and implement melange 8's contract "
+                "(_get_queue, _declare_queue, _publish_batch, _receive, _ack, ...); the guide "
+                "is docs/writing-a-backend.md, and melange.testing.conformance checks the result"
+            )
 
     def __init__(self) -> None:
         self._closed = False

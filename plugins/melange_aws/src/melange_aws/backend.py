@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
@@ -125,6 +125,11 @@ from melange_aws.wire import (
 )
 from melange_aws.wire7 import ATTRIBUTES_7X, MAX_RECEIVE_COUNT_7X, write_7x
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from melange.compat.sqs_options import SQSOptions7x
+
 __all__ = ["AWSBackend", "AWSReceipt"]
 
 logger = logging.getLogger("melange.aws.backend")
@@ -196,6 +201,9 @@ class AWSBackend(MessagingBackend):
             assumed-role credentials), instead of a profile or keys. It is
             used as it is; sessions the backend makes itself share only
             botocore's read-only data loader with each other.
+        **options_7x: melange 7.x's keywords (``extra_settings``, ``sns_settings``,
+            ...): each is turned into the melange 8 keyword it meant, with a
+            ``DeprecationWarning`` naming it, or refused naming where it went.
         compatible_with_7x: While melange 7.x consumers still read the queues
             (a rolling upgrade): publish in 7.x's format (which 8.x consumers read
             too), subscribe queues to topics without raw delivery, and leave the
@@ -251,7 +259,24 @@ class AWSBackend(MessagingBackend):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         compatible_with_7x: bool = False,
+        **options_7x: Unpack[SQSOptions7x],
     ) -> None:
+        if options_7x:  # melange 7.x's keywords: turned into these, with a warning each
+            given = {
+                "endpoint_url": endpoint_url,
+                "sns_endpoint_url": sns_endpoint_url,
+                "sqs_endpoint_url": sqs_endpoint_url,
+                "region_name": region_name,
+                "aws_access_key_id": aws_access_key_id,
+                "aws_secret_access_key": aws_secret_access_key,
+                "aws_session_token": aws_session_token,
+            }
+            given.update(options_from_7x(self.name, dict(options_7x), given))
+            endpoint_url, sns_endpoint_url = given["endpoint_url"], given["sns_endpoint_url"]
+            sqs_endpoint_url, region_name = given["sqs_endpoint_url"], given["region_name"]
+            aws_access_key_id = given["aws_access_key_id"]
+            aws_secret_access_key = given["aws_secret_access_key"]
+            aws_session_token = given["aws_session_token"]
         if not isinstance(compatible_with_7x, bool):
             raise ConfigurationError(
                 f"compatible_with_7x must be True or False, got {compatible_with_7x!r}"
@@ -1219,3 +1244,25 @@ def _service_label(client: Any) -> str:
     """Return ``"SQS"``, ``"SNS"`` or ``"STS"`` for a boto3 client, as messages name it."""
     service_id = getattr(getattr(client.meta, "service_model", None), "service_id", None)
     return str(service_id) if service_id else "AWS"
+
+
+def options_from_7x(
+    backend: str, options_7x: dict[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Turn melange 7.x keywords of a backend's constructor into its melange 8 keywords.
+
+    Raises:
+        ConfigurationError: A 7.x keyword is invalid or moved elsewhere (see
+            :func:`melange.compat.sqs_options.sqs_options_from_7x`), or sets what a
+            melange 8 keyword in ``given`` set already.
+    """
+    from melange.compat.sqs_options import sqs_options_from_7x  # only for 7.x keywords
+
+    converted = sqs_options_from_7x(backend, options_7x)
+    for key in converted:
+        if given.get(key) is not None:
+            raise ConfigurationError(
+                f"{key} is set twice: as {key}= and through melange 7.x's "
+                f"{', '.join(sorted(options_7x))}; keep {key}= alone"
+            )
+    return converted

@@ -17,11 +17,12 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 from melange_aws import AWSBackend
+from melange_aws.backend import options_from_7x
 from melange_aws.clients import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -32,6 +33,11 @@ from melange_aws.errors import CONNECTION_ERRORS, safe_endpoint
 
 from melange.backends.base import Capabilities
 from melange.exceptions import ConfigurationError, UnsupportedCapability
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from melange.compat.sqs_options import SQSOptions7x
 
 __all__ = [
     "DEFAULT_HOST",
@@ -128,6 +134,11 @@ class LocalSQSBackend(AWSBackend):
         connect_timeout: Seconds to wait for a connection, per attempt (5 by default).
         read_timeout: Seconds to wait for an answer, per attempt (10 by
             default); a long poll waits its wait time plus this.
+        **options_7x: melange 7.x's keywords (``sns_host``, ``sns_port``,
+            ``extra_settings``, ...; also ``host``/``port`` in 7.x's form, such as
+            ``host="http://localhost", port="4566"``): each is turned into the
+            melange 8 keyword it meant, with a ``DeprecationWarning``, or refused
+            naming where it went.
         compatible_with_7x: Publish and subscribe so that melange 7.x consumers
             still read the queues, during a rolling upgrade (see ``AWSBackend``).
 
@@ -142,7 +153,7 @@ class LocalSQSBackend(AWSBackend):
         self,
         *,
         host: str | None = None,
-        port: int | None = None,
+        port: int | str | None = None,
         endpoint_url: str | None = None,
         sns_endpoint_url: str | None = None,
         sns: bool | None = None,
@@ -155,7 +166,21 @@ class LocalSQSBackend(AWSBackend):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         compatible_with_7x: bool = False,
+        **options_7x: Unpack[SQSOptions7x],
     ) -> None:
+        legacy: dict[str, Any] = dict(options_7x)
+        if (isinstance(host, str) and "://" in host) or isinstance(port, str):
+            legacy.update({"host": host, "port": port})  # 7.x's f"{host}:{port}" form
+            host = port = None
+        if legacy:  # melange 7.x's keywords: turned into these, with a warning each
+            given = {"endpoint_url": endpoint_url, "sns_endpoint_url": sns_endpoint_url}
+            converted = options_from_7x(self.name, legacy, given)
+            endpoint_url = converted.get("endpoint_url", endpoint_url)
+            sns_endpoint_url = converted.get("sns_endpoint_url", sns_endpoint_url)
+            region_name = converted.get("region_name", region_name)
+            aws_access_key_id = converted.get("aws_access_key_id", aws_access_key_id)
+            aws_secret_access_key = converted.get("aws_secret_access_key", aws_secret_access_key)
+            aws_session_token = converted.get("aws_session_token", aws_session_token)
         if sns is not None and not isinstance(sns, bool):
             raise ConfigurationError(f"sns must be True, False or None (ask), got {sns!r}")
         given = {

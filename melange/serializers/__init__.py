@@ -20,12 +20,13 @@ import abc
 import collections.abc
 import dataclasses
 import enum
-import json
-import pickle
+import json as _json  # aliased: the 7.x alias submodule melange.serializers.json would shadow it
+import pickle as _pickle  # likewise melange.serializers.pickle
+import sys
 import threading
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from melange.backends.base import OutgoingMessage, ReceivedMessage
@@ -108,7 +109,7 @@ def _to_json(obj: Any) -> Any:
     )
 
 
-_DECODER = json.JSONDecoder()
+_DECODER = _json.JSONDecoder()
 
 
 def _loads(text: str) -> Any:
@@ -122,10 +123,10 @@ def _loads(text: str) -> Any:
     """
     try:
         value, end = _DECODER.raw_decode(text)
-    except json.JSONDecodeError:
-        return json.loads(text)
+    except _json.JSONDecodeError:
+        return _json.loads(text)
     if end != len(text):
-        return json.loads(text)
+        return _json.loads(text)
     return value
 
 
@@ -260,7 +261,7 @@ class JSONSerializer(Serializer):
                 (NaN and infinities included).
         """
         try:
-            text = json.dumps(
+            text = _json.dumps(
                 obj,
                 default=_to_json,
                 ensure_ascii=False,
@@ -289,7 +290,7 @@ class JSONSerializer(Serializer):
             ) from None
         try:
             value = _loads(text)
-        except json.JSONDecodeError as exc:
+        except _json.JSONDecodeError as exc:
             raise SerializationError(
                 f"{describe_body(data, manifest)} is not valid JSON: {exc.msg} at line "
                 f"{exc.lineno} column {exc.colno}"
@@ -327,7 +328,7 @@ class PickleSerializer(Serializer):
     identifier = "pickle"
 
     def __init__(self, protocol: int | None = None) -> None:
-        self.protocol = pickle.DEFAULT_PROTOCOL if protocol is None else protocol
+        self.protocol = _pickle.DEFAULT_PROTOCOL if protocol is None else protocol
 
     def serialize(self, obj: Any) -> bytes:
         """Return ``obj`` pickled.
@@ -336,7 +337,7 @@ class PickleSerializer(Serializer):
             SerializationError: ``obj`` cannot be pickled.
         """
         try:
-            return pickle.dumps(obj, protocol=self.protocol)
+            return _pickle.dumps(obj, protocol=self.protocol)
         except Exception as exc:
             raise SerializationError(
                 f"cannot pickle {type(obj).__qualname__}: {type(exc).__name__}"
@@ -349,7 +350,7 @@ class PickleSerializer(Serializer):
             SerializationError: ``data`` is not a loadable pickle.
         """
         try:
-            return pickle.loads(data)  # only reachable when explicitly allowed
+            return _pickle.loads(data)  # only reachable when explicitly allowed
         except Exception as exc:
             raise SerializationError(
                 f"{describe_body(data, manifest)} cannot be unpickled ({type(exc).__name__})"
@@ -371,6 +372,19 @@ def _check_name(label: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise SerializationError(f"{label} must be a non-empty string, got {value!r}")
     return value
+
+
+def _seven_x(name: str) -> Callable[..., Any]:
+    """Return a melange 7.x registry method that runs ``melange.compat.serialization.<name>``."""
+
+    def method(self: SerializerRegistry, *args: Any, **kwargs: Any) -> Any:
+        from melange.compat import serialization  # loaded only when a 7.x method is used
+
+        return getattr(serialization, name)(self, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Deprecated: melange 7.x's {name}(), kept for upgrading (it warns)."
+    return method
 
 
 # ------------------------------------------------------------------ registry
@@ -398,7 +412,25 @@ class SerializerRegistry:
         SerializationError: ``default`` is a pickle serializer and pickle is not allowed.
     """
 
+    def __new__(
+        cls, default: Serializer | None = None, *, allow_pickle: bool = False
+    ) -> SerializerRegistry:
+        """Create a registry; given melange 7.x's configuration dict, a 7.x-configured one."""
+        if cls is SerializerRegistry and isinstance(default, collections.abc.Mapping):
+            # melange 7.x's SerializerRegistry(config_dict): built by the compat layer.
+            from melange.compat.serialization import LegacySerializerRegistry
+
+            return object.__new__(LegacySerializerRegistry)
+        return object.__new__(cls)
+
     def __init__(self, default: Serializer | None = None, *, allow_pickle: bool = False) -> None:
+        if isinstance(default, collections.abc.Mapping):
+            raise SerializationError(
+                f"{type(self).__name__} takes a default serializer, not melange 7.x's "
+                "configuration dict (only SerializerRegistry itself still accepts that); "
+                "use SerializerRegistry(default_serializer, allow_pickle=...) with "
+                "register() and bind()"
+            )
         self._allow_pickle = allow_pickle
         self._lock = threading.RLock()
         self._serializers: dict[str, Serializer] = {}
@@ -447,6 +479,14 @@ class SerializerRegistry:
         if not isinstance(serializer, Serializer):
             raise SerializationError(
                 f"register() needs a melange.serializers.Serializer, got {type(serializer)!r}"
+            )
+        if callable(serializer.identifier):
+            raise SerializationError(
+                f"{type(serializer).__qualname__} is written the melange 7.x way (a static "
+                "identifier() returning an int); melange 8's Serializer sets identifier = "
+                "'a-name' (a str attribute) and returns bytes from serialize(). Rewrite it, "
+                "or name it in a 7.x configuration dict, SerializerRegistry({'serializers': "
+                "{'a-name': ItsClass}, ...}), which runs it unchanged"
             )
         identifier = _check_name("a serializer's identifier", serializer.identifier)
         if _is_pickle(serializer) and not self._allow_pickle:
@@ -671,6 +711,15 @@ class SerializerRegistry:
             return serializer
         return self._serializers[routed or self._default_id]
 
+    # melange 7.x's lookup methods, deprecated: each warns and runs in melange.compat.serialization.
+    find_serializer_for = _seven_x("find_serializer_for")
+    serializer_for = _seven_x("serializer_for")
+    get_serializer_by_id = _seven_x("get_serializer_by_id")
+    get_serializer_by_name = _seven_x("get_serializer_by_name")
+    serialize = _seven_x("serialize")
+    deserialize_with_serializerid = _seven_x("deserialize_with_serializerid")
+    deserialize_with_class = _seven_x("deserialize_with_class")
+
 
 _RESERVED = tuple(sorted(RESERVED_ATTRIBUTES))
 
@@ -678,3 +727,16 @@ _RESERVED = tuple(sorted(RESERVED_ATTRIBUTES))
 def _where(received: ReceivedMessage) -> str:
     """Name a received message in an error: its id and queue, never its content."""
     return f"message {received.message_id!r} from queue {received.queue_name!r}"
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve melange 7.x's ``JsonSerializer`` name (deprecated) to :class:`JSONSerializer`."""
+    if name == "JsonSerializer":
+        # `from melange.serializers import JsonSerializer` asks hasattr() in importlib first,
+        # then reads the name: warn once, on the read.
+        if sys._getframe(1).f_code.co_name != "_handle_fromlist":
+            from melange.compat import deprecated
+
+            deprecated("melange.serializers.JsonSerializer", "melange.serializers.JSONSerializer")
+        return JSONSerializer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""melange 7.x's ``melange.helpers`` package, kept for its ``typing`` module (deprecated)."""
