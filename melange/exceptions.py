@@ -30,6 +30,13 @@ class MelangeError(Exception):
     """Set on an error a publisher raises after sending: one result per message of the call."""
 
 
+class RemovedIn8(MelangeError, AttributeError):
+    """A melange 7.x attribute or method that melange 8 does not have.
+
+    The message names its replacement; docs/upgrading.md lists them all.
+    """
+
+
 class InvalidArgument(MelangeError, TypeError):
     """An argument has the wrong type (a queue name that is not a string, ...).
 

@@ -11,12 +11,16 @@ import dataclasses
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from melange.exceptions import InvalidName
+from melange.exceptions import InvalidName, RemovedIn8
 
 FIFO_SUFFIX = ".fifo"
 """Names ending with this suffix are FIFO queues and topics, as on SQS/SNS."""
+
+_WRAPPER_7X = frozenset({"unwrapped_obj", "unwrap", "obj"})
+"""What melange 7.x's QueueWrapper/TopicWrapper offered; read on melange 8's objects, it
+raises an error that says what changed."""
 
 DEFAULT_MAX_RECEIVE_COUNT = 5
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
@@ -68,6 +72,14 @@ class QueueSpec:
         """Return the managed settings (everything but the name) by field name."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
 
+    def __getattr__(self, name: str) -> Any:
+        if name in _WRAPPER_7X:  # 7.x's backend returned wrapped broker objects
+            raise RemovedIn8(
+                f"a {type(self).__name__} is the resource's declared state, not melange 7.x's "
+                f"wrapper (.{name}): melange 8 names queues and topics by their names"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -84,6 +96,14 @@ class TopicSpec:
     def settings(self) -> dict[str, object]:
         """Return the managed settings (everything but the name) by field name."""
         return {"fifo": self.fifo}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _WRAPPER_7X:  # 7.x's backend returned wrapped broker objects
+            raise RemovedIn8(
+                f"a {type(self).__name__} is the resource's declared state, not melange 7.x's "
+                f"wrapper (.{name}): melange 8 names queues and topics by their names"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -240,6 +260,15 @@ class Plan:
 
     def __iter__(self) -> Iterator[Action]:
         return iter(self.actions)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _WRAPPER_7X:  # 7.x's init_queue/init_topic returned a wrapped resource
+            raise RemovedIn8(
+                f"init_queue/init_topic return a Plan in melange 8, not melange 7.x's wrapper "
+                f"(.{name}): the queue or topic is named by its name; read its state with "
+                "backend.get_queue(name) or backend.get_topic(name)"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __len__(self) -> int:
         return len(self.actions)

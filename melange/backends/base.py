@@ -27,6 +27,7 @@ from melange.exceptions import (
     MelangeError,
     MessageTooLarge,
     OutcomeUnknown,
+    RemovedIn8,
     UnsupportedCapability,
     require_number,
     require_str,
@@ -199,14 +200,15 @@ class ReceivedMessage:
     receipt: Any = field(default=None, repr=False, compare=False)
 
 
-_METHODS_7X = (
-    "retrieve_messages",
-    "yield_messages",
-    "publish_to_queue",
-    "acknowledge",
-    "close_connection",
-)
-"""Methods only a melange 7.x backend defines (melange 8's hooks have other names)."""
+_METHODS_7X = {
+    "retrieve_messages": "backend.receive(queue_name, max_messages, wait_seconds), or a "
+    "MessageDispatcher",
+    "yield_messages": "a MessageDispatcher (or a loop over backend.receive(queue_name, ...))",
+    "publish_to_queue": "QueuePublisher(backend).publish(queue_name, payload)",
+    "acknowledge": "backend.ack([received_message]) (a MessageDispatcher acknowledges for you)",
+    "close_connection": "backend.close()",
+}
+"""Methods only a melange 7.x backend had, and what replaces each in melange 8."""
 
 
 class MessagingBackend(abc.ABC):
@@ -251,6 +253,15 @@ class MessagingBackend(abc.ABC):
                 "(_get_queue, _declare_queue, _publish_batch, _receive, _ack, ...); the guide "
                 "is docs/writing-a-backend.md, and melange.testing.conformance checks the result"
             )
+
+    def __getattr__(self, name: str) -> Any:
+        replacement = _METHODS_7X.get(name)
+        if replacement is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise RemovedIn8(
+            f"backend.{name}() is melange 7.x's backend interface, which melange 8 replaced: "
+            f"use {replacement}"
+        )
 
     def __init__(self) -> None:
         self._closed = False
@@ -616,6 +627,15 @@ class MessagingBackend(abc.ABC):
         messages: Sequence[OutgoingMessage],
         hook: Callable[[str, list[OutgoingMessage]], list[PublishResult]],
     ) -> list[PublishResult]:
+        if hasattr(destination, "serializer_id"):  # 7.x's (message, queue_or_topic) order
+            publisher = "QueuePublisher" if kind == "queue" else "TopicPublisher"
+            raise InvalidArgument(
+                f"{kind}_name",
+                "a string",
+                destination,
+                f"that is melange 7.x's call; publish with {publisher}(backend).publish("
+                f"{kind}_name, payload)",
+            )
         require_str(f"{kind}_name", destination)
         if isinstance(messages, (OutgoingMessage, str, bytes, bytearray)) or not isinstance(
             messages, Sequence

@@ -458,7 +458,11 @@ class LegacySerializerRegistry(SerializerRegistry):
         # melange 8's exact bindings and explicit manifests first, then 7.x's bindings.
         if message.manifest is None and self.manifest_for(type(message.body)) is None:
             chosen = self.legacy_serializer_for(type(message.body))
-            return chosen.manifest(message.body), chosen
+            manifest = chosen.manifest(message.body)
+            if manifest is None and _is_pickle(chosen):
+                # 7.x's pickle serializer named the class: subscription filters match on it.
+                manifest = type(message.body).__qualname__
+            return manifest, chosen
         return super()._outgoing(message)
 
 
