@@ -192,10 +192,7 @@ def _convert(
 ) -> dict[str, Any]:
     """Convert string option values to the types the constructor declares."""
     parameters = accepted_options(backend_class)
-    try:
-        hints = typing.get_type_hints(backend_class.__init__)
-    except Exception:  # unresolvable annotations: pass values through unchanged
-        hints = {}
+    hints = _parameter_types(backend_class.__init__, parameters)
     converted: dict[str, Any] = {}
     for name, value in options.items():
         target = hints.get(name, parameters[name].annotation if name in parameters else None)
@@ -203,10 +200,34 @@ def _convert(
     return converted
 
 
+def _parameter_types(function: Any, parameters: dict[str, inspect.Parameter]) -> dict[str, object]:
+    """The declared type of each parameter; one that cannot be resolved is left out.
+
+    Resolved one by one: an annotation that names a type-checking-only import (such
+    as the ``**options`` of a backend) must not hide the types of the others.
+    """
+    try:
+        return dict(typing.get_type_hints(function))
+    except Exception:
+        pass
+    namespace = getattr(function, "__globals__", {})
+    types: dict[str, object] = {}
+    for name, parameter in parameters.items():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            try:
+                # The class's own annotation text, evaluated as typing.get_type_hints would.
+                annotation = eval(annotation, namespace)
+            except Exception:
+                continue
+        types[name] = annotation
+    return types
+
+
 def _coerce(name: str, value: str, target: object, source: str) -> object:
     kinds = set(typing.get_args(target)) or {target}
     kinds.discard(type(None))
-    if str in kinds or not kinds or kinds == {inspect.Parameter.empty}:
+    if not kinds or kinds == {inspect.Parameter.empty} or kinds == {str}:
         return value
     for kind in (bool, int, float):
         if kind not in kinds:
@@ -222,5 +243,7 @@ def _coerce(name: str, value: str, target: object, source: str) -> object:
             return kind(value)
         except ValueError:
             continue
+    if str in kinds:  # e.g. int | str: a number when it reads as one, else the text
+        return value
     readable = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
     raise ConfigurationError(f"option {name}={value!r} from {source} is not a valid {readable}")

@@ -136,3 +136,24 @@ def test_factory_from_config_and_default_factory(
     monkeypatch.setenv("MELANGE_BACKEND", "memory")
     monkeypatch.setenv("MELANGE_OPTION_MAX_MESSAGE_SIZE", "777")
     assert MessagingBackendFactory.from_config().backend.capabilities.max_message_size == 777
+
+
+def test_an_option_typed_int_or_str_from_text_is_a_number_when_it_reads_as_one() -> None:
+    """`port: int | str | None` (int, or melange 7.x's text form): "9324" is the port 9324."""
+    from melange.config import _coerce
+
+    assert _coerce("port", "9324", int | str | None, "environment") == 9324
+    assert _coerce("port", "http-alt", int | str | None, "environment") == "http-alt"
+
+
+def test_option_types_resolve_when_another_annotation_cannot() -> None:
+    """A parameter typed with a type-checking-only name leaves the others' types readable."""
+    from melange.backends.registry import accepted_options
+    from melange.config import _parameter_types
+
+    class Backend:
+        def __init__(self, *, timeout: float = 1.0, **legacy: NotImportedHere) -> None:  # type: ignore[name-defined]  # noqa: F821
+            pass
+
+    types = _parameter_types(Backend.__init__, accepted_options(Backend))  # type: ignore[arg-type]
+    assert types["timeout"] is float
