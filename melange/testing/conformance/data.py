@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
+from melange import deadletter
 from melange.backends.base import MessagingBackend, OutgoingMessage, ReceivedMessage
 from melange.exceptions import BackendClosed, InvalidMessage, LeaseLost, MessageTooLarge
 from melange.factory import MessagingBackendFactory
@@ -479,6 +480,50 @@ class DataConformance(ConformanceBase):
         assert [(m.body, dict(m.attributes)) for m in again] == [(b"kept", {"k": "v"})], (
             "a message due for a dead-letter queue that no longer exists was lost"
         )
+
+    @requires("dead_letter")
+    def test_a_dead_letter_queue_is_peeked_redriven_and_purged(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+    ) -> None:
+        """melange.deadletter on this backend: peek leaves, redrive moves byte for byte, purge.
+
+        A redrive cut short (``max_messages``) and run again ends with every
+        message back in the queue, none lost and none left behind.
+        """
+        backend = melange_backend
+        queue, dlq = melange_names.queue(), melange_names.queue("dlq")
+        melange_factory.init_queue(queue, dead_letter_queue_name=dlq)
+        dead = [
+            OutgoingMessage(b'{"order": 1}', {"event": "paid", "melange.serializer": "json"}),
+            OutgoingMessage(b"\x00\xff binary \xe9", {"n": "2"}),
+            OutgoingMessage("ünïcode ✓".encode(), {}),
+        ]
+        assert all(r.ok for r in backend.publish(dlq, dead))
+        expected = sorted((m.body, sorted(m.attributes.items())) for m in dead)
+
+        def seen(messages: list[ReceivedMessage]) -> list[tuple[bytes, list[tuple[str, str]]]]:
+            return sorted((m.body, sorted(m.attributes.items())) for m in messages)
+
+        wait = 0.5  # per receive; each call ends with one that finds nothing
+        for _ in range(2):  # a peek leaves every message where it was
+            peeked = deadletter.peek(backend, queue, max_messages=10, wait_seconds=wait)
+            assert seen(peeked) == expected
+        assert len(deadletter.peek(backend, queue, max_messages=2, wait_seconds=wait)) == 2
+
+        first = deadletter.redrive(backend, queue, max_messages=1, wait_seconds=wait)  # cut short
+        assert (first.moved, first.failed) == (1, [])
+        rest = deadletter.redrive(backend, queue, wait_seconds=wait)
+        assert (rest.moved, rest.failed, rest.source, rest.target) == (2, [], dlq, queue)
+        assert seen(drain(backend, queue, len(dead))) == expected  # byte for byte, once each
+        assert_empty(backend, dlq)
+        assert_empty(backend, queue)
+
+        assert all(r.ok for r in backend.publish(dlq, dead))
+        assert deadletter.purge(backend, queue, wait_seconds=wait) == len(dead)
+        assert_empty(backend, dlq)
 
     def test_forward_copies_a_received_message_exactly(
         self,
