@@ -41,7 +41,7 @@ def test_a_redrive_target_of_the_other_kind_is_refused_before_anything_moves(
     backend: MemoryBackend,
 ) -> None:
     backend.publish("orders-dlq", [OutgoingMessage(b"x")])
-    with pytest.raises(InvalidTopology, match="standard dead-letter queue .* FIFO queue"):
+    with pytest.raises(InvalidTopology, match=r"standard dead-letter queue .* FIFO queue"):
         deadletter.redrive(backend, "orders", to="orders.fifo")
     assert backend.queue_depth("orders-dlq").visible == 1
 
