@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 VENV := .venv
 RUN := $(VENV)/bin
-# The demo's own environment: the core and its two small dependencies from uv.lock, nothing
+# The demo's own environment: the core and its small pure-Python dependencies from uv.lock, nothing
 # to compile, so `make demo` needs neither the dev tools nor a C compiler.
 DEMO_VENV := .venv-demo
 # melange 7.2.0 from PyPI in a venv of its own, for the rolling-upgrade test
