@@ -31,7 +31,6 @@ from melange.exceptions import (
     require_str,
 )
 from melange.topology import (
-    DEFAULT_MAX_RECEIVE_COUNT,
     Action,
     Change,
     DeadLetterPolicy,
@@ -333,9 +332,7 @@ class MessagingBackendFactory:
 
         dead_letter_spec = None
         if dead_letter_queue_name is not None:
-            # A backend may have its own default: 7.x's 4 while it stays compatible with 7.x.
-            default_count = getattr(backend, "default_max_receive_count", DEFAULT_MAX_RECEIVE_COUNT)
-            count = settings.get("max_receive_count", default_count)
+            count = settings.get("max_receive_count", backend.default_max_receive_count)
             queue = dataclasses.replace(
                 queue, dead_letter=DeadLetterPolicy(dead_letter_queue_name, count)
             )

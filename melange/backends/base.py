@@ -32,7 +32,15 @@ from melange.exceptions import (
     require_number,
     require_str,
 )
-from melange.topology import Change, NameRule, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
+from melange.topology import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    Change,
+    NameRule,
+    QueueSpec,
+    SubscriptionSpec,
+    TopicSpec,
+    is_fifo_name,
+)
 
 _T = TypeVar("_T")
 _B = TypeVar("_B", bound="MessagingBackend")
@@ -239,6 +247,15 @@ class MessagingBackend(abc.ABC):
 
     receive_count_setting: str = "max_receive_count"
     """The broker's own name for ``max_receive_count``, so a message maps one to the other."""
+
+    @property
+    def default_max_receive_count(self) -> int:
+        """Receives before dead-lettering when ``init_queue`` is not told; melange's default.
+
+        A backend may differ (the SQS backends use melange 7.x's 4 while
+        ``compatible_with_7x`` is on).
+        """
+        return DEFAULT_MAX_RECEIVE_COUNT
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
