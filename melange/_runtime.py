@@ -242,6 +242,10 @@ class Runtime:
         """Run ``step`` in the background (the shutdown waits for it)."""
         raise NotImplementedError
 
+    def _cancel_unstarted(self) -> list[Delivery]:
+        """Cancel every held message no handler has taken, and return them; lock held."""
+        return self._schedule.cancel_unstarted()
+
     def _open(self) -> None:
         """Acquire what a start needs (the asyncio driver's thread pool)."""
 
@@ -368,7 +372,7 @@ class Runtime:
                 return
             self._state = "stopping"
             self._stop_requested.set()
-            unstarted = self._schedule.cancel_unstarted()
+            unstarted = self._cancel_unstarted()
             self._notify(state=True)
         if previous in ("new", "starting"):  # nothing runs (start() gives up its wait)
             self._spawn(self._close_unstarted())
@@ -542,7 +546,7 @@ class Runtime:
                 return await self._io(
                     settlement.undecodable, received, self.config.on_undecodable, exc
                 )
-            failures: list[tuple[Consumer, BaseException]] = []
+            failures: list[tuple[Consumer, BaseException]] = _NO_FAILURES
             if self._every_consumer_accepts:
                 accepting: Sequence[Consumer] = self.consumers
             else:
@@ -552,21 +556,24 @@ class Runtime:
                         settlement.unhandled, received, self.config.on_unhandled, message
                     )
             busy = False
+            inline = self._inline and not self._async_consumers  # no awaitable to build
             for candidate in accepting:
-                if candidate in self._async_consumers:
-                    result = await self._call_async(candidate, message, received)
-                elif self._inline:  # runs for every message: no awaitable to build
+                if inline:
                     result = settlement.call_sync(
                         candidate, message, received, self._awaitable_hint
                     )
+                elif candidate in self._async_consumers:
+                    result = await self._call_async(candidate, message, received)
                 else:
                     result = await self._io(
                         settlement.call_sync, candidate, message, received, self._awaitable_hint
                     )
+                if result == "ok":
+                    continue
                 if result == "busy":
                     busy = True
                 elif isinstance(result, BaseException):
-                    failures.append((candidate, result))
+                    failures = [*failures, (candidate, result)]
             if failures:
                 await self._io(settlement.retry, received, message, failures)
                 return False
@@ -590,12 +597,15 @@ class Runtime:
             The messages that waited behind it in its FIFO group, when it failed:
             release them (:meth:`_release`) once the lock is let go.
         """
+        return self._finished_all([(delivery, acked)])
+
+    def _finished_all(self, finished: list[tuple[Delivery, bool]]) -> list[Delivery]:
+        """:meth:`_finished` for several messages (each with whether to ack it); lock held."""
         if self._keeper is not None:
-            self._keeper.release(delivery)
-        following, behind, send = self._schedule.finish(delivery, acked, time.monotonic())
+            self._keeper.release_all([delivery for delivery, _ in finished])
+        start, behind, send = self._schedule.finish_all(finished, time.monotonic())
         self._send(send)
-        if following is not None:
-            self._dispatch([following])
+        self._dispatch(start)
         if self._schedule.receivable():
             self._notify()
         return behind
@@ -653,6 +663,10 @@ class Runtime:
         finally:
             with self._lock:
                 self._schedule.acks_sent(len(batch), time.monotonic())
+
+
+_NO_FAILURES: list[tuple[Consumer, BaseException]] = []
+"""Shared by every message that has no failure yet: never appended to (a new list is made)."""
 
 
 def _option_alias(name: str) -> property:

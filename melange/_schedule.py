@@ -50,6 +50,20 @@ class Finished(NamedTuple):
     send: list[list[Delivery]]
 
 
+class FinishedAll(NamedTuple):
+    """The steps after handlers finished several messages (see :meth:`Schedule.finish_all`).
+
+    Attributes:
+        start: The next messages of their FIFO groups, to start now.
+        release: Messages that waited behind a failed one of their group.
+        send: Acknowledgement calls to make now.
+    """
+
+    start: list[Delivery]
+    release: list[Delivery]
+    send: list[list[Delivery]]
+
+
 class Schedule:
     """Capacity, FIFO group holds and acknowledgement batching of one dispatcher.
 
@@ -153,26 +167,48 @@ class Schedule:
     # --------------------------------------------------------------- finishing
     def finish(self, delivery: Delivery, acked: bool, now: float) -> Finished:
         """A handler finished ``delivery``; free its capacity and say what follows."""
-        self.deliveries.discard(delivery)
-        self.held -= 1
+        start, release, send = self.finish_all([(delivery, acked)], now)
+        return Finished(start[0] if start else None, release, send)
+
+    def finish_all(self, finished: list[tuple[Delivery, bool]], now: float) -> FinishedAll:
+        """Handlers finished these messages (each with whether to ack it); say what follows."""
+        deliveries, acks = self.deliveries, self.acks
+        start: list[Delivery] = []
+        release: list[Delivery] = []
+        send: list[list[Delivery]] = []
+        for delivery, acked in finished:
+            deliveries.discard(delivery)
+            if acked and not delivery.settled:
+                self.pending_acks += 1
+            calls = acks.settle(delivery, acked, now)
+            if calls:
+                send += calls
+            group = delivery.received.group_id
+            if group is not None:
+                self._next_of_group(group, acked, start, release)
+        self.held -= len(finished)
         self.last_activity = now
-        send = self.settle(delivery, acked, now)
-        group = delivery.received.group_id
-        if group is None:
-            return Finished(None, [], send)
+        return FinishedAll(start, release, send)
+
+    def _next_of_group(
+        self, group: str, acked: bool, start: list[Delivery], release: list[Delivery]
+    ) -> None:
+        """After a message of ``group`` finished, add its next to ``start`` (or all to ``release``).
+
+        When the message failed, every message waiting behind it is released instead.
+        """
         waiting = self._waiting.pop(group, None)
         if waiting and acked:
             # The group stays active while its next message runs, so one that arrives
             # meanwhile waits behind it.
-            following = waiting.popleft()
+            start.append(waiting.popleft())
             if waiting:
                 self._waiting[group] = waiting
-            return Finished(following, [], send)
+            return
         self._active_groups.discard(group)
-        behind = list(waiting or ())
-        for other in behind:
+        for other in waiting or ():
             other.cancelled = True
-        return Finished(None, behind, send)
+            release.append(other)
 
     def release(self, deliveries: list[Delivery], now: float) -> list[list[Delivery]]:
         """Stop holding messages that were not handled; return the ack calls now complete."""

@@ -50,6 +50,13 @@ __all__ = [
 
 logger = logging.getLogger("melange.dispatcher")
 
+REPORT_AFTER = 0.002
+"""Seconds a thread handling one message after another goes before freeing their capacity."""
+HANDOFF_DELAY = 0.002
+"""Seconds work waits for the busy thread that posted it before an idle thread takes it."""
+WATCH_MAX = 0.02
+"""The watcher's longest poll while threads are busy and no work waits."""
+
 _D = TypeVar("_D", bound="MessageDispatcher")
 
 
@@ -109,6 +116,8 @@ class MessageDispatcher(Runtime):
         self._ack_queue: collections.deque[list[Delivery]] = collections.deque()  # to send
         self._idle = 0  # threads waiting for a task
         self._waking = False  # an idle thread was woken and has not run yet
+        self._watcher = False  # an idle thread polls for work that busy threads left waiting
+        self._taken = 0  # tasks taken (and messages taken by a thread handling a run)
         self._busy = {"handle": 0, "ack": 0, "receive": 0}  # threads doing each task
         self._receive_failures = 0  # receives that failed in a row
         self._fill_deadline: float | None = None  # of the next receive (Schedule.reserve)
@@ -254,6 +263,8 @@ class MessageDispatcher(Runtime):
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         if deliveries:
+            for delivery in deliveries:  # a worker thread takes it without the lock
+                delivery.started = True
             self._ready.extend(deliveries)
             self._wake()
 
@@ -263,8 +274,8 @@ class MessageDispatcher(Runtime):
             self._wake()
 
     def _wake(self) -> None:
-        """Wake one idle thread unless one is waking already (it wakes the next); lock held."""
-        if self._idle and not self._waking:
+        """Make sure an idle thread will see new work; lock held (see :meth:`_next_task`)."""
+        if self._idle and not self._watcher and not self._waking:
             self._waking = True
             self._work_ready.notify()
 
@@ -305,15 +316,16 @@ class MessageDispatcher(Runtime):
     def _thread_loop(self) -> None:
         """Do the next task (handle, acknowledge, receive) until the dispatcher is done."""
         done: str | None = None  # the task just finished, counted under the next lock round
-        acked = False
+        finished: list[tuple[Delivery, bool]] = []  # handled, capacity not freed yet
         item: Any = None
         while True:
             behind: list[Delivery] = []
             with self._lock:
                 if done is not None:
                     self._busy[done] -= 1
-                    if done == "handle":
-                        behind = self._finished(item, acked)
+                    if finished:
+                        behind = self._finished_all(finished)
+                        finished.clear()
                     if self._stop_requested.is_set():
                         self._changed.notify_all()  # the shutdown waits for these counts
                 task = None if behind else self._next_task()
@@ -326,7 +338,7 @@ class MessageDispatcher(Runtime):
             done, item = task
             try:
                 if done == "handle":
-                    acked = run_now(self._handle(item))
+                    self._handle_run(item, finished)
                 elif done == "ack":
                     run_now(self._send_acks(item))
                 else:  # None: the backend was closed, and the dispatcher is stopping
@@ -335,24 +347,74 @@ class MessageDispatcher(Runtime):
             except BaseException:  # the thread dies: free what it held
                 with self._lock:
                     self._busy[done] -= 1
-                    if done == "handle":
-                        self._spawn(self._release(self._finished(item, False), "released"))
+                    behind = self._finished_all(finished)
+                    finished.clear()
+                self._spawn(self._release(behind, "released"))
                 raise
+
+    def _handle_run(self, delivery: Delivery, finished: list[tuple[Delivery, bool]]) -> None:
+        """Handle ``delivery``, then the next ready messages, until none is ready.
+
+        Messages are taken from the ready queue without the lock (``popleft`` is
+        atomic); what finished is reported in one lock round at the end, or every
+        :data:`REPORT_AFTER` seconds, so a slow handler does not hold back the
+        capacity and acks of the messages handled before it.
+        """
+        ready = self._ready
+        since = time.monotonic()
+        while True:
+            try:
+                acked = run_now(self._handle(delivery))
+            except BaseException:
+                finished.append((delivery, False))
+                raise
+            finished.append((delivery, acked))
+            if not ready:
+                return
+            now = time.monotonic()
+            if now - since >= REPORT_AFTER:
+                since = now
+                with self._lock:
+                    behind = self._finished_all(finished)
+                finished.clear()
+                if behind:
+                    self._spawn(self._release(behind, "released"))
+            try:
+                delivery = ready.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            self._taken += 1  # not under the lock: a lost count only lets the watcher look
+
+    def _cancel_unstarted(self) -> list[Delivery]:
+        # Messages are taken from the ready queue without the lock: draining it here gives
+        # each one to exactly one side (started when dispatched, see _dispatch).
+        queued = list(self._ready)
+        self._ready.clear()
+        for delivery in queued:
+            delivery.cancelled = True
+        return queued + self._schedule.cancel_unstarted()
 
     def _next_task(self) -> tuple[str, Any] | None:
         """Wait for the next task and count it; lock held. ``None``: the thread ends.
 
-        The thread that receives a batch handles it too; whoever takes a task
-        while more work waits wakes one more thread, so fast handlers cost no
-        hand-off, and a second receive, an ack or slow handlers find a thread.
+        A thread that posts work (a received batch, an ack call, free capacity)
+        takes it itself once its task is done, so fast work costs no hand-off.
+        While threads are busy, one idle thread watches: it takes work that waited
+        a whole poll with no thread taking anything, so slow handlers, a second
+        receive or an ack still find a thread (within :data:`HANDOFF_DELAY`).
         """
         schedule = self._schedule
+        watching = False  # this thread is the watcher
+        seen = 0  # tasks taken when the watcher's poll began
+        interval = HANDOFF_DELAY
         while True:
-            task = self._take_task()
+            # The watcher leaves work alone while busy threads are still taking tasks.
+            may_take = not watching or self._taken == seen
+            task = self._take_task() if may_take else None
             if task is None and self._done:
                 return None
             timeout: float | None = None
-            if task is None and self._may_receive():
+            if task is None and may_take and self._may_receive():
                 now = time.monotonic()
                 count, timeout, self._fill_deadline = schedule.reserve(now, self._fill_deadline)
                 if count:
@@ -360,12 +422,12 @@ class MessageDispatcher(Runtime):
                     self._busy["receive"] += 1
                     task = "receive", count
             if task is not None:
-                if (
-                    self._ready
-                    or self._ack_ready()
-                    or (self._may_receive() and schedule.receivable())
-                ):
-                    self._wake()
+                self._taken += 1
+                if watching:
+                    self._watcher = False
+                if self._idle and not self._watcher and not self._waking:
+                    self._waking = True  # busy now: an idle thread must watch
+                    self._work_ready.notify()
                 return task
             due = schedule.acks.overdue(time.monotonic())
             if due is not None:
@@ -373,6 +435,15 @@ class MessageDispatcher(Runtime):
                     self._send(schedule.acks.take_overdue(time.monotonic()))
                     continue
                 timeout = due if timeout is None else min(timeout, due)
+            if watching or not self._watcher:
+                if any(self._busy.values()):
+                    pending = self._ready or self._ack_ready() or self._may_receive()
+                    interval = HANDOFF_DELAY if pending else min(2 * interval, WATCH_MAX)
+                    timeout = interval if timeout is None else min(timeout, interval)
+                    self._watcher = watching = True
+                    seen = self._taken
+                elif watching:  # nothing runs: work can only come with a notify
+                    self._watcher = watching = False
             self._idle += 1
             self._work_ready.wait(timeout)
             self._idle -= 1
@@ -386,7 +457,6 @@ class MessageDispatcher(Runtime):
         while self._ready:
             delivery = self._ready.popleft()
             if not delivery.cancelled:
-                delivery.started = True
                 self._busy["handle"] += 1
                 return "handle", delivery
         return None

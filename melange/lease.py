@@ -163,6 +163,11 @@ class LeaseKeeper:
         """
         lease.released = True
 
+    def release_all(self, leases: Sequence[Lease]) -> None:
+        """:meth:`release` for several leases."""
+        for lease in leases:
+            lease.released = True
+
     def _prune(self) -> None:
         self._leases = {lease for lease in self._leases if not lease.released}
 

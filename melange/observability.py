@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("melange.observability")
 
-_NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-"""What :meth:`Hooks.handling` returns: stateless, so one serves every call."""
+NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+"""What :meth:`Hooks.handling` returns when there is nothing to do: dispatchers skip entering it."""
 
 
 class Hooks:
@@ -62,7 +62,7 @@ class Hooks:
         left just after; it sees the consumer's exception. Override it with a
         ``@contextlib.contextmanager`` generator. The default does nothing.
         """
-        return _NO_CONTEXT
+        return NO_CONTEXT
 
     def on_handled(self, queue_name: str, message: Message, consumer: str, seconds: float) -> None:
         """A consumer handled a message successfully in ``seconds``."""
@@ -132,7 +132,7 @@ class CompositeHooks(Hooks):
         if len(hooks) == 1:  # the usual case (see safe()): no ExitStack around it
             return hooks[0].handling(queue_name, message, consumer)
         if not hooks:
-            return _NO_CONTEXT
+            return NO_CONTEXT
         return self._nested(queue_name, message, consumer)
 
     @contextlib.contextmanager
@@ -198,7 +198,7 @@ def _skip(*args: Any, **kwargs: Any) -> None:
 
 def _no_context(*args: Any, **kwargs: Any) -> contextlib.AbstractContextManager[None]:
     """Stands for a ``handling`` the wrapped object does not override."""
-    return _NO_CONTEXT
+    return NO_CONTEXT
 
 
 def _guarded(hook: Hooks, method: str) -> Any:

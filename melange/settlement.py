@@ -36,7 +36,7 @@ from melange.message import (
     PRODUCER_ID_ATTRIBUTE,
     Message,
 )
-from melange.observability import Hooks
+from melange.observability import NO_CONTEXT, Hooks
 from melange.retry import RetryPolicy
 from melange.topology import QueueSpec
 
@@ -127,7 +127,7 @@ class DispatchStats:
     def add(self, counter: str, count: int = 1) -> None:
         """Add ``count`` to the counter named ``counter``."""
         with self._lock:
-            setattr(self, counter, getattr(self, counter) + count)
+            self.__dict__[counter] += count  # runs for every message: no getattr/setattr
 
     def peak(self, counter: str, value: int) -> None:
         """Raise the counter named ``counter`` to ``value`` if it is lower (a high-water mark)."""
@@ -527,16 +527,19 @@ class Settlement:
             exit_handling(context, exc, received, candidate.name)
             self.unclaim(candidate, received)
             return exc
-        exit_handling(context, None, received, candidate.name)
+        if context is not None:
+            exit_handling(context, None, received, candidate.name)
         self.handled(candidate, message, received, time.monotonic() - started)
         return "ok"
 
     def enter_handling(
         self, message: Message, candidate: Consumer, received: ReceivedMessage
     ) -> contextlib.AbstractContextManager[None] | None:
-        """Enter ``hooks.handling``; ``None`` when the hook failed (handling goes on without it)."""
+        """Enter ``hooks.handling``; ``None`` when there is nothing to leave (no-op or failed)."""
         try:
             context = self.hooks.handling(self.queue_name, message, candidate.name)
+            if context is NO_CONTEXT:  # the usual case: nothing to enter or leave
+                return None
             context.__enter__()
         except Exception:
             logger.exception(

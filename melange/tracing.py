@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from melange.exceptions import ConfigurationError
-from melange.observability import Hooks
+from melange.observability import NO_CONTEXT, Hooks
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -43,8 +43,6 @@ MESSAGING_SYSTEM = "melange"
 INSTALL_HINT = 'pip install "melange[otel]"'
 
 _available: bool | None = None
-
-_NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 
 _MISSING = object()
 
@@ -162,8 +160,11 @@ class OpenTelemetryHooks(Hooks):
     def _recording(self, trace: ModuleType) -> bool:
         """Whether spans go anywhere: an SDK (or another real provider) is configured."""
         provider: object = self._tracer_provider
-        if provider is None:
-            provider = self._global_provider(trace)
+        if provider is None:  # runs for every message: _global_provider's read, inlined
+            checked = self._env_checked
+            provider = getattr(trace, "_TRACER_PROVIDER", _MISSING) if checked else _MISSING
+            if provider is _MISSING:
+                provider = self._global_provider(trace)
         classified = self._classified  # one tuple, read and replaced whole: thread-safe
         if classified[0] is not provider:
             records = provider is not None and not isinstance(
@@ -188,18 +189,22 @@ class OpenTelemetryHooks(Hooks):
         context is still made current, so messages the handler publishes carry it on.
         """
         context, propagate, trace = self._modules or self._otel()
-        propagator = self._textmap(propagate)
-        carried = not self._carried_fields(propagator).isdisjoint(message.attributes)
+        attributes = message.attributes
+        carrier: TextMapPropagator | None = None  # set when the message carries a context
+        if attributes:  # runs for every message: no propagator to look at without attributes
+            carrier = self._textmap(propagate)
+            if self._carried_fields(carrier).isdisjoint(attributes):
+                carrier = None
         if self._recording(trace):
-            return self._span(queue_name, message, consumer, propagator if carried else None)
+            return self._span(queue_name, message, consumer, carrier)
         # Without an SDK the API's no-op tracer would only make the producer's context
-        # current, at several times the cost; do that directly (this runs for every message).
-        if carried:
+        # current, at several times the cost; do that directly.
+        if carrier is not None:
             # Extracted into an empty context: never whatever the worker thread had current.
-            parent = propagator.extract(message.attributes, context=context.Context())
+            parent = carrier.extract(attributes, context=context.Context())
             return _Current(context, parent)
         if not context.get_current():
-            return _NO_CONTEXT  # the handler's context is empty already, as it should be
+            return NO_CONTEXT  # the handler's context is empty already, as it should be
         return _Current(context, context.Context())
 
     @contextlib.contextmanager
