@@ -8,6 +8,9 @@ Commands:
   would change / apply it.
 * ``melange dlq peek|redrive|purge QUEUE``: look at, send back or empty a
   queue's dead-letter queue (:mod:`melange.deadletter`).
+* ``melange publish`` / ``melange tail QUEUE``: send a message, watch a queue
+  (:mod:`melange.cli_messages`).
+* ``melange doctor``: check the configured backend end to end (:mod:`melange.cli_doctor`).
 * ``melange demo``: the payments demo on the embedded memory backend.
 
 Every command takes ``--json`` (one JSON document on standard output, errors
@@ -88,7 +91,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _MelangeGroup(click.Group):
-    """Turns melange's errors into messages and exit codes, never tracebacks."""
+    """Turns melange's errors into messages and exit codes, never tracebacks.
+
+    ``lazy_commands`` maps a command name to ``"module:attribute"``: the module
+    is imported only when that command runs (or help lists it), so the CLI
+    starts fast and each command can live in its own module.
+    """
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.lazy_commands:
+            import importlib
+
+            module, _, attribute = self.lazy_commands[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_ARGV_KEY] = list(args)  # to honour --json even when parsing fails
@@ -196,10 +221,15 @@ def _version() -> str:
     cls=_MelangeGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": TABLE_WIDTH},
     epilog=EXIT_CODES,
+    lazy_commands={
+        "publish": "melange.cli_messages:publish",
+        "tail": "melange.cli_messages:tail",
+        "doctor": "melange.cli_doctor:doctor",
+    },
 )
 @click.version_option(_version(), "--version", prog_name="melange", message="%(prog)s %(version)s")
 def cli() -> None:
-    """Broker-agnostic messaging: backends, topologies, dead-letter queues and a demo."""
+    """Broker-agnostic messaging: backends, topologies, messages, dead-letter queues, checks."""
 
 
 # ------------------------------------------------------------------ backends
@@ -290,24 +320,72 @@ class _Holder:
     def __init__(self) -> None:
         self.backend: MessagingBackend | None = None
         self.name: str | None = None
+        self.endpoint: str | None = None  # from the options, when the backend does not say
+        # Loading the backend's plugin (its SDK) is local work: the clock starts after it.
+        self.preparing = True
         self.last_progress = time.monotonic()
+
+    def prepared(self) -> None:
+        """Start the --timeout clock: from now on the work waits on the broker."""
+        self.preparing = False
+        self.last_progress = time.monotonic()
+
+
+# Options that name where a backend connects, most specific first.
+_ENDPOINT_OPTIONS = ("endpoint_url", "sqs_endpoint_url", "emulator_host", "api_endpoint")
+
+
+def endpoint_of(options: dict[str, Any]) -> str | None:
+    """Where the options say the backend connects, without user info, path or query.
+
+    Args:
+        options: Backend constructor options.
+
+    Returns:
+        ``scheme://host:port`` or ``host:port``, or ``None`` when no option names one.
+    """
+    for key in _ENDPOINT_OPTIONS:
+        value = options.get(key)
+        if isinstance(value, str) and value:
+            return _safe_endpoint(value)
+    host, port = options.get("host"), options.get("port")
+    if isinstance(host, str) and host:
+        return f"{host}:{port}" if port else host
+    connection = options.get("connection_string")
+    if isinstance(connection, str):
+        # Only the Endpoint=... part: the rest of a connection string holds the key.
+        for part in connection.split(";"):
+            key, _, value = part.partition("=")
+            if key.strip().lower() == "endpoint" and value:
+                return _safe_endpoint(value.strip())
+    return None
+
+
+def _safe_endpoint(text: str) -> str:
+    # Scheme, host and port only: user info and query strings may hold secrets.
+    parts = urlsplit(text if "://" in text else f"//{text}")
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: leave it out rather than fail on the way to an error
+        port = ""
+    return f"{parts.scheme}://{host}{port}" if parts.scheme else f"{host}{port}"
 
 
 def _describe(holder: _Holder) -> str:
     backend = holder.backend
     if backend is None:
-        return f"backend {holder.name!r} (still being created)" if holder.name else "the backend"
+        where = f"backend {holder.name!r} (still being created)" if holder.name else "the backend"
+        return f"{where} at {holder.endpoint}" if holder.endpoint else where
     where = f"backend {backend.name!r}"
     try:
-        endpoint = getattr(backend, "endpoint_url", None)
+        endpoint = getattr(backend, "endpoint_url", None) or getattr(backend, "namespace", None)
     except Exception:  # a property that itself needs the broker: name the backend alone
         endpoint = None
     if isinstance(endpoint, str) and endpoint:
-        parts = urlsplit(endpoint)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        # Scheme, host and port only: user info and query strings may hold secrets.
-        where += f" at {parts.scheme}://{host}{port}" if parts.scheme else f" at {host}{port}"
+        where += f" at {_safe_endpoint(endpoint)}"
+    elif holder.endpoint:
+        where += f" at {holder.endpoint}"
     return where
 
 
@@ -337,7 +415,7 @@ def _run_with_timeout(
     try:
         thread.start()
         while not done.wait(0.05):
-            if time.monotonic() - holder.last_progress > timeout:
+            if not holder.preparing and time.monotonic() - holder.last_progress > timeout:
                 raise BackendUnavailable(
                     f"no answer from {_describe(holder)} within {timeout:g} s; check that the "
                     "broker is running and reachable, or give it longer with --timeout SECONDS"
@@ -365,13 +443,16 @@ def _open_backend(
     """The injected backend (not ours to close), else the configured one (ours)."""
     if state is not None and state.backend is not None:
         holder.backend = state.backend
+        holder.prepared()
         return state.backend, False
     from melange.backends.registry import get_backend_class
     from melange.config import resolve_backend_config
 
     given: dict[str, Any] = dict(options)
-    config = resolve_backend_config(backend, **given)
+    config = resolve_backend_config(backend, **given)  # imports the plugin
     holder.name = config.backend
+    holder.endpoint = endpoint_of(config.options)
+    holder.prepared()
     created = get_backend_class(config.backend)(**config.options)
     holder.backend = created
     return created, True
@@ -446,9 +527,11 @@ def _run_topology(
         injected = state.backend if state is not None else None
         if injected is not None:
             holder.backend = injected
+            holder.prepared()
             factory = MessagingBackendFactory(injected)
         else:
-            holder.name = backend_name
+            holder.name, holder.endpoint = _topology_target(topology, backend_name, options)
+            holder.prepared()
             factory = topology.factory(backend_name, **dict(options))
             holder.backend = factory.backend
         try:
@@ -495,6 +578,24 @@ def _run_topology(
             "ends; pass --backend NAME or configure a backend (melange.toml) to reach a broker"
         )
     return bool(result)
+
+
+def _topology_target(
+    topology: Any, backend_name: str | None, options: list[tuple[str, str]]
+) -> tuple[str | None, str | None]:
+    """The backend and endpoint a topology file's command will use, for a timeout message."""
+    from melange.config import resolve_backend_config
+
+    entry = topology.backend
+    given: dict[str, Any] = dict(options)
+    if entry is not None and (backend_name is None or backend_name == entry.name):
+        given = {**entry.options, **given}
+        backend_name = entry.name
+    try:
+        config = resolve_backend_config(backend_name, **given)  # imports the plugin
+    except MelangeError:  # topology.factory reports a bad configuration
+        return backend_name, None
+    return config.backend, endpoint_of(config.options)
 
 
 # ---------------------------------------------------------------------- dlq
@@ -614,12 +715,17 @@ def dlq_redrive(
     from melange.deadletter import RedriveResult, redrive
 
     progress = None if as_json or not sys.stderr.isatty() else _counter("moved")
+    pause = _test_pause()
 
     def work(holder: _Holder) -> RedriveResult:
         def on_progress(result: RedriveResult) -> None:
-            holder.last_progress = time.monotonic()  # each batch restarts the --timeout clock
             if progress is not None:
                 progress(result.moved)
+            if pause:
+                click.echo(f"melange: test pause after {result.moved} moved", err=True)
+                sys.stderr.flush()
+                time.sleep(pause)
+            holder.last_progress = time.monotonic()  # each batch restarts the --timeout clock
 
         opened, owned = _open_backend(state, holder, backend, options)
         try:
@@ -656,6 +762,19 @@ def dlq_redrive(
             click.echo(f"  not moved {row['id']}: {row['reason']}")
     if failed:
         raise click.exceptions.Exit(EXIT_FAILURE)
+
+
+TEST_PAUSE_VARIABLE = "MELANGE_CLI_TEST_PAUSE_AFTER_BATCH"
+
+
+def _test_pause() -> float:
+    """Seconds to pause after each redrive batch: a test hook, to kill a redrive half-way."""
+    import os
+
+    try:
+        return max(float(os.environ.get(TEST_PAUSE_VARIABLE, "0")), 0.0)
+    except ValueError:
+        return 0.0
 
 
 def _counter(label: str) -> Callable[[int | None], None]:
@@ -751,6 +870,14 @@ def demo(as_json: bool) -> None:
         }
     )
 
+
+def _add_worker_command() -> None:
+    from melange.cli_worker import worker  # its own module: docs/worker.md
+
+    cli.add_command(worker)
+
+
+_add_worker_command()
 
 if __name__ == "__main__":
     raise SystemExit(main())
