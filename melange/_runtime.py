@@ -178,6 +178,8 @@ class Runtime:
             c for c in self.consumers if c.accepts_every_message()
         )
         self._every_consumer_accepts = len(self._settlement.accepting_all) == len(self.consumers)
+        # Every consumer runs in the handling thread itself: no awaitable to build per message.
+        self._inline_only = self._inline and not self._async_consumers
         self._queue_extra = self._settlement.queue_extra
         self._schedule = Schedule(config.capacity, config.batch_size)
         self._state: State = "new"
@@ -538,57 +540,106 @@ class Runtime:
         capacity and is delivered again.
         """
         try:
-            settlement = self._settlement
-            received = delivery.received
-            try:
-                message = self.serializers.decode(received)
-            except Exception as exc:  # SerializationError, or a serializer's own bug
-                return await self._io(
-                    settlement.undecodable, received, self.config.on_undecodable, exc
-                )
-            failures: list[tuple[Consumer, BaseException]] = _NO_FAILURES
-            if self._every_consumer_accepts:
-                accepting: Sequence[Consumer] = self.consumers
+            if self._inline_only:
+                step = self._handle_inline(delivery)
             else:
-                accepting, failures = settlement.select(self.consumers, message)
-                if not accepting and not failures:
-                    return await self._io(
-                        settlement.unhandled, received, self.config.on_unhandled, message
-                    )
-            busy = False
-            inline = self._inline and not self._async_consumers  # no awaitable to build
-            for candidate in accepting:
-                if inline:
-                    result = settlement.call_sync(
-                        candidate, message, received, self._awaitable_hint
-                    )
-                elif candidate in self._async_consumers:
-                    result = await self._call_async(candidate, message, received)
-                else:
-                    result = await self._io(
-                        settlement.call_sync, candidate, message, received, self._awaitable_hint
-                    )
-                if result == "ok":
-                    continue
-                if result == "busy":
-                    busy = True
-                elif isinstance(result, BaseException):
-                    failures = [*failures, (candidate, result)]
-            if failures:
-                await self._io(settlement.retry, received, message, failures)
-                return False
-            if busy:
-                await self._io(settlement.busy, received)
-                return False
-            self.stats.add("handled")
-            return True
+                step = await self._handle_mixed(delivery)
+            if isinstance(step, bool):
+                return step
+            settle, args = step
+            return await self._io(settle, *args) is True
         except Exception:  # a bug here must not lose the capacity it holds
-            logger.exception(
-                "internal error while handling message %s; it will be delivered again",
-                delivery.received.message_id,
-                extra=log_extra(delivery.received),
-            )
-            return False
+            return self._internal_error(delivery)
+
+    def _handle_now(self, delivery: Delivery) -> bool:
+        """:meth:`_handle` run in the calling thread, without a coroutine (the threaded driver)."""
+        try:
+            step = self._handle_inline(delivery)
+            if isinstance(step, bool):
+                return step
+            settle, args = step
+            return settle(*args) is True
+        except Exception:
+            return self._internal_error(delivery)
+
+    def _internal_error(self, delivery: Delivery) -> bool:
+        logger.exception(
+            "internal error while handling message %s; it will be delivered again",
+            delivery.received.message_id,
+            extra=log_extra(delivery.received),
+        )
+        return False
+
+    def _handle_inline(self, delivery: Delivery) -> bool | Settle:
+        """Decode and call every accepting consumer in this thread (none is ``async``).
+
+        Returns:
+            Whether to acknowledge the message, or the settlement step (with I/O)
+            that decides it: the message is undecodable, unhandled, failed or busy.
+        """
+        settlement = self._settlement
+        received = delivery.received
+        try:
+            message = self.serializers.decode(received)
+        except Exception as exc:  # SerializationError, or a serializer's own bug
+            return settlement.undecodable, (received, self.config.on_undecodable, exc)
+        chosen = self._accepting(message)
+        if chosen is None:
+            return settlement.unhandled, (received, self.config.on_unhandled, message)
+        accepting, failures = chosen
+        busy = False
+        for candidate in accepting:
+            result = settlement.call_sync(candidate, message, received, self._awaitable_hint)
+            if result != "ok":
+                failures, busy = _tally(candidate, result, failures, busy)
+        return self._outcome(received, message, failures, busy)
+
+    async def _handle_mixed(self, delivery: Delivery) -> bool | Settle:
+        """:meth:`_handle_inline` for the asyncio driver.
+
+        ``async`` consumers run on the event loop, the others in its thread pool.
+        """
+        settlement = self._settlement
+        received = delivery.received
+        try:
+            message = self.serializers.decode(received)
+        except Exception as exc:  # SerializationError, or a serializer's own bug
+            return settlement.undecodable, (received, self.config.on_undecodable, exc)
+        chosen = self._accepting(message)
+        if chosen is None:
+            return settlement.unhandled, (received, self.config.on_unhandled, message)
+        accepting, failures = chosen
+        busy = False
+        for candidate in accepting:
+            if candidate in self._async_consumers:
+                result = await self._call_async(candidate, message, received)
+            else:
+                result = await self._io(
+                    settlement.call_sync, candidate, message, received, self._awaitable_hint
+                )
+            if result != "ok":
+                failures, busy = _tally(candidate, result, failures, busy)
+        return self._outcome(received, message, failures, busy)
+
+    def _accepting(self, message: Message) -> tuple[Sequence[Consumer], Failures] | None:
+        """The consumers to call and those whose ``accepts`` failed; ``None``: no consumer."""
+        if self._every_consumer_accepts:
+            return self.consumers, _NO_FAILURES
+        accepting, failures = self._settlement.select(self.consumers, message)
+        if not accepting and not failures:
+            return None
+        return accepting, failures
+
+    def _outcome(
+        self, received: ReceivedMessage, message: Message, failures: Failures, busy: bool
+    ) -> bool | Settle:
+        """Acknowledge a message every consumer handled; else the step that settles it."""
+        if failures:
+            return self._settlement.retry, (received, message, failures)
+        if busy:
+            return self._settlement.busy, (received,)
+        self.stats.add("handled")
+        return True
 
     def _finished(self, delivery: Delivery, acked: bool) -> list[Delivery]:
         """Free the delivery's capacity, start the next of its group; lock held.
@@ -665,8 +716,25 @@ class Runtime:
                 self._schedule.acks_sent(len(batch), time.monotonic())
 
 
-_NO_FAILURES: list[tuple[Consumer, BaseException]] = []
+Failures = list[tuple[Consumer, BaseException]]
+"""Consumers that failed on a message, with their errors."""
+
+Settle = tuple[Callable[..., object], tuple[Any, ...]]
+"""A settlement step with I/O and its arguments; it decides the message's fate (``True``: ack)."""
+
+_NO_FAILURES: Failures = []
 """Shared by every message that has no failure yet: never appended to (a new list is made)."""
+
+
+def _tally(
+    candidate: Consumer, result: object, failures: Failures, busy: bool
+) -> tuple[Failures, bool]:
+    """Count a consumer call that did not end with ``"ok"``: a failure, or busy (dedup claim)."""
+    if result == "busy":
+        return failures, True
+    if isinstance(result, BaseException):
+        return [*failures, (candidate, result)], busy
+    return failures, busy
 
 
 def _option_alias(name: str) -> property:

@@ -364,7 +364,7 @@ class MessageDispatcher(Runtime):
         since = time.monotonic()
         while True:
             try:
-                acked = run_now(self._handle(delivery))
+                acked = self._handle_now(delivery)
             except BaseException:
                 finished.append((delivery, False))
                 raise
