@@ -55,7 +55,7 @@ REPORT_AFTER = 0.002
 HANDOFF_DELAY = 0.002
 """Seconds work waits for the busy thread that posted it before an idle thread takes it."""
 WATCH_MAX = 0.02
-"""The watcher's longest poll while threads are busy and no work waits."""
+"""The watcher's longest poll, while busy threads keep taking work or no work waits."""
 
 _D = TypeVar("_D", bound="MessageDispatcher")
 
@@ -401,7 +401,8 @@ class MessageDispatcher(Runtime):
         takes it itself once its task is done, so fast work costs no hand-off.
         While threads are busy, one idle thread watches: it takes work that waited
         a whole poll with no thread taking anything, so slow handlers, a second
-        receive or an ack still find a thread (within :data:`HANDOFF_DELAY`).
+        receive or an ack still find a thread: within :data:`HANDOFF_DELAY` of
+        the watch's start, and :data:`WATCH_MAX` at most while work flows.
         """
         schedule = self._schedule
         watching = False  # this thread is the watcher
@@ -437,8 +438,15 @@ class MessageDispatcher(Runtime):
                 timeout = due if timeout is None else min(timeout, due)
             if watching or not self._watcher:
                 if any(self._busy.values()):
-                    pending = self._ready or self._ack_ready() or self._may_receive()
-                    interval = HANDOFF_DELAY if pending else min(2 * interval, WATCH_MAX)
+                    # Each poll takes the GIL from the busy threads: poll less while they
+                    # keep taking tasks or nothing waits.
+                    pending = (
+                        self._ready
+                        or self._ack_ready()
+                        or (self._may_receive() and schedule.receivable())
+                    )
+                    if watching and (self._taken != seen or not pending):
+                        interval = min(2 * interval, WATCH_MAX)
                     timeout = interval if timeout is None else min(timeout, interval)
                     self._watcher = watching = True
                     seen = self._taken
