@@ -56,7 +56,7 @@ lint: install  ## ruff, mypy --strict and the layering contracts (.importlinter)
 	$(RUN)/ruff check .
 	$(RUN)/ruff format --check melange plugins
 	$(RUN)/mypy melange
-	$(RUN)/mypy plugins/melange_aws/src plugins/melange_localsqs/src plugins/melange_gcp/src plugins/melange_azure/src
+	$(RUN)/mypy plugins/melange_aws/src plugins/melange_localsqs/src plugins/melange_gcp/src plugins/melange_azure/src plugins/melange_rabbitmq/src
 	$(RUN)/lint-imports --no-logo
 
 bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
@@ -66,6 +66,7 @@ bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/consumer_throughput.py
 	$(RUN)/python benchmarks/runtime_steps.py
 	$(RUN)/python benchmarks/gcp_throughput.py
+	$(RUN)/python benchmarks/rabbitmq_throughput.py
 
 # NO_MKDOCS_2_WARNING hides only Material's banner about MkDocs 2.
 docs: install  ## Serve the documentation site on http://127.0.0.1:8000, reloading on edits.
@@ -74,7 +75,7 @@ docs: install  ## Serve the documentation site on http://127.0.0.1:8000, reloadi
 docs-build: install  ## Build the documentation site into build/site; any warning fails it.
 	NO_MKDOCS_2_WARNING=1 $(RUN)/mkdocs build --strict -d build/site
 
-dist: | $(UV)  ## Wheels and sdists of melange and the four plugins into dist/ (see docs/installing.md).
+dist: | $(UV)  ## Wheels and sdists of melange and the five plugins into dist/ (see docs/installing.md).
 	UV=$(UV) scripts/build_dists.sh dist
 
 clean:

@@ -28,7 +28,7 @@ fi
 export UV_PYTHON_DOWNLOADS=never
 
 # Workspace package names; the example plugin (melange-example-sqlite) is not released.
-packages=(melange melange-aws melange-localsqs melange-gcp melange-azure)
+packages=(melange melange-aws melange-localsqs melange-gcp melange-azure melange-rabbitmq)
 
 mkdir -p "$out"
 shopt -s nullglob

@@ -20,6 +20,7 @@ PLUGINS = {
     "melange_localsqs": "melange.localsqs",
     "melange_gcp": "melange.gcp",
     "melange_azure": "melange.azure",
+    "melange_rabbitmq": "melange.rabbitmq",
 }
 
 

@@ -62,6 +62,7 @@ DISTRIBUTIONS = (  # uv workspace package names
     "melange-localsqs",
     "melange-gcp",
     "melange-azure",
+    "melange-rabbitmq",
 )
 STEP_TIMEOUT = 180  # seconds for one build, venv or install step
 REGION = "us-east-1"
@@ -564,6 +565,7 @@ def test_extras_and_plugins_ask_for_this_major_of_melange() -> None:
         ("localsqs", "melange-localsqs"),
         ("gcp", "melange-gcp"),
         ("azure", "melange-azure"),
+        ("rabbitmq", "melange-rabbitmq"),
     ):
         requirement = _requirements(extras[extra])[name]
         _admits_this_major_only(requirement)

@@ -1,10 +1,10 @@
 """Backends: the contract, and finding backends by name.
 
 ``from melange.backends import AWSBackend`` (or ``LocalSQSBackend``,
-``GCPPubSubBackend``, ``AzureServiceBusBackend``, ``MemoryBackend``) resolves the
-class from the installed plugins on first use; when the plugin is missing the
-:class:`~melange.exceptions.BackendNotFound` (an ``ImportError``) names the
-command that installs it.
+``GCPPubSubBackend``, ``AzureServiceBusBackend``, ``RabbitMQBackend``,
+``MemoryBackend``) resolves the class from the installed plugins on first use; when
+the plugin is missing the :class:`~melange.exceptions.BackendNotFound` (an
+``ImportError``) names the command that installs it.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from melange_azure import AzureServiceBusBackend as AzureServiceBusBackend
     from melange_gcp import GCPPubSubBackend as GCPPubSubBackend
     from melange_localsqs import LocalSQSBackend as LocalSQSBackend
+    from melange_rabbitmq import RabbitMQBackend as RabbitMQBackend
 
     from melange.backends.memory import MemoryBackend as MemoryBackend
 

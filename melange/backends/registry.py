@@ -45,6 +45,7 @@ KNOWN_BACKENDS: dict[str, KnownBackend] = {
         KnownBackend("localsqs", "melange-localsqs", "localsqs", "LocalSQSBackend"),
         KnownBackend("gcp", "melange-gcp", "gcp", "GCPPubSubBackend"),
         KnownBackend("azure", "melange-azure", "azure", "AzureServiceBusBackend"),
+        KnownBackend("rabbitmq", "melange-rabbitmq", "rabbitmq", "RabbitMQBackend"),
     )
 }
 """First-party backends by name: the package that provides each and its install command."""

@@ -1,0 +1,285 @@
+"""RabbitMQ throughput: melange's ``rabbitmq`` backend against raw pika and kombu's amqp transport.
+
+One private RabbitMQ node (``melange_rabbitmq.testing.RabbitMQNode``, the installed server on
+free ports) serves every side; every queue is a durable quorum queue made by melange's factory
+outside the timing, so all sides move the same persistent messages through the same queues:
+
+* ``publish (confirmed)``: one message per call, confirmed by the broker before the call
+  returns. melange ``backend.publish(queue, [message])``; raw pika ``basic_publish`` on a
+  ``BlockingChannel`` in confirm mode (persistent, ``mandatory``, as melange sends); kombu
+  ``Producer.publish`` on the ``amqp`` transport (py-amqp) with ``confirm_publish``.
+* ``consume + ack``: from a queue filled beforehand (not timed), each message acked once
+  handled. melange ``backend.receive(queue, 100)`` + ``backend.ack(batch)`` in a loop; raw pika
+  ``basic_consume`` with a prefetch of 100 and ``basic_ack`` per message; kombu a ``Consumer``
+  with a prefetch of 100, ``drain_events`` and ``message.ack()``.
+* ``dispatcher``: a queue filled with melange messages (``QueuePublisher``) consumed by
+  ``MessageDispatcher`` (default options, a trivial consumer), timed from ``start()`` until the
+  last message is handled and acked, compared with the same raw pika and kombu loops.
+
+Each repetition runs every side on a fresh queue, checked afterwards (every message arrived
+once, the queue is empty); the ratios printed (melange throughput over the other's; goals:
+>= 0.9x raw pika, >= 1.5x kombu) are the medians of the per-repetition ratios.
+
+Usage: ``.venv/bin/python benchmarks/rabbitmq_throughput.py [--messages 2000] [--repeat 3]
+[--body-size 256] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import kombu
+import pika
+from _bench import dump_json, machine, print_machine, summary
+from melange_rabbitmq import RabbitMQBackend
+from melange_rabbitmq.testing import RabbitMQNode
+
+from melange import MessageDispatcher, MessagingBackendFactory
+from melange.backends.base import OutgoingMessage
+from melange.consumers import Consumer
+from melange.publishers import QueuePublisher
+from melange.serializers import SerializerRegistry
+
+PREFETCH = 100
+GOALS = {"pika": 0.9, "kombu": 1.5}
+PUBLISH = "publish (confirmed)"
+CONSUME = "consume + ack"
+DISPATCH = "dispatcher"
+WORKLOADS = (PUBLISH, CONSUME, DISPATCH)
+SIDES = ("melange", "pika", "kombu")
+
+
+class Sides:
+    """The three clients, connected once and reused by every repetition."""
+
+    def __init__(self, node: RabbitMQNode) -> None:
+        self.node = node
+        self.backend = RabbitMQBackend(node.url, management_url=node.management_url)
+        self.factory = MessagingBackendFactory(self.backend)
+        self.pika = pika.BlockingConnection(pika.URLParameters(node.url))
+        self.pika_channel = self.pika.channel()
+        self.pika_channel.confirm_delivery()
+        url = f"amqp://guest:guest@{node.host}:{node.port}//"
+        self.kombu = kombu.Connection(url, transport_options={"confirm_publish": True})
+        self.kombu.connect()
+
+    def queue(self) -> str:
+        name = f"bench-{uuid.uuid4().hex[:10]}"
+        self.factory.init_queue(name)
+        return name
+
+    def fill(self, queue: str, count: int, body: bytes) -> None:
+        self.backend.publish(queue, [OutgoingMessage(body)] * count)
+
+    def fill_for_dispatcher(self, queue: str, count: int, body: bytes) -> None:
+        publisher = QueuePublisher(self.backend)
+        for _ in range(count):
+            publisher.publish(queue, {"pad": body.decode()})
+
+    def depth(self, queue: str) -> int:
+        return int(self.pika_channel.queue_declare(queue, passive=True).method.message_count)
+
+    def depth_unacked(self, queue: str) -> int:
+        """Messages of ``queue`` still held by the backend: leased, not acked yet."""
+        return len(self.backend.link.leases)
+
+    def close(self) -> None:
+        self.kombu.release()
+        self.pika.close()
+        self.backend.close()
+
+
+# ------------------------------------------------------------------ publish
+def publish_melange(sides: Sides, queue: str, count: int, body: bytes) -> None:
+    message = [OutgoingMessage(body)]
+    for _ in range(count):
+        (result,) = sides.backend.publish(queue, message)
+        assert result.ok, result.error
+
+
+def publish_pika(sides: Sides, queue: str, count: int, body: bytes) -> None:
+    channel = sides.pika_channel
+    for _ in range(count):
+        properties = pika.BasicProperties(delivery_mode=2, message_id=uuid.uuid4().hex)
+        channel.basic_publish("", queue, body, properties, mandatory=True)
+
+
+def publish_kombu(sides: Sides, queue: str, count: int, body: bytes) -> None:
+    producer = kombu.Producer(sides.kombu.default_channel)
+    for _ in range(count):
+        producer.publish(
+            body,
+            routing_key=queue,
+            exchange="",
+            delivery_mode=2,
+            mandatory=True,
+            content_type="application/octet-stream",
+            content_encoding="binary",
+        )
+
+
+# ------------------------------------------------------------------ consume
+def consume_melange(sides: Sides, queue: str, count: int) -> None:
+    backend, seen = sides.backend, 0
+    while seen < count:
+        batch = backend.receive(queue, PREFETCH, wait_seconds=5.0)
+        assert batch, f"melange: only {seen} of {count}"
+        backend.ack(batch)
+        seen += len(batch)
+
+
+def consume_pika(sides: Sides, queue: str, count: int) -> None:
+    channel = sides.pika.channel()
+    channel.basic_qos(prefetch_count=PREFETCH)
+    seen = 0
+
+    def handle(ch: Any, method: Any, _properties: Any, _body: bytes) -> None:
+        nonlocal seen
+        ch.basic_ack(method.delivery_tag)
+        seen += 1
+        if seen >= count:
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, handle)
+    channel.start_consuming()
+    channel.close()
+
+
+def consume_kombu(sides: Sides, queue: str, count: int) -> None:
+    seen = 0
+
+    def handle(_body: Any, message: Any) -> None:
+        nonlocal seen
+        message.ack()
+        seen += 1
+
+    channel = sides.kombu.channel()
+    with kombu.Consumer(
+        channel,
+        queues=[kombu.Queue(queue, no_declare=True)],
+        callbacks=[handle],
+        prefetch_count=PREFETCH,
+        accept=["application/octet-stream", "application/json"],
+    ):
+        while seen < count:
+            sides.kombu.drain_events(timeout=5)
+    channel.close()
+
+
+class _Counting(Consumer):
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+        self.handled = 0
+        self.done = threading.Event()
+
+    def process(self, message: Any) -> None:
+        self.handled += 1  # one handler thread at a time is not guaranteed: only a progress mark
+        if self.handled >= self.count:
+            self.done.set()
+
+
+def dispatch_melange(sides: Sides, queue: str, count: int) -> Callable[[], None]:
+    """Start a dispatcher; return (its stop) once it handled and acked ``count`` messages.
+
+    Timed from start to the last message acked; the stop is not timed: it waits for the
+    receive's long poll to end, which is not throughput.
+    """
+    consumer = _Counting(count)
+    dispatcher = MessageDispatcher(sides.backend, queue, [consumer], SerializerRegistry())
+    dispatcher.start()
+    assert consumer.done.wait(300), f"dispatcher: only {consumer.handled} of {count}"
+    deadline = time.monotonic() + 30
+    while sides.depth_unacked(queue) and time.monotonic() < deadline:
+        time.sleep(0.0005)  # its acks are sent after the handlers return
+    return lambda: dispatcher.stop(timeout=30)
+
+
+# --------------------------------------------------------------------- runs
+def timed(work: Callable[[], object], count: int) -> float:
+    """Messages per second of ``work``; a callable it returns runs after the timing."""
+    start = time.perf_counter()
+    after = work()
+    rate = count / (time.perf_counter() - start)
+    if callable(after):
+        after()
+    return rate
+
+
+def run(sides: Sides, count: int, body: bytes) -> dict[str, dict[str, float]]:
+    rates: dict[str, dict[str, float]] = {workload: {} for workload in WORKLOADS}
+    publishers = {"melange": publish_melange, "pika": publish_pika, "kombu": publish_kombu}
+    consumers = {"melange": consume_melange, "pika": consume_pika, "kombu": consume_kombu}
+    for side, publish in publishers.items():
+        queue = sides.queue()
+        rates[PUBLISH][side] = timed(partial(publish, sides, queue, count, body), count)
+        assert sides.depth(queue) == count, (side, sides.depth(queue))
+        sides.backend.delete_queue(queue)
+    for side, consume in consumers.items():
+        queue = sides.queue()
+        sides.fill(queue, count, body)
+        rates[CONSUME][side] = timed(partial(consume, sides, queue, count), count)
+        sides.backend.delete_queue(queue)
+    dispatchers = dict(consumers, melange=dispatch_melange)
+    for side, consume in dispatchers.items():
+        queue = sides.queue()
+        sides.fill_for_dispatcher(queue, count, body[:64])
+        rates[DISPATCH][side] = timed(partial(consume, sides, queue, count), count)
+        assert sides.depth(queue) == 0, (side, sides.depth(queue))
+        sides.backend.delete_queue(queue)
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--body-size", type=int, default=256)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    body = b"x" * args.body_size
+    info = machine()
+    with RabbitMQNode() as node:
+        sides = Sides(node)
+        try:
+            run(sides, min(200, args.messages), body)  # warm-up: connections, channels, JIT
+            runs = [run(sides, args.messages, body) for _ in range(args.repeat)]
+        finally:
+            sides.close()
+    result: dict[str, Any] = {"machine": info, "messages": args.messages, "workloads": {}}
+    if not args.json:
+        print_machine(info)
+        print(f"{args.messages} messages of {args.body_size} B, {args.repeat} repetitions")
+        print(
+            f"{'workload':22} {'melange/s':>10} {'pika/s':>10} {'kombu/s':>10} "
+            f"{'vs pika':>8} {'vs kombu':>9}"
+        )
+    for workload in WORKLOADS:
+        rates = {side: summary([r[workload][side] for r in runs]) for side in SIDES}
+        ratios = {
+            other: statistics.median(r[workload]["melange"] / r[workload][other] for r in runs)
+            for other in ("pika", "kombu")
+        }
+        result["workloads"][workload] = {"rates": rates, "ratios": ratios}
+        if not args.json:
+            marks = {o: "" if ratios[o] >= GOALS[o] else " (below goal)" for o in ratios}
+            print(
+                f"{workload:22} {rates['melange']['median']:10.0f} {rates['pika']['median']:10.0f} "
+                f"{rates['kombu']['median']:10.0f} {ratios['pika']:7.2f}x{marks['pika']} "
+                f"{ratios['kombu']:8.2f}x{marks['kombu']}"
+            )
+    if args.json:
+        dump_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

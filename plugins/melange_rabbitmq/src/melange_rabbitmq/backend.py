@@ -1,0 +1,688 @@
+"""The rabbitmq backend: melange's contract on RabbitMQ (AMQP 0-9-1) through pika.
+
+Mapping (docs/backends/rabbitmq.md has the reasons and the limits):
+
+- queue: a durable quorum queue; its mutable settings (retention as
+  ``message-ttl``, the dead-letter queue as ``dead-letter-exchange`` /
+  ``dead-letter-routing-key`` / ``delivery-limit`` with at-least-once
+  dead-lettering) live in a policy melange owns, ``melange.queue.<name>``, set
+  through the management API; without ``management_url`` they are queue
+  arguments, fixed at creation;
+- visibility timeout: a lease kept by the client (:mod:`melange_rabbitmq.leases`),
+  its value stored in the global parameter ``melange:<vhost>:<queue>``;
+- topic: a durable headers exchange; subscription: its bindings to the queue
+  (:mod:`melange_rabbitmq.filters`);
+- publish: persistent messages on a channel in confirm mode, ``mandatory`` to
+  a queue, so "accepted" means confirmed and a missing queue is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+from pika.spec import BasicProperties
+
+from melange.backends.base import (
+    Capabilities,
+    MessagingBackend,
+    OutgoingMessage,
+    PublishResult,
+    ReceivedMessage,
+)
+from melange.exceptions import (
+    BackendUnavailable,
+    BrokerError,
+    ConfigurationError,
+    InvalidMessage,
+    LeaseLost,
+    MelangeError,
+    OutcomeUnknown,
+    QueueNotFound,
+    TopicNotFound,
+)
+from melange.topology import (
+    DEFAULT_VISIBILITY_TIMEOUT,
+    Change,
+    DeadLetterPolicy,
+    NameRule,
+    QueueSpec,
+    SubscriptionSpec,
+    TopicSpec,
+)
+from melange_rabbitmq import errors, filters
+from melange_rabbitmq.leases import DeliveryKey
+from melange_rabbitmq.link import CONNECTION_ERRORS, Delivery, Link
+from melange_rabbitmq.management import ManagementAPI
+
+__all__ = ["DEFAULT_URL", "RabbitMQBackend", "RabbitMQReceipt"]
+
+_T = TypeVar("_T")
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
+"""RabbitMQ's out-of-the-box address and user (the guest user works from localhost only)."""
+
+QUORUM = {"x-queue-type": "quorum"}
+POLICY_PREFIX = "melange.queue."
+PARAMETER_PREFIX = "melange:"
+CONSUMER_TIMEOUT = 1800.0
+"""RabbitMQ's default ``consumer_timeout``: a delivery unacked this long closes its channel."""
+
+NAME_RULE = NameRule(
+    pattern=r"(?!amq\.)[A-Za-z0-9_.:-]+",
+    max_length=200,
+    description="1 to 200 characters: letters, digits, '.', ':', '-' and '_', not starting "
+    "with 'amq.' (RabbitMQ reserves it)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitMQReceipt:
+    """Settles one delivery: the channel it arrived on and its delivery tag.
+
+    Attributes:
+        owner: ``id()`` of the backend's link that received it.
+        key: ``(connection generation, channel number, delivery tag)``.
+    """
+
+    owner: int
+    key: DeliveryKey
+
+
+class RabbitMQBackend(MessagingBackend):
+    """Queues, topics and dead-letter queues on RabbitMQ, over one AMQP connection.
+
+    Args:
+        url: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS); by default
+            ``MELANGE_OPTION_URL`` or :data:`DEFAULT_URL`. Query options of pika's
+            ``URLParameters`` apply (e.g. ``?heartbeat=30``).
+        management_url: The management plugin's HTTP endpoint (``http://host:15672``);
+            with it, init reads the real state and converges through policies. Without
+            it, settings are fixed at creation (docs/backends/rabbitmq.md).
+        heartbeat: Seconds between AMQP heartbeats (0 turns them off).
+        prefetch: Deliveries each queue's consumer may hold unacknowledged.
+        call_timeout: Seconds one call waits for the broker before it fails.
+        connect_timeout: Seconds to open the TCP (and TLS) connection.
+        default_visibility_timeout: Lease of a queue whose timeout cannot be read
+            (no ``management_url``, and not declared by this backend).
+        policy_priority: Priority of melange's queue policies over other policies.
+    """
+
+    name = "rabbitmq"
+    broker_label = "RabbitMQ"
+    receive_count_setting = "delivery-limit"
+    queue_name_rule = NAME_RULE
+    topic_name_rule = NAME_RULE
+    capabilities = Capabilities(
+        topics=True,
+        dead_letter=True,
+        fifo=False,
+        dedup=False,
+        delay=False,
+        batch=False,
+        lease_extension=True,
+        nack_delay=True,
+        filters=True,
+        max_message_size=1024 * 1024,
+        max_batch_size=100,
+        max_attributes=None,
+        max_visibility_timeout=CONSUMER_TIMEOUT - 300.0,
+        max_receive_count_range=(1, 1000),
+        retention_range=(1.0, 4_294_967.0),
+        max_wait_seconds=20.0,
+    )
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        management_url: str | None = None,
+        heartbeat: int = 30,
+        prefetch: int = 100,
+        call_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        default_visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
+        policy_priority: int = 10,
+    ) -> None:
+        super().__init__()
+        url = url or os.environ.get("MELANGE_OPTION_URL") or DEFAULT_URL
+        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("amqp", "amqps"):
+            raise ConfigurationError(
+                "url must be an amqp:// or amqps:// URL such as "
+                f"{DEFAULT_URL.replace('guest:guest@', 'user:password@')}"
+            )
+        for label, value in (("prefetch", prefetch), ("heartbeat", heartbeat)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"{label} must be a whole number >= 0, got {value!r}")
+        for label, seconds in (
+            ("call_timeout", call_timeout),
+            ("connect_timeout", connect_timeout),
+            ("default_visibility_timeout", default_visibility_timeout),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+                raise ConfigurationError(
+                    f"{label} must be a number of seconds > 0, got {seconds!r}"
+                )
+        try:
+            parameters = pika.URLParameters(url)
+        except Exception as error:  # pika raises several kinds; none may echo the URL
+            raise ConfigurationError(
+                f"url is not a valid AMQP URL ({type(error).__name__}); the form is "
+                "amqp://user:password@host:port/vhost"
+            ) from None
+        parameters.heartbeat = heartbeat
+        parameters.socket_timeout = connect_timeout
+        parameters.stack_timeout = connect_timeout + 5.0
+        parameters.blocked_connection_timeout = call_timeout
+        parameters.connection_attempts = 1
+        parameters.client_properties = {"connection_name": "melange"}
+        scheme = "amqps" if parameters.ssl_options is not None else "amqp"
+        self.vhost: str = parameters.virtual_host
+        vhost = urllib.parse.quote(self.vhost, safe="")
+        self.where = f"{scheme}://{parameters.host}:{parameters.port}/{vhost}"
+        self.default_visibility_timeout = float(default_visibility_timeout)
+        self.policy_priority = policy_priority
+        self.management: ManagementAPI | None = None
+        if management_url is not None:
+            credentials = parameters.credentials
+            self.management = ManagementAPI(
+                management_url,
+                vhost=self.vhost,
+                username=getattr(credentials, "username", "guest"),
+                password=getattr(credentials, "password", "guest"),
+                timeout=call_timeout,
+            )
+        self.declare_calls = 0
+        """AMQP methods that declare, bind, unbind or delete (for convergence tests)."""
+        self._link = Link(parameters, self.where, prefetch=prefetch, call_timeout=call_timeout)
+        self._visibility: dict[str, tuple[float, float]] = {}
+        self._subscriptions: dict[tuple[str, str], SubscriptionSpec] = {}
+        self._declared: dict[str, QueueSpec] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<RabbitMQBackend {self.where}{state}>"
+
+    @property
+    def link(self) -> Link:
+        """The connection and its I/O thread (for tests and diagnostics)."""
+        return self._link
+
+    # ------------------------------------------------------------- plumbing
+    def _io(self, fn: Callable[[], _T], *, publishing: bool = False) -> _T:
+        return self._link.call(fn, publishing=publishing)
+
+    def _declaring(self, fn: Callable[[], _T]) -> _T:
+        with self._lock:
+            self.declare_calls += 1
+        return self._io(fn)
+
+    def _queue_exists(self, name: str) -> bool:
+        def probe() -> bool:
+            try:
+                self._link.channel().queue_declare(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code == errors.NOT_FOUND:
+                    return False
+                raise errors.translate(error, name, "look up the queue") from None
+            return True
+
+        return self._io(probe)
+
+    def _exchange_exists(self, name: str) -> bool:
+        def probe() -> bool:
+            try:
+                self._link.channel().exchange_declare(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code == errors.NOT_FOUND:
+                    return False
+                raise errors.translate(error, name, "look up the exchange") from None
+            return True
+
+        return self._io(probe)
+
+    def _policy_name(self, queue: str) -> str:
+        return POLICY_PREFIX + queue
+
+    def _parameter_name(self, queue: str) -> str:
+        return f"{PARAMETER_PREFIX}{self.vhost}:{queue}"
+
+    @staticmethod
+    def policy_pattern(queue: str) -> str:
+        """The policy pattern that matches exactly ``queue``."""
+        return "^" + "".join(c if c.isalnum() or c in "_-:" else "\\" + c for c in queue) + "$"
+
+    @staticmethod
+    def policy_definition(spec: QueueSpec) -> dict[str, Any]:
+        """The policy keys that hold ``spec``'s mutable settings."""
+        definition: dict[str, Any] = {"message-ttl": round(spec.message_retention_period * 1000)}
+        if spec.dead_letter is not None:
+            definition.update(
+                {
+                    "dead-letter-exchange": "",
+                    "dead-letter-routing-key": spec.dead_letter.queue_name,
+                    "delivery-limit": spec.dead_letter.max_receive_count - 1,
+                    "dead-letter-strategy": "at-least-once",
+                    "overflow": "reject-publish",
+                }
+            )
+        return definition
+
+    @staticmethod
+    def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
+        """The queue arguments of ``spec`` when there is no management API (fixed for good)."""
+        arguments: dict[str, Any] = dict(QUORUM)
+        for key, value in RabbitMQBackend.policy_definition(spec).items():
+            arguments[f"x-{key}"] = value
+        return arguments
+
+    @staticmethod
+    def _spec_from(name: str, definition: dict[str, Any], visibility: float) -> QueueSpec:
+        ttl = definition.get("message-ttl")
+        retention = float("inf") if ttl is None else int(ttl) / 1000.0
+        dead_letter = None
+        target = definition.get("dead-letter-routing-key")
+        if definition.get("dead-letter-exchange") == "" and isinstance(target, str):
+            limit = definition.get("delivery-limit")
+            # Without a delivery limit nothing is ever dead-lettered: show it as no policy.
+            if isinstance(limit, int):
+                dead_letter = DeadLetterPolicy(target, limit + 1)
+        return QueueSpec(
+            name,
+            visibility_timeout=visibility,
+            message_retention_period=retention,
+            dead_letter=dead_letter,
+        )
+
+    # ------------------------------------------------------------- topology
+    def _get_queue(self, name: str) -> QueueSpec | None:
+        api = self.management
+        if api is None:
+            if not self._queue_exists(name):
+                return None
+            return self._declared.get(name) or QueueSpec(
+                name, visibility_timeout=self.default_visibility_timeout
+            )
+        described = api.queue(name)
+        if described is None:
+            return None
+        policy = api.policy(self._policy_name(name)) or {}
+        definition = dict(policy.get("definition") or {})
+        arguments = described.get("arguments") or {}
+        for key, value in arguments.items():  # queue arguments win over policies
+            if key.startswith("x-") and key != "x-queue-type":
+                definition[key[2:]] = value
+        return self._spec_from(name, definition, self._read_visibility(name))
+
+    def _read_visibility(self, name: str) -> float:
+        api = self.management
+        if api is not None:
+            value = api.parameter(self._parameter_name(name))
+            if isinstance(value, dict) and isinstance(
+                value.get("visibility_timeout"), (int, float)
+            ):
+                seconds = float(value["visibility_timeout"])
+                self._visibility[name] = (seconds, time.monotonic())
+                return seconds
+        declared = self._declared.get(name)
+        return declared.visibility_timeout if declared else self.default_visibility_timeout
+
+    def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
+        api = self.management
+        if api is None:
+            return ()
+        described = api.queue(spec.name) or {}
+        kind = described.get("type") or (described.get("arguments") or {}).get("x-queue-type")
+        if kind and kind != "quorum":
+            return (Change("queue type", kind, "quorum"),)
+        return ()
+
+    def _declare_queue(self, spec: QueueSpec) -> None:
+        api = self.management
+        arguments = dict(QUORUM) if api is not None else self.queue_arguments(spec)
+
+        def declare() -> None:
+            try:
+                self._link.channel().queue_declare(spec.name, durable=True, arguments=arguments)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                raise errors.translate(error, spec.name, "declare the queue") from None
+
+        self._declaring(declare)
+        if api is not None:
+            self._converge_queue(api, spec)
+        with self._lock:
+            self._declared[spec.name] = spec
+            self._visibility[spec.name] = (spec.visibility_timeout, time.monotonic())
+
+    def _converge_queue(self, api: ManagementAPI, spec: QueueSpec) -> None:
+        name = self._policy_name(spec.name)
+        definition = self.policy_definition(spec)
+        pattern = self.policy_pattern(spec.name)
+        current = api.policy(name)
+        if current is None or (
+            current.get("definition"),
+            current.get("pattern"),
+            current.get("priority"),
+            current.get("apply-to"),
+        ) != (definition, pattern, self.policy_priority, "queues"):
+            api.put_policy(name, pattern, definition, self.policy_priority)
+        parameter = self._parameter_name(spec.name)
+        wanted = {"visibility_timeout": spec.visibility_timeout}
+        if api.parameter(parameter) != wanted:
+            api.put_parameter(parameter, wanted)
+
+    def _delete_queue(self, name: str) -> None:
+        if not self._queue_exists(name):
+            raise QueueNotFound(name)
+
+        def delete() -> None:
+            self._link.forget_queue(name)
+            self._link.channel().queue_delete(name)
+
+        self._declaring(delete)
+        if self.management is not None:
+            self.management.delete_policy(self._policy_name(name))
+            self.management.delete_parameter(self._parameter_name(name))
+        with self._lock:
+            self._declared.pop(name, None)
+            self._visibility.pop(name, None)
+            for key in [key for key in self._subscriptions if key[1] == name]:
+                del self._subscriptions[key]
+
+    def _get_topic(self, name: str) -> TopicSpec | None:
+        api = self.management
+        exists = api.exchange(name) is not None if api is not None else self._exchange_exists(name)
+        return TopicSpec(name) if exists else None
+
+    def _declare_topic(self, spec: TopicSpec) -> None:
+        def declare() -> None:
+            try:
+                self._link.channel().exchange_declare(spec.name, "headers", durable=True)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                raise errors.translate(error, spec.name, "declare the exchange") from None
+
+        self._declaring(declare)
+
+    def _delete_topic(self, name: str) -> None:
+        if not self._exchange_exists(name):
+            raise TopicNotFound(name)
+        self._declaring(lambda: self._link.channel().exchange_delete(name))
+        with self._lock:
+            for key in [key for key in self._subscriptions if key[0] == name]:
+                del self._subscriptions[key]
+
+    def _bindings(self, topic: str, queue: str) -> list[dict[str, Any]] | None:
+        """The arguments of every binding from ``topic`` to ``queue``; ``None`` when unknown."""
+        api = self.management
+        if api is None:
+            return None
+        return [dict(binding.get("arguments") or {}) for binding in api.bindings(topic, queue)]
+
+    def _get_subscription(self, topic_name: str, queue_name: str) -> SubscriptionSpec | None:
+        current = self._bindings(topic_name, queue_name)
+        if current is None:
+            return self._subscriptions.get((topic_name, queue_name))
+        if not current:
+            return None
+        return SubscriptionSpec(topic_name, queue_name, filters.filter_of(current))
+
+    def _subscription_drift(self, spec: SubscriptionSpec) -> tuple[Change, ...]:
+        current = self._bindings(spec.topic_name, spec.queue_name)
+        if current is None:
+            return ()
+        wanted = filters.bindings_for(spec)
+        if sorted(map(_frozen, current)) != sorted(map(_frozen, wanted)):
+            return (Change("bindings", len(current), len(wanted)),)
+        return ()
+
+    def validate_subscription(
+        self, topic: TopicSpec, queue: QueueSpec, subscription: SubscriptionSpec
+    ) -> None:
+        """Refuse filters a headers exchange cannot express (see ``melange_rabbitmq.filters``)."""
+        filters.bindings_for(subscription)
+
+    def _subscribe(self, spec: SubscriptionSpec) -> None:
+        wanted = filters.bindings_for(spec)
+        current = self._bindings(spec.topic_name, spec.queue_name) or []
+        add = [args for args in wanted if _frozen(args) not in set(map(_frozen, current))]
+        remove = [args for args in current if _frozen(args) not in set(map(_frozen, wanted))]
+
+        def bind() -> None:
+            channel = self._link.channel()
+            try:
+                for args in add:
+                    channel.queue_bind(spec.queue_name, spec.topic_name, "", arguments=args)
+                for args in remove:
+                    channel.queue_unbind(spec.queue_name, spec.topic_name, "", arguments=args)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code == errors.NOT_FOUND:
+                    if "exchange" in error.reply_text:
+                        raise TopicNotFound(spec.topic_name) from None
+                    raise QueueNotFound(spec.queue_name) from None
+                raise errors.translate(error, spec.queue_name, "bind the queue") from None
+
+        if add or remove:
+            self._declaring(bind)
+        with self._lock:
+            self._subscriptions[(spec.topic_name, spec.queue_name)] = spec
+
+    # ------------------------------------------------------------- publish
+    def validate_message(self, message: OutgoingMessage) -> int:
+        """Also refuse attribute names RabbitMQ reserves (``x-...``) before sending."""
+        size = super().validate_message(message)
+        for key in message.attributes:
+            if key.startswith("x-"):
+                raise InvalidMessage(
+                    f"attribute {key!r}: RabbitMQ reserves header names starting with 'x-' "
+                    "(x-delivery-count, x-death, ...); rename the attribute"
+                )
+        return size
+
+    def _publish_batch(self, queue_name: str, batch: list[OutgoingMessage]) -> list[PublishResult]:
+        return self._send("", queue_name, batch, queue=queue_name)
+
+    def _publish_topic_batch(
+        self, topic_name: str, batch: list[OutgoingMessage]
+    ) -> list[PublishResult]:
+        return self._send(topic_name, "", batch, queue=None)
+
+    def _send(
+        self, exchange: str, routing_key: str, batch: list[OutgoingMessage], queue: str | None
+    ) -> list[PublishResult]:
+        link = self._link
+        target = queue if queue is not None else exchange
+
+        def publish() -> list[PublishResult]:
+            channel = link.publisher()  # a failure here sent nothing: it raises
+            results: list[PublishResult] = []
+            for index, message in enumerate(batch):
+                message_id = uuid.uuid4().hex
+                properties = BasicProperties(
+                    delivery_mode=2,
+                    message_id=message_id,
+                    headers=dict(message.attributes) or None,
+                )
+                try:
+                    channel.basic_publish(
+                        exchange,
+                        routing_key,
+                        bytes(message.body),
+                        properties,
+                        mandatory=queue is not None,
+                    )
+                except pika.exceptions.UnroutableError:
+                    if index == 0 and queue is not None:
+                        raise QueueNotFound(queue) from None
+                    refused: MelangeError = QueueNotFound(target)
+                    return results + _refused(len(batch), index, refused)
+                except pika.exceptions.NackError:
+                    results.append(
+                        PublishResult(
+                            index,
+                            error=BrokerError(
+                                f"RabbitMQ did not accept the message for {target!r} "
+                                "(basic.nack): the queue refuses publishes (overflow "
+                                "reject-publish) or failed to store it",
+                                broker_code="nack",
+                            ),
+                        )
+                    )
+                    continue
+                except pika.exceptions.ChannelClosedByBroker as error:
+                    missing: MelangeError
+                    if error.reply_code == errors.NOT_FOUND:
+                        missing = (
+                            TopicNotFound(exchange) if queue is None else QueueNotFound(target)
+                        )
+                    else:
+                        missing = errors.translate(error, target, "publish to")
+                    if index == 0:
+                        raise missing from None
+                    return results + _refused(len(batch), index, missing)
+                except CONNECTION_ERRORS as error:
+                    link._lost(f"{type(error).__name__}: {error}")
+                    unknown = _unknown(target, error)
+                    if index == 0:
+                        raise unknown from None
+                    return results + _refused(len(batch), index, unknown)
+                results.append(PublishResult(index, message_id=message_id))
+            return results
+
+        return self._io(publish, publishing=True)
+
+    # ------------------------------------------------------------- receive
+    def _visibility_of(self, queue: str) -> float:
+        cached = self._visibility.get(queue)
+        if cached is not None and (self.management is None or time.monotonic() - cached[1] < 10.0):
+            return cached[0]
+        try:
+            return self._read_visibility(queue)
+        except MelangeError:
+            return cached[0] if cached else self.default_visibility_timeout
+
+    def _receive(
+        self, queue_name: str, max_messages: int, wait_seconds: float
+    ) -> list[ReceivedMessage]:
+        link = self._link
+        deadline = time.monotonic() + wait_seconds
+        visibility: float | None = None
+        while True:
+            deliveries = (
+                link.take(queue_name, max_messages) if link.has_consumer(queue_name) else []
+            )
+            if not deliveries:
+                got = self._io(lambda: self._get(queue_name))
+                deliveries = [got] if got is not None else link.take(queue_name, max_messages)
+            if deliveries:
+                if visibility is None:
+                    visibility = self._visibility_of(queue_name)
+                return [self._hand_out(d, visibility) for d in deliveries]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            link.wait_for(queue_name, remaining)
+
+    def _get(self, queue: str) -> Delivery | None:
+        try:
+            return self._link.get(queue)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == errors.NOT_FOUND:
+                raise QueueNotFound(queue) from None
+            raise errors.translate(error, queue, "consume from") from None
+
+    def _hand_out(self, delivery: Delivery, visibility: float) -> ReceivedMessage:
+        properties = delivery.properties
+        headers = properties.headers or {}
+        attributes = {
+            key: _text(value) for key, value in headers.items() if not key.startswith("x-")
+        }
+        count = headers.get("x-delivery-count")
+        if isinstance(count, int):
+            receive_count = count + 1
+        else:
+            receive_count = 2 if delivery.method.redelivered else 1
+        message_id = properties.message_id or f"rabbitmq-{uuid.uuid4().hex}"
+        self._link.leases.hold(delivery.key, delivery.queue, message_id, visibility)
+        return ReceivedMessage(
+            queue_name=delivery.queue,
+            body=delivery.body,
+            attributes=attributes,
+            message_id=message_id,
+            receive_count=receive_count,
+            receipt=RabbitMQReceipt(id(self._link), delivery.key),
+        )
+
+    def _keys(self, messages: list[ReceivedMessage]) -> list[DeliveryKey]:
+        owner = id(self._link)
+        keys = []
+        for message in messages:
+            receipt = message.receipt
+            if not isinstance(receipt, RabbitMQReceipt) or receipt.owner != owner:
+                raise InvalidMessage(
+                    f"message {message.message_id!r} was not received by this RabbitMQ backend "
+                    "(its receipt belongs to another backend or connection); settle it through "
+                    "the backend that received it"
+                )
+            keys.append(receipt.key)
+        return keys
+
+    def _ack(self, messages: list[ReceivedMessage]) -> None:
+        leases = self._link.leases
+        keys = [key for key in self._keys(messages) if leases.settle(key)]
+        if keys:
+            self._io(lambda: self._link.settle(keys, requeue=None))
+
+    def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
+        leases = self._link.leases
+        now = [key for key in self._keys(messages) if leases.release(key, delay_seconds)]
+        if now:
+            self._io(lambda: self._link.settle(now, requeue=True))
+
+    def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
+        leases = self._link.leases
+        for message, key in zip(messages, self._keys(messages), strict=True):
+            if leases.extend(key, seconds) is None:
+                raise LeaseLost(message.message_id, message.queue_name)
+
+    def _close(self) -> None:
+        self._link.close()
+
+
+def _frozen(arguments: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in arguments.items()))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _refused(total: int, start: int, cause: MelangeError) -> list[PublishResult]:
+    """``start`` refused for ``cause``, the rest refused as never sent."""
+    first = [PublishResult(start, error=cause)] if start < total else []
+    return first + _not_sent(total, start + 1, cause)
+
+
+def _not_sent(total: int, start: int, cause: MelangeError) -> list[PublishResult]:
+    error = BackendUnavailable(
+        f"not sent: an earlier message of the same publish call failed ({cause}); these were "
+        "never sent, so publishing them again makes no duplicate"
+    )
+    return [PublishResult(index, error=error) for index in range(start, total)]
+
+
+def _unknown(target: str, error: BaseException) -> MelangeError:
+    return OutcomeUnknown(
+        f"the connection to RabbitMQ was lost while publishing to {target!r} "
+        f"({type(error).__name__}); the message may or may not have been stored"
+    )

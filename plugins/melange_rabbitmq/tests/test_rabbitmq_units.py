@@ -1,0 +1,102 @@
+"""The plugin's pure parts, without a broker: leases, filters as bindings, 406 parsing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from melange_rabbitmq.errors import immutable_setting
+from melange_rabbitmq.filters import MAX_BINDINGS, bindings_for, filter_of
+from melange_rabbitmq.leases import LeaseTable
+
+from melange.exceptions import InvalidTopology
+from melange.topology import SubscriptionSpec
+
+KEY = (0, 1, 7)
+
+
+def test_a_settled_or_released_receipt_is_stale() -> None:
+    leases = LeaseTable()
+    leases.hold(KEY, "q", "m1", 30.0)
+    assert leases.settle(KEY) is True
+    assert leases.settle(KEY) is False  # acked twice: the second settles nothing
+    leases.hold(KEY, "q", "m1", 30.0)
+    assert leases.release(KEY, 5.0) is False  # returned later by the I/O thread, not now
+    assert leases.settle(KEY) is False and leases.extend(KEY, 10.0) is None
+    assert leases.due(time.monotonic() + 6.0) == [KEY]
+    assert len(leases) == 0
+
+
+def test_a_release_without_delay_is_returned_at_once_and_only_once() -> None:
+    leases = LeaseTable()
+    leases.hold(KEY, "q", "m1", 30.0)
+    assert leases.release(KEY, 0.0) is True
+    assert leases.release(KEY, 0.0) is False
+
+
+def test_leases_come_due_at_their_deadline_and_extension_moves_it() -> None:
+    leases = LeaseTable()
+    leases.hold(KEY, "q", "m1", 1.0)
+    leases.hold((0, 1, 8), "q", "m2", 1.0)
+    extended = leases.extend(KEY, 100.0)
+    assert extended is not None and extended.message_id == "m1"
+    assert leases.due(time.monotonic() + 2.0) == [(0, 1, 8)]
+    assert leases.due(time.monotonic() + 2.0) == []
+
+
+def test_a_lost_channel_or_connection_drops_its_leases() -> None:
+    leases = LeaseTable()
+    for key in [(0, 1, 1), (0, 2, 1), (1, 1, 1)]:
+        leases.hold(key, "q", "m", 30.0)
+    leases.drop(0, channel=2)
+    assert leases.settle((0, 2, 1)) is False and len(leases) == 2
+    leases.drop(0)
+    assert leases.settle((0, 1, 1)) is False and leases.settle((1, 1, 1)) is True
+
+
+def _spec(filter_: dict[str, list[str]] | None) -> SubscriptionSpec:
+    return SubscriptionSpec("t", "q", SubscriptionSpec.normalize_filter(filter_))
+
+
+def test_a_filter_is_one_binding_per_combination_and_reads_back() -> None:
+    spec = _spec({"kind": ["paid", "refunded"], "region": ["eu"]})
+    bindings = bindings_for(spec)
+    assert sorted(sorted(b.items()) for b in bindings) == [
+        [("kind", "paid"), ("region", "eu"), ("x-match", "all")],
+        [("kind", "refunded"), ("region", "eu"), ("x-match", "all")],
+    ]
+    assert filter_of(bindings) == spec.filter
+    assert bindings_for(_spec(None)) == [{"x-match": "all"}]
+    assert filter_of([{"x-match": "all"}, {"x-match": "all", "kind": "paid"}]) is None
+
+
+@pytest.mark.parametrize(
+    ("filter_", "words"),
+    [
+        ({"x-kind": ["a"]}, "'x-'"),
+        ({"a": [str(i) for i in range(9)], "b": [str(i) for i in range(9)]}, str(MAX_BINDINGS)),
+    ],
+)
+def test_filters_a_headers_exchange_cannot_hold_are_refused(
+    filter_: dict[str, list[str]], words: str
+) -> None:
+    with pytest.raises(InvalidTopology, match=words):
+        bindings_for(_spec(filter_))
+
+
+def test_a_406_names_the_setting_in_melange_s_terms_with_both_values() -> None:
+    text = (
+        "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': "
+        "received the value '4' of type 'signedint' but current is the value '9' of type "
+        "'signedint'"
+    )
+    error = immutable_setting("q", text)
+    assert error is not None
+    assert (error.setting, error.current, error.declared) == ("max_receive_count", 10, 5)
+    classic = (
+        "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': "
+        "received the value 'quorum' of type 'longstr' but current is none"
+    )
+    error = immutable_setting("q", classic)
+    assert error is not None and (error.current, error.declared) == ("classic", "quorum")
+    assert immutable_setting("q", "PRECONDITION_FAILED - unknown delivery tag 5") is None
