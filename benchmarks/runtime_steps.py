@@ -10,9 +10,9 @@ one thread, without the dispatcher's pool:
 3. + ``SerializerRegistry.decode`` instead of ``json.loads``;
 4. + the runtime's delivery objects (``Settlement.deliveries``);
 5. + the consumer call through the settlement (``Settlement.call_sync``: hooks, timing);
-6. + the runtime's handling step (``Runtime._handle``, run with ``run_now``);
-7. + the scheduling core (``Schedule.accept``, ``Runtime._finished``: capacity, FIFO holds, ack
-   batching).
+6. + the runtime's handling step (``Runtime._handle_now``, as the threaded driver runs it);
+7. + the scheduling core (``Schedule.accept``, ``Runtime._finished_all`` once per batch:
+   capacity, FIFO holds, ack batching).
 
 Each line is printed in microseconds per message and as the ratio of line 2 to it: the best a
 dispatcher could reach against the hand loop with that much of the runtime and no threads. Run
@@ -35,7 +35,6 @@ from typing import Any
 
 from consumer_throughput import encoded_messages
 
-from melange._runtime import run_now
 from melange.backends.memory import MemoryBackend
 from melange.consumers import consumer
 from melange.dispatcher import MessageDispatcher
@@ -75,19 +74,20 @@ def with_consumer_call(dispatcher: Any, batch: list[Any]) -> None:
 
 def with_handling(dispatcher: Any, batch: list[Any]) -> None:
     for delivery in dispatcher._settlement.deliveries(batch, time.monotonic()):
-        run_now(dispatcher._handle(delivery))
+        dispatcher._handle_now(delivery)
 
 
 def with_scheduling(dispatcher: Any, batch: list[Any]) -> None:
+    # As the threaded driver does: accept under the lock, handle one message after another,
+    # free their capacity in one lock round.
     deliveries = dispatcher._settlement.deliveries(batch, time.monotonic())
-    started, _ = dispatcher._schedule.accept(
-        deliveries, len(deliveries), stopping=False, now=time.monotonic()
-    )
-    for delivery in started:
-        delivery.started = True
-        acked = run_now(dispatcher._handle(delivery))
-        with dispatcher._lock:
-            dispatcher._finished(delivery, acked)
+    with dispatcher._lock:
+        started, _ = dispatcher._schedule.accept(
+            deliveries, len(deliveries), stopping=False, now=time.monotonic()
+        )
+    finished = [(delivery, dispatcher._handle_now(delivery)) for delivery in started]
+    with dispatcher._lock:
+        dispatcher._finished_all(finished)
     dispatcher._ack_queue.clear()  # this script acks the batch itself
 
 
