@@ -14,7 +14,14 @@ behave the same on every broker::
 (:meth:`~melange.backends.MessagingBackend.forward`: body, attributes and group
 id as they are) and removes it from the dead-letter queue only once the copy is
 accepted: a redrive that is interrupted, or whose copy has an unknown outcome,
-leaves a message in both queues at worst, never in neither.
+leaves a message in both queues at worst, never in neither. Asked to move a
+whole dead-letter queue, it first lets the backend use the broker's own move
+operation when there is one (:meth:`~melange.backends.MessagingBackend.move_all`,
+e.g. SQS's message move tasks), which keeps the same guarantees.
+
+:func:`purge` always receives and deletes: a broker's own purge (SQS's
+PurgeQueue) cannot say how many messages it deleted, finishes up to a minute
+later, and may also delete messages sent while it runs.
 """
 
 from __future__ import annotations
@@ -138,6 +145,12 @@ def redrive(
     whose outcome is unknown leaves the message in the dead-letter queue (it
     is reported in :attr:`RedriveResult.failed` and released for the next run).
 
+    Without ``max_messages`` and ``dry_run``, the backend's native move is
+    used when it has one (:meth:`~melange.backends.MessagingBackend.move_all`,
+    e.g. an SQS message move task; ``wait_seconds`` does not apply to it, and
+    ``on_progress`` sees the broker's count); else the messages are moved one
+    batch at a time as above.
+
     Args:
         backend: The backend of the queues.
         queue_name: The queue whose dead-letter queue to empty.
@@ -167,6 +180,8 @@ def redrive(
             f"{kinds[target_spec.fifo]} queue {target!r}: choose a target of the same kind"
         )
     result = RedriveResult(source, target)
+    if limit is None and not dry_run and _moved_natively(backend, result, on_progress):
+        return result
     if dry_run:
         everything = limit or 1_000_000
         result.moved = len(
@@ -196,6 +211,25 @@ def redrive(
     finally:
         _release(backend, skipped)
     return result
+
+
+def _moved_natively(
+    backend: MessagingBackend,
+    result: RedriveResult,
+    on_progress: Callable[[RedriveResult], None] | None,
+) -> bool:
+    """Move the whole queue with the broker's own operation, if it has one (see move_all)."""
+
+    def progress(moved: int) -> None:
+        result.moved = moved
+        if on_progress is not None:
+            on_progress(result)
+
+    moved = backend.move_all(result.source, result.target, on_progress=progress)
+    if moved is None:
+        return False
+    progress(moved)
+    return True
 
 
 def purge(backend: MessagingBackend, queue_name: str, *, wait_seconds: float = 1.0) -> int:

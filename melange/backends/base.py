@@ -581,6 +581,41 @@ class MessagingBackend(abc.ABC):
         except OutcomeUnknown as unknown:
             return PublishResult(0, error=unknown)
 
+    def move_all(
+        self,
+        source: str,
+        target: str,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int | None:
+        """Move every message of ``source`` to ``target`` with the broker's own operation.
+
+        The native fast path of :func:`melange.deadletter.redrive`, which calls
+        it only when asked to move a whole dead-letter queue (no
+        ``max_messages``, not ``dry_run``), once it has checked that ``source``
+        is a queue's dead-letter queue and that ``target`` exists and is of
+        the same kind (FIFO or standard). Backends without such an operation
+        return ``None`` (the default), and the redrive takes the generic
+        receive-forward-ack path.
+
+        Args:
+            source: The dead-letter queue to empty.
+            target: The queue to move its messages to.
+            on_progress: Called with the number moved so far, as the broker reports it.
+
+        Returns:
+            How many messages were moved (the broker's count, which may be
+            approximate), or ``None`` when there is no native path here and
+            nothing was moved.
+
+        Raises:
+            MelangeError: The move could not finish; the messages not moved are
+                still in ``source``.
+        """
+        require_str("source", source)
+        require_str("target", target)
+        return self._call("move messages", self._move_all, source, target, on_progress)
+
     def close(self) -> None:
         """Release connections and resources. Idempotent; later calls fail with BackendClosed."""
         with self._close_lock:
@@ -818,6 +853,19 @@ class MessagingBackend(abc.ABC):
             dedup_id=message.message_id if fifo and self.capabilities.dedup else None,
         )
         return self._publish_batch(queue_name, [outgoing])[0]
+
+    def _move_all(
+        self, source: str, target: str, on_progress: Callable[[int], None] | None
+    ) -> int | None:
+        """Move all of ``source`` to ``target`` natively; ``None``: no native path (the default).
+
+        Override it only with an operation that loses nothing (a message leaves
+        ``source`` only once ``target`` has it) and keeps each message's body,
+        attributes and group id byte for byte, and that has finished when it
+        returns. Return ``None`` only when nothing was moved: the caller then
+        moves the messages itself.
+        """
+        return None
 
     def _with_extras(
         self, body: bytes, attributes: Mapping[str, str], extras: Mapping[str, str]

@@ -5,5 +5,6 @@ Installed as the ``aws`` entry point of ``melange.backends``, so
 """
 
 from melange_aws.backend import AWSBackend, AWSReceipt
+from melange_aws.moves import MessageMoveTaskError
 
-__all__ = ["AWSBackend", "AWSReceipt"]
+__all__ = ["AWSBackend", "AWSReceipt", "MessageMoveTaskError"]

@@ -77,7 +77,7 @@ from melange.topology import (
     TopicSpec,
     is_fifo_name,
 )
-from melange_aws import filters, policy, receipts, redrive
+from melange_aws import filters, moves, policy, receipts, redrive
 from melange_aws.clients import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -1213,6 +1213,35 @@ class AWSBackend(MessagingBackend):
         except MelangeError as refused:  # SQS refused this copy: a result, not a failure
             return PublishResult(0, error=refused)
         return PublishResult(0, str(response["MessageId"]))
+
+    # ------------------------------------------------------------------ moves
+    move_task_timeout: float = moves.MOVE_TASK_TIMEOUT
+    """Seconds a whole-queue redrive waits for its SQS message move task to end."""
+
+    def _move_all(
+        self, source: str, target: str, on_progress: Callable[[int], None] | None
+    ) -> int | None:
+        """Move all of dead-letter queue ``source`` to ``target`` with an SQS message move task.
+
+        ``None`` (the generic path) when the endpoint cannot start one; see
+        :mod:`melange_aws.moves`.
+        """
+        source_arn, target_arn = self._index.queue_arn(source), self._index.queue_arn(target)
+        if source_arn is None:
+            raise QueueNotFound(source, "the dead-letter queue to redrive must exist")
+        if target_arn is None:
+            raise QueueNotFound(target, "the redrive target must exist")
+        return moves.move_all(
+            self._sqs,
+            source=source,
+            target=target,
+            source_arn=source_arn,
+            target_arn=target_arn,
+            fail=lambda error, action: self._fail(error, action, self._sqs, queue=source),
+            on_progress=on_progress,
+            timeout=self.move_task_timeout,
+            secrets=self._known_secrets() + self._url_secrets,
+        )
 
     def _close(self) -> None:
         with self._lock:  # no receive client is made after this
