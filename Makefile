@@ -47,7 +47,7 @@ $(MELANGE7_VENV)/.installed: $(MELANGE7_REQUIREMENTS)
 # tests mostly wait on brokers and timeouts. Measured on this 2-core machine: 9 min 17 s against
 # 13 min 48 s with -n 2 and the default distribution. One process: add `-p no:xdist`.
 test: install lint $(MELANGE7_VENV)/.installed  ## The whole suite: lint, type check, tests (with the conformance report).
-	$(RUN)/pytest -n 3 --dist worksteal --melange-report=build/conformance
+	$(RUN)/pytest -n 4 --dist worksteal --melange-report=build/conformance
 
 test-localstack: install  ## The localsqs tests against LocalStack run natively (no Docker; needs Python >= 3.13).
 	plugins/melange_localsqs/scripts/localstack.sh run $(RUN)/pytest plugins/melange_localsqs/tests -k "LocalStack or localstack" --melange-report=build/conformance-localstack
