@@ -43,9 +43,10 @@ $(MELANGE7_VENV)/.installed: $(MELANGE7_REQUIREMENTS)
 	$(MELANGE7_VENV)/bin/python -I -c "import melange, melange.backends.sqs.localsqs, melange.serializers.registry; assert melange.__version__ == '7.2.0', melange.__version__"
 	touch $@
 
-# Three pytest-xdist workers on the two cores, taking tests as they free up (worksteal): the
-# tests mostly wait on brokers and timeouts. Measured on this 2-core machine: 9 min 17 s against
-# 13 min 48 s with -n 2 and the default distribution. One process: add `-p no:xdist`.
+# Four pytest-xdist workers on the two cores, taking tests as they free up (worksteal): the
+# suite waits on brokers, servers and timeouts more than it computes (with three workers it kept
+# 57% of the two cores busy). Measured on this 2-core machine: 13 min 54 s of tests against
+# 14 min 31 s with three. One process: add `-p no:xdist`.
 test: install lint $(MELANGE7_VENV)/.installed  ## The whole suite: lint, type check, tests (with the conformance report).
 	$(RUN)/pytest -n 4 --dist worksteal --melange-report=build/conformance
 
