@@ -46,7 +46,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from melange._outage import StartupWait
 from melange._schedule import Schedule
@@ -579,14 +579,10 @@ class Runtime:
         """
         settlement = self._settlement
         received = delivery.received
-        try:
-            message = self.serializers.decode(received)
-        except Exception as exc:  # SerializationError, or a serializer's own bug
-            return settlement.undecodable, (received, self.config.on_undecodable, exc)
-        chosen = self._accepting(message)
-        if chosen is None:
-            return settlement.unhandled, (received, self.config.on_unhandled, message)
-        accepting, failures = chosen
+        begun = self._begin(received)
+        if not isinstance(begun, _Begun):
+            return begun
+        message, accepting, failures = begun
         busy = False
         for candidate in accepting:
             result = settlement.call_sync(candidate, message, received, self._awaitable_hint)
@@ -601,14 +597,10 @@ class Runtime:
         """
         settlement = self._settlement
         received = delivery.received
-        try:
-            message = self.serializers.decode(received)
-        except Exception as exc:  # SerializationError, or a serializer's own bug
-            return settlement.undecodable, (received, self.config.on_undecodable, exc)
-        chosen = self._accepting(message)
-        if chosen is None:
-            return settlement.unhandled, (received, self.config.on_unhandled, message)
-        accepting, failures = chosen
+        begun = self._begin(received)
+        if not isinstance(begun, _Begun):
+            return begun
+        message, accepting, failures = begun
         busy = False
         for candidate in accepting:
             if candidate in self._async_consumers:
@@ -621,14 +613,19 @@ class Runtime:
                 failures, busy = _tally(candidate, result, failures, busy)
         return self._outcome(received, message, failures, busy)
 
-    def _accepting(self, message: Message) -> tuple[Sequence[Consumer], Failures] | None:
-        """The consumers to call and those whose ``accepts`` failed; ``None``: no consumer."""
+    def _begin(self, received: ReceivedMessage) -> _Begun | Settle:
+        """Decode ``received`` and choose its consumers; or the settlement step that ends it."""
+        settlement = self._settlement
+        try:
+            message = self.serializers.decode(received)
+        except Exception as exc:  # SerializationError, or a serializer's own bug
+            return settlement.undecodable, (received, self.config.on_undecodable, exc)
         if self._every_consumer_accepts:
-            return self.consumers, _NO_FAILURES
-        accepting, failures = self._settlement.select(self.consumers, message)
-        if not accepting and not failures:
-            return None
-        return accepting, failures
+            return _Begun(message, self.consumers, _NO_FAILURES)
+        accepting, failures = settlement.select(self.consumers, message)
+        if not accepting and not failures:  # no consumer wants it
+            return settlement.unhandled, (received, self.config.on_unhandled, message)
+        return _Begun(message, accepting, failures)
 
     def _outcome(
         self, received: ReceivedMessage, message: Message, failures: Failures, busy: bool
@@ -721,6 +718,15 @@ Failures = list[tuple[Consumer, BaseException]]
 
 Settle = tuple[Callable[..., object], tuple[Any, ...]]
 """A settlement step with I/O and its arguments; it decides the message's fate (``True``: ack)."""
+
+
+class _Begun(NamedTuple):
+    """A decoded message, the consumers to call, and those whose ``accepts`` failed."""
+
+    message: Message
+    accepting: Sequence[Consumer]
+    failures: Failures
+
 
 _NO_FAILURES: Failures = []
 """Shared by every message that has no failure yet: never appended to (a new list is made)."""
