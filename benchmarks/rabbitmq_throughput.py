@@ -14,7 +14,8 @@ outside the timing, so all sides move the same persistent messages through the s
   with a prefetch of 100, ``drain_events`` and ``message.ack()``.
 * ``dispatcher``: a queue filled with melange messages (``QueuePublisher``) consumed by
   ``MessageDispatcher`` (default options, a trivial consumer), timed from ``start()`` until the
-  last message is handled and acked, compared with the same raw pika and kombu loops.
+  last message is handled and acked, compared with the same raw pika and kombu loops doing the
+  same work: each parses every JSON body before acknowledging it.
 
 Each repetition runs every side on a fresh queue, checked afterwards (every message arrived
 once, the queue is empty); the ratios printed (melange throughput over the other's; goals:
@@ -27,6 +28,7 @@ Usage: ``.venv/bin/python benchmarks/rabbitmq_throughput.py [--messages 2000] [-
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import threading
@@ -136,13 +138,16 @@ def consume_melange(sides: Sides, queue: str, count: int) -> None:
         seen += len(batch)
 
 
-def consume_pika(sides: Sides, queue: str, count: int) -> None:
+def consume_pika(sides: Sides, queue: str, count: int, *, decode: bool = False) -> None:
+    """Consume ``count`` messages; with ``decode``, parse each JSON body as the dispatcher does."""
     channel = sides.pika.channel()
     channel.basic_qos(prefetch_count=PREFETCH)
     seen = 0
 
-    def handle(ch: Any, method: Any, _properties: Any, _body: bytes) -> None:
+    def handle(ch: Any, method: Any, _properties: Any, body: bytes) -> None:
         nonlocal seen
+        if decode:
+            json.loads(body)
         ch.basic_ack(method.delivery_tag)
         seen += 1
         if seen >= count:
@@ -153,11 +158,14 @@ def consume_pika(sides: Sides, queue: str, count: int) -> None:
     channel.close()
 
 
-def consume_kombu(sides: Sides, queue: str, count: int) -> None:
+def consume_kombu(sides: Sides, queue: str, count: int, *, decode: bool = False) -> None:
+    """Consume ``count`` messages; with ``decode``, parse each JSON body as the dispatcher does."""
     seen = 0
 
     def handle(_body: Any, message: Any) -> None:
         nonlocal seen
+        if decode:
+            json.loads(message.body)
         message.ack()
         seen += 1
 
@@ -228,7 +236,12 @@ def run(sides: Sides, count: int, body: bytes) -> dict[str, dict[str, float]]:
         sides.fill(queue, count, body)
         rates[CONSUME][side] = timed(partial(consume, sides, queue, count), count)
         sides.backend.delete_queue(queue)
-    dispatchers = dict(consumers, melange=dispatch_melange)
+    # The same work as the dispatcher: every JSON body parsed, then acknowledged.
+    dispatchers = {
+        "melange": dispatch_melange,
+        "pika": partial(consume_pika, decode=True),
+        "kombu": partial(consume_kombu, decode=True),
+    }
     for side, consume in dispatchers.items():
         queue = sides.queue()
         sides.fill_for_dispatcher(queue, count, body[:64])
