@@ -115,8 +115,6 @@ class Runtime:
     """Whether ``async def`` consumers are accepted (they run on the event loop)."""
 
     _awaitable_hint: ClassVar[str] = ""
-    _inline: ClassVar[bool] = False
-    """Whether :meth:`_io` runs the call in the calling thread (the threaded driver)."""
     _lock: AbstractContextManager[Any]
     _stop_requested: Any  # threading.Event or asyncio.Event: is_set(), set()
     _stopped: Any
@@ -178,8 +176,6 @@ class Runtime:
             c for c in self.consumers if c.accepts_every_message()
         )
         self._every_consumer_accepts = len(self._settlement.accepting_all) == len(self.consumers)
-        # Every consumer runs in the handling thread itself: no awaitable to build per message.
-        self._inline_only = self._inline and not self._async_consumers
         self._queue_extra = self._settlement.queue_extra
         self._schedule = Schedule(config.capacity, config.batch_size)
         self._state: State = "new"
@@ -540,10 +536,7 @@ class Runtime:
         capacity and is delivered again.
         """
         try:
-            if self._inline_only:
-                step = self._handle_inline(delivery)
-            else:
-                step = await self._handle_mixed(delivery)
+            step = await self._handle_mixed(delivery)
             if isinstance(step, bool):
                 return step
             settle, args = step
@@ -552,14 +545,30 @@ class Runtime:
             return self._internal_error(delivery)
 
     def _handle_now(self, delivery: Delivery) -> bool:
-        """:meth:`_handle` run in the calling thread, without a coroutine (the threaded driver)."""
+        """:meth:`_handle` in the calling thread, none of the consumers ``async`` (threads).
+
+        Runs for every message the threaded driver handles: no coroutine, and the
+        consumers are called right here.
+        """
         try:
-            step = self._handle_inline(delivery)
-            if isinstance(step, bool):
-                return step
+            received = delivery.received
+            begun = self._begin(received)
+            if isinstance(begun, _Begun):
+                message, accepting, failures = begun
+                busy = False
+                call, hint = self._settlement.call_sync, self._awaitable_hint
+                for candidate in accepting:
+                    result = call(candidate, message, received, hint)
+                    if result != "ok":
+                        failures, busy = _tally(candidate, result, failures, busy)
+                step = self._outcome(received, message, failures, busy)
+                if step is True:
+                    return True
+            else:
+                step = begun
             settle, args = step
             return settle(*args) is True
-        except Exception:
+        except Exception:  # a bug here must not lose the capacity it holds
             return self._internal_error(delivery)
 
     def _internal_error(self, delivery: Delivery) -> bool:
@@ -570,30 +579,14 @@ class Runtime:
         )
         return False
 
-    def _handle_inline(self, delivery: Delivery) -> bool | Settle:
-        """Decode and call every accepting consumer in this thread (none is ``async``).
+    async def _handle_mixed(self, delivery: Delivery) -> bool | Settle:
+        """Decode and call every accepting consumer (the asyncio driver).
+
+        ``async`` consumers run on the event loop, the others in its thread pool.
 
         Returns:
             Whether to acknowledge the message, or the settlement step (with I/O)
             that decides it: the message is undecodable, unhandled, failed or busy.
-        """
-        settlement = self._settlement
-        received = delivery.received
-        begun = self._begin(received)
-        if not isinstance(begun, _Begun):
-            return begun
-        message, accepting, failures = begun
-        busy = False
-        for candidate in accepting:
-            result = settlement.call_sync(candidate, message, received, self._awaitable_hint)
-            if result != "ok":
-                failures, busy = _tally(candidate, result, failures, busy)
-        return self._outcome(received, message, failures, busy)
-
-    async def _handle_mixed(self, delivery: Delivery) -> bool | Settle:
-        """:meth:`_handle_inline` for the asyncio driver.
-
-        ``async`` consumers run on the event loop, the others in its thread pool.
         """
         settlement = self._settlement
         received = delivery.received
@@ -629,7 +622,7 @@ class Runtime:
 
     def _outcome(
         self, received: ReceivedMessage, message: Message, failures: Failures, busy: bool
-    ) -> bool | Settle:
+    ) -> Literal[True] | Settle:
         """Acknowledge a message every consumer handled; else the step that settles it."""
         if failures:
             return self._settlement.retry, (received, message, failures)

@@ -175,20 +175,16 @@ class Schedule:
         deliveries, acks = self.deliveries, self.acks
         start: list[Delivery] = []
         release: list[Delivery] = []
-        send: list[list[Delivery]] = []
         for delivery, acked in finished:
             deliveries.discard(delivery)
             if acked and not delivery.settled:
                 self.pending_acks += 1
-            calls = acks.settle(delivery, acked, now)
-            if calls:
-                send += calls
             group = delivery.received.group_id
             if group is not None:
                 self._next_of_group(group, acked, start, release)
         self.held -= len(finished)
         self.last_activity = now
-        return FinishedAll(start, release, send)
+        return FinishedAll(start, release, acks.settle_all(finished, now))
 
     def _next_of_group(
         self, group: str, acked: bool, start: list[Delivery], release: list[Delivery]

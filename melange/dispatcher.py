@@ -52,6 +52,8 @@ logger = logging.getLogger("melange.dispatcher")
 
 REPORT_AFTER = 0.002
 """Seconds a thread handling one message after another goes before freeing their capacity."""
+SLOW_HANDLER = 0.0005
+"""Seconds a handler takes that make the thread running it hand the ready messages to others."""
 HANDOFF_DELAY = 0.002
 """Seconds work waits for the busy thread that posted it before an idle thread takes it."""
 WATCH_MAX = 0.02
@@ -84,7 +86,6 @@ class MessageDispatcher(Runtime):
     """
 
     _awaitable_hint = "; async consumers need melange.aio.AsyncMessageDispatcher"
-    _inline = True
 
     def __new__(cls: type[_D], *args: Any, **kwargs: Any) -> _D:
         """Create the dispatcher; a melange 7.x-form call makes a 7.x-form dispatcher."""
@@ -118,6 +119,7 @@ class MessageDispatcher(Runtime):
         self._waking = False  # an idle thread was woken and has not run yet
         self._watcher = False  # an idle thread polls for work that busy threads left waiting
         self._taken = 0  # tasks taken (and messages taken by a thread handling a run)
+        self._slow_handlers = False  # the last handler took SLOW_HANDLER or more
         self._busy = {"handle": 0, "ack": 0, "receive": 0}  # threads doing each task
         self._receive_failures = 0  # receives that failed in a row
         self._fill_deadline: float | None = None  # of the next receive (Schedule.reserve)
@@ -266,7 +268,10 @@ class MessageDispatcher(Runtime):
             for delivery in deliveries:  # a worker thread takes it without the lock
                 delivery.started = True
             self._ready.extend(deliveries)
-            self._wake()
+            if self._slow_handlers:  # the last handler waited: do not make these wait behind it
+                self._hand_over()
+            else:
+                self._wake()
 
     def _send(self, batches: list[list[Delivery]]) -> None:
         if batches:
@@ -358,10 +363,12 @@ class MessageDispatcher(Runtime):
         Messages are taken from the ready queue without the lock (``popleft`` is
         atomic); what finished is reported in one lock round at the end, or every
         :data:`REPORT_AFTER` seconds, so a slow handler does not hold back the
-        capacity and acks of the messages handled before it.
+        capacity and acks of the messages handled before it. A handler that took
+        :data:`SLOW_HANDLER` or more (it waited for I/O, most likely) hands the
+        other ready messages to idle threads: the next ones may wait as long.
         """
         ready = self._ready
-        since = time.monotonic()
+        since = began = time.monotonic()
         while True:
             try:
                 acked = self._handle_now(delivery)
@@ -369,13 +376,18 @@ class MessageDispatcher(Runtime):
                 finished.append((delivery, False))
                 raise
             finished.append((delivery, acked))
+            now = time.monotonic()
+            slow = now - began >= SLOW_HANDLER
+            self._slow_handlers = slow  # read without the lock: a stale value costs a wake
             if not ready:
                 return
-            now = time.monotonic()
-            if now - since >= REPORT_AFTER:
+            began = now
+            if slow or now - since >= REPORT_AFTER:
                 since = now
                 with self._lock:
                     behind = self._finished_all(finished)
+                    if slow:
+                        self._hand_over()
                 finished.clear()
                 if behind:
                     self._spawn(self._release(behind, "released"))
@@ -384,6 +396,13 @@ class MessageDispatcher(Runtime):
             except IndexError:  # another thread took the last one
                 return
             self._taken += 1  # not under the lock: a lost count only lets the watcher look
+
+    def _hand_over(self) -> None:
+        """Wake an idle thread for each ready message but one (this thread's next); lock held."""
+        count = min(len(self._ready) - 1, self._idle)
+        if count > 0:
+            self._waking = True
+            self._work_ready.notify(count)
 
     def _cancel_unstarted(self) -> list[Delivery]:
         # Messages are taken from the ready queue without the lock: draining it here gives
@@ -400,9 +419,11 @@ class MessageDispatcher(Runtime):
         A thread that posts work (a received batch, an ack call, free capacity)
         takes it itself once its task is done, so fast work costs no hand-off.
         While threads are busy, one idle thread watches: it takes work that waited
-        a whole poll with no thread taking anything, so slow handlers, a second
-        receive or an ack still find a thread: within :data:`HANDOFF_DELAY` of
-        the watch's start, and :data:`WATCH_MAX` at most while work flows.
+        a whole poll with no thread taking anything, so a handler that blocks, a
+        second receive or an ack still find a thread: within :data:`HANDOFF_DELAY`
+        of the watch's start, and :data:`WATCH_MAX` at most while work flows.
+        Handlers known to be slow hand their ready messages over at once instead
+        (see :meth:`_handle_run`).
         """
         schedule = self._schedule
         watching = False  # this thread is the watcher

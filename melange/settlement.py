@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -221,21 +221,30 @@ class AckBuffer:
 
         Settling a delivery twice does nothing the second time.
         """
-        if delivery.settled:
-            return []
-        delivery.settled = True
-        batch = delivery.batch if delivery.batch is not None else ReceiveBatch(1)
+        return self.settle_all(((delivery, ack),), now)
+
+    def settle_all(
+        self, settled: Iterable[tuple[Delivery, bool]], now: float
+    ) -> list[list[Delivery]]:
+        """:meth:`settle` for several deliveries, each with whether to ack it."""
         ready: list[list[Delivery]] = []
-        if ack:
-            if not batch.acks:
-                batch.since = now
-                self._waiting[batch] = None
-            batch.acks.append(delivery)
-            if len(batch.acks) >= self.limit:
+        for delivery, ack in settled:
+            if delivery.settled:
+                continue
+            delivery.settled = True
+            batch = delivery.batch if delivery.batch is not None else ReceiveBatch(1)
+            acks = batch.acks
+            if ack:
+                if not acks:
+                    batch.since = now
+                    self._waiting[batch] = None
+                acks.append(delivery)
+                if len(acks) >= self.limit:
+                    ready.append(self._take(batch))
+                    acks = batch.acks
+            batch.unsettled -= 1
+            if batch.unsettled <= 0 and acks:
                 ready.append(self._take(batch))
-        batch.unsettled -= 1
-        if batch.unsettled <= 0 and batch.acks:
-            ready.append(self._take(batch))
         return ready
 
     def overdue(self, now: float) -> float | None:
