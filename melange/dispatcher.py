@@ -53,7 +53,7 @@ logger = logging.getLogger("melange.dispatcher")
 REPORT_AFTER = 0.002
 """Seconds a thread handling one message after another goes before freeing their capacity."""
 SLOW_HANDLER = 0.0005
-"""Seconds a handler takes that make the thread running it hand the ready messages to others."""
+"""Seconds a handler (or an ack or receive call) takes that make its thread hand work over."""
 HANDOFF_DELAY = 0.002
 """Seconds work waits for the busy thread that posted it before an idle thread takes it."""
 WATCH_MAX = 0.02
@@ -120,6 +120,8 @@ class MessageDispatcher(Runtime):
         self._watcher = False  # an idle thread polls for work that busy threads left waiting
         self._taken = 0  # tasks taken (and messages taken by a thread handling a run)
         self._slow_handlers = False  # the last handler took SLOW_HANDLER or more
+        self._slow_calls = {"ack": False, "receive": False}  # the last call took SLOW_HANDLER+
+        self._handoff = False  # the next thread looking for work takes it, even the watcher
         self._busy = {"handle": 0, "ack": 0, "receive": 0}  # threads doing each task
         self._receive_failures = 0  # receives that failed in a row
         self._fill_deadline: float | None = None  # of the next receive (Schedule.reserve)
@@ -344,11 +346,14 @@ class MessageDispatcher(Runtime):
             try:
                 if done == "handle":
                     self._handle_run(item, finished)
-                elif done == "ack":
-                    run_now(self._send_acks(item))
-                else:  # None: the backend was closed, and the dispatcher is stopping
-                    failures = run_now(self._receive_once(item, self._receive_failures))
-                    self._receive_failures = failures or 0
+                else:
+                    began = time.monotonic()
+                    if done == "ack":
+                        run_now(self._send_acks(item))
+                    else:  # None: the backend was closed, and the dispatcher is stopping
+                        failures = run_now(self._receive_once(item, self._receive_failures))
+                        self._receive_failures = failures or 0
+                    self._slow_calls[done] = time.monotonic() - began >= SLOW_HANDLER
             except BaseException:  # the thread dies: free what it held
                 with self._lock:
                     self._busy[done] -= 1
@@ -423,7 +428,9 @@ class MessageDispatcher(Runtime):
         second receive or an ack still find a thread: within :data:`HANDOFF_DELAY`
         of the watch's start, and :data:`WATCH_MAX` at most while work flows.
         Handlers known to be slow hand their ready messages over at once instead
-        (see :meth:`_handle_run`).
+        (see :meth:`_handle_run`), and so does a thread taking an ack call or a
+        receive whose last one took :data:`SLOW_HANDLER` or more (a round trip):
+        the next receive does not wait behind an ack.
         """
         schedule = self._schedule
         watching = False  # this thread is the watcher
@@ -431,7 +438,7 @@ class MessageDispatcher(Runtime):
         interval = HANDOFF_DELAY
         while True:
             # The watcher leaves work alone while busy threads are still taking tasks.
-            may_take = not watching or self._taken == seen
+            may_take = not watching or self._taken == seen or self._handoff
             task = self._take_task() if may_take else None
             if task is None and self._done:
                 return None
@@ -445,9 +452,14 @@ class MessageDispatcher(Runtime):
                     task = "receive", count
             if task is not None:
                 self._taken += 1
+                self._handoff = False
                 if watching:
                     self._watcher = False
-                if self._idle and not self._watcher and not self._waking:
+                if task[0] != "handle" and self._slow_calls[task[0]] and self._pending():
+                    # A network round trip: the work left waiting goes to another thread now.
+                    self._handoff = self._waking = True
+                    self._work_ready.notify()
+                elif self._idle and not self._watcher and not self._waking:
                     self._waking = True  # busy now: an idle thread must watch
                     self._work_ready.notify()
                 return task
@@ -461,12 +473,7 @@ class MessageDispatcher(Runtime):
                 if any(self._busy.values()):
                     # Each poll takes the GIL from the busy threads: poll less while they
                     # keep taking tasks or nothing waits.
-                    pending = (
-                        self._ready
-                        or self._ack_ready()
-                        or (self._may_receive() and schedule.receivable())
-                    )
-                    if watching and (self._taken != seen or not pending):
+                    if watching and (self._taken != seen or not self._pending()):
                         interval = min(2 * interval, WATCH_MAX)
                     timeout = interval if timeout is None else min(timeout, interval)
                     self._watcher = watching = True
@@ -477,6 +484,14 @@ class MessageDispatcher(Runtime):
             self._work_ready.wait(timeout)
             self._idle -= 1
             self._waking = False
+
+    def _pending(self) -> bool:
+        """Whether work waits for a thread: a message, an ack call or a receive; lock held."""
+        return bool(
+            self._ready
+            or self._ack_ready()
+            or (self._may_receive() and self._schedule.receivable())
+        )
 
     def _take_task(self) -> tuple[str, Any] | None:
         """An ack to send, else a message to handle; lock held."""

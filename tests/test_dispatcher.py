@@ -491,6 +491,55 @@ def test_handlers_a_few_milliseconds_long_still_run_in_parallel(
     assert busy["seconds"] / handling > 1.4, (busy, handling)
 
 
+class RemoteBackend(MemoryBackend):
+    """A memory backend whose receive and ack calls take a network round trip (20 ms)."""
+
+    RTT = 0.02
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, float, float]] = []  # (kind, start, end)
+
+    def _receive(self, queue_name: str, max_messages: int, wait: float) -> list[ReceivedMessage]:
+        began = time.monotonic()
+        time.sleep(self.RTT)
+        received = super()._receive(queue_name, max_messages, 0.0)
+        self.calls.append(("receive", began, time.monotonic()))
+        return received
+
+    def _ack(self, messages: list[ReceivedMessage]) -> None:
+        began = time.monotonic()
+        time.sleep(self.RTT)
+        super()._ack(messages)
+        self.calls.append(("ack", began, time.monotonic()))
+
+
+def test_the_next_receive_does_not_wait_for_an_ack_round_trip(
+    registry: SerializerRegistry,
+) -> None:
+    """The thread that sends a batch's acks leaves the next receive to another thread.
+
+    Against a remote broker both calls are round trips: done one after the other by the
+    thread that freed the capacity, receives would be in flight about half of the time.
+    """
+    backend = RemoteBackend()
+    MessagingBackendFactory(backend).init_queue(QUEUE)
+    publish(backend, registry, *(Paid(f"o{i}") for i in range(200)))
+    with dispatcher(backend, [_noop_paid], registry, workers=10, batch_size=10) as d:
+        stats = d.run_until_idle(IDLE)
+
+    assert stats.handled == 200
+    receives = [(start, end) for kind, start, end in backend.calls if kind == "receive"]
+    receiving = sum(end - start for start, end in receives)
+    duty = receiving / (receives[-1][1] - receives[0][0])
+    assert duty > 0.8, duty  # one receive in flight nearly all the time (about 0.5 in a row)
+
+
+@consumer
+def _noop_paid(event: Paid) -> None:
+    """Handles a payment instantly."""
+
+
 def test_fifo_groups_keep_their_order_and_run_in_parallel(registry: SerializerRegistry) -> None:
     backend = make_backend(fifo=True)
     groups = [f"g{i}" for i in range(4)]
