@@ -20,7 +20,9 @@ fixture available), plus:
     the environment: ``memory`` (the default), ``aws`` (a moto server through
     ``AWS_ENDPOINT_URL``), ``gcp`` (Google's Pub/Sub emulator through
     ``PUBSUB_EMULATOR_HOST``) or ``azure`` (the Service Bus stand-ins through
-    ``AZURE_SERVICEBUS_CONNECTION_STRING`` and ``AZURE_SERVICEBUS_MANAGEMENT_URL``).
+    ``AZURE_SERVICEBUS_CONNECTION_STRING`` and ``AZURE_SERVICEBUS_MANAGEMENT_URL``) or
+    ``rabbitmq`` (a private RabbitMQ node with its management plugin, through
+    ``RABBITMQ_URL`` and ``RABBITMQ_MANAGEMENT_URL``).
     Every fence runs in a fresh temporary directory, with no ``MELANGE_*`` or
     cloud variables but those, against a broker holding nothing from another test.
 ``fresh``
@@ -50,10 +52,10 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON_FENCES = ("py", "python", "python3")
-CONTEXTS = ("memory", "aws", "gcp", "azure")
+CONTEXTS = ("memory", "aws", "gcp", "azure", "rabbitmq")
 _DIRECTIVE = re.compile(r"^<!--\s*docs-test(?P<page>\s+page)?:\s*(?P<options>.*?)\s*-->\s*$", re.S)
 # Variables that would point a snippet at another broker than its page's context.
-_CLEARED_PREFIXES = ("MELANGE_", "AWS_", "PUBSUB_", "GOOGLE_", "AZURE_", "CLOUDSDK_")
+_CLEARED_PREFIXES = ("MELANGE_", "AWS_", "PUBSUB_", "GOOGLE_", "AZURE_", "CLOUDSDK_", "RABBITMQ_")
 
 
 class DocsDirectiveError(Exception):
@@ -230,3 +232,22 @@ def docs_azure(docs_memory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         monkeypatch.setenv("AZURE_SERVICEBUS_MANAGEMENT_URL", stand_in.management_url)
         yield docs_memory
     assert stand_in.amqp.errors == [], stand_in.amqp.errors
+
+
+@pytest.fixture(scope="session")
+def _docs_rabbitmq_node() -> Iterator[Any]:
+    from melange_rabbitmq.testing import RabbitMQNode
+
+    # A node that cannot start raises: the page's tests error, they are never skipped.
+    with RabbitMQNode() as node:
+        yield node
+
+
+@pytest.fixture
+def docs_rabbitmq(
+    docs_memory: Path, _docs_rabbitmq_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A private RabbitMQ node (its own name, ports and data) with the management plugin."""
+    monkeypatch.setenv("RABBITMQ_URL", _docs_rabbitmq_node.url)
+    monkeypatch.setenv("RABBITMQ_MANAGEMENT_URL", _docs_rabbitmq_node.management_url)
+    yield docs_memory

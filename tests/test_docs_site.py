@@ -86,6 +86,7 @@ def test_api_reference_covers_the_plugins(site: Path) -> None:
         ("localsqs", "LocalSQSBackend"),
         ("gcp", "GCPPubSubBackend"),
         ("azure", "AzureServiceBusBackend"),
+        ("rabbitmq", "RabbitMQBackend"),
     ]:
         html = (site / "reference" / "plugins" / plugin / "index.html").read_text()
         assert f'id="melange_{plugin}.{backend_class}"' in html, plugin
