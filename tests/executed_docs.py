@@ -235,19 +235,20 @@ def docs_azure(docs_memory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 
 
 @pytest.fixture(scope="session")
-def _docs_rabbitmq_node() -> Iterator[Any]:
+def _docs_rabbitmq_environment() -> Iterator[dict[str, str]]:
+    """A private RabbitMQ node for the session, as the variables the pages read."""
     from melange_rabbitmq.testing import RabbitMQNode
 
     # A node that cannot start raises: the page's tests error, they are never skipped.
     with RabbitMQNode() as node:
-        yield node
+        yield {"RABBITMQ_URL": node.url, "RABBITMQ_MANAGEMENT_URL": node.management_url}
 
 
 @pytest.fixture
 def docs_rabbitmq(
-    docs_memory: Path, _docs_rabbitmq_node: Any, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Path]:
+    docs_memory: Path, _docs_rabbitmq_environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """A private RabbitMQ node (its own name, ports and data) with the management plugin."""
-    monkeypatch.setenv("RABBITMQ_URL", _docs_rabbitmq_node.url)
-    monkeypatch.setenv("RABBITMQ_MANAGEMENT_URL", _docs_rabbitmq_node.management_url)
-    yield docs_memory
+    for name, value in _docs_rabbitmq_environment.items():
+        monkeypatch.setenv(name, value)
+    return docs_memory
