@@ -687,8 +687,8 @@ class SerializerRegistry:
                 f"on the {describe_body(received.body, manifest)} ({type(exc).__name__})"
             ) from exc
         kept = dict(attributes)  # a copy the message takes over, without melange's own
-        for name in _RESERVED.intersection(kept):  # usually one: melange.serializer
-            del kept[name]
+        for name in _RESERVED:
+            kept.pop(name, None)
         return _received_message(
             body,
             manifest,
@@ -721,7 +721,7 @@ class SerializerRegistry:
     deserialize_with_class = _seven_x("deserialize_with_class")
 
 
-_RESERVED = RESERVED_ATTRIBUTES
+_RESERVED = tuple(sorted(RESERVED_ATTRIBUTES))
 
 
 def _where(received: ReceivedMessage) -> str:
