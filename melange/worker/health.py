@@ -10,22 +10,29 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from melange.exceptions import MelangeError
 from melange.worker.metrics import READY
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["HealthServer", "WorkerStatus"]
+__all__ = ["HealthServer", "MetricsUnreadable", "WorkerStatus"]
 
 logger = logging.getLogger("melange.worker")
+
+
+class MetricsUnreadable(MelangeError):
+    """A worker process's metrics file cannot be read (torn or corrupted)."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,11 @@ class HealthServer:
         self, host: str, port: int, metrics_dir: str, status: Callable[[], WorkerStatus]
     ) -> None:
         from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
 
         self.metrics_dir = metrics_dir
         self.status = status
         self.registry = CollectorRegistry()
-        self._workers = MultiProcessCollector(None, path=metrics_dir)  # type: ignore[no-untyped-call]
+        self._workers = _WorkerFilesCollector(metrics_dir)
         self.registry.register(self._workers)
         self.registry.register(_SupervisorCollector(status))
         self._server = ThreadingHTTPServer((host, port), _handler(self))
@@ -99,7 +105,10 @@ class HealthServer:
             return False, "stopping"
         if len(status.workers) < status.processes:
             return False, f"{len(status.workers)} of {status.processes} worker processes up"
-        ready = self._ready_pids()
+        try:
+            ready = self._ready_pids()
+        except MetricsUnreadable as exc:
+            return False, str(exc)
         waiting = [pid for pid in status.workers if pid not in ready]
         if waiting:
             return False, f"worker processes not running all their dispatchers: {waiting}"
@@ -107,7 +116,7 @@ class HealthServer:
 
     def _ready_pids(self) -> set[int]:
         ready: set[int] = set()
-        for metric in self._workers.collect():  # type: ignore[no-untyped-call]
+        for metric in self._workers.collect():
             if metric.name == READY:
                 for sample in metric.samples:
                     if sample.value == 1 and "pid" in sample.labels:
@@ -119,6 +128,49 @@ class HealthServer:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _WorkerFilesCollector:
+    """The worker processes' files added up, skipping a file its process is still creating.
+
+    prometheus-client creates a process's file empty and sizes it a moment
+    later; its own collector fails on the empty file, which would drop the
+    health request of a supervisor polled while a worker starts. An empty file
+    holds no value yet, so leaving it out loses nothing.
+    """
+
+    def __init__(self, metrics_dir: str) -> None:
+        self._dir = metrics_dir
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = [f for f in glob.glob(os.path.join(self._dir, "*.db")) if _has_header(f)]
+        try:
+            return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+        except Exception as exc:
+            raise MetricsUnreadable(_which_unreadable(files, exc)) from exc
+
+
+def _has_header(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= 8  # the used-bytes count and its padding
+    except FileNotFoundError:  # its process died and the supervisor cleared its live gauges
+        return False
+
+
+def _which_unreadable(files: list[str], error: Exception) -> str:
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    for path in files:
+        try:
+            MultiProcessCollector.merge([path])  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            return (
+                f"cannot read the worker metrics file {path} ({exc}); "
+                "delete it if no running worker process owns it"
+            )
+    return f"cannot read the worker metrics files ({error})"
 
 
 class _SupervisorCollector:
@@ -140,7 +192,13 @@ class _SupervisorCollector:
 def _handler(server: HealthServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            try:
+                self._route(self.path.split("?", 1)[0])
+            except Exception as exc:  # answer rather than drop the connection
+                logger.exception("health: %s failed", self.path)
+                self._send(500, {"error": str(exc)})
+
+        def _route(self, path: str) -> None:
             if path == "/livez":
                 status = server.status()
                 self._send(200, {"status": "alive", "pid": status.pid, "workers": status.workers})
