@@ -141,6 +141,28 @@ def test_keepalive_notices_a_dead_connection_under_a_waiting_receive(
     assert caught.value.broker_code == "UNAVAILABLE"
 
 
+def test_a_pull_whose_connection_drops_at_once_is_retried_on_a_new_one(
+    emulator_proxy: FaultProxy,
+    gcp_project: str,
+    backend: GCPPubSubBackend,
+    queue: str,
+) -> None:
+    # A connection reset the moment a pull goes out (a front end recycling it, a
+    # transport gRPC is still closing): Google's clients retry such a pull, and so
+    # must receive, rather than report an outage (CI saw one, once, after a heal).
+    with proxied(emulator_proxy, gcp_project) as through_proxy:
+        assert through_proxy.receive(queue, wait_seconds=0) == []  # connected, lookups cached
+        assert backend.publish(queue, [OutgoingMessage(b"waiting")])[0].ok
+        emulator_proxy.reset(times=1)
+        started = time.monotonic()
+        received = through_proxy.receive(queue, wait_seconds=5)
+        elapsed = time.monotonic() - started
+        through_proxy.ack(received)
+    assert emulator_proxy.stats.resets == 1
+    assert [message.body for message in received] == [b"waiting"]
+    assert elapsed < 1 + SLACK, elapsed
+
+
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [

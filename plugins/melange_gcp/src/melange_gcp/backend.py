@@ -77,7 +77,13 @@ from melange_gcp.resources import (
     queue_spec,
     short_deadline,
 )
-from melange_gcp.timeouts import DEFAULT_KEEPALIVE, DEFAULT_TIMEOUT, CallTimeouts, retry
+from melange_gcp.timeouts import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_TIMEOUT,
+    CallTimeouts,
+    pull_retry,
+    retry,
+)
 
 __all__ = ["GCPPubSubBackend", "GCPReceipt", "SubscriptionDetached"]
 
@@ -900,7 +906,7 @@ class GCPPubSubBackend(MessagingBackend):
             response = self._clients.subscriber.pull(
                 request={"subscription": path, "max_messages": max_messages},
                 timeout=deadline,
-                retry=None,
+                retry=pull_retry(deadline),
             )
         except api_exceptions.DeadlineExceeded:
             return []  # the wait ended with nothing to pull

@@ -15,7 +15,8 @@ within about its time, black hole or not:
   passes (then nothing came, and the receive returns empty). Pulls never set
   ``return_immediately`` (the service may answer it empty while messages
   wait), so even ``receive(wait_seconds=0)`` gives each pull a short deadline
-  (``MIN_PULL`` in :mod:`melange_gcp.backend`).
+  (``MIN_PULL`` in :mod:`melange_gcp.backend`). A pull whose connection drops
+  under it at once is retried on a new one (:data:`PULL_RETRY_WINDOW`).
 
 A connection that stops answering under a waiting pull is noticed by gRPC
 keepalive pings (:mod:`melange_gcp.clients`), every ``keepalive_seconds``.
@@ -56,6 +57,22 @@ RETRIED: tuple[type[Exception], ...] = (
     api_exceptions.ResourceExhausted,
 )
 """Transient gRPC failures retried with backoff, as Google's own retry settings for Publish do."""
+
+PULL_RETRIED: tuple[type[Exception], ...] = (
+    api_exceptions.ServiceUnavailable,
+    api_exceptions.Aborted,
+    api_exceptions.InternalServerError,
+    api_exceptions.Unknown,
+)
+"""Failures of a pull that Google's own Pull settings retry (a pull's deadline is its wait)."""
+
+PULL_RETRY_WINDOW = 1.0
+"""Seconds from a pull's start within which a failure of :data:`PULL_RETRIED` is retried.
+
+A pull that fails this fast met a connection dropped under it (reset, recycled
+by a front end, or one gRPC was still closing): a new one answers. A pull that
+fails later met an outage (keepalive gave up on a silent connection), which
+receive reports rather than hides by pulling again for the rest of its wait."""
 
 _BACKOFF_START = 0.1
 _BACKOFF_MULTIPLIER = 1.3
@@ -151,4 +168,16 @@ def retry(total: float, on_error: Callable[[Exception], None] | None = None) -> 
         multiplier=_BACKOFF_MULTIPLIER,
         timeout=total,
         on_error=on_error,
+    )
+
+
+def pull_retry(deadline: float) -> Retry:
+    """Return Google's Retry for a pull of ``deadline`` seconds (see :data:`PULL_RETRY_WINDOW`)."""
+    window = min(deadline, PULL_RETRY_WINDOW)
+    return Retry(
+        predicate=if_exception_type(*PULL_RETRIED),
+        initial=_BACKOFF_START,
+        maximum=window,
+        multiplier=_BACKOFF_MULTIPLIER,
+        timeout=window,
     )
