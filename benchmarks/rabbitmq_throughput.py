@@ -8,6 +8,12 @@ outside the timing, so all sides move the same persistent messages through the s
   returns. melange ``backend.publish(queue, [message])``; raw pika ``basic_publish`` on a
   ``BlockingChannel`` in confirm mode (persistent, ``mandatory``, as melange sends); kombu
   ``Producer.publish`` on the ``amqp`` transport (py-amqp) with ``confirm_publish``.
+* ``publish batch (confirmed)``: the same messages in calls of 100, each call returning once
+  every message of it is confirmed. melange ``backend.publish(queue, [100 messages])`` (sent
+  whole, confirms awaited together); raw pika on its asynchronous adapter
+  (``SelectConnection``, the one pika offers for pipelined confirms: publish the 100, wait for
+  their ``basic.ack``, next 100); kombu has no batch publish, so its producer publishes the 100
+  one by one, each confirmed.
 * ``consume + ack``: from a queue filled beforehand (not timed), each message acked once
   handled. melange ``backend.receive(queue, 100)`` + ``backend.ack(batch)`` in a loop; raw pika
   ``basic_consume`` with a prefetch of 100 and ``basic_ack`` per message; kombu a ``Consumer``
@@ -53,9 +59,12 @@ from melange.serializers import SerializerRegistry
 PREFETCH = 100
 GOALS = {"pika": 0.9, "kombu": 1.5}
 PUBLISH = "publish (confirmed)"
+PUBLISH_BATCH = "publish batch (confirmed)"
 CONSUME = "consume + ack"
 DISPATCH = "dispatcher"
-WORKLOADS = (PUBLISH, CONSUME, DISPATCH)
+WORKLOADS = (PUBLISH, PUBLISH_BATCH, CONSUME, DISPATCH)
+BATCH = 100
+"""Messages per publish call in the batch workload (melange's rabbitmq max_batch_size)."""
 SIDES = ("melange", "pika", "kombu")
 
 
@@ -72,6 +81,7 @@ class Sides:
         url = f"amqp://guest:guest@{node.host}:{node.port}//"
         self.kombu = kombu.Connection(url, transport_options={"confirm_publish": True})
         self.kombu.connect()
+        self.pipelined = PipelinedPika(node.url)
 
     def queue(self) -> str:
         name = f"bench-{uuid.uuid4().hex[:10]}"
@@ -94,6 +104,7 @@ class Sides:
         return len(self.backend.link.leases)
 
     def close(self) -> None:
+        self.pipelined.close()
         self.kombu.release()
         self.pika.close()
         self.backend.close()
@@ -112,6 +123,73 @@ def publish_pika(sides: Sides, queue: str, count: int, body: bytes) -> None:
     for _ in range(count):
         properties = pika.BasicProperties(delivery_mode=2, message_id=uuid.uuid4().hex)
         channel.basic_publish("", queue, body, properties, mandatory=True)
+
+
+class PipelinedPika:
+    """Raw pika publishing batches with pipelined confirms: its ``SelectConnection`` adapter.
+
+    The connection and its channel in confirm mode open once, outside the timing; each
+    :meth:`publish` runs the adapter's I/O loop until every message it sent is confirmed.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.channel: Any = None
+        self.pending: set[int] = set()
+        self.next_tag = 1
+        self.nacked = 0
+        self.connection = pika.SelectConnection(
+            pika.URLParameters(url),
+            on_open_callback=self._opened,
+            on_close_callback=lambda _connection, _reason: self.connection.ioloop.stop(),
+        )
+        self.connection.ioloop.start()  # stopped once the channel is in confirm mode
+
+    def _opened(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._channel_opened)
+
+    def _channel_opened(self, channel: Any) -> None:
+        self.channel = channel
+        channel.confirm_delivery(
+            ack_nack_callback=self._confirmed, callback=lambda _frame: self.connection.ioloop.stop()
+        )
+
+    def _confirmed(self, frame: Any) -> None:
+        method = frame.method
+        if isinstance(method, pika.spec.Basic.Nack):
+            self.nacked += 1
+        tags = (
+            [t for t in self.pending if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        self.pending.difference_update(tags)
+        if not self.pending:
+            self.connection.ioloop.stop()
+
+    def publish(self, queue: str, count: int, body: bytes) -> None:
+        for _ in range(count):
+            properties = pika.BasicProperties(delivery_mode=2, message_id=uuid.uuid4().hex)
+            self.channel.basic_publish("", queue, body, properties, mandatory=True)
+            self.pending.add(self.next_tag)
+            self.next_tag += 1
+        self.connection.ioloop.start()  # until the confirms of all of them came
+        assert not self.nacked
+
+    def close(self) -> None:
+        self.connection.close()
+        self.connection.ioloop.start()  # until closed (on_close_callback stops the loop)
+
+
+def publish_batch_melange(sides: Sides, queue: str, count: int, body: bytes) -> None:
+    for start in range(0, count, BATCH):
+        batch = [OutgoingMessage(body)] * min(BATCH, count - start)
+        results = sides.backend.publish(queue, batch)
+        assert all(result.ok for result in results), [r.error for r in results if not r.ok]
+
+
+def publish_batch_pika(sides: Sides, queue: str, count: int, body: bytes) -> None:
+    for start in range(0, count, BATCH):
+        sides.pipelined.publish(queue, min(BATCH, count - start), body)
 
 
 def publish_kombu(sides: Sides, queue: str, count: int, body: bytes) -> None:
@@ -226,11 +304,17 @@ def run(sides: Sides, count: int, body: bytes) -> dict[str, dict[str, float]]:
     rates: dict[str, dict[str, float]] = {workload: {} for workload in WORKLOADS}
     publishers = {"melange": publish_melange, "pika": publish_pika, "kombu": publish_kombu}
     consumers = {"melange": consume_melange, "pika": consume_pika, "kombu": consume_kombu}
-    for side, publish in publishers.items():
-        queue = sides.queue()
-        rates[PUBLISH][side] = timed(partial(publish, sides, queue, count, body), count)
-        assert sides.depth(queue) == count, (side, sides.depth(queue))
-        sides.backend.delete_queue(queue)
+    batch_publishers = {
+        "melange": publish_batch_melange,
+        "pika": publish_batch_pika,
+        "kombu": publish_kombu,  # kombu publishes a batch one confirmed message at a time
+    }
+    for workload, sides_of in ((PUBLISH, publishers), (PUBLISH_BATCH, batch_publishers)):
+        for side, publish in sides_of.items():
+            queue = sides.queue()
+            rates[workload][side] = timed(partial(publish, sides, queue, count, body), count)
+            assert sides.depth(queue) == count, (side, sides.depth(queue))
+            sides.backend.delete_queue(queue)
     for side, consume in consumers.items():
         queue = sides.queue()
         sides.fill(queue, count, body)
@@ -272,7 +356,7 @@ def main() -> int:
         print_machine(info)
         print(f"{args.messages} messages of {args.body_size} B, {args.repeat} repetitions")
         print(
-            f"{'workload':22} {'melange/s':>10} {'pika/s':>10} {'kombu/s':>10} "
+            f"{'workload':26} {'melange/s':>10} {'pika/s':>10} {'kombu/s':>10} "
             f"{'vs pika':>8} {'vs kombu':>9}"
         )
     for workload in WORKLOADS:
@@ -285,7 +369,7 @@ def main() -> int:
         if not args.json:
             marks = {o: "" if ratios[o] >= GOALS[o] else " (below goal)" for o in ratios}
             print(
-                f"{workload:22} {rates['melange']['median']:10.0f} {rates['pika']['median']:10.0f} "
+                f"{workload:26} {rates['melange']['median']:10.0f} {rates['pika']['median']:10.0f} "
                 f"{rates['kombu']['median']:10.0f} {ratios['pika']:7.2f}x{marks['pika']} "
                 f"{ratios['kombu']:8.2f}x{marks['kombu']}"
             )

@@ -39,7 +39,6 @@ from melange.backends.base import (
     ReceivedMessage,
 )
 from melange.exceptions import (
-    BackendUnavailable,
     BrokerError,
     ConfigurationError,
     InvalidMessage,
@@ -495,66 +494,56 @@ class RabbitMQBackend(MessagingBackend):
     ) -> list[PublishResult]:
         return self._send(topic_name, "", batch, queue=None)
 
+    def _publish_failure(
+        self, error: BaseException, queue: str | None, exchange: str
+    ) -> MelangeError:
+        """What ended a publish before every message was confirmed, as melange's error."""
+        target = queue if queue is not None else exchange
+        if isinstance(error, pika.exceptions.ChannelClosedByBroker):
+            if error.reply_code == errors.NOT_FOUND:
+                return TopicNotFound(exchange) if queue is None else QueueNotFound(queue)
+            return errors.translate(error, target, "publish to")
+        if isinstance(error, CONNECTION_ERRORS):
+            self._link._lost(f"{type(error).__name__}: {error}")
+        return _unknown(target, error)
+
     def _send(
         self, exchange: str, routing_key: str, batch: list[OutgoingMessage], queue: str | None
     ) -> list[PublishResult]:
         link = self._link
         target = queue if queue is not None else exchange
+        mandatory = queue is not None  # a queue that is missing returns the message
 
         def publish() -> list[PublishResult]:
-            channel = link.publisher()  # a failure here sent nothing: it raises
-            results: list[PublishResult] = []
-            for index, message in enumerate(batch):
-                message_id = uuid.uuid4().hex
-                properties = BasicProperties(
-                    delivery_mode=2,
-                    message_id=message_id,
-                    headers=dict(message.attributes) or None,
+            publisher = link.publisher()  # a failure here sent nothing: it raises
+            messages = [
+                (
+                    bytes(message.body),
+                    BasicProperties(
+                        delivery_mode=2,
+                        message_id=uuid.uuid4().hex,
+                        headers=dict(message.attributes) or None,
+                    ),
                 )
-                try:
-                    channel.basic_publish(
-                        exchange,
-                        routing_key,
-                        bytes(message.body),
-                        properties,
-                        mandatory=queue is not None,
-                    )
-                except pika.exceptions.UnroutableError:
-                    if index == 0 and queue is not None:
-                        raise QueueNotFound(queue) from None
-                    refused: MelangeError = QueueNotFound(target)
-                    return results + _refused(len(batch), index, refused)
-                except pika.exceptions.NackError:
-                    results.append(
-                        PublishResult(
-                            index,
-                            error=BrokerError(
-                                f"RabbitMQ did not accept the message for {target!r} "
-                                "(basic.nack): the queue refuses publishes (overflow "
-                                "reject-publish) or failed to store it",
-                                broker_code="nack",
-                            ),
-                        )
-                    )
-                    continue
-                except pika.exceptions.ChannelClosedByBroker as error:
-                    missing: MelangeError
-                    if error.reply_code == errors.NOT_FOUND:
-                        missing = (
-                            TopicNotFound(exchange) if queue is None else QueueNotFound(target)
-                        )
-                    else:
-                        missing = errors.translate(error, target, "publish to")
-                    if index == 0:
-                        raise missing from None
-                    return results + _refused(len(batch), index, missing)
-                except CONNECTION_ERRORS as error:
-                    link._lost(f"{type(error).__name__}: {error}")
-                    unknown = _unknown(target, error)
-                    if index == 0:
-                        raise unknown from None
-                    return results + _refused(len(batch), index, unknown)
-                results.append(PublishResult(index, message_id=message_id))
+                for message in batch
+            ]
+            sent = publisher.publish_all(exchange, routing_key, messages, mandatory=mandatory)
+            outcomes, error = sent.outcomes, sent.error
+            failure = None if error is None else self._publish_failure(error, queue, exchange)
+            if failure is not None and not any(outcomes):
+                raise failure  # the broker refused the first message, or nothing was confirmed
+            if outcomes and all(outcome == "returned" for outcome in outcomes):
+                raise QueueNotFound(target)  # no queue to route to
+            results: list[PublishResult] = []
+            for index, outcome in enumerate(outcomes):
+                if outcome == "ack":
+                    results.append(PublishResult(index, message_id=messages[index][1].message_id))
+                elif outcome == "returned":
+                    results.append(PublishResult(index, error=QueueNotFound(target)))
+                elif outcome == "nack":
+                    results.append(PublishResult(index, error=_nacked(target)))
+                else:  # sent, then the channel or connection closed before its answer
+                    results.append(PublishResult(index, error=_unconfirmed(target, failure)))
             return results
 
         return self._io(publish, publishing=True)
@@ -667,18 +656,19 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _refused(total: int, start: int, cause: MelangeError) -> list[PublishResult]:
-    """``start`` refused for ``cause``, the rest refused as never sent."""
-    first = [PublishResult(start, error=cause)] if start < total else []
-    return first + _not_sent(total, start + 1, cause)
-
-
-def _not_sent(total: int, start: int, cause: MelangeError) -> list[PublishResult]:
-    error = BackendUnavailable(
-        f"not sent: an earlier message of the same publish call failed ({cause}); these were "
-        "never sent, so publishing them again makes no duplicate"
+def _nacked(target: str) -> MelangeError:
+    return BrokerError(
+        f"RabbitMQ did not accept the message for {target!r} (basic.nack): the queue refuses "
+        "publishes (overflow reject-publish) or failed to store it",
+        broker_code="nack",
     )
-    return [PublishResult(index, error=error) for index in range(start, total)]
+
+
+def _unconfirmed(target: str, cause: MelangeError | None) -> MelangeError:
+    return OutcomeUnknown(
+        f"no confirm came for the message to {target!r} before the publish ended ({cause}); "
+        "it was sent and may or may not have been stored"
+    )
 
 
 def _unknown(target: str, error: BaseException) -> MelangeError:

@@ -37,6 +37,7 @@ from melange.exceptions import (
     MelangeError,
     OutcomeUnknown,
 )
+from melange_rabbitmq.confirms import ConfirmChannel
 from melange_rabbitmq.leases import DeliveryKey, LeaseTable
 
 __all__ = ["CONNECTION_ERRORS", "Delivery", "Link"]
@@ -119,7 +120,7 @@ class Link:
         self._last_error = ""
         self._conn: pika.BlockingConnection | None = None
         self._ops: BlockingChannel | None = None
-        self._publisher: BlockingChannel | None = None
+        self._publisher: ConfirmChannel | None = None
         self._consumers: dict[str, _Consumer] = {}
         self._channels: dict[tuple[int, int], BlockingChannel] = {}
         self._lock = threading.Lock()
@@ -253,14 +254,12 @@ class Link:
             channel = self._ops = self.connection().channel()
         return channel
 
-    def publisher(self) -> BlockingChannel:
+    def publisher(self) -> ConfirmChannel:
         """The channel in confirm mode that every publish goes through."""
-        channel = self._publisher
-        if channel is None or not channel.is_open:
-            channel = self.connection().channel()
-            channel.confirm_delivery()
-            self._publisher = channel
-        return channel
+        publisher = self._publisher
+        if publisher is None or not publisher.is_open:
+            publisher = self._publisher = ConfirmChannel(self.connection().channel())
+        return publisher
 
     def consume(self, queue: str) -> _Consumer:
         """The live consumer of ``queue``, started (on a channel of its own) when needed.
