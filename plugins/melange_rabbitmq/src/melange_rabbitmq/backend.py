@@ -565,10 +565,15 @@ class RabbitMQBackend(MessagingBackend):
         deadline = time.monotonic() + wait_seconds
         visibility: float | None = None
         while True:
-            deliveries = (
-                link.take(queue_name, max_messages) if link.has_consumer(queue_name) else []
-            )
+            consuming = link.has_consumer(queue_name)
+            deliveries = link.take(queue_name, max_messages) if consuming else []
             if not deliveries:
+                remaining = deadline - time.monotonic()
+                if consuming and remaining > 0 and len(link.leases) < link.prefetch:
+                    # The consumer has room under its prefetch, so the broker pushes what is
+                    # ready: wait for it rather than ask (basic.get is a round trip).
+                    link.wait_for(queue_name, remaining)
+                    continue
                 got = self._io(lambda: self._get(queue_name))
                 deliveries = [got] if got is not None else link.take(queue_name, max_messages)
             if deliveries:
@@ -628,13 +633,13 @@ class RabbitMQBackend(MessagingBackend):
         leases = self._link.leases
         keys = [key for key in self._keys(messages) if leases.settle(key)]
         if keys:
-            self._io(lambda: self._link.settle(keys, requeue=None))
+            self._link.submit(lambda: self._link.settle(keys, requeue=None))
 
     def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
         leases = self._link.leases
         now = [key for key in self._keys(messages) if leases.release(key, delay_seconds)]
         if now:
-            self._io(lambda: self._link.settle(now, requeue=True))
+            self._link.submit(lambda: self._link.settle(now, requeue=True))
 
     def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
         leases = self._link.leases

@@ -78,10 +78,11 @@ class _Consumer:
 
 
 class _Job(Generic[_T]):
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("detached", "done", "error", "fn", "result")
 
-    def __init__(self, fn: Callable[[], _T]) -> None:
+    def __init__(self, fn: Callable[[], _T], *, detached: bool = False) -> None:
         self.fn = fn
+        self.detached = detached  # nobody waits: an error is logged
         self.done = threading.Event()
         self.result: _T | None = None
         self.error: BaseException | None = None
@@ -158,6 +159,25 @@ class Link:
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        """Queue ``fn`` for the I/O thread and return at once; its error is logged, not raised.
+
+        For acks and nacks: AMQP answers neither, so waiting for the frames to be
+        written would tell the caller nothing more (a connection lost after the write
+        loses them just the same, and the broker delivers those messages again).
+        Jobs run in order, and :meth:`close` runs the ones queued before it.
+        """
+        job: _Job[object] = _Job(fn, detached=True)
+        with self._lock:
+            if self._stopping:
+                raise BackendClosed("rabbitmq", "use the connection")
+            self._jobs.append(job)
+            self._work.notify()
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closed meanwhile: the loop polls anyway
+                conn.add_callback_threadsafe(_nothing)
 
     def take(self, queue: str, max_messages: int) -> list[Delivery]:
         """Pop up to ``max_messages`` buffered deliveries of ``queue``; any thread."""
@@ -374,6 +394,8 @@ class Link:
         except BaseException as error:  # handed to the caller, who raises it
             job.error = error
         finally:
+            if job.detached and job.error is not None:
+                log.warning("rabbitmq: settling deliveries failed: %s", _describe(job.error))
             job.done.set()
 
     def _return_due(self) -> None:
@@ -432,9 +454,13 @@ class Link:
         with self._lock:
             jobs = list(self._jobs)
             self._jobs.clear()
+        conn = self._conn
         for job in jobs:
-            job.error = BackendClosed("rabbitmq", "finish a call")
-            job.done.set()
+            if job.detached and conn is not None and conn.is_open:
+                self._run(job)  # acks and nacks queued before the close go out
+            elif not job.detached:
+                job.error = BackendClosed("rabbitmq", "finish a call")
+                job.done.set()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):

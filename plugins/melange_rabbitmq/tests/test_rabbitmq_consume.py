@@ -1,0 +1,147 @@
+"""Receiving and settling on the real node without needless waits on the I/O thread.
+
+- A receive that may wait, while the queue's consumer has room under its
+  prefetch, waits for the broker's push instead of asking with ``basic.get``
+  (a round trip on the I/O thread, which returned one message at a time to the
+  dispatcher and halved its rate). With the prefetch used up, it still asks.
+- ``ack`` and ``nack`` hand their frames to the I/O thread and return: AMQP
+  answers neither, so waiting told the caller nothing. ``close`` still sends
+  every one queued before it. Queue state is read with raw pika.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pika
+import pytest
+from melange_rabbitmq import RabbitMQBackend
+from melange_rabbitmq.testing import RabbitMQNode
+
+from melange import MessagingBackendFactory
+from melange.backends.base import OutgoingMessage
+
+
+class RawClient:
+    """A plain pika connection: publishes, and reads what the broker holds."""
+
+    def __init__(self, node: RabbitMQNode) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(node.url))
+        self.channel = self.connection.channel()
+
+    def publish(self, queue: str, body: bytes) -> None:
+        self.channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+
+    def ready(self, queue: str) -> int:
+        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+def raw(rabbitmq_node: RabbitMQNode) -> Iterator[RawClient]:
+    client = RawClient(rabbitmq_node)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue(backend: RabbitMQBackend, unique: str) -> Iterator[str]:
+    MessagingBackendFactory(backend).init_queue(unique)
+    yield unique
+    backend.delete_queue(unique)
+
+
+def count_gets(backend: RabbitMQBackend) -> list[str]:
+    """Record each ``basic.get`` the backend's link makes."""
+    calls: list[str] = []
+    get = backend.link.get
+
+    def counted(queue: str) -> object:
+        calls.append(queue)
+        return get(queue)
+
+    backend.link.get = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_waiting_receive_with_prefetch_room_waits_for_the_push_without_asking(
+    backend: RabbitMQBackend, raw: RawClient, queue: str
+) -> None:
+    assert backend.receive(queue, 10, wait_seconds=0) == []  # starts the queue's consumer
+    gets = count_gets(backend)
+    threading.Timer(0.3, raw.publish, (queue, b"pushed")).start()
+    started = time.monotonic()
+    received = backend.receive(queue, 10, wait_seconds=5)
+    took = time.monotonic() - started
+    assert [message.body for message in received] == [b"pushed"]
+    assert took < 3, took
+    assert gets == []  # before: one basic.get, a round trip on the I/O thread, per empty look
+    backend.ack(received)
+
+
+def test_with_the_prefetch_used_up_a_receive_asks_the_queue_at_once(
+    rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str
+) -> None:
+    with RabbitMQBackend(rabbitmq_node.url, prefetch=5) as small:
+        for n in range(5):
+            raw.publish(queue, b"held %d" % n)
+        held: list[object] = []
+        deadline = time.monotonic() + 10
+        while len(held) < 5 and time.monotonic() < deadline:
+            held += small.receive(queue, 5, wait_seconds=1)
+        assert len(held) == 5  # unacked: the broker pushes no more to this consumer
+        raw.publish(queue, b"beyond the prefetch")
+        gets = count_gets(small)
+        started = time.monotonic()
+        received = small.receive(queue, 5, wait_seconds=5)
+        took = time.monotonic() - started
+        assert [message.body for message in received] == [b"beyond the prefetch"]
+        assert took < 2, f"waited {took:.1f} s for a push that the prefetch forbids"
+        assert gets == [queue]
+        small.ack([*held, *received])  # type: ignore[list-item]
+
+
+def test_an_ack_does_not_wait_for_a_busy_io_thread_and_still_lands(
+    rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str
+) -> None:
+    backend = RabbitMQBackend(rabbitmq_node.url)
+    backend.publish(queue, [OutgoingMessage(b"a"), OutgoingMessage(b"b")])
+    received: list[object] = []
+    deadline = time.monotonic() + 10
+    while len(received) < 2 and time.monotonic() < deadline:
+        received += backend.receive(queue, 2, wait_seconds=1)
+    busy = threading.Thread(target=backend.link.call, args=(lambda: time.sleep(1.0),))
+    busy.start()
+    time.sleep(0.1)  # the I/O thread is in the sleeping job
+    started = time.monotonic()
+    backend.ack(received)  # type: ignore[arg-type]
+    took = time.monotonic() - started
+    busy.join()
+    assert took < 0.5, f"ack waited {took:.2f} s for the I/O thread"
+    backend.close()  # the connection closes: unacked messages would come back as ready
+    deadline = time.monotonic() + 10
+    while raw.ready(queue) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert raw.ready(queue) == 0
+
+
+def test_acks_queued_just_before_close_are_sent(
+    rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str
+) -> None:
+    for n in range(20):
+        raw.publish(queue, b"m%d" % n)
+    backend = RabbitMQBackend(rabbitmq_node.url)
+    received: list[object] = []
+    deadline = time.monotonic() + 10
+    while len(received) < 20 and time.monotonic() < deadline:
+        received += backend.receive(queue, 10, wait_seconds=1)
+    assert len(received) == 20
+    for message in received:
+        backend.ack([message])  # type: ignore[list-item]
+    backend.close()  # at once: the 20 acks may still be queued for the I/O thread
+    time.sleep(0.5)  # had an ack been dropped, its message would be ready again by now
+    assert raw.ready(queue) == 0
