@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from melange.worker.health import HealthServer, WorkerStatus
+from tests.http_probe import get
 
 READY_WORKER = """
 import sys
@@ -38,14 +37,6 @@ assert WorkerMetrics().sync([Running()])
 print("ready", flush=True)
 sys.stdin.read()  # stay alive (a dead process's live gauges are not read) until told
 """
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 @pytest.fixture

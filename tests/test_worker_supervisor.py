@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from melange_localsqs.testing import MotoServer, MotoServerError
 
 from melange import MessagingBackendFactory, QueuePublisher
 from melange.backends import LocalSQSBackend
+from tests.http_probe import get
 
 TESTS = Path(__file__).parent
 QUEUE = "worker-jobs"
@@ -91,14 +90,6 @@ def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.1)
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def sample(metrics: str, name: str) -> float:

@@ -16,6 +16,7 @@ import pytest
 from melange_rabbitmq import RabbitMQBackend
 from melange_rabbitmq.testing import RabbitMQNode, RabbitMQNodeError
 
+from melange import MessagingBackendFactory
 from melange.testing.faults import FaultProxy
 
 
@@ -52,6 +53,14 @@ def backend(rabbitmq_node: RabbitMQNode) -> Iterator[RabbitMQBackend]:
 def unique() -> str:
     """A random token for resource names."""
     return f"mlg-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def queue(backend: RabbitMQBackend, unique: str) -> Iterator[str]:
+    """A queue made by melange's factory on the session's node, deleted at the end."""
+    MessagingBackendFactory(backend).init_queue(unique)
+    yield unique
+    backend.delete_queue(unique)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +22,6 @@ import pytest
 from melange_rabbitmq import RabbitMQBackend
 from melange_rabbitmq.testing import RabbitMQNode
 
-from melange import MessagingBackendFactory
 from melange.backends.base import OutgoingMessage
 
 
@@ -46,13 +47,6 @@ def raw(rabbitmq_node: RabbitMQNode) -> Iterator[RawClient]:
     client = RawClient(rabbitmq_node)
     yield client
     client.close()
-
-
-@pytest.fixture
-def queue(backend: RabbitMQBackend, unique: str) -> Iterator[str]:
-    MessagingBackendFactory(backend).init_queue(unique)
-    yield unique
-    backend.delete_queue(unique)
 
 
 def count_gets(backend: RabbitMQBackend) -> list[str]:
@@ -144,4 +138,33 @@ def test_acks_queued_just_before_close_are_sent(
         backend.ack([message])  # type: ignore[list-item]
     backend.close()  # at once: the 20 acks may still be queued for the I/O thread
     time.sleep(0.5)  # had an ack been dropped, its message would be ready again by now
+    assert raw.ready(queue) == 0
+
+
+EXITS_WITHOUT_CLOSING = """
+import sys, time
+from melange_rabbitmq import RabbitMQBackend
+
+backend = RabbitMQBackend(sys.argv[1])
+received = []
+while len(received) < 20:
+    received += backend.receive(sys.argv[2], 10, wait_seconds=1)
+backend.link.submit(lambda: time.sleep(0.5))  # the I/O thread is busy when the acks queue up
+for message in received:
+    backend.ack([message])
+# no backend.close(): the process ends, as one whose dispatcher returned from main() does
+"""
+
+
+def test_acks_queued_when_the_process_exits_without_closing_are_sent(
+    rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str
+) -> None:
+    for n in range(20):
+        raw.publish(queue, b"m%d" % n)
+    subprocess.run(
+        [sys.executable, "-c", EXITS_WITHOUT_CLOSING, rabbitmq_node.url, queue],
+        check=True,
+        timeout=60,
+    )
+    time.sleep(0.5)  # the broker requeues what a closed connection left unacked at once
     assert raw.ready(queue) == 0

@@ -9,14 +9,11 @@ each message still decides its result: a ``basic.nack`` (a full queue with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pika
 import pytest
 from melange_rabbitmq import RabbitMQBackend
 from melange_rabbitmq.testing import RabbitMQNode
 
-from melange import MessagingBackendFactory
 from melange.backends.base import OutgoingMessage
 from melange.exceptions import BrokerError, QueueNotFound
 from melange.testing.faults import FaultProxy
@@ -31,13 +28,6 @@ def ready_count(node: RabbitMQNode, queue: str) -> int:
         connection.close()
 
 
-@pytest.fixture
-def queue(backend: RabbitMQBackend, unique: str) -> Iterator[str]:
-    MessagingBackendFactory(backend).init_queue(unique)
-    yield unique
-    backend.delete_queue(unique)
-
-
 def test_a_batch_is_sent_whole_before_its_confirms_are_awaited(
     rabbitmq_node: RabbitMQNode, node_proxy: FaultProxy, queue: str
 ) -> None:
@@ -49,8 +39,10 @@ def test_a_batch_is_sent_whole_before_its_confirms_are_awaited(
     assert [result.ok for result in results] == [True] * 100
     assert len({result.message_id for result in results}) == 100
     assert ready_count(rabbitmq_node, queue) == 101
-    # Waiting for each confirm before the next publish makes one exchange per message.
-    assert exchanges <= 10, f"{exchanges} request/response exchanges for one batch of 100"
+    # Waiting for each confirm before the next publish makes one exchange per message (100,
+    # measured). Sent whole, the batch makes a few: more when the proxy, sharing this
+    # process's GIL, reads the client's writes in pieces while early confirms come back.
+    assert exchanges <= 50, f"{exchanges} request/response exchanges for one batch of 100"
 
 
 def test_a_full_queue_nacks_only_the_messages_beyond_its_room(

@@ -16,11 +16,13 @@ every unacked delivery of the old one by then, so their receipts turn stale.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -131,6 +133,7 @@ class Link:
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="melange-rabbitmq-io", daemon=True)
         self._thread.start()
+        _OPEN_LINKS.add(self)
 
     # -------------------------------------------------------------- callers
     def call(self, fn: Callable[[], _T], *, publishing: bool = False) -> _T:
@@ -141,15 +144,7 @@ class Link:
             publishing: A timeout means the broker may have the message: OutcomeUnknown.
         """
         job: _Job[_T] = _Job(fn)
-        with self._lock:
-            if self._stopping:
-                raise BackendClosed("rabbitmq", "use the connection")
-            self._jobs.append(job)
-            self._work.notify()
-        conn = self._conn
-        if conn is not None:
-            with contextlib.suppress(Exception):  # closed meanwhile: the loop polls anyway
-                conn.add_callback_threadsafe(_nothing)
+        self._enqueue(job)
         if not job.done.wait(self.call_timeout):
             what = OutcomeUnknown if publishing else BackendUnavailable
             raise what(
@@ -168,7 +163,10 @@ class Link:
         loses them just the same, and the broker delivers those messages again).
         Jobs run in order, and :meth:`close` runs the ones queued before it.
         """
-        job: _Job[object] = _Job(fn, detached=True)
+        self._enqueue(_Job(fn, detached=True))
+
+    def _enqueue(self, job: _Job[Any]) -> None:
+        """Queue ``job`` for the I/O thread and wake it."""
         with self._lock:
             if self._stopping:
                 raise BackendClosed("rabbitmq", "use the connection")
@@ -213,6 +211,7 @@ class Link:
 
     def close(self) -> None:
         """Close the connection and stop the I/O thread; idempotent."""
+        _OPEN_LINKS.discard(self)
         with self._lock:
             if self._stopping:
                 return
@@ -466,6 +465,19 @@ class Link:
             with contextlib.suppress(Exception):
                 if conn.is_open:
                     conn.close()
+
+
+_OPEN_LINKS: weakref.WeakSet[Link] = weakref.WeakSet()
+"""Links not closed yet; closed when the interpreter exits."""
+
+
+@atexit.register
+def _close_open_links() -> None:
+    # The I/O thread is a daemon, stopped dead when the interpreter exits: close the
+    # links before that, so acks and nacks still queued for it go out (a dispatcher
+    # run from main() returns, and the process exits without closing its backend).
+    for link in list(_OPEN_LINKS):
+        link.close()
 
 
 def _nothing() -> None:
