@@ -39,6 +39,7 @@ event loop, where only the loop's thread touches it.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import logging
 import signal
@@ -69,6 +70,12 @@ from melange.settlement import (
 from melange.topology import QueueSpec
 
 logger = logging.getLogger("melange.dispatcher")
+
+SLOW_HANDLER = 0.0005
+"""Seconds a handler (or an ack or receive call) takes that make a driver hand work over:
+it waited for I/O, most likely, and the messages behind it should not wait as long."""
+HANDOFF_DELAY = 0.002
+"""Seconds work waits for the busy thread that holds it before another thread takes it."""
 
 _T = TypeVar("_T")
 
@@ -176,6 +183,9 @@ class Runtime:
             c for c in self.consumers if c.accepts_every_message()
         )
         self._every_consumer_accepts = len(self._settlement.accepting_all) == len(self.consumers)
+        # The last handler took SLOW_HANDLER or more: drivers hand the next messages out
+        # one by one (read and written without a lock: a stale value costs one hand-off).
+        self._slow_handlers = False
         self._queue_extra = self._settlement.queue_extra
         self._schedule = Schedule(config.capacity, config.batch_size)
         self._state: State = "new"
@@ -521,9 +531,11 @@ class Runtime:
             return
         delivery.started = True
         acked = False
+        began = time.monotonic()
         try:
             acked = await self._handle(delivery)
         finally:
+            self._slow_handlers = time.monotonic() - began >= SLOW_HANDLER
             with self._lock:
                 behind = self._finished(delivery, acked)
             if behind:
@@ -570,6 +582,38 @@ class Runtime:
             return settle(*args) is True
         except Exception:  # a bug here must not lose the capacity it holds
             return self._internal_error(delivery)
+
+    def _handle_sync_run(
+        self, run: collections.deque[Delivery], finished: list[tuple[Delivery, bool]]
+    ) -> bool:
+        """Handle the messages of ``run`` one after another, in the calling thread.
+
+        For consumers that are all synchronous. Each message is taken from ``run``
+        with ``popleft``, so a driver cancelling what has not started (draining
+        ``run`` the same way) gets every other one. Stops after a handler took
+        :data:`SLOW_HANDLER` or more: the rest may wait as long, and go elsewhere.
+
+        Args:
+            run: The messages to handle, marked started when queued.
+            finished: Receives each handled message with whether to ack it.
+
+        Returns:
+            Whether it stopped at a slow handler (``run`` may hold more).
+        """
+        while True:
+            try:
+                delivery = run.popleft()
+            except IndexError:
+                return False
+            began = time.monotonic()
+            try:
+                acked = self._handle_now(delivery)
+            except BaseException:
+                finished.append((delivery, False))
+                raise
+            finished.append((delivery, acked))
+            if time.monotonic() - began >= SLOW_HANDLER:
+                return True
 
     def _internal_error(self, delivery: Delivery) -> bool:
         logger.exception(

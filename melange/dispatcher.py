@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from melange._runtime import Now, Runtime, run_now
+from melange._runtime import HANDOFF_DELAY, SLOW_HANDLER, Now, Runtime, run_now
 from melange.backends.base import MessagingBackend
 from melange.consumers import Consumer
 from melange.dispatcher_config import DispatcherConfig, DispatcherOptions
@@ -52,10 +52,6 @@ logger = logging.getLogger("melange.dispatcher")
 
 REPORT_AFTER = 0.002
 """Seconds a thread handling one message after another goes before freeing their capacity."""
-SLOW_HANDLER = 0.0005
-"""Seconds a handler (or an ack or receive call) takes that make its thread hand work over."""
-HANDOFF_DELAY = 0.002
-"""Seconds work waits for the busy thread that posted it before an idle thread takes it."""
 WATCH_MAX = 0.02
 """The watcher's longest poll, while busy threads keep taking work or no work waits."""
 
@@ -119,7 +115,6 @@ class MessageDispatcher(Runtime):
         self._waking = False  # an idle thread was woken and has not run yet
         self._watcher = False  # an idle thread polls for work that busy threads left waiting
         self._taken = 0  # tasks taken (and messages taken by a thread handling a run)
-        self._slow_handlers = False  # the last handler took SLOW_HANDLER or more
         self._slow_calls = {"ack": False, "receive": False}  # the last call took SLOW_HANDLER+
         self._handoff = False  # the next thread looking for work takes it, even the watcher
         self._busy = {"handle": 0, "ack": 0, "receive": 0}  # threads doing each task

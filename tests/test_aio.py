@@ -832,3 +832,35 @@ def test_stop_sends_the_acks_still_waiting_for_an_abandoned_neighbour(
 
     asyncio.run(main())
     assert len(acked) == 4  # the abandoned handler's message is not among them
+
+
+def test_fast_def_handlers_of_a_batch_share_one_trip_to_the_thread_pool(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    # A `def process` runs in the dispatcher's thread pool; a trip there and back per message
+    # held the driver to a tenth of a hand-written loop's rate on the memory backend.
+    publish(backend, registry, *[Paid(f"o-{i}") for i in range(100)])
+    handled: list[str] = []
+
+    class Quick(Consumer):
+        def process(self, message: Message) -> None:
+            handled.append(message.body.order)
+
+    async def main() -> tuple[DispatchStats, int]:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [Quick()], registry, **FAST)
+        plain = dispatcher._io
+        calls: list[Any] = []
+
+        def counted(func: Any, *args: Any) -> Any:
+            calls.append(func)
+            return plain(func, *args)
+
+        dispatcher._io = counted  # type: ignore[method-assign]
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
+        not_handling = (backend.receive, dispatcher._settlement.send_acks)
+        return stats, len([func for func in calls if func not in not_handling])
+
+    stats, trips = asyncio.run(main())
+    assert stats.handled == 100
+    assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
+    assert trips <= 30, f"{trips} trips to the pool to handle 100 messages"

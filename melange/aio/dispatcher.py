@@ -15,6 +15,7 @@ be starved by them, and ``asyncio.run`` does not wait for a pending poll on exit
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from melange._runtime import Runtime
+from melange._runtime import HANDOFF_DELAY, Runtime
 from melange.backends.base import MessagingBackend
 from melange.consumers import Consumer
 from melange.dispatcher_config import DispatcherConfig, DispatcherOptions, positive_int
@@ -101,6 +102,7 @@ class AsyncMessageDispatcher(Runtime):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._receivers: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
+        self._runs: list[collections.deque[Delivery]] = []  # batches handed to pool threads
         self._background: set[asyncio.Task[None]] = set()
         self._capacity_changed = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -269,8 +271,73 @@ class AsyncMessageDispatcher(Runtime):
             self._state_changed.set()
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
+        if self._async_consumers or self._slow_handlers or len(deliveries) < 2:
+            for delivery in deliveries:
+                self._task(self._handlers, self._work(delivery))
+            return
+        # Synchronous consumers, fast so far: the batch goes to one pool thread, which
+        # handles one message after another (one trip to the pool, not one per message).
+        run = collections.deque(deliveries)
+        for delivery in deliveries:  # taken from the run by exactly one side (see _handle_sync_run)
+            delivery.started = True
+        self._runs.append(run)
+        self._task(self._handlers, self._work_run(run))
+
+    async def _work_run(self, run: collections.deque[Delivery]) -> None:
+        """Handle ``run`` in a pool thread; free each message's capacity on the loop."""
+        queued = list(run)
+        finished: list[tuple[Delivery, bool]] = []
+        reported = 0  # finished[:reported] had their capacity freed already
+        try:
+            handling = self._io(self._handle_sync_run, run, finished)
+            ended, _ = await asyncio.wait({handling}, timeout=HANDOFF_DELAY)
+            if not ended:  # a handler blocks the thread: the others must not wait for it
+                self._slow_handlers = True
+                self._hand_out(run)
+                reported = len(finished)
+                self._report(finished[:reported])
+            self._slow_handlers = await handling
+        except BaseException:
+            # Cancelled past the grace period: the thread goes on with the message it
+            # holds, which is not acknowledged (as a synchronous handler's own task is).
+            finished = list(finished)
+            done = {id(delivery) for delivery, _ in finished}
+            waiting = {id(delivery) for delivery in run}
+            finished += [(d, False) for d in queued if id(d) not in done and id(d) not in waiting]
+            raise
+        finally:
+            self._report(finished[reported:])
+            self._hand_out(run)  # a slow handler (or a failure) left some
+            self._runs.remove(run)
+
+    def _report(self, finished: list[tuple[Delivery, bool]]) -> None:
+        """Free the capacity of handled messages and queue their acks."""
+        if finished:
+            behind = self._finished_all(finished)
+            if behind:
+                self._spawn(self._release(behind, "released"))
+
+    def _hand_out(self, run: collections.deque[Delivery]) -> None:
+        """Give each message left in ``run`` a task of its own."""
+        while True:
+            try:  # popleft, as the pool thread takes them: each goes to one side
+                delivery = run.popleft()
+            except IndexError:
+                return
+            delivery.started = False  # _work takes it, unless a stop cancels it first
             self._task(self._handlers, self._work(delivery))
+
+    def _cancel_unstarted(self) -> list[Delivery]:
+        cancelled = []
+        for run in self._runs:
+            while True:  # popleft, as the pool thread takes them: each goes to one side
+                try:
+                    delivery = run.popleft()
+                except IndexError:
+                    break
+                delivery.cancelled = True
+                cancelled.append(delivery)
+        return cancelled + super()._cancel_unstarted()
 
     def _task(self, tasks: set[asyncio.Task[None]], step: Coroutine[Any, Any, None]) -> None:
         """Run ``step`` as a task kept in ``tasks`` while it runs."""
