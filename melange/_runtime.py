@@ -606,14 +606,18 @@ class Runtime:
             except IndexError:
                 return False
             began = time.monotonic()
-            try:
-                acked = self._handle_now(delivery)
-            except BaseException:
-                finished.append((delivery, False))
-                raise
-            finished.append((delivery, acked))
+            self._handle_into(delivery, finished)
             if time.monotonic() - began >= SLOW_HANDLER:
                 return True
+
+    def _handle_into(self, delivery: Delivery, finished: list[tuple[Delivery, bool]]) -> None:
+        """:meth:`_handle_now`, adding the message to ``finished`` (not acked if it raises)."""
+        try:
+            acked = self._handle_now(delivery)
+        except BaseException:
+            finished.append((delivery, False))
+            raise
+        finished.append((delivery, acked))
 
     def _internal_error(self, delivery: Delivery) -> bool:
         logger.exception(

@@ -370,12 +370,7 @@ class MessageDispatcher(Runtime):
         ready = self._ready
         since = began = time.monotonic()
         while True:
-            try:
-                acked = self._handle_now(delivery)
-            except BaseException:
-                finished.append((delivery, False))
-                raise
-            finished.append((delivery, acked))
+            self._handle_into(delivery, finished)
             now = time.monotonic()
             slow = now - began >= SLOW_HANDLER
             self._slow_handlers = slow  # read without the lock: a stale value costs a wake
