@@ -319,24 +319,14 @@ class AsyncMessageDispatcher(Runtime):
 
     def _hand_out(self, run: collections.deque[Delivery]) -> None:
         """Give each message left in ``run`` a task of its own."""
-        while True:
-            try:  # popleft, as the pool thread takes them: each goes to one side
-                delivery = run.popleft()
-            except IndexError:
-                return
+        for delivery in _take_all(run):
             delivery.started = False  # _work takes it, unless a stop cancels it first
             self._task(self._handlers, self._work(delivery))
 
     def _cancel_unstarted(self) -> list[Delivery]:
-        cancelled = []
-        for run in self._runs:
-            while True:  # popleft, as the pool thread takes them: each goes to one side
-                try:
-                    delivery = run.popleft()
-                except IndexError:
-                    break
-                delivery.cancelled = True
-                cancelled.append(delivery)
+        cancelled = [delivery for run in self._runs for delivery in _take_all(run)]
+        for delivery in cancelled:
+            delivery.cancelled = True
         return cancelled + super()._cancel_unstarted()
 
     def _task(self, tasks: set[asyncio.Task[None]], step: Coroutine[Any, Any, None]) -> None:
@@ -410,6 +400,16 @@ class AsyncMessageDispatcher(Runtime):
             self._ack_timer = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # an abandoned synchronous handler keeps its thread
+
+
+def _take_all(run: collections.deque[Delivery]) -> list[Delivery]:
+    """Empty ``run`` with ``popleft``, as its pool thread takes from it: each goes to one side."""
+    taken = []
+    while True:
+        try:
+            taken.append(run.popleft())
+        except IndexError:
+            return taken
 
 
 async def _cancel_after(tasks: Collection[asyncio.Task[None]], deadline: float) -> set[Any]:
