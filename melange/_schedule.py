@@ -57,11 +57,13 @@ class FinishedAll(NamedTuple):
         start: The next messages of their FIFO groups, to start now.
         release: Messages that waited behind a failed one of their group.
         send: Acknowledgement calls to make now.
+        handled: How many of them every consumer handled (``Delivery.handled``).
     """
 
     start: list[Delivery]
     release: list[Delivery]
     send: list[list[Delivery]]
+    handled: int
 
 
 class Schedule:
@@ -152,7 +154,8 @@ class Schedule:
             self.held += len(deliveries)
             self.deliveries.update(deliveries)
             self.last_activity = now
-        return [d for d in deliveries if self._admit(d)], []
+        # Most messages have no group: only those of a group are looked at further.
+        return [d for d in deliveries if d.received.group_id is None or self._admit(d)], []
 
     def _admit(self, delivery: Delivery) -> bool:
         group = delivery.received.group_id
@@ -167,7 +170,7 @@ class Schedule:
     # --------------------------------------------------------------- finishing
     def finish(self, delivery: Delivery, acked: bool, now: float) -> Finished:
         """A handler finished ``delivery``; free its capacity and say what follows."""
-        start, release, send = self.finish_all([(delivery, acked)], now)
+        start, release, send, _ = self.finish_all([(delivery, acked)], now)
         return Finished(start[0] if start else None, release, send)
 
     def finish_all(self, finished: list[tuple[Delivery, bool]], now: float) -> FinishedAll:
@@ -175,8 +178,10 @@ class Schedule:
         deliveries, acks = self.deliveries, self.acks
         start: list[Delivery] = []
         release: list[Delivery] = []
+        handled = 0
         for delivery, acked in finished:
             deliveries.discard(delivery)
+            handled += delivery.handled
             if acked and not delivery.settled:
                 self.pending_acks += 1
             group = delivery.received.group_id
@@ -184,7 +189,7 @@ class Schedule:
                 self._next_of_group(group, acked, start, release)
         self.held -= len(finished)
         self.last_activity = now
-        return FinishedAll(start, release, acks.settle_all(finished, now))
+        return FinishedAll(start, release, acks.settle_all(finished, now), handled)
 
     def _next_of_group(
         self, group: str, acked: bool, start: list[Delivery], release: list[Delivery]

@@ -170,7 +170,7 @@ class Delivery(Lease):
         batch: The messages of the same receive call, whose acks go out together.
     """
 
-    __slots__ = ("batch", "cancelled", "settled", "started")
+    __slots__ = ("batch", "cancelled", "handled", "settled", "started")
 
     def __init__(
         self,
@@ -188,6 +188,7 @@ class Delivery(Lease):
         self.started = False
         self.cancelled = False  # released before it started (shutdown, failed group predecessor)
         self.settled = False  # acked, retried, left or released: its batch no longer waits for it
+        self.handled = False  # every consumer handled it (counted when its capacity is freed)
 
 
 class AckBuffer:
