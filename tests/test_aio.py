@@ -864,3 +864,61 @@ def test_fast_def_handlers_of_a_batch_share_one_trip_to_the_thread_pool(
     assert stats.handled == 100
     assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
     assert trips <= 30, f"{trips} trips to the pool to handle 100 messages"
+
+
+def test_fast_async_handlers_of_a_batch_share_one_task(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    # A task per message (creation, scheduling, its own capacity report) cost more than
+    # handling the message; handlers that never wait run one after another in one task.
+    publish(backend, registry, *[Paid(f"o-{i}") for i in range(100)])
+    handled: list[str] = []
+
+    @consumer
+    async def quick(event: Paid) -> None:
+        handled.append(event.order)
+
+    async def main() -> tuple[DispatchStats, int]:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [quick], registry, **FAST)
+        plain = dispatcher._task
+        started: list[Any] = []
+
+        def counted(tasks: Any, step: Any) -> None:
+            if tasks is dispatcher._handlers:
+                started.append(step)
+            plain(tasks, step)
+
+        dispatcher._task = counted  # type: ignore[method-assign]
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
+        return stats, len(started)
+
+    stats, tasks = asyncio.run(main())
+    assert stats.handled == stats.acked == 100
+    assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
+    assert tasks <= 30, f"{tasks} handler tasks for 100 messages"
+
+
+def test_an_async_handler_that_waits_hands_the_rest_of_its_batch_out(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    # The first message's handler waits; the other nine must not wait behind it.
+    publish(backend, registry, *[Paid(f"o-{i}") for i in range(10)])
+    finished: dict[str, float] = {}
+
+    @consumer
+    async def first_waits(event: Paid) -> None:
+        if event.order == "o-0":
+            await asyncio.sleep(1.0)
+        finished[event.order] = time.monotonic()
+
+    async def main() -> tuple[DispatchStats, float]:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [first_waits], registry, **FAST)
+        began = time.monotonic()
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
+        return stats, began
+
+    stats, began = asyncio.run(main())
+    assert stats.handled == stats.acked == 10
+    others = [at - began for order, at in finished.items() if order != "o-0"]
+    assert len(others) == 9 and max(others) < 0.5, others
+    assert finished["o-0"] - began >= 1.0

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from melange._runtime import HANDOFF_DELAY, Runtime
+from melange._runtime import HANDOFF_DELAY, SLOW_HANDLER, Runtime
 from melange.backends.base import MessagingBackend
 from melange.consumers import Consumer
 from melange.dispatcher_config import DispatcherConfig, DispatcherOptions, positive_int
@@ -271,12 +271,13 @@ class AsyncMessageDispatcher(Runtime):
             self._state_changed.set()
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
-        if self._async_consumers or self._slow_handlers or len(deliveries) < 2:
+        if self._slow_handlers or len(deliveries) < 2:
             for delivery in deliveries:
                 self._task(self._handlers, self._work(delivery))
             return
-        # Synchronous consumers, fast so far: the batch goes to one pool thread, which
-        # handles one message after another (one trip to the pool, not one per message).
+        # Handlers fast so far: the batch is handled one message after another, by one
+        # pool thread (synchronous consumers: one trip to the pool, not one per message)
+        # or by one task (asynchronous ones: one task, not one per message).
         run = collections.deque(deliveries)
         for delivery in deliveries:  # taken from the run by exactly one side (see _handle_sync_run)
             delivery.started = True
@@ -284,12 +285,17 @@ class AsyncMessageDispatcher(Runtime):
         self._task(self._handlers, self._work_run(run))
 
     async def _work_run(self, run: collections.deque[Delivery]) -> None:
-        """Handle ``run`` in a pool thread; free each message's capacity on the loop."""
+        """Handle ``run`` (in a pool thread, or in a task); free the capacity on the loop."""
+        assert self._loop is not None
         queued = list(run)
         finished: list[tuple[Delivery, bool]] = []
         reported = 0  # finished[:reported] had their capacity freed already
-        try:
+        handling: asyncio.Future[bool]
+        if self._async_consumers:
+            handling = self._loop.create_task(self._handle_async_run(run, finished))
+        else:
             handling = self._io(self._handle_sync_run, run, finished)
+        try:
             ended, _ = await asyncio.wait({handling}, timeout=HANDOFF_DELAY)
             if not ended:  # a handler blocks the thread: the others must not wait for it
                 self._slow_handlers = True
@@ -299,7 +305,10 @@ class AsyncMessageDispatcher(Runtime):
             self._slow_handlers = await handling
         except BaseException:
             # Cancelled past the grace period: the thread goes on with the message it
-            # holds, which is not acknowledged (as a synchronous handler's own task is).
+            # holds (a task is cancelled), which is not acknowledged (as with a task
+            # of its own).
+            if isinstance(handling, asyncio.Task):
+                handling.cancel()
             finished = list(finished)
             done = {id(delivery) for delivery, _ in finished}
             waiting = {id(delivery) for delivery in run}
@@ -309,6 +318,23 @@ class AsyncMessageDispatcher(Runtime):
             self._report(finished[reported:])
             self._hand_out(run)  # a slow handler (or a failure) left some
             self._runs.remove(run)
+
+    async def _handle_async_run(
+        self, run: collections.deque[Delivery], finished: list[tuple[Delivery, bool]]
+    ) -> bool:
+        """:meth:`~melange._runtime.Runtime._handle_sync_run` on the loop, for ``async`` consumers.
+
+        Stops after a handler took :data:`~melange._runtime.SLOW_HANDLER` or more; a
+        handler still awaiting after :data:`~melange._runtime.HANDOFF_DELAY` gets the
+        rest of ``run`` handed out (see :meth:`_work_run`).
+        """
+        while run:
+            delivery = run.popleft()
+            began = time.monotonic()
+            finished.append((delivery, await self._handle(delivery)))
+            if time.monotonic() - began >= SLOW_HANDLER:
+                return True
+        return False
 
     def _report(self, finished: list[tuple[Delivery, bool]]) -> None:
         """Free the capacity of handled messages and queue their acks."""
