@@ -834,11 +834,13 @@ def test_stop_sends_the_acks_still_waiting_for_an_abandoned_neighbour(
     assert len(acked) == 4  # the abandoned handler's message is not among them
 
 
-def test_fast_def_handlers_of_a_batch_share_one_trip_to_the_thread_pool(
-    backend: RecordingBackend, registry: SerializerRegistry
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["def", "async def"])
+def test_fast_handlers_of_a_batch_are_handled_in_one_go(
+    asynchronous: bool, backend: RecordingBackend, registry: SerializerRegistry
 ) -> None:
-    # A `def process` runs in the dispatcher's thread pool; a trip there and back per message
-    # held the driver to a tenth of a hand-written loop's rate on the memory backend.
+    # A `def process` runs in the dispatcher's thread pool: a trip there and back per message
+    # held the driver to a tenth of a hand-written loop's rate on the memory backend. An
+    # `async def process` had a task per message, which cost more than handling the message.
     publish(backend, registry, *[Paid(f"o-{i}") for i in range(100)])
     handled: list[str] = []
 
@@ -846,56 +848,26 @@ def test_fast_def_handlers_of_a_batch_share_one_trip_to_the_thread_pool(
         def process(self, message: Message) -> None:
             handled.append(message.body.order)
 
-    async def main() -> tuple[DispatchStats, int]:
-        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [Quick()], registry, **FAST)
-        plain = dispatcher._io
-        calls: list[Any] = []
-
-        def counted(func: Any, *args: Any) -> Any:
-            calls.append(func)
-            return plain(func, *args)
-
-        dispatcher._io = counted  # type: ignore[method-assign]
-        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
-        not_handling = (backend.receive, dispatcher._settlement.send_acks)
-        return stats, len([func for func in calls if func not in not_handling])
-
-    stats, trips = asyncio.run(main())
-    assert stats.handled == 100
-    assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
-    assert trips <= 30, f"{trips} trips to the pool to handle 100 messages"
-
-
-def test_fast_async_handlers_of_a_batch_share_one_task(
-    backend: RecordingBackend, registry: SerializerRegistry
-) -> None:
-    # A task per message (creation, scheduling, its own capacity report) cost more than
-    # handling the message; handlers that never wait run one after another in one task.
-    publish(backend, registry, *[Paid(f"o-{i}") for i in range(100)])
-    handled: list[str] = []
-
     @consumer
     async def quick(event: Paid) -> None:
         handled.append(event.order)
 
     async def main() -> tuple[DispatchStats, int]:
-        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [quick], registry, **FAST)
-        plain = dispatcher._task
-        started: list[Any] = []
-
-        def counted(tasks: Any, step: Any) -> None:
-            if tasks is dispatcher._handlers:
-                started.append(step)
-            plain(tasks, step)
-
-        dispatcher._task = counted  # type: ignore[method-assign]
+        chosen = quick if asynchronous else Quick()
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [chosen], registry, **FAST)
+        if asynchronous:  # handler tasks started
+            calls = _record_calls(dispatcher, "_task")
+            stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
+            return stats, len([args for args in calls if args[0] is dispatcher._handlers])
+        calls = _record_calls(dispatcher, "_io")  # trips to the pool to handle messages
         stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
-        return stats, len(started)
+        not_handling = (backend.receive, dispatcher._settlement.send_acks)
+        return stats, len([args for args in calls if args[0] not in not_handling])
 
-    stats, tasks = asyncio.run(main())
+    stats, count = asyncio.run(main())
     assert stats.handled == stats.acked == 100
     assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
-    assert tasks <= 30, f"{tasks} handler tasks for 100 messages"
+    assert count <= 30, f"{count} trips or tasks to handle 100 messages"
 
 
 def test_an_async_handler_that_waits_hands_the_rest_of_its_batch_out(
@@ -922,3 +894,16 @@ def test_an_async_handler_that_waits_hands_the_rest_of_its_batch_out(
     others = [at - began for order, at in finished.items() if order != "o-0"]
     assert len(others) == 9 and max(others) < 0.5, others
     assert finished["o-0"] - began >= 1.0
+
+
+def _record_calls(dispatcher: AsyncMessageDispatcher, method: str) -> list[tuple[Any, ...]]:
+    """Make ``dispatcher.<method>`` note the arguments of each call (and still do its work)."""
+    plain = getattr(dispatcher, method)
+    calls: list[tuple[Any, ...]] = []
+
+    def recorded(*args: Any) -> Any:
+        calls.append(args)
+        return plain(*args)
+
+    setattr(dispatcher, method, recorded)
+    return calls
