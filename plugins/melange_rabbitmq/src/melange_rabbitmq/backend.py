@@ -74,6 +74,9 @@ POLICY_PREFIX = "melange.queue."
 PARAMETER_PREFIX = "melange:"
 CONSUMER_TIMEOUT = 1800.0
 """RabbitMQ's default ``consumer_timeout``: a delivery unacked this long closes its channel."""
+FULL_PREFETCH_POLL = (0.02, 0.25)
+"""Seconds between two ``basic.get`` of a waiting receive while the prefetch is used up (the
+broker pushes nothing then): the first interval, doubled after each empty answer up to the last."""
 
 NAME_RULE = NameRule(
     pattern=r"(?!amq\.)[A-Za-z0-9_.:-]+",
@@ -564,6 +567,7 @@ class RabbitMQBackend(MessagingBackend):
         link = self._link
         deadline = time.monotonic() + wait_seconds
         visibility: float | None = None
+        poll = FULL_PREFETCH_POLL[0]
         while True:
             consuming = link.has_consumer(queue_name)
             deliveries = link.take(queue_name, max_messages) if consuming else []
@@ -583,7 +587,13 @@ class RabbitMQBackend(MessagingBackend):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            link.wait_for(queue_name, remaining)
+            if len(link.leases) >= link.prefetch:
+                # Nothing is pushed past the prefetch: ask the queue again soon (a message
+                # published meanwhile, or one the get answered before it reached the queue).
+                link.wait_for(queue_name, min(remaining, poll))
+                poll = min(2 * poll, FULL_PREFETCH_POLL[1])
+            else:
+                link.wait_for(queue_name, remaining)
 
     def _get(self, queue: str) -> Delivery | None:
         try:
