@@ -475,9 +475,7 @@ class Runtime:
         """
         received_at = time.monotonic()
         try:
-            received = await self._io(
-                self.backend.receive, self.queue_name, count, self.config.wait_seconds
-            )
+            received = await self._receive_call(count)
         except BackendClosed:
             self._unreserve(count)
             if not self._stop_requested.is_set():
@@ -494,6 +492,14 @@ class Runtime:
         self._settlement.receive_succeeded()
         await self._accept(received, count, received_at)
         return 0
+
+    def _receive_call(self, count: int) -> Awaitable[list[ReceivedMessage]]:
+        """The backend's receive of up to ``count`` messages, as a blocking call (:meth:`_io`)."""
+        return self._io(self.backend.receive, self.queue_name, count, self.config.wait_seconds)
+
+    def _ack_call(self, batch: list[Delivery]) -> Awaitable[None]:
+        """Acknowledge ``batch`` (:meth:`Settlement.send_acks`), as a blocking call."""
+        return self._io(self._settlement.send_acks, batch)
 
     def _unreserve(self, count: int) -> None:
         with self._lock:
@@ -749,7 +755,7 @@ class Runtime:
     # ----------------------------------------------------------------- acking
     async def _send_acks(self, batch: list[Delivery]) -> None:
         try:
-            await self._io(self._settlement.send_acks, batch)
+            await self._ack_call(batch)
         except Exception:  # send_acks logs the broker's errors; this is a bug
             logger.exception("acknowledging failed", extra=self._queue_extra)
         finally:

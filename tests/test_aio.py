@@ -896,6 +896,49 @@ def test_an_async_handler_that_waits_hands_the_rest_of_its_batch_out(
     assert finished["o-0"] - began >= 1.0
 
 
+def test_an_in_process_backend_is_called_on_the_event_loop(registry: SerializerRegistry) -> None:
+    # The memory backend's receive and ack return at once: a trip to the pool and back for
+    # each cost more than the call (the asyncio driver ran at a sixth of a hand loop's rate).
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue(QUEUE)
+    publish(backend, registry, *[Paid(f"o-{i}") for i in range(100)])
+    handled: list[str] = []
+
+    @consumer
+    async def quick(event: Paid) -> None:
+        handled.append(event.order)
+
+    async def main() -> tuple[DispatchStats, list[Any]]:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [quick], registry, **FAST)
+        calls = _record_calls(dispatcher, "_io")
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
+        receive, ack = backend.receive, dispatcher._settlement.send_acks
+        return stats, [args[0] for args in calls if args[0] in (receive, ack)]
+
+    stats, trips = asyncio.run(main())
+    assert stats.handled == stats.acked == 100
+    assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
+    assert backend.queue_depth(QUEUE) == (0, 0, 0)
+    # Only the waits on the empty queue at the end (a long poll may block) go to the pool.
+    assert backend.receive in trips and len(trips) <= 5, trips
+    assert all(call == backend.receive for call in trips)
+
+
+def test_a_memory_backend_that_replaces_a_call_counts_as_blocking() -> None:
+    class Slow(MemoryBackend):
+        def _ack(self, messages: Any) -> None:
+            time.sleep(0.01)  # as a test's stand-in for a round trip
+            super()._ack(messages)
+
+    class DeclaredQuick(Slow):
+        calls_block = False
+
+    assert MemoryBackend().calls_block is False
+    assert Slow().calls_block is True
+    assert DeclaredQuick().calls_block is False
+    assert RecordingBackend().calls_block is True  # the fixture of these tests: calls in the pool
+
+
 def _record_calls(dispatcher: AsyncMessageDispatcher, method: str) -> list[tuple[Any, ...]]:
     """Make ``dispatcher.<method>`` note the arguments of each call (and still do its work)."""
     plain = getattr(dispatcher, method)

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from melange._runtime import HANDOFF_DELAY, SLOW_HANDLER, Runtime
-from melange.backends.base import MessagingBackend
+from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer
 from melange.dispatcher_config import DispatcherConfig, DispatcherOptions, positive_int
 from melange.exceptions import ConfigurationError
@@ -103,6 +103,8 @@ class AsyncMessageDispatcher(Runtime):
         self._receivers: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._runs: list[collections.deque[Delivery]] = []  # batches handed to pool threads
+        # A backend in this process (memory) is called on the loop: no trip to the pool.
+        self._on_loop = backend.calls_block is False
         self._background: set[asyncio.Task[None]] = set()
         self._capacity_changed = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -245,6 +247,21 @@ class AsyncMessageDispatcher(Runtime):
         assert self._loop is not None
         context = contextvars.copy_context()
         return self._loop.run_in_executor(self._pool, functools.partial(context.run, func, *args))
+
+    async def _receive_call(self, count: int) -> list[ReceivedMessage]:
+        if self._on_loop:  # what is there, at once; a wait for more goes to the pool
+            received = self.backend.receive(self.queue_name, count, 0.0)
+            if received or not self.config.wait_seconds:
+                return received
+        return await self._io(
+            self.backend.receive, self.queue_name, count, self.config.wait_seconds
+        )
+
+    async def _ack_call(self, batch: list[Delivery]) -> None:
+        if self._on_loop:
+            self._settlement.send_acks(batch)
+        else:
+            await self._io(self._settlement.send_acks, batch)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

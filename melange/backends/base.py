@@ -248,6 +248,15 @@ class MessagingBackend(abc.ABC):
     receive_count_setting: str = "max_receive_count"
     """The broker's own name for ``max_receive_count``, so a message maps one to the other."""
 
+    calls_block: bool = True
+    """Whether ``receive`` and ``ack`` may wait for I/O (a round trip, a file, a remote lock).
+
+    ``False`` promises that ``receive`` with ``wait_seconds=0`` and ``ack`` are work in this
+    process that returns at once, as the ``memory`` backend's are: the asyncio dispatcher then
+    makes those calls on its event loop instead of in its thread pool (a trip there and back
+    costs more than the call). Leave it ``True`` for any broker reached over a connection.
+    """
+
     @property
     def default_max_receive_count(self) -> int:
         """Receives before dead-lettering when ``init_queue`` is not told; melange's default.

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from operator import attrgetter
 from random import getrandbits
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from melange.backends.base import (
     Capabilities,
@@ -314,6 +314,7 @@ class MemoryBackend(MessagingBackend):
     """
 
     name = "memory"
+    calls_block = False  # in this process: a receive that does not wait and an ack return at once
     capabilities = Capabilities(
         topics=True,
         dead_letter=True,
@@ -329,6 +330,14 @@ class MemoryBackend(MessagingBackend):
         max_attributes=None,
         max_wait_seconds=20.0,
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that replaces a call may wait in it (tests add latency and faults that
+        # way): it counts as blocking unless it says otherwise.
+        replaced = any(name in cls.__dict__ for name in ("receive", "_receive", "ack", "_ack"))
+        if replaced and "calls_block" not in cls.__dict__:
+            cls.calls_block = True
 
     def __init__(
         self,
