@@ -65,6 +65,19 @@ def count_gets(backend: RabbitMQBackend) -> list[str]:
     return calls
 
 
+def fill_prefetch(backend: RabbitMQBackend, raw: RawClient, queue: str) -> list[object]:
+    """Publish as many messages as the backend's prefetch and receive them all (held, unacked)."""
+    count = backend.link.prefetch
+    for n in range(count):
+        raw.publish(queue, b"held %d" % n)
+    held: list[object] = []
+    deadline = time.monotonic() + 10
+    while len(held) < count and time.monotonic() < deadline:
+        held += backend.receive(queue, count, wait_seconds=1)
+    assert len(held) == count
+    return held
+
+
 def test_a_waiting_receive_with_prefetch_room_waits_for_the_push_without_asking(
     backend: RabbitMQBackend, raw: RawClient, queue: str
 ) -> None:
@@ -84,13 +97,7 @@ def test_with_the_prefetch_used_up_a_receive_asks_the_queue_at_once(
     rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str
 ) -> None:
     with RabbitMQBackend(rabbitmq_node.url, prefetch=5) as small:
-        for n in range(5):
-            raw.publish(queue, b"held %d" % n)
-        held: list[object] = []
-        deadline = time.monotonic() + 10
-        while len(held) < 5 and time.monotonic() < deadline:
-            held += small.receive(queue, 5, wait_seconds=1)
-        assert len(held) == 5  # unacked: the broker pushes no more to this consumer
+        held = fill_prefetch(small, raw, queue)  # unacked: the broker pushes no more
         raw.publish(queue, b"beyond the prefetch")
         gets = count_gets(small)
         started = time.monotonic()
@@ -109,13 +116,7 @@ def test_with_the_prefetch_used_up_a_message_published_during_the_wait_is_receiv
     # basic.get slept its whole wait and left the new message in the queue (seen in CI, where
     # the raw publish had not reached the queue yet when basic.get asked).
     with RabbitMQBackend(rabbitmq_node.url, prefetch=2) as small:
-        for n in range(2):
-            raw.publish(queue, b"held %d" % n)
-        held: list[object] = []
-        deadline = time.monotonic() + 10
-        while len(held) < 2 and time.monotonic() < deadline:
-            held += small.receive(queue, 2, wait_seconds=1)
-        assert len(held) == 2
+        held = fill_prefetch(small, raw, queue)
         later = RawClient(rabbitmq_node)  # pika connections are not shared between threads
         timer = threading.Timer(0.3, later.publish, (queue, b"published while waiting"))
         timer.start()
