@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pika
 import pytest
 from melange_rabbitmq import RabbitMQBackend
+from melange_rabbitmq.link import Delivery
 from melange_rabbitmq.testing import RabbitMQNode
 
 from melange.backends.base import OutgoingMessage
@@ -57,7 +58,7 @@ def count_gets(backend: RabbitMQBackend) -> list[str]:
     calls: list[str] = []
     get = backend.link.get
 
-    def counted(queue: str) -> object:
+    def counted(queue: str) -> Delivery | None:
         calls.append(queue)
         return get(queue)
 
@@ -175,6 +176,7 @@ def test_acks_queued_just_before_close_are_sent(
 EXITS_WITHOUT_CLOSING = """
 import sys, time
 from melange_rabbitmq import RabbitMQBackend
+from melange_rabbitmq.link import Delivery
 
 backend = RabbitMQBackend(sys.argv[1])
 received = []
