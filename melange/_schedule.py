@@ -158,9 +158,9 @@ class Schedule:
         return [d for d in deliveries if d.received.group_id is None or self._admit(d)], []
 
     def _admit(self, delivery: Delivery) -> bool:
+        """Whether a message of a FIFO group starts now; else it waits behind its group's."""
         group = delivery.received.group_id
-        if group is None:
-            return True
+        assert group is not None  # accept() admits the others at once
         if group in self._active_groups:
             self._waiting.setdefault(group, deque()).append(delivery)
             return False

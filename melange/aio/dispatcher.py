@@ -102,7 +102,7 @@ class AsyncMessageDispatcher(Runtime):
         self._ack_timer: asyncio.TimerHandle | None = None
         self._receivers: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
-        self._runs: list[collections.deque[Delivery]] = []  # batches handed to pool threads
+        self._runs: list[collections.deque[Delivery]] = []  # batches handled as one run
         # A backend in this process (memory) is called on the loop: no trip to the pool.
         self._on_loop = backend.calls_block is False
         self._background: set[asyncio.Task[None]] = set()
