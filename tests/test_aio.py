@@ -924,6 +924,48 @@ def test_an_in_process_backend_is_called_on_the_event_loop(registry: SerializerR
     assert all(call == backend.receive for call in trips)
 
 
+def test_async_handlers_on_an_in_process_backend_cost_one_task_per_batch(
+    registry: SerializerRegistry,
+) -> None:
+    # All on the loop, so counted exactly. A batch used to cost four tasks (its run, the
+    # run's handling, the receive loop's wait_for and the ack call) and five turns of the
+    # event loop: more than handling its messages.
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue(QUEUE)
+    handled: list[str] = []
+
+    @consumer
+    async def quick(event: Paid) -> None:
+        handled.append(event.order)
+
+    async def main() -> tuple[DispatchStats, int]:
+        created = 0
+        loop = asyncio.get_running_loop()
+
+        def counting_factory(loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            nonlocal created
+            created += 1
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [quick], registry, **FAST)
+        # Warmed up first: the first message pays for imports (OpenTelemetry's, when
+        # installed) and is slow, so the batch after it is handed out message by message.
+        publish(backend, registry, *[Paid(f"warm-up-{i}") for i in range(20)])
+        await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10)
+        publish(backend, registry, *[Paid(f"o-{i}") for i in range(200)])
+        loop.set_task_factory(counting_factory)
+        stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
+        loop.set_task_factory(None)
+        return stats, created
+
+    stats, tasks = asyncio.run(main())
+    assert stats.handled == stats.acked == 220
+    assert sorted(h for h in handled if h.startswith("o-")) == sorted(f"o-{i}" for i in range(200))
+    assert backend.queue_depth(QUEUE) == (0, 0, 0)
+    # 20 batches: a task for each, and one for the stop.
+    assert tasks <= 22, f"{tasks} tasks for 20 batches"
+
+
 def test_a_memory_backend_that_replaces_a_call_counts_as_blocking() -> None:
     class Slow(MemoryBackend):
         def _ack(self, messages: Any) -> None:

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from melange._runtime import HANDOFF_DELAY, SLOW_HANDLER, Runtime
+from melange._runtime import HANDOFF_DELAY, SLOW_HANDLER, Runtime, run_now
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer
 from melange.dispatcher_config import DispatcherConfig, DispatcherOptions, positive_int
@@ -106,7 +106,7 @@ class AsyncMessageDispatcher(Runtime):
         # A backend in this process (memory) is called on the loop: no trip to the pool.
         self._on_loop = backend.calls_block is False
         self._background: set[asyncio.Task[None]] = set()
-        self._capacity_changed = asyncio.Event()
+        self._capacity_waiters: list[asyncio.Future[None]] = []  # receive loops waiting
         self._state_changed = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -271,9 +271,16 @@ class AsyncMessageDispatcher(Runtime):
         return asyncio.sleep(seconds)
 
     async def _wait_capacity(self, seconds: float | None) -> None:
-        self._capacity_changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._capacity_changed.wait(), seconds)
+        # A future and a timer, not wait_for(): that wraps the wait in a task, once a batch.
+        assert self._loop is not None
+        waiter = self._loop.create_future()
+        self._capacity_waiters.append(waiter)
+        timer = None if seconds is None else self._loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _wait_state(self) -> None:
         self._state_changed.clear()
@@ -283,7 +290,9 @@ class AsyncMessageDispatcher(Runtime):
         return self.stop()
 
     def _notify(self, *, state: bool = False) -> None:
-        self._capacity_changed.set()
+        waiters, self._capacity_waiters = self._capacity_waiters, []
+        for waiter in waiters:
+            _wake(waiter)
         if state:
             self._state_changed.set()
 
@@ -302,39 +311,47 @@ class AsyncMessageDispatcher(Runtime):
         self._task(self._handlers, self._work_run(run))
 
     async def _work_run(self, run: collections.deque[Delivery]) -> None:
-        """Handle ``run`` (in a pool thread, or in a task); free the capacity on the loop."""
+        """Handle ``run`` (in this task, or in a pool thread); free the capacity on the loop.
+
+        A handler still running after :data:`~melange._runtime.HANDOFF_DELAY` (it
+        waits, or blocks its thread) makes a timer hand the rest of ``run`` out:
+        the messages behind it must not wait as long.
+        """
         assert self._loop is not None
         queued = list(run)
         finished: list[tuple[Delivery, bool]] = []
-        reported = 0  # finished[:reported] had their capacity freed already
-        handling: asyncio.Future[bool]
-        if self._async_consumers:
-            handling = self._loop.create_task(self._handle_async_run(run, finished))
-        else:
-            handling = self._io(self._handle_sync_run, run, finished)
+        reported = [0]  # finished[:reported[0]] had their capacity freed already
+        timer = self._loop.call_later(HANDOFF_DELAY, self._run_is_slow, run, finished, reported)
         try:
-            ended, _ = await asyncio.wait({handling}, timeout=HANDOFF_DELAY)
-            if not ended:  # a handler blocks the thread: the others must not wait for it
-                self._slow_handlers = True
-                self._hand_out(run)
-                reported = len(finished)
-                self._report(finished[:reported])
-            self._slow_handlers = await handling
+            if self._async_consumers:
+                self._slow_handlers = await self._handle_async_run(run, finished)
+            else:
+                self._slow_handlers = await self._io(self._handle_sync_run, run, finished)
         except BaseException:
-            # Cancelled past the grace period: the thread goes on with the message it
-            # holds (a task is cancelled), which is not acknowledged (as with a task
-            # of its own).
-            if isinstance(handling, asyncio.Task):
-                handling.cancel()
+            # Cancelled past the grace period: the handler that runs is cancelled (a
+            # thread goes on with the message it holds), and it is not acknowledged.
             finished = list(finished)
             done = {id(delivery) for delivery, _ in finished}
             waiting = {id(delivery) for delivery in run}
             finished += [(d, False) for d in queued if id(d) not in done and id(d) not in waiting]
             raise
         finally:
-            self._report(finished[reported:])
+            timer.cancel()
+            self._report(finished[reported[0] :])
             self._hand_out(run)  # a slow handler (or a failure) left some
             self._runs.remove(run)
+
+    def _run_is_slow(
+        self,
+        run: collections.deque[Delivery],
+        finished: list[tuple[Delivery, bool]],
+        reported: list[int],
+    ) -> None:
+        """The timer of :meth:`_work_run`: hand out the rest, report what finished before."""
+        self._slow_handlers = True
+        self._hand_out(run)
+        reported[0] = len(finished)
+        self._report(finished[: reported[0]])
 
     async def _handle_async_run(
         self, run: collections.deque[Delivery], finished: list[tuple[Delivery, bool]]
@@ -383,6 +400,9 @@ class AsyncMessageDispatcher(Runtime):
         """Start the acknowledgement calls, and a timer for acks left waiting."""
         assert self._loop is not None
         for batch in batches:
+            if self._on_loop:  # an in-process backend: acknowledged at once, without a task
+                run_now(self._send_acks(batch))
+                continue
             assert self._ack_slots is not None  # created by _launch, before any message
             self._task(self._ack_tasks, self._send_in_slot(batch, self._ack_slots))
         due = self._schedule.acks.overdue(time.monotonic())
@@ -443,6 +463,11 @@ class AsyncMessageDispatcher(Runtime):
             self._ack_timer = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # an abandoned synchronous handler keeps its thread
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _take_all(run: collections.deque[Delivery]) -> list[Delivery]:
