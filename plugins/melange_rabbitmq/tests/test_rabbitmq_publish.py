@@ -12,10 +12,11 @@ from __future__ import annotations
 import pika
 import pytest
 from melange_rabbitmq import RabbitMQBackend
+from melange_rabbitmq.confirms import Confirmations, ConfirmChannel
 from melange_rabbitmq.testing import RabbitMQNode
 
 from melange.backends.base import OutgoingMessage
-from melange.exceptions import BrokerError, QueueNotFound
+from melange.exceptions import BrokerError, OutcomeUnknown, QueueNotFound
 from melange.testing.faults import FaultProxy
 
 
@@ -74,3 +75,19 @@ def test_a_full_queue_nacks_only_the_messages_beyond_its_room(
 def test_a_batch_to_a_missing_queue_is_refused_whole(backend: RabbitMQBackend, unique: str) -> None:
     with pytest.raises(QueueNotFound):
         backend.publish(f"{unique}-none", [OutgoingMessage(b"a"), OutgoingMessage(b"b")])
+
+
+def test_a_publish_ended_by_a_channel_error_does_not_say_the_connection_was_lost(
+    backend: RabbitMQBackend, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a lost connection may be called one: this error leaves the connection as it was.
+    def channel_gone(self: ConfirmChannel, *args: object, **kwargs: object) -> Confirmations:
+        return Confirmations([None], pika.exceptions.ChannelWrongStateError("Channel is closed."))
+
+    monkeypatch.setattr(ConfirmChannel, "publish_all", channel_gone)
+    [result] = backend.publish(queue, [OutgoingMessage(b"{}")])
+    assert isinstance(result.error, OutcomeUnknown)  # reported, as every unknown outcome is
+    text = str(result.error)
+    assert "connection" not in text and "ChannelWrongStateError" in text, text
+    assert f"publishing to {queue!r} failed before RabbitMQ confirmed it" in text
+    assert backend._link.connects == 1  # the connection was kept: no reconnection

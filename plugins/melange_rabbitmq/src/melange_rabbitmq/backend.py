@@ -506,9 +506,10 @@ class RabbitMQBackend(MessagingBackend):
             if error.reply_code == errors.NOT_FOUND:
                 return TopicNotFound(exchange) if queue is None else QueueNotFound(queue)
             return errors.translate(error, target, "publish to")
-        if isinstance(error, CONNECTION_ERRORS):
+        lost = isinstance(error, CONNECTION_ERRORS)
+        if lost:
             self._link._lost(f"{type(error).__name__}: {error}")
-        return _unknown(target, error)
+        return _unknown(target, error, connection_lost=lost)
 
     def _send(
         self, exchange: str, routing_key: str, batch: list[OutgoingMessage], queue: str | None
@@ -686,8 +687,12 @@ def _unconfirmed(target: str, cause: MelangeError | None) -> MelangeError:
     )
 
 
-def _unknown(target: str, error: BaseException) -> MelangeError:
+def _unknown(target: str, error: BaseException, *, connection_lost: bool) -> MelangeError:
+    what = (
+        f"the connection to RabbitMQ was lost while publishing to {target!r}"
+        if connection_lost
+        else f"publishing to {target!r} failed before RabbitMQ confirmed it"
+    )
     return OutcomeUnknown(
-        f"the connection to RabbitMQ was lost while publishing to {target!r} "
-        f"({type(error).__name__}); the message may or may not have been stored"
+        f"{what} ({type(error).__name__}); the message may or may not have been stored"
     )
