@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from collections.abc import Iterator, MutableMapping
+from contextvars import ContextVar
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -107,12 +108,15 @@ class OpenTelemetryHooks(Hooks):
         # The provider last looked at, and whether it records spans.
         self._classified: tuple[object, bool] = (_MISSING, False)
         self._env_checked = False
+        # The context variable behind context.get_current(), read directly (see _otel).
+        self._current_context: ContextVar[Context] | None = None
 
     def _otel(self) -> tuple[ModuleType, ModuleType, ModuleType]:
         """Import the OpenTelemetry API modules on first use."""
         if self._modules is None:
             from opentelemetry import context, propagate, trace
 
+            self._current_context = _context_variable(context)
             self._modules = (context, propagate, trace)
         return self._modules
 
@@ -160,18 +164,20 @@ class OpenTelemetryHooks(Hooks):
     def _recording(self, trace: ModuleType) -> bool:
         """Whether spans go anywhere: an SDK (or another real provider) is configured."""
         provider: object = self._tracer_provider
-        if provider is None:  # runs for every message: _global_provider's read, inlined
-            checked = self._env_checked
-            provider = getattr(trace, "_TRACER_PROVIDER", _MISSING) if checked else _MISSING
-            if provider is _MISSING:
-                provider = self._global_provider(trace)
-        classified = self._classified  # one tuple, read and replaced whole: thread-safe
+        if provider is None:
+            provider = self._global_provider(trace)
+        classified = self._classified
         if classified[0] is not provider:
-            records = provider is not None and not isinstance(
-                provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-            )
-            classified = self._classified = (provider, records)
+            classified = self._classify(provider, trace)
         return classified[1]
+
+    def _classify(self, provider: object, trace: ModuleType) -> tuple[object, bool]:
+        """Note whether ``provider`` records spans; one tuple, replaced whole: thread-safe."""
+        records = provider is not None and not isinstance(
+            provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        )
+        self._classified = (provider, records)
+        return self._classified
 
     def prepare_attributes(self, attributes: MutableMapping[str, str]) -> None:
         """Write the current trace context into ``attributes`` (nothing when no span is active)."""
@@ -195,7 +201,17 @@ class OpenTelemetryHooks(Hooks):
             carrier = self._textmap(propagate)
             if self._carried_fields(carrier).isdisjoint(attributes):
                 carrier = None
-        if self._recording(trace):
+        # _recording(), inlined: this runs for every message.
+        provider: object = self._tracer_provider
+        if provider is None:
+            checked = self._env_checked
+            provider = getattr(trace, "_TRACER_PROVIDER", _MISSING) if checked else _MISSING
+            if provider is _MISSING:
+                provider = self._global_provider(trace)
+        classified = self._classified
+        if classified[0] is not provider:
+            classified = self._classify(provider, trace)
+        if classified[1]:
             return self._span(queue_name, message, consumer, carrier)
         # Without an SDK the API's no-op tracer would only make the producer's context
         # current, at several times the cost; do that directly.
@@ -203,7 +219,8 @@ class OpenTelemetryHooks(Hooks):
             # Extracted into an empty context: never whatever the worker thread had current.
             parent = carrier.extract(attributes, context=context.Context())
             return _Current(context, parent)
-        if not context.get_current():
+        variable = self._current_context
+        if not (context.get_current() if variable is None else variable.get()):
             return NO_CONTEXT  # the handler's context is empty already, as it should be
         return _Current(context, context.Context())
 
@@ -241,6 +258,19 @@ class OpenTelemetryHooks(Hooks):
             set_status_on_exception=True,
         ):
             yield
+
+
+def _context_variable(context: ModuleType) -> ContextVar[Context] | None:
+    """The variable OpenTelemetry's default runtime context keeps the current context in.
+
+    ``context.get_current()`` is two Python calls that read it; the handling hook
+    reads it once per message. ``None`` (use ``get_current()``) when another
+    runtime context is configured or the API keeps it elsewhere.
+    """
+    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    default_runtime = type(runtime).__name__ == "ContextVarsRuntimeContext"
+    return variable if default_runtime and isinstance(variable, ContextVar) else None
 
 
 class _Current(contextlib.AbstractContextManager[None]):

@@ -39,8 +39,17 @@ def seen_inside(hooks: OpenTelemetryHooks, message: Message) -> dict[str, str]:
     return forwarded
 
 
-def test_an_untraced_message_runs_in_an_empty_context_and_the_workers_comes_back() -> None:
+@pytest.mark.parametrize("read", ["variable", "get_current"])
+def test_an_untraced_message_runs_in_an_empty_context_and_the_workers_comes_back(
+    read: str,
+) -> None:
     hooks = OpenTelemetryHooks()
+    hooks._otel()
+    # The hook reads OpenTelemetry's context variable directly; get_current() is the
+    # fallback for another runtime context. Both must keep the worker's context out.
+    assert hooks._current_context is not None
+    if read == "get_current":
+        hooks._current_context = None
     token = context.attach(baggage.set_baggage("tenant", "acme"))  # the worker's own context
     try:
         before = context.get_current()
