@@ -551,31 +551,13 @@ class Runtime:
     async def _handle(self, delivery: Delivery) -> bool:
         """Decode and handle one message; settle it. Return whether to acknowledge it.
 
-        The asyncio driver's step: ``async`` consumers run on the event loop, the
-        others in its thread pool. An error of melange's own is logged, not raised:
-        the message keeps no capacity and is delivered again.
+        An error of melange's own is logged, not raised: the message keeps no
+        capacity and is delivered again.
         """
-        settlement = self._settlement
         try:
-            received = delivery.received
-            begun = self._begin(received)
-            if isinstance(begun, _Begun):
-                message, accepting, failures = begun
-                busy = False
-                for candidate in accepting:
-                    if candidate in self._async_consumers:
-                        result = await self._call_async(candidate, message, received)
-                    else:
-                        result = await self._io(
-                            settlement.call_sync, candidate, message, received, self._awaitable_hint
-                        )
-                    if result != "ok":
-                        failures, busy = _tally(candidate, result, failures, busy)
-                step = self._outcome(delivery, message, failures, busy)
-                if step is True:
-                    return True
-            else:
-                step = begun
+            step = await self._handle_mixed(delivery)
+            if isinstance(step, bool):
+                return step
             settle, args = step
             return await self._io(settle, *args) is True
         except Exception:  # a bug here must not lose the capacity it holds
@@ -651,6 +633,33 @@ class Runtime:
             extra=log_extra(delivery.received),
         )
         return False
+
+    async def _handle_mixed(self, delivery: Delivery) -> bool | Settle:
+        """Decode and call every accepting consumer (the asyncio driver).
+
+        ``async`` consumers run on the event loop, the others in its thread pool.
+
+        Returns:
+            Whether to acknowledge the message, or the settlement step (with I/O)
+            that decides it: the message is undecodable, unhandled, failed or busy.
+        """
+        settlement = self._settlement
+        received = delivery.received
+        begun = self._begin(received)
+        if not isinstance(begun, _Begun):
+            return begun
+        message, accepting, failures = begun
+        busy = False
+        for candidate in accepting:
+            if candidate in self._async_consumers:
+                result = await self._call_async(candidate, message, received)
+            else:
+                result = await self._io(
+                    settlement.call_sync, candidate, message, received, self._awaitable_hint
+                )
+            if result != "ok":
+                failures, busy = _tally(candidate, result, failures, busy)
+        return self._outcome(delivery, message, failures, busy)
 
     def _begin(self, received: ReceivedMessage) -> _Begun | Settle:
         """Decode ``received`` and choose its consumers; or the settlement step that ends it."""
