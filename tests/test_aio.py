@@ -975,6 +975,25 @@ def test_async_handlers_on_an_in_process_backend_cost_one_task_per_batch(
     assert tasks["AsyncMessageDispatcher._work_run"] + tasks["Runtime._work"] / 10 >= 15, tasks
 
 
+def test_a_wait_for_capacity_that_times_out_leaves_nothing_behind(
+    backend: RecordingBackend, registry: SerializerRegistry
+) -> None:
+    # Slow handlers freeing capacity one at a time make the receive loop wait for a fuller
+    # batch again and again, each wait ending at its deadline: none may be kept afterwards.
+    @consumer
+    async def quick(event: Paid) -> None:
+        pass
+
+    async def main() -> int:
+        dispatcher = AsyncMessageDispatcher(backend, QUEUE, [quick], registry, **FAST)
+        dispatcher._bind_loop()
+        for _ in range(5):
+            await dispatcher._wait_capacity(0.001)
+        return len(dispatcher._capacity_waiters)
+
+    assert asyncio.run(main()) == 0
+
+
 def _record_batches(backend: MemoryBackend) -> list[int]:
     """Make ``backend.receive`` note the size of each call's batch that was not empty."""
     receive = backend.receive

@@ -281,6 +281,8 @@ class AsyncMessageDispatcher(Runtime):
         finally:
             if timer is not None:
                 timer.cancel()
+                with contextlib.suppress(ValueError):  # woken by the timer: still listed
+                    self._capacity_waiters.remove(waiter)
 
     async def _wait_state(self) -> None:
         self._state_changed.clear()
