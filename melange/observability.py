@@ -235,9 +235,8 @@ class _Guarded(CompositeHooks):
             return  # attributes computed on each access: keep looking them up every call
         for method in _CALLBACKS:
             setattr(self, method, _guarded(hook, method) if _overrides(hook, method) else _skip)
-        # Settlement.enter_handling guards the call to handling(): bound directly.
-        handling = hook.handling if _overrides(hook, "handling") else _no_context
-        self.handling = handling  # type: ignore[method-assign]
+        if not _overrides(hook, "handling"):
+            self.handling = _no_context  # type: ignore[method-assign]
 
 
 def safe(hooks: Hooks) -> Hooks:

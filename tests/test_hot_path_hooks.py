@@ -113,6 +113,20 @@ def test_an_overridden_method_is_looked_up_on_each_call() -> None:
     assert hook.events == [("r", "handled", "q", "c", 0.1)]
 
 
+def test_an_overridden_handling_is_looked_up_on_each_call_too() -> None:
+    # As the other methods: a test double patched in after the dispatcher was built is used.
+    hook = Recording()
+    hooks = safe(hook)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Recording, "handling", lambda self, *args: contextlib.nullcontext())
+        with hooks.handling("q", MESSAGE, "c"):
+            pass
+    assert hook.events == []
+    with hooks.handling("q", MESSAGE, "c"):
+        pass
+    assert hook.events == [("r", "enter", "c"), ("r", "exit", "c")]
+
+
 def test_a_hook_computing_its_attributes_is_asked_on_every_call() -> None:
     calls: list[str] = []
 
