@@ -942,7 +942,9 @@ def test_sigterm_finishes_the_running_handler_and_run_returns(
     def slow(event: Paid) -> None:
         calls.append(event.order)
         started.set()
-        time.sleep(0.3)
+        # Long enough for the signal's stop to arrive first even on a loaded machine (with
+        # 0.3 s, o2 started once in a CI run under load).
+        time.sleep(1.0)
 
     received_by_test: list[int] = []
 
