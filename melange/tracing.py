@@ -161,16 +161,6 @@ class OpenTelemetryHooks(Hooks):
         self._env_checked = True  # only once that worked: a broken provider keeps failing loudly
         return provider
 
-    def _recording(self, trace: ModuleType) -> bool:
-        """Whether spans go anywhere: an SDK (or another real provider) is configured."""
-        provider: object = self._tracer_provider
-        if provider is None:
-            provider = self._global_provider(trace)
-        classified = self._classified
-        if classified[0] is not provider:
-            classified = self._classify(provider, trace)
-        return classified[1]
-
     def _classify(self, provider: object, trace: ModuleType) -> tuple[object, bool]:
         """Note whether ``provider`` records spans; one tuple, replaced whole: thread-safe."""
         records = provider is not None and not isinstance(
@@ -201,7 +191,8 @@ class OpenTelemetryHooks(Hooks):
             carrier = self._textmap(propagate)
             if self._carried_fields(carrier).isdisjoint(attributes):
                 carrier = None
-        # _recording(), inlined: this runs for every message.
+        # Whether spans go anywhere (an SDK or another real provider is configured), read
+        # here rather than in a method of its own: this runs for every message.
         provider: object = self._tracer_provider
         if provider is None:
             checked = self._env_checked
