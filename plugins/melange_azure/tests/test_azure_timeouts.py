@@ -347,6 +347,49 @@ def test_a_fifo_receive_waits_for_a_session_longer_than_connect_timeout(
         quick.close()
 
 
+@pytest.mark.parametrize(
+    ("detach_delay", "lateness"),
+    [(0.3, 0.45), (3.0, 0.0)],
+    ids=["late-attach-then-detach", "detach-long-after"],
+)
+def test_a_session_wait_attached_before_its_timeout_detach_receives_nothing(
+    service_bus: ServiceBusStandIn,
+    backend: AzureServiceBusBackend,
+    names: ResourceNames,
+    detach_delay: float,
+    lateness: float,
+) -> None:
+    """No session came, and Service Bus attached the link before detaching it: no session.
+
+    The SDK takes such a link for open (its attach callback fails: the attach names no
+    session). Receiving on it, when the answer came late, left a 0.1 s budget that the
+    detach's handling outlived: ``BackendUnavailable`` (seen once in CI under load). The
+    backend must see that it holds no session and return nothing within the wait.
+    """
+    queue = names.fifo_queue()
+    MessagingBackendFactory(backend).init_queue(queue)
+    quick = AzureServiceBusBackend(
+        connection_string=service_bus.connection_string,
+        management_url=service_bus.management_url,
+        receive_margin=1.0,
+    )
+    service_bus.amqp.broker.session_timeout_detach_delay = detach_delay
+    service_bus.amqp.broker.session_timeout_lateness = lateness
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            assert quick.receive(queue, wait_seconds=1.0) == []
+            assert time.monotonic() - started < 1.0 + 1.0 + SLACK
+        service_bus.amqp.broker.session_timeout_detach_delay = 0.0
+        service_bus.amqp.broker.session_timeout_lateness = 0.0
+        backend.publish(queue, [OutgoingMessage(b"late", group_id="g")])
+        assert [m.body for m in quick.receive(queue, wait_seconds=2.5)] == [b"late"]
+    finally:
+        service_bus.amqp.broker.session_timeout_detach_delay = 0.0
+        service_bus.amqp.broker.session_timeout_lateness = 0.0
+        quick.close()
+
+
 def test_a_guard_shuts_down_the_connection_of_a_call_that_outlives_it() -> None:
     """The watchdog's own contract, on a socket pair shaped like the SDK's handler."""
     ours, theirs = socket.socketpair()

@@ -27,6 +27,7 @@ SDK cannot keep) and :mod:`~melange_azure.errors`.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import threading
 import time
@@ -520,6 +521,11 @@ class AzureServiceBusBackend(MessagingBackend):
                 failed = False
         if failed:
             self._silent(budget, f"receive from queue {queue_name!r}", queue_name)
+        if sessions and not isinstance(handle.session.session_id, str):
+            # Service Bus may attach the link of a wait that timed out before it detaches it
+            # (the attach names no session): the SDK takes it for open, but it holds nothing.
+            _close_all([functools.partial(_close_quietly, handle)], wait=False)  # may take 1 s
+            raise sb_errors.OperationTimeoutError(message="no session became available")
         return handle
 
     def _drop_pool(self, queue_name: str) -> None:

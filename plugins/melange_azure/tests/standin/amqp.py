@@ -113,6 +113,19 @@ class PendingSessionAttach:
     deadline: float
 
 
+class _Later(Handler):
+    """A timer task: ``action()`` once it is due, unless ``link`` was closed meanwhile."""
+
+    def __init__(self, action: Callable[[], None], link: Link) -> None:
+        super().__init__()
+        self.action = action
+        self.link = link
+
+    def on_timer_task(self, event: Event) -> None:
+        if not self.link.state & Endpoint.LOCAL_CLOSED:
+            self.action()
+
+
 @dataclass
 class _ConnectionState:
     audiences: set[str] = field(default_factory=set)
@@ -191,6 +204,12 @@ class Broker(Handler):
         """Transports of accepted connections, to close their sockets when the broker stops."""
         self._dirty: set[str] = set()
         self._last_sweep = 0.0
+        self.session_timeout_detach_delay = 0.0
+        """Seconds between the attach and the detach that turn down a session wait that timed
+        out. 0 sends both at once; Service Bus has been seen to attach such a link first
+        (azure-sdk-for-js#9775), and an SDK may take it for open in between."""
+        self.session_timeout_lateness = 0.0
+        """Seconds the answer to a session wait that timed out comes late (a slow network)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -212,12 +231,7 @@ class Broker(Handler):
         for pending in list(self.pending_sessions):
             if pending.deadline <= now:
                 self.pending_sessions.remove(pending)
-                self._refuse(
-                    pending.link,
-                    "com.microsoft:timeout",
-                    "No session available to complete the request.",
-                    keep_terminus=True,
-                )
+                self._time_out_session_wait(pending.link)
         if now - self._last_sweep > 1.0:
             self._last_sweep = now
             self.router.drop_deleted()
@@ -339,6 +353,21 @@ class Broker(Handler):
         link.condition = error_condition(condition, description)
         link.close()
 
+    def _time_out_session_wait(self, link: Link) -> None:
+        refuse = functools.partial(
+            self._refuse,
+            link,
+            "com.microsoft:timeout",
+            "No session available to complete the request.",
+            keep_terminus=True,
+        )
+        delay = self.session_timeout_detach_delay
+        if delay <= 0:
+            refuse()
+            return
+        link.open()  # the attach now, the detach after the delay
+        self.container.schedule(delay, _Later(refuse, link))
+
     def _attach_consumer(self, link: Link, address: Address) -> None:
         box = self.router.box(address)
         consumer = Consumer(
@@ -364,7 +393,7 @@ class Broker(Handler):
         if free:
             self._lock_session(consumer, free[0])
             return
-        wait = self._link_timeout(link)
+        wait = self._link_timeout(link) + self.session_timeout_lateness
         self.pending_sessions.append(PendingSessionAttach(link, box, time.time() + wait))
 
     def _session_filter(self, link: Link) -> str | None:
