@@ -325,26 +325,30 @@ def test_publish_and_receive_do_not_wait_for_a_silent_administration_api(
             faulty.close()
 
 
-def test_a_fifo_receive_waits_for_a_session_longer_than_connect_timeout(
-    service_bus: ServiceBusStandIn, backend: AzureServiceBusBackend, names: ResourceNames
-) -> None:
-    """Accepting the next session waits within one attempt; connect_timeout must not cut it."""
-    queue = names.fifo_queue()
-    MessagingBackendFactory(backend).init_queue(queue)
-    quick = AzureServiceBusBackend(
+@pytest.fixture
+def quick(service_bus: ServiceBusStandIn) -> Iterator[AzureServiceBusBackend]:
+    """A backend on the stand-ins that gives up soon: 1 s to connect, 1 s past a receive's wait."""
+    impatient = AzureServiceBusBackend(
         connection_string=service_bus.connection_string,
         management_url=service_bus.management_url,
         connect_timeout=1.0,
         receive_margin=1.0,
     )
-    try:
-        started = time.monotonic()
-        assert quick.receive(queue, wait_seconds=2.5) == []
-        assert 2.4 < time.monotonic() - started < 2.5 + 1.0 + SLACK
-        backend.publish(queue, [OutgoingMessage(b"late", group_id="g")])
-        assert [m.body for m in quick.receive(queue, wait_seconds=2.5)] == [b"late"]
-    finally:
-        quick.close()
+    yield impatient
+    impatient.close()
+
+
+def test_a_fifo_receive_waits_for_a_session_longer_than_connect_timeout(
+    quick: AzureServiceBusBackend, backend: AzureServiceBusBackend, names: ResourceNames
+) -> None:
+    """Accepting the next session waits within one attempt; connect_timeout must not cut it."""
+    queue = names.fifo_queue()
+    MessagingBackendFactory(backend).init_queue(queue)
+    started = time.monotonic()
+    assert quick.receive(queue, wait_seconds=2.5) == []
+    assert 2.4 < time.monotonic() - started < 2.5 + 1.0 + SLACK
+    backend.publish(queue, [OutgoingMessage(b"late", group_id="g")])
+    assert [m.body for m in quick.receive(queue, wait_seconds=2.5)] == [b"late"]
 
 
 @pytest.mark.parametrize(
@@ -354,6 +358,7 @@ def test_a_fifo_receive_waits_for_a_session_longer_than_connect_timeout(
 )
 def test_a_session_wait_attached_before_its_timeout_detach_receives_nothing(
     service_bus: ServiceBusStandIn,
+    quick: AzureServiceBusBackend,
     backend: AzureServiceBusBackend,
     names: ResourceNames,
     detach_delay: float,
@@ -368,26 +373,17 @@ def test_a_session_wait_attached_before_its_timeout_detach_receives_nothing(
     """
     queue = names.fifo_queue()
     MessagingBackendFactory(backend).init_queue(queue)
-    quick = AzureServiceBusBackend(
-        connection_string=service_bus.connection_string,
-        management_url=service_bus.management_url,
-        receive_margin=1.0,
-    )
-    service_bus.amqp.broker.session_timeout_detach_delay = detach_delay
-    service_bus.amqp.broker.session_timeout_lateness = lateness
+    broker = service_bus.amqp.broker
+    broker.session_timeout_detach_delay, broker.session_timeout_lateness = detach_delay, lateness
     try:
         for _ in range(2):
             started = time.monotonic()
             assert quick.receive(queue, wait_seconds=1.0) == []
             assert time.monotonic() - started < 1.0 + 1.0 + SLACK
-        service_bus.amqp.broker.session_timeout_detach_delay = 0.0
-        service_bus.amqp.broker.session_timeout_lateness = 0.0
-        backend.publish(queue, [OutgoingMessage(b"late", group_id="g")])
-        assert [m.body for m in quick.receive(queue, wait_seconds=2.5)] == [b"late"]
     finally:
-        service_bus.amqp.broker.session_timeout_detach_delay = 0.0
-        service_bus.amqp.broker.session_timeout_lateness = 0.0
-        quick.close()
+        broker.session_timeout_detach_delay = broker.session_timeout_lateness = 0.0
+    backend.publish(queue, [OutgoingMessage(b"late", group_id="g")])
+    assert [m.body for m in quick.receive(queue, wait_seconds=2.5)] == [b"late"]
 
 
 def test_a_guard_shuts_down_the_connection_of_a_call_that_outlives_it() -> None:
