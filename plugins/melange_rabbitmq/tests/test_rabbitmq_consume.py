@@ -6,7 +6,12 @@
   dispatcher and halved its rate). With the prefetch used up, it still asks.
 - ``ack`` and ``nack`` hand their frames to the I/O thread and return: AMQP
   answers neither, so waiting told the caller nothing. ``close`` still sends
-  every one queued before it. Queue state is read with raw pika.
+  every one queued before it.
+- A batch that settles every unsettled delivery of its channel up to its
+  highest tag goes in one frame (``multiple``); any other batch, a frame per
+  delivery, so that what it does not name stays unsettled.
+
+Queue state is read with raw pika; bytes on the wire are counted by a fault proxy.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pika
 import pytest
@@ -24,6 +30,7 @@ from melange_rabbitmq.link import Delivery
 from melange_rabbitmq.testing import RabbitMQNode
 
 from melange.backends.base import OutgoingMessage
+from melange.testing.faults import FaultProxy
 
 
 class RawClient:
@@ -201,3 +208,70 @@ def test_acks_queued_when_the_process_exits_without_closing_are_sent(
     )
     time.sleep(0.5)  # the broker requeues what a closed connection left unacked at once
     assert raw.ready(queue) == 0
+
+
+# --------------------------------------------------- one frame for a batch
+ACK_FRAME = 21
+"""Bytes of one ``basic.ack`` frame: 7 of header, 4 of class and method, 8 of tag, 1 of flags, 1
+of end."""
+
+
+def receive_all(backend: RabbitMQBackend, queue: str, count: int) -> list[Any]:
+    received: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(received) < count and time.monotonic() < deadline:
+        received += backend.receive(queue, count - len(received), wait_seconds=1)
+    assert len(received) == count
+    return received
+
+
+def wait_settled(backend: RabbitMQBackend) -> None:
+    """Return once the I/O thread has run the settlements queued before (its jobs run in order)."""
+    backend.link.call(lambda: None)
+
+
+def test_a_batch_of_every_unsettled_delivery_up_to_its_last_is_acked_in_one_frame(
+    node_proxy: FaultProxy, raw: RawClient, queue: str
+) -> None:
+    for n in range(100):
+        raw.publish(queue, b"m%d" % n)
+    backend = RabbitMQBackend(f"amqp://guest:guest@{node_proxy.address}/%2F")
+    try:
+        received = receive_all(backend, queue, 100)
+        before = node_proxy.stats.bytes_up
+        backend.ack(received)
+        wait_settled(backend)
+        time.sleep(0.2)  # the proxy forwards what the I/O thread wrote
+        sent = node_proxy.stats.bytes_up - before
+    finally:
+        backend.close()
+    # A frame per message is 100 x 21 bytes; one frame with multiple is 21 (and the proxy
+    # may have counted a heartbeat).
+    assert sent < 10 * ACK_FRAME, f"{sent} bytes sent to ack 100 deliveries"
+    time.sleep(0.5)  # had a delivery been left unacked, the close made it ready again
+    assert raw.ready(queue) == 0
+
+
+@pytest.mark.parametrize(
+    "acked",
+    [range(5, 10), range(0, 10, 2), range(0, 5)],
+    ids=["the later half", "every other one", "the earlier half"],
+)
+def test_acking_part_of_what_was_received_settles_that_part_only(
+    rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str, acked: range
+) -> None:
+    for n in range(10):
+        raw.publish(queue, b"m%d" % n)
+    backend = RabbitMQBackend(rabbitmq_node.url)
+    try:
+        received = receive_all(backend, queue, 10)
+        assert [m.body for m in received] == [b"m%d" % n for n in range(10)]
+        backend.ack([received[n] for n in acked])
+        wait_settled(backend)
+    finally:
+        backend.close()  # the deliveries left unsettled go back to the queue
+    deadline = time.monotonic() + 10
+    while raw.ready(queue) < 10 - len(acked) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # no more than those
+    assert raw.ready(queue) == 10 - len(acked)

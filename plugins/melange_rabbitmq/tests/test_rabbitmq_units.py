@@ -8,6 +8,7 @@ import pytest
 from melange_rabbitmq.errors import immutable_setting
 from melange_rabbitmq.filters import MAX_BINDINGS, bindings_for, filter_of
 from melange_rabbitmq.leases import LeaseTable
+from melange_rabbitmq.unsettled import Unsettled
 
 from melange.exceptions import InvalidTopology
 from melange.topology import SubscriptionSpec
@@ -100,3 +101,43 @@ def test_a_406_names_the_setting_in_melange_s_terms_with_both_values() -> None:
     error = immutable_setting("q", classic)
     assert error is not None and (error.current, error.declared) == ("classic", "quorum")
     assert immutable_setting("q", "PRECONDITION_FAILED - unknown delivery tag 5") is None
+
+
+# ------------------------------------------------------------------ unsettled
+def test_a_batch_of_every_unsettled_tag_up_to_its_highest_settles_with_one_frame() -> None:
+    unsettled = Unsettled()
+    for tag in range(1, 21):
+        unsettled.delivered((1, 1), tag)
+    assert unsettled.settle((1, 1), [3, 1, 2]) == 3  # in any order
+    assert unsettled.settle((1, 1), [4, 5]) == 5  # 1-3 are settled already
+    assert unsettled.settle((1, 1), [7, 8]) is None  # 6 is unsettled: one frame would take it
+    assert unsettled.settle((1, 1), [6]) == 6  # 7 and 8 are settled: only 6 is left below
+    assert unsettled.settle((1, 1), [20]) is None  # 9-19 are unsettled
+
+
+def test_tags_the_tracker_does_not_know_are_settled_one_by_one() -> None:
+    unsettled = Unsettled()
+    unsettled.delivered((1, 1), 1)
+    assert unsettled.settle((1, 2), [1]) is None  # another channel
+    assert unsettled.settle((1, 1), [1, 2]) is None  # 2 was never delivered
+    assert unsettled.settle((1, 1), []) is None
+    unsettled.delivered((1, 1), 3)
+    unsettled.forget((1, 1))  # the channel closed
+    assert unsettled.settle((1, 1), [3]) is None
+    unsettled.delivered((2, 1), 1)
+    unsettled.clear()  # the connection closed
+    assert unsettled.settle((2, 1), [1]) is None
+
+
+def test_a_tag_past_one_not_seen_yet_is_settled_on_its_own() -> None:
+    """pika hands a pushed delivery over after the ``basic.get`` answer that came after it."""
+    unsettled = Unsettled()
+    for tag in (1, 2):
+        unsettled.delivered((1, 1), tag)
+    assert unsettled.settle((1, 1), [1, 2]) == 2
+    unsettled.delivered((1, 1), 4)  # the get's answer; the push of 3 is still in pika's queue
+    assert unsettled.settle((1, 1), [4]) is None  # one frame up to 4 would settle 3 as well
+    unsettled.delivered((1, 1), 3)
+    unsettled.delivered((1, 1), 5)
+    assert unsettled.settle((1, 1), [3]) == 3  # every tag up to 5 seen now
+    assert unsettled.settle((1, 1), [5]) == 5

@@ -41,6 +41,7 @@ from melange.exceptions import (
 )
 from melange_rabbitmq.confirms import ConfirmChannel
 from melange_rabbitmq.leases import DeliveryKey, LeaseTable
+from melange_rabbitmq.unsettled import Unsettled
 
 __all__ = ["CONNECTION_ERRORS", "Delivery", "Link"]
 
@@ -126,6 +127,7 @@ class Link:
         self._publisher: ConfirmChannel | None = None
         self._consumers: dict[str, _Consumer] = {}
         self._channels: dict[tuple[int, int], BlockingChannel] = {}
+        self._unsettled = Unsettled()  # of the consumers' channels
         self._lock = threading.Lock()
         self._jobs: collections.deque[_Job[Any]] = collections.deque()
         self._work = threading.Condition(self._lock)
@@ -323,26 +325,33 @@ class Link:
             self.connection().process_data_events(time_limit=0)
             return None
         key = (consumer.generation, consumer.channel.channel_number, method.delivery_tag)
+        self._unsettled.delivered(key[:2], method.delivery_tag)
         return Delivery(key, queue, method, properties, body)
 
     def settle(self, keys: list[DeliveryKey], *, requeue: bool | None) -> None:
         """Ack (``requeue=None``) or nack the deliveries still on their channel.
 
-        The frames of a batch are queued on pika's channel implementation and
-        written with one flush per channel: ``BlockingChannel.basic_ack`` would
-        flush (a round of socket I/O) after every single frame.
+        A channel's part of the batch that is every delivery of it unsettled up
+        to its highest tag is settled with one ``multiple`` frame; otherwise
+        each gets a frame. The frames are queued on pika's channel
+        implementation and written with one flush per channel:
+        ``BlockingChannel.basic_ack`` would flush (a round of socket I/O) after
+        every single frame.
         """
-        touched: dict[int, BlockingChannel] = {}
+        by_channel: dict[tuple[int, int], list[int]] = {}
         for generation, number, tag in keys:
-            channel = self._channels.get((generation, number))
-            if generation != self.generation or channel is None or not channel.is_open:
-                continue  # the broker returned it when the channel closed
-            if requeue is None:
-                channel._impl.basic_ack(delivery_tag=tag)
-            else:
-                channel._impl.basic_nack(delivery_tag=tag, requeue=requeue)
-            touched[number] = channel
-        for channel in touched.values():
+            by_channel.setdefault((generation, number), []).append(tag)
+        for key, tags in by_channel.items():
+            channel = self._channels.get(key)
+            if key[0] != self.generation or channel is None or not channel.is_open:
+                continue  # the broker returned them when the channel closed
+            top = self._unsettled.settle(key, tags)
+            impl = channel._impl
+            for tag in tags if top is None else [top]:
+                if requeue is None:
+                    impl.basic_ack(delivery_tag=tag, multiple=top is not None)
+                else:
+                    impl.basic_nack(delivery_tag=tag, multiple=top is not None, requeue=requeue)
             channel._flush_output()
 
     def forget_queue(self, queue: str) -> None:
@@ -406,6 +415,7 @@ class Link:
         self, consumer: _Consumer, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
         key = (consumer.generation, consumer.channel.channel_number, method.delivery_tag)
+        self._unsettled.delivered(key[:2], method.delivery_tag)
         with self._lock:
             consumer.buffer.append(Delivery(key, consumer.queue, method, properties, body))
             self._arrived.notify_all()
@@ -421,6 +431,7 @@ class Link:
                 del self._consumers[consumer.queue]
             self._arrived.notify_all()
         self._channels.pop((consumer.generation, consumer.channel.channel_number), None)
+        self._unsettled.forget((consumer.generation, consumer.channel.channel_number))
         self.leases.drop(consumer.generation, consumer.channel.channel_number)
 
     def _failed(self, reason: str) -> None:
@@ -441,6 +452,7 @@ class Link:
             self._consumers.clear()
             self._arrived.notify_all()
         self._channels.clear()
+        self._unsettled.clear()
         self._ops = self._publisher = None
         self.leases.drop(old)
         self._last_error = reason
