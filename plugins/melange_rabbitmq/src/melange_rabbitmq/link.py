@@ -295,6 +295,8 @@ class Link:
             self._forget(consumer)
         conn = self.connection()
         channel = conn.channel()
+        # The number may be one a closed channel had: this one's deliveries start at tag 1.
+        self._unsettled.forget((self.generation, channel.channel_number))
         channel.basic_qos(prefetch_count=self.prefetch)
         consumer = _Consumer(queue, channel, self.generation)
         channel.add_on_cancel_callback(lambda _frame: self._cancelled(consumer))
