@@ -73,17 +73,22 @@ def count_gets(backend: RabbitMQBackend) -> list[str]:
     return calls
 
 
+def receive_all(backend: RabbitMQBackend, queue: str, count: int) -> list[Any]:
+    """Receive ``count`` messages (within 10 s), in as many calls as it takes."""
+    received: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(received) < count and time.monotonic() < deadline:
+        received += backend.receive(queue, count - len(received), wait_seconds=1)
+    assert len(received) == count
+    return received
+
+
 def fill_prefetch(backend: RabbitMQBackend, raw: RawClient, queue: str) -> list[object]:
     """Publish as many messages as the backend's prefetch and receive them all (held, unacked)."""
     count = backend.link.prefetch
     for n in range(count):
         raw.publish(queue, b"held %d" % n)
-    held: list[object] = []
-    deadline = time.monotonic() + 10
-    while len(held) < count and time.monotonic() < deadline:
-        held += backend.receive(queue, count, wait_seconds=1)
-    assert len(held) == count
-    return held
+    return receive_all(backend, queue, count)
 
 
 def test_a_waiting_receive_with_prefetch_room_waits_for_the_push_without_asking(
@@ -168,13 +173,9 @@ def test_acks_queued_just_before_close_are_sent(
     for n in range(20):
         raw.publish(queue, b"m%d" % n)
     backend = RabbitMQBackend(rabbitmq_node.url)
-    received: list[object] = []
-    deadline = time.monotonic() + 10
-    while len(received) < 20 and time.monotonic() < deadline:
-        received += backend.receive(queue, 10, wait_seconds=1)
-    assert len(received) == 20
+    received = receive_all(backend, queue, 20)
     for message in received:
-        backend.ack([message])  # type: ignore[list-item]
+        backend.ack([message])
     backend.close()  # at once: the 20 acks may still be queued for the I/O thread
     time.sleep(0.5)  # had an ack been dropped, its message would be ready again by now
     assert raw.ready(queue) == 0
@@ -214,15 +215,6 @@ def test_acks_queued_when_the_process_exits_without_closing_are_sent(
 ACK_FRAME = 21
 """Bytes of one ``basic.ack`` frame: 7 of header, 4 of class and method, 8 of tag, 1 of flags, 1
 of end."""
-
-
-def receive_all(backend: RabbitMQBackend, queue: str, count: int) -> list[Any]:
-    received: list[Any] = []
-    deadline = time.monotonic() + 10
-    while len(received) < count and time.monotonic() < deadline:
-        received += backend.receive(queue, count - len(received), wait_seconds=1)
-    assert len(received) == count
-    return received
 
 
 def wait_settled(backend: RabbitMQBackend) -> None:
