@@ -538,11 +538,16 @@ class Runtime:
             return
         delivery.started = True
         acked = False
-        began = time.monotonic()
         try:
-            acked = await self._handle(delivery)
+            if self._async_consumers:
+                began = time.monotonic()
+                try:
+                    acked = await self._handle(delivery)
+                finally:
+                    self._slow_handlers = time.monotonic() - began >= SLOW_HANDLER
+            else:  # timed in the thread: waiting for one, or for the loop, is not handling
+                acked = await self._io(self._handle_timed, delivery)
         finally:
-            self._slow_handlers = time.monotonic() - began >= SLOW_HANDLER
             with self._lock:
                 behind = self._finished(delivery, acked)
             if behind:
@@ -589,6 +594,14 @@ class Runtime:
             return settle(*args) is True
         except Exception:  # a bug here must not lose the capacity it holds
             return self._internal_error(delivery)
+
+    def _handle_timed(self, delivery: Delivery) -> bool:
+        """:meth:`_handle_now`, noting whether the handling took :data:`SLOW_HANDLER` or more."""
+        began = time.monotonic()
+        try:
+            return self._handle_now(delivery)
+        finally:
+            self._slow_handlers = time.monotonic() - began >= SLOW_HANDLER
 
     def _handle_sync_run(
         self, run: collections.deque[Delivery], finished: list[tuple[Delivery, bool]]
