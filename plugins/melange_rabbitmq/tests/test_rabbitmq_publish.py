@@ -9,10 +9,14 @@ each message still decides its result: a ``basic.nack`` (a full queue with
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import pika
 import pytest
 from melange_rabbitmq import RabbitMQBackend
 from melange_rabbitmq.confirms import Confirmations, ConfirmChannel
+from melange_rabbitmq.link import LINGER, TICK
 from melange_rabbitmq.testing import RabbitMQNode
 
 from melange.backends.base import OutgoingMessage
@@ -91,3 +95,20 @@ def test_a_publish_ended_by_a_channel_error_does_not_say_the_connection_was_lost
     assert "connection" not in text and "ChannelWrongStateError" in text, text
     assert f"publishing to {queue!r} failed before RabbitMQ confirmed it" in text
     assert backend._link.connects == 1  # the connection was kept: no reconnection
+
+
+def test_a_publish_after_the_io_thread_went_back_to_the_socket_starts_at_once(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode, queue: str
+) -> None:
+    # After a call the I/O thread waits LINGER for the next on its condition, and a job queued
+    # meanwhile wakes it through that condition alone; back in process_data_events (for up to
+    # TICK) only pika's pipe wakes it. A call made then must not wait for the TICK to end.
+    took = []
+    for _ in range(20):
+        time.sleep(LINGER * 4)
+        began = time.monotonic()
+        (result,) = backend.publish(queue, [OutgoingMessage(b"x")])
+        took.append(time.monotonic() - began)
+        assert result.ok, result.error
+    assert statistics.median(took) < TICK / 2, took
+    assert ready_count(rabbitmq_node, queue) == 20
