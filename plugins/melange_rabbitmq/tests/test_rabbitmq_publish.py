@@ -50,6 +50,34 @@ def test_a_batch_is_sent_whole_before_its_confirms_are_awaited(
     assert exchanges <= 50, f"{exchanges} request/response exchanges for one batch of 100"
 
 
+def test_a_batch_is_handed_to_the_socket_in_one_write(
+    backend: RabbitMQBackend, rabbitmq_node: RabbitMQNode, queue: str
+) -> None:
+    # pika's transport sends each chunk it is given with a send call of its own; a message
+    # is three frames, so a batch of 100 framed one chunk each took 300 calls.
+    link = backend._link
+    assert backend.publish(queue, [OutgoingMessage(b"warm-up")])[0].ok  # connected
+    transport = link.call(lambda: link.publisher().channel._impl.connection._transport)
+    chunks: list[bytes] = []
+    plain_write = transport.write
+
+    def counted(data: bytes) -> None:
+        chunks.append(bytes(data))
+        plain_write(data)
+
+    transport.write = counted
+    try:
+        bodies = [b"m%d" % i for i in range(100)]
+        results = backend.publish(queue, [OutgoingMessage(body) for body in bodies])
+    finally:
+        del transport.write
+    assert [result.ok for result in results] == [True] * 100
+    assert ready_count(rabbitmq_node, queue) == 101
+    published = [chunk for chunk in chunks if b"m99" in chunk or b"m0" in chunk]
+    assert len(published) == 1, f"the batch went to the socket in {len(chunks)} writes"
+    assert all(body in published[0] for body in bodies)
+
+
 def test_a_full_queue_nacks_only_the_messages_beyond_its_room(
     rabbitmq_node: RabbitMQNode, backend: RabbitMQBackend, unique: str
 ) -> None:

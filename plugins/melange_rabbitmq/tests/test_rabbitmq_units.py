@@ -8,6 +8,7 @@ import pytest
 from melange_rabbitmq.errors import immutable_setting
 from melange_rabbitmq.filters import MAX_BINDINGS, bindings_for, filter_of
 from melange_rabbitmq.leases import LeaseTable
+from melange_rabbitmq.one_write import one_write
 from melange_rabbitmq.unsettled import Unsettled
 
 from melange.exceptions import InvalidTopology
@@ -141,3 +142,39 @@ def test_a_tag_past_one_not_seen_yet_is_settled_on_its_own() -> None:
     unsettled.delivered((1, 1), 5)
     assert unsettled.settle((1, 1), [3]) == 3  # every tag up to 5 seen now
     assert unsettled.settle((1, 1), [5]) == 5
+
+
+class _Emitting:
+    """What one_write needs of pika's connection: the adapter's ``_adapter_emit_data``."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_one_write_gathers_the_frames_of_its_block_and_writes_them_once() -> None:
+    connection = _Emitting()
+    with one_write(connection):
+        connection._adapter_emit_data(b"method")
+        connection._adapter_emit_data(b"header")
+        assert connection.written == []
+    assert connection.written == [b"methodheader"]
+    connection._adapter_emit_data(b"after")  # the adapter's own method again
+    assert connection.written == [b"methodheader", b"after"]
+
+
+def test_one_write_sends_what_was_made_before_an_error() -> None:
+    connection = _Emitting()
+    with pytest.raises(RuntimeError), one_write(connection):
+        connection._adapter_emit_data(b"first message")
+        raise RuntimeError("the channel closed")
+    assert connection.written == [b"first message"]
+
+
+def test_one_write_writes_nothing_for_a_block_that_made_no_frame() -> None:
+    connection = _Emitting()
+    with one_write(connection):
+        pass
+    assert connection.written == []

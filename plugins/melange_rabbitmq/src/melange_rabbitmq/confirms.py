@@ -5,7 +5,7 @@ confirm before it returns: a round trip per message, about a millisecond on a
 quorum queue that writes to disk. RabbitMQ confirms asynchronously, one message
 or several at once (``multiple``), so a batch can be sent whole and its confirms
 awaited together. This module does that on the channel's implementation (the
-frames are written in one flush), as the link already does for acks, and keeps
+frames are written in one socket write), as the link already does for acks, and keeps
 each message's own outcome:
 
 - ``basic.ack``: stored;
@@ -24,6 +24,8 @@ from typing import Literal
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
+
+from melange_rabbitmq.one_write import one_write
 
 __all__ = ["ConfirmChannel", "Confirmations", "Outcome"]
 
@@ -92,10 +94,11 @@ class ConfirmChannel:
         self._pending.clear()
         impl = self.channel._impl
         try:
-            for index, (body, properties) in enumerate(messages):
-                impl.basic_publish(exchange, routing_key, body, properties, mandatory)
-                self._pending[self._next_tag] = index
-                self._next_tag += 1
+            with one_write(impl.connection):
+                for index, (body, properties) in enumerate(messages):
+                    impl.basic_publish(exchange, routing_key, body, properties, mandatory)
+                    self._pending[self._next_tag] = index
+                    self._next_tag += 1
             self.channel._flush_output(lambda: not self._pending)
         except Exception as error:  # closed by the broker, or the connection was lost
             return Confirmations(self._outcomes, error)

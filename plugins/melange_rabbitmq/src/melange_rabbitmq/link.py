@@ -41,6 +41,7 @@ from melange.exceptions import (
 )
 from melange_rabbitmq.confirms import ConfirmChannel
 from melange_rabbitmq.leases import DeliveryKey, LeaseTable
+from melange_rabbitmq.one_write import one_write
 from melange_rabbitmq.unsettled import Unsettled
 
 __all__ = ["CONNECTION_ERRORS", "Delivery", "Link"]
@@ -345,7 +346,7 @@ class Link:
         A channel's part of the batch that is every delivery of it unsettled up
         to its highest tag is settled with one ``multiple`` frame; otherwise
         each gets a frame. The frames are queued on pika's channel
-        implementation and written with one flush per channel:
+        implementation and written with one write and one flush per channel:
         ``BlockingChannel.basic_ack`` would flush (a round of socket I/O) after
         every single frame.
         """
@@ -358,11 +359,12 @@ class Link:
                 continue  # the broker returned them when the channel closed
             top = self._unsettled.settle(key, tags)
             impl = channel._impl
-            for tag in tags if top is None else [top]:
-                if requeue is None:
-                    impl.basic_ack(delivery_tag=tag, multiple=top is not None)
-                else:
-                    impl.basic_nack(delivery_tag=tag, multiple=top is not None, requeue=requeue)
+            with one_write(impl.connection):
+                for tag in tags if top is None else [top]:
+                    if requeue is None:
+                        impl.basic_ack(delivery_tag=tag, multiple=top is not None)
+                    else:
+                        impl.basic_nack(delivery_tag=tag, multiple=top is not None, requeue=requeue)
             channel._flush_output()
 
     def forget_queue(self, queue: str) -> None:
