@@ -862,12 +862,10 @@ def test_fast_handlers_of_a_batch_are_handled_in_one_go(
             return stats, len([args for args in calls if args[0] is dispatcher._handlers])
         calls = _record_calls(dispatcher, "_io")  # trips to the pool to handle messages
         stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=10, stop=True)
-        not_handling = (backend.receive, dispatcher._settlement.send_acks)
-        return stats, len([args for args in calls if args[0] not in not_handling])
+        return stats, _handling_trips(dispatcher, backend, calls)
 
     stats, count = asyncio.run(main())
-    assert stats.handled == stats.acked == 100
-    assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
+    _assert_each_handled_once(stats, handled, 100)
     # One per batch of 10 when every handler is quick; a batch behind a handler that looked
     # slow (the first batch waits for the pool's first thread; a loaded machine preempts one
     # now and then) costs one per message: 30 here. A trip or a task per message makes 100.
@@ -905,12 +903,10 @@ def test_a_slow_trip_to_the_pool_is_not_a_slow_handler(
 
         dispatcher._io = slow_trip  # type: ignore[method-assign]
         stats = await dispatcher.run_until_idle(idle_seconds=0.2, timeout=20, stop=True)
-        not_handling = (backend.receive, dispatcher._settlement.send_acks)
-        return stats, len([args for args in calls if args[0] not in not_handling])
+        return stats, _handling_trips(dispatcher, backend, calls)
 
     stats, count = asyncio.run(main())
-    assert stats.handled == stats.acked == 100
-    assert sorted(handled) == sorted(f"o-{i}" for i in range(100))
+    _assert_each_handled_once(stats, handled, 100)
     # The slow one's batch goes out one by one, and the next when the pool thread was preempted
     # in a handler; then a trip per batch of 10. 30 to 40 here, 51 with two CPU hogs running;
     # the handler timed from the loop made 102.
@@ -1068,6 +1064,19 @@ def test_a_memory_backend_that_replaces_a_call_counts_as_blocking() -> None:
     assert Slow().calls_block is True
     assert DeclaredQuick().calls_block is False
     assert RecordingBackend().calls_block is True  # the fixture of these tests: calls in the pool
+
+
+def _handling_trips(
+    dispatcher: AsyncMessageDispatcher, backend: MemoryBackend, calls: list[tuple[Any, ...]]
+) -> int:
+    """How many of the recorded ``_io`` calls took messages to the pool to be handled."""
+    not_handling = (backend.receive, dispatcher._settlement.send_acks)
+    return len([args for args in calls if args[0] not in not_handling])
+
+
+def _assert_each_handled_once(stats: DispatchStats, handled: list[str], count: int) -> None:
+    assert stats.handled == stats.acked == count
+    assert sorted(handled) == sorted(f"o-{i}" for i in range(count))
 
 
 def _record_calls(dispatcher: AsyncMessageDispatcher, method: str) -> list[tuple[Any, ...]]:
