@@ -267,3 +267,57 @@ def test_acking_part_of_what_was_received_settles_that_part_only(
         time.sleep(0.1)
     time.sleep(0.3)  # no more than those
     assert raw.ready(queue) == 10 - len(acked)
+
+
+def test_acks_queued_while_the_io_thread_is_busy_go_out_together(
+    node_proxy: FaultProxy, raw: RawClient, queue: str
+) -> None:
+    # A dispatcher acks every few messages while the I/O thread reads deliveries: acks that
+    # wait in its queue join the one queued last, a flush and (here) a multiple frame for all.
+    for n in range(100):
+        raw.publish(queue, b"m%d" % n)
+    backend = RabbitMQBackend(f"amqp://guest:guest@{node_proxy.address}/%2F")
+    try:
+        received = receive_all(backend, queue, 100)
+        before = node_proxy.stats.bytes_up
+        backend.link.submit(lambda: time.sleep(0.3))
+        for message in received:
+            backend.ack([message])
+        wait_settled(backend)
+        time.sleep(0.2)  # the proxy forwards what the I/O thread wrote
+        sent = node_proxy.stats.bytes_up - before
+    finally:
+        backend.close()
+    assert sent < 10 * ACK_FRAME, f"{sent} bytes sent for 100 acks queued one by one"
+    time.sleep(0.5)
+    assert raw.ready(queue) == 0
+
+
+@pytest.mark.parametrize("order", ["acks then nacks", "alternating"])
+def test_queued_acks_and_nacks_do_not_join_each_other(
+    rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str, order: str
+) -> None:
+    for n in range(10):
+        raw.publish(queue, b"m%d" % n)
+    backend = RabbitMQBackend(rabbitmq_node.url)
+    try:
+        received = receive_all(backend, queue, 10)
+        nacked = set(range(5, 10)) if order == "acks then nacks" else set(range(1, 10, 2))
+        backend.link.submit(lambda: time.sleep(0.3))  # every settlement below waits in line
+        for n, message in enumerate(received):
+            if n in nacked:
+                backend.nack([message])
+            else:
+                backend.ack([message])
+        wait_settled(backend)
+        deadline = time.monotonic() + 10
+        while raw.ready(queue) < len(nacked) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        again = receive_all(backend, queue, len(nacked))  # the nacked ones, and only those
+        assert sorted(m.body for m in again) == sorted(b"m%d" % n for n in nacked)
+        backend.ack(again)
+        wait_settled(backend)
+    finally:
+        backend.close()
+    time.sleep(0.5)  # had an acked one been requeued instead, it would be ready now
+    assert raw.ready(queue) == 0

@@ -644,13 +644,13 @@ class RabbitMQBackend(MessagingBackend):
         leases = self._link.leases
         keys = [key for key in self._keys(messages) if leases.settle(key)]
         if keys:
-            self._link.submit(lambda: self._link.settle(keys, requeue=None))
+            self._link.settle_later(keys, requeue=None)
 
     def _nack(self, messages: list[ReceivedMessage], delay_seconds: float) -> None:
         leases = self._link.leases
         now = [key for key in self._keys(messages) if leases.release(key, delay_seconds)]
         if now:
-            self._link.submit(lambda: self._link.settle(now, requeue=True))
+            self._link.settle_later(now, requeue=True)
 
     def _extend_lease(self, messages: list[ReceivedMessage], seconds: float) -> None:
         leases = self._link.leases

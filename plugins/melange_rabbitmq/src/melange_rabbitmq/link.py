@@ -87,7 +87,7 @@ class _Consumer:
 
 
 class _Job(Generic[_T]):
-    __slots__ = ("detached", "done", "error", "fn", "result")
+    __slots__ = ("detached", "done", "error", "fn", "result", "settling")
 
     def __init__(self, fn: Callable[[], _T], *, detached: bool = False) -> None:
         self.fn = fn
@@ -96,6 +96,8 @@ class _Job(Generic[_T]):
         self.done.acquire()
         self.result: _T | None = None
         self.error: BaseException | None = None
+        # A settle_later job: the keys it settles (more may join until it starts), and requeue.
+        self.settling: tuple[list[DeliveryKey], bool | None] | None = None
 
 
 class Link:
@@ -175,14 +177,34 @@ class Link:
         """
         self._enqueue(_Job(fn, detached=True))
 
+    def settle_later(self, keys: list[DeliveryKey], *, requeue: bool | None) -> None:
+        """:meth:`settle` on the I/O thread, without waiting for it (see :meth:`submit`).
+
+        Keys settled the same way as the job queued last, which has not started, join
+        it: one job and one flush for both, and one ``multiple`` frame when together
+        they are every unsettled delivery of their channel.
+        """
+        with self._lock:
+            last = self._jobs[-1] if self._jobs and not self._stopping else None
+            if last is not None and last.settling is not None and last.settling[1] == requeue:
+                last.settling[0].extend(keys)  # it reads them once the I/O thread took it
+                return
+        batch = list(keys)
+        job: _Job[None] = _Job(lambda: self.settle(batch, requeue=requeue), detached=True)
+        job.settling = (batch, requeue)
+        self._enqueue(job)
+
     def _enqueue(self, job: _Job[Any]) -> None:
         """Queue ``job`` for the I/O thread and wake it."""
         with self._lock:
             if self._stopping:
                 raise BackendClosed("rabbitmq", "use the connection")
+            # A job queued before this one had its wake: the thread takes every queued job
+            # before it goes back into pika. And a lingering thread waits on the condition.
+            woken = bool(self._jobs) or self._lingering
             self._jobs.append(job)
             self._work.notify()
-            if self._lingering:  # waiting on the condition just notified, not in pika
+            if woken:
                 return
         conn = self._conn
         if conn is not None:
