@@ -25,6 +25,10 @@ outside the timing, so all sides move the same persistent messages through the s
   is the same run timed from ``start()``'s return: without the queue lookup (three management
   API requests) and the threads' start, which the raw loops do not do.
 
+The one-message publish is also timed with ``_amqp_floor.BareConfirmPublisher``: a bare
+blocking socket speaking AMQP with pika's frame classes, no I/O loop. It bounds from below what
+any Python client can do for that call, so it says whether a goal is within reach at all.
+
 Each repetition runs every side on a fresh queue, checked afterwards (every message arrived
 once, the queue is empty); the ratios printed (melange throughput over the other's; goals:
 >= 0.9x raw pika, >= 1.5x kombu) are the medians of the per-repetition ratios.
@@ -48,6 +52,7 @@ from typing import Any
 
 import kombu
 import pika
+from _amqp_floor import BareConfirmPublisher
 from _bench import dump_json, machine, print_machine, summary
 from melange_rabbitmq import RabbitMQBackend
 from melange_rabbitmq.testing import RabbitMQNode
@@ -69,6 +74,8 @@ WORKLOADS = (PUBLISH, PUBLISH_BATCH, CONSUME, DISPATCH, DISPATCH_STARTED)
 BATCH = 100
 """Messages per publish call in the batch workload (melange's rabbitmq max_batch_size)."""
 SIDES = ("melange", "pika", "kombu")
+BARE = "bare socket"
+"""The floor side of the one-message publish (see _amqp_floor)."""
 
 
 class Sides:
@@ -85,6 +92,7 @@ class Sides:
         self.kombu = kombu.Connection(url, transport_options={"confirm_publish": True})
         self.kombu.connect()
         self.pipelined = PipelinedPika(node.url)
+        self.bare = BareConfirmPublisher(node.host, node.port)
 
     def queue(self) -> str:
         name = f"bench-{uuid.uuid4().hex[:10]}"
@@ -107,6 +115,7 @@ class Sides:
         return len(self.backend.link.leases)
 
     def close(self) -> None:
+        self.bare.close()
         self.pipelined.close()
         self.kombu.release()
         self.pika.close()
@@ -126,6 +135,11 @@ def publish_pika(sides: Sides, queue: str, count: int, body: bytes) -> None:
     for _ in range(count):
         properties = pika.BasicProperties(delivery_mode=2, message_id=uuid.uuid4().hex)
         channel.basic_publish("", queue, body, properties, mandatory=True)
+
+
+def publish_bare(sides: Sides, queue: str, count: int, body: bytes) -> None:
+    for _ in range(count):
+        sides.bare.publish(queue, body)
 
 
 class PipelinedPika:
@@ -308,7 +322,12 @@ def timed(work: Callable[[], object], count: int) -> float:
 
 def run(sides: Sides, count: int, body: bytes) -> dict[str, dict[str, float]]:
     rates: dict[str, dict[str, float]] = {workload: {} for workload in WORKLOADS}
-    publishers = {"melange": publish_melange, "pika": publish_pika, "kombu": publish_kombu}
+    publishers = {
+        "melange": publish_melange,
+        "pika": publish_pika,
+        "kombu": publish_kombu,
+        BARE: publish_bare,
+    }
     consumers = {"melange": consume_melange, "pika": consume_pika, "kombu": consume_kombu}
     batch_publishers = {
         "melange": publish_batch_melange,
@@ -384,8 +403,16 @@ def main() -> int:
                 f"{rates['kombu']['median']:10.0f} {ratios['pika']:7.2f}x{marks['pika']} "
                 f"{ratios['kombu']:8.2f}x{marks['kombu']}"
             )
+    floor = summary([r[PUBLISH][BARE] for r in runs])
+    floor_vs_kombu = statistics.median(r[PUBLISH][BARE] / r[PUBLISH]["kombu"] for r in runs)
+    result["workloads"][PUBLISH]["floor"] = {"rates": floor, "vs kombu": floor_vs_kombu}
     if args.json:
         dump_json(result)
+    else:
+        print(
+            f"{PUBLISH} by a bare socket client (_amqp_floor), the least a Python client "
+            f"spends: {floor['median']:.0f}/s, {floor_vs_kombu:.2f}x kombu"
+        )
     return 0
 
 
