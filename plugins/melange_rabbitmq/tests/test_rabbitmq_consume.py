@@ -16,6 +16,7 @@ Queue state is read with raw pika; bytes on the wire are counted by a fault prox
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from melange_rabbitmq import RabbitMQBackend
 from melange_rabbitmq.link import Delivery
 from melange_rabbitmq.testing import RabbitMQNode
 
-from melange.backends.base import OutgoingMessage
+from melange.backends.base import OutgoingMessage, ReceivedMessage
 from melange.testing.faults import FaultProxy
 
 
@@ -170,8 +171,7 @@ def test_an_ack_does_not_wait_for_a_busy_io_thread_and_still_lands(
 def test_acks_queued_just_before_close_are_sent(
     rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str
 ) -> None:
-    for n in range(20):
-        raw.publish(queue, b"m%d" % n)
+    publish_numbered(raw, queue, 20)
     backend = RabbitMQBackend(rabbitmq_node.url)
     received = receive_all(backend, queue, 20)
     for message in received:
@@ -200,8 +200,7 @@ for message in received:
 def test_acks_queued_when_the_process_exits_without_closing_are_sent(
     rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str
 ) -> None:
-    for n in range(20):
-        raw.publish(queue, b"m%d" % n)
+    publish_numbered(raw, queue, 20)
     subprocess.run(
         [sys.executable, "-c", EXITS_WITHOUT_CLOSING, rabbitmq_node.url, queue],
         check=True,
@@ -222,16 +221,49 @@ def wait_settled(backend: RabbitMQBackend) -> None:
     backend.link.call(lambda: None)
 
 
-def test_a_batch_of_every_unsettled_delivery_up_to_its_last_is_acked_in_one_frame(
-    node_proxy: FaultProxy, raw: RawClient, queue: str
-) -> None:
-    for n in range(100):
+def publish_numbered(raw: RawClient, queue: str, count: int) -> None:
+    """Publish ``count`` messages, m0 to m<count - 1>, with raw pika."""
+    for n in range(count):
         raw.publish(queue, b"m%d" % n)
+
+
+@contextlib.contextmanager
+def ten_received(
+    node: RabbitMQNode, raw: RawClient, queue: str
+) -> Iterator[tuple[RabbitMQBackend, list[ReceivedMessage]]]:
+    """Publish m0 to m9 with raw pika; a backend that received all ten, closed afterwards."""
+    publish_numbered(raw, queue, 10)
+    backend = RabbitMQBackend(node.url)
+    try:
+        yield backend, receive_all(backend, queue, 10)
+    finally:
+        backend.close()
+
+
+def wait_ready(raw: RawClient, queue: str, count: int) -> None:
+    """Wait up to 10 s for ``queue`` to hold ``count`` ready messages (the broker requeues)."""
+    deadline = time.monotonic() + 10
+    while raw.ready(queue) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("calls", ["one call", "a call each, behind a busy I/O thread"])
+def test_acking_every_unsettled_delivery_up_to_the_last_sends_one_frame(
+    node_proxy: FaultProxy, raw: RawClient, queue: str, calls: str
+) -> None:
+    # Acks queued one by one for a busy I/O thread (a dispatcher acks every few messages while
+    # the thread reads deliveries) join the one queued last: one flush, one frame, as one call.
+    publish_numbered(raw, queue, 100)
     backend = RabbitMQBackend(f"amqp://guest:guest@{node_proxy.address}/%2F")
     try:
         received = receive_all(backend, queue, 100)
         before = node_proxy.stats.bytes_up
-        backend.ack(received)
+        if calls == "one call":
+            backend.ack(received)
+        else:
+            backend.link.submit(lambda: time.sleep(0.3))
+            for message in received:
+                backend.ack([message])
         wait_settled(backend)
         time.sleep(0.2)  # the proxy forwards what the I/O thread wrote
         sent = node_proxy.stats.bytes_up - before
@@ -239,7 +271,7 @@ def test_a_batch_of_every_unsettled_delivery_up_to_its_last_is_acked_in_one_fram
         backend.close()
     # A frame per message is 100 x 21 bytes; one frame with multiple is 21 (and the proxy
     # may have counted a heartbeat).
-    assert sent < 10 * ACK_FRAME, f"{sent} bytes sent to ack 100 deliveries"
+    assert sent < 10 * ACK_FRAME, f"{sent} bytes sent to ack 100 deliveries ({calls})"
     time.sleep(0.5)  # had a delivery been left unacked, the close made it ready again
     assert raw.ready(queue) == 0
 
@@ -252,57 +284,22 @@ def test_a_batch_of_every_unsettled_delivery_up_to_its_last_is_acked_in_one_fram
 def test_acking_part_of_what_was_received_settles_that_part_only(
     rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str, acked: range
 ) -> None:
-    for n in range(10):
-        raw.publish(queue, b"m%d" % n)
-    backend = RabbitMQBackend(rabbitmq_node.url)
-    try:
-        received = receive_all(backend, queue, 10)
+    with ten_received(rabbitmq_node, raw, queue) as (backend, received):
         assert [m.body for m in received] == [b"m%d" % n for n in range(10)]
         backend.ack([received[n] for n in acked])
         wait_settled(backend)
-    finally:
-        backend.close()  # the deliveries left unsettled go back to the queue
-    deadline = time.monotonic() + 10
-    while raw.ready(queue) < 10 - len(acked) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # closed: the deliveries left unsettled went back to the queue
+    wait_ready(raw, queue, 10 - len(acked))
     time.sleep(0.3)  # no more than those
     assert raw.ready(queue) == 10 - len(acked)
-
-
-def test_acks_queued_while_the_io_thread_is_busy_go_out_together(
-    node_proxy: FaultProxy, raw: RawClient, queue: str
-) -> None:
-    # A dispatcher acks every few messages while the I/O thread reads deliveries: acks that
-    # wait in its queue join the one queued last, a flush and (here) a multiple frame for all.
-    for n in range(100):
-        raw.publish(queue, b"m%d" % n)
-    backend = RabbitMQBackend(f"amqp://guest:guest@{node_proxy.address}/%2F")
-    try:
-        received = receive_all(backend, queue, 100)
-        before = node_proxy.stats.bytes_up
-        backend.link.submit(lambda: time.sleep(0.3))
-        for message in received:
-            backend.ack([message])
-        wait_settled(backend)
-        time.sleep(0.2)  # the proxy forwards what the I/O thread wrote
-        sent = node_proxy.stats.bytes_up - before
-    finally:
-        backend.close()
-    assert sent < 10 * ACK_FRAME, f"{sent} bytes sent for 100 acks queued one by one"
-    time.sleep(0.5)
-    assert raw.ready(queue) == 0
 
 
 @pytest.mark.parametrize("order", ["acks then nacks", "alternating"])
 def test_queued_acks_and_nacks_do_not_join_each_other(
     rabbitmq_node: RabbitMQNode, raw: RawClient, queue: str, order: str
 ) -> None:
-    for n in range(10):
-        raw.publish(queue, b"m%d" % n)
-    backend = RabbitMQBackend(rabbitmq_node.url)
-    try:
-        received = receive_all(backend, queue, 10)
-        nacked = set(range(5, 10)) if order == "acks then nacks" else set(range(1, 10, 2))
+    nacked = set(range(5, 10)) if order == "acks then nacks" else set(range(1, 10, 2))
+    with ten_received(rabbitmq_node, raw, queue) as (backend, received):
         backend.link.submit(lambda: time.sleep(0.3))  # every settlement below waits in line
         for n, message in enumerate(received):
             if n in nacked:
@@ -310,14 +307,10 @@ def test_queued_acks_and_nacks_do_not_join_each_other(
             else:
                 backend.ack([message])
         wait_settled(backend)
-        deadline = time.monotonic() + 10
-        while raw.ready(queue) < len(nacked) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_ready(raw, queue, len(nacked))
         again = receive_all(backend, queue, len(nacked))  # the nacked ones, and only those
         assert sorted(m.body for m in again) == sorted(b"m%d" % n for n in nacked)
         backend.ack(again)
         wait_settled(backend)
-    finally:
-        backend.close()
     time.sleep(0.5)  # had an acked one been requeued instead, it would be ready now
     assert raw.ready(queue) == 0
