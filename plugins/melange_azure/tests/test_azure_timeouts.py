@@ -325,17 +325,23 @@ def test_publish_and_receive_do_not_wait_for_a_silent_administration_api(
             faulty.close()
 
 
-@pytest.fixture
-def quick(service_bus: ServiceBusStandIn) -> Iterator[AzureServiceBusBackend]:
-    """A backend on the stand-ins that gives up soon: 1 s to connect, 1 s past a receive's wait."""
-    impatient = AzureServiceBusBackend(
+def impatient(service_bus: ServiceBusStandIn, receive_margin: float) -> AzureServiceBusBackend:
+    """A backend on the stand-ins that gives up soon: 1 s to connect, ``receive_margin`` past a
+    receive's wait."""
+    return AzureServiceBusBackend(
         connection_string=service_bus.connection_string,
         management_url=service_bus.management_url,
         connect_timeout=1.0,
-        receive_margin=1.0,
+        receive_margin=receive_margin,
     )
-    yield impatient
-    impatient.close()
+
+
+@pytest.fixture
+def quick(service_bus: ServiceBusStandIn) -> Iterator[AzureServiceBusBackend]:
+    """:func:`impatient`, with 1 s past a receive's wait."""
+    backend = impatient(service_bus, 1.0)
+    yield backend
+    backend.close()
 
 
 def test_a_fifo_receive_waits_for_a_session_longer_than_connect_timeout(
@@ -374,12 +380,7 @@ def test_a_session_wait_attached_before_its_timeout_detach_receives_nothing(
     attach (1.45 s into the receive) left the stand-in and the SDK 0.55 s to answer, which a
     loaded CI machine overran once; with 1.5 s or more the old code passes it too.
     """
-    quick = AzureServiceBusBackend(
-        connection_string=service_bus.connection_string,
-        management_url=service_bus.management_url,
-        connect_timeout=1.0,
-        receive_margin=2.0,
-    )
+    quick = impatient(service_bus, 2.0)
     queue = names.fifo_queue()
     MessagingBackendFactory(backend).init_queue(queue)
     broker = service_bus.amqp.broker
