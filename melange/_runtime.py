@@ -301,7 +301,7 @@ class Runtime:
                 if self._state != "starting":  # stop() was called meanwhile
                     return
                 self._settlement.load(spec)
-                self._keeper = self._settlement.lease_keeper(self.config.lease)
+                self._keeper = self._settlement.lease_keeper(self.config.lease, self._held)
                 self._schedule.acks = self._settlement.ack_buffer()
                 self._schedule.last_activity = time.monotonic()
                 self._launch()
@@ -320,6 +320,13 @@ class Runtime:
             "asyncio" if self.asynchronous else "threads",
             extra=self._queue_extra,
         )
+
+    def _held(self) -> list[Delivery]:
+        """The messages held now: what the lease keeper's heartbeat (its own thread) extends."""
+        with self._lock:
+            # On the event loop the lock does nothing: list() copies the set in C, without
+            # letting the loop's thread run and change it meanwhile (the GIL).
+            return list(self._schedule.deliveries)
 
     async def _wait_for_queue(self) -> QueueSpec | None:
         """Look the queue up, waiting for an unreachable broker; ``None`` once stopping."""
@@ -519,8 +526,6 @@ class Runtime:
                 stopping=self._stop_requested.is_set(),
                 now=time.monotonic(),
             )
-            if deliveries and not release and self._keeper is not None:
-                self._keeper.track(deliveries)  # before any can finish
             self._dispatch(start)
             held = self._schedule.held
             if len(received) < reserved:
@@ -711,8 +716,6 @@ class Runtime:
 
     def _finished_all(self, finished: list[tuple[Delivery, bool]]) -> list[Delivery]:
         """:meth:`_finished` for several messages (each with whether to ack it); lock held."""
-        if self._keeper is not None:
-            self._keeper.release_all([delivery for delivery, _ in finished])
         start, behind, send, handled = self._schedule.finish_all(finished, time.monotonic())
         if handled:
             self.stats.add("handled", handled)  # once per run: a lock round per message cost 3 %
@@ -729,9 +732,6 @@ class Runtime:
         with self._lock:
             self._send(self._schedule.release(deliveries, time.monotonic()))
             self._notify()
-        if self._keeper is not None:
-            for delivery in deliveries:
-                self._keeper.release(delivery)
         await self._io(self._settlement.release, deliveries, counter)
 
     async def _call_async(

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from melange._outage import Outage
@@ -78,7 +78,7 @@ class Lease:
         capped: ``max_lease`` was reached; no further extension is made.
     """
 
-    __slots__ = ("capped", "expires_at", "lost", "received", "received_at", "released")
+    __slots__ = ("capped", "expires_at", "lost", "received", "received_at")
 
     def __init__(self, received: ReceivedMessage, received_at: float, expires_at: float) -> None:
         self.received = received
@@ -86,7 +86,6 @@ class Lease:
         self.expires_at = expires_at
         self.lost = False
         self.capped = False
-        self.released = False  # settled: the keeper drops it on its next pass
 
 
 class LeaseKeeper:
@@ -100,6 +99,9 @@ class LeaseKeeper:
         hooks: Told about extensions and lost leases.
         on_extended: Called with the number of messages extended (statistics).
         on_lost: Called once per lost lease (statistics).
+        held: Returns the leases held now, a new collection on each call (the
+            dispatcher's own set of held messages: a message leaves it when it
+            is settled, so the keeper keeps no set of its own to update).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class LeaseKeeper:
         hooks: Hooks,
         on_extended: Callable[[int], None],
         on_lost: Callable[[Lease], None],
+        held: Callable[[], Iterable[Lease]],
     ) -> None:
         self.backend = backend
         self.queue_name = queue_name
@@ -119,13 +122,11 @@ class LeaseKeeper:
         self._hooks = hooks
         self._on_extended = on_extended
         self._on_lost = on_lost
+        self._held = held
         # Extend when this much of a lease remains: the rest of the visibility timeout.
         self._remaining_trigger = visibility_timeout * (1 - policy.extend_at)
         self._extension = min(visibility_timeout, backend.capabilities.max_visibility_timeout)
         self.interval = min(1.0, max(0.02, self._remaining_trigger / 4))
-        self._leases: set[Lease] = set()
-        self._prune_at = 64  # drop released leases once the set reaches this size
-        self._lock = threading.Lock()
         # A broker outage fails every beat: warn once, not once a second.
         self._outage = Outage(
             f"extending leases on queue {queue_name}",
@@ -147,30 +148,6 @@ class LeaseKeeper:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def track(self, leases: Sequence[Lease]) -> None:
-        """Start keeping ``leases``."""
-        with self._lock:
-            self._leases.update(leases)
-            if len(self._leases) >= self._prune_at:  # amortized: the set stays O(held)
-                self._prune()
-                self._prune_at = 2 * len(self._leases) + 64
-
-    def release(self, lease: Lease) -> None:
-        """Stop keeping ``lease`` (its message was settled).
-
-        Marks it only (one store, no lock: this runs for every message); it
-        leaves the set on the next heartbeat or :meth:`track`.
-        """
-        lease.released = True
-
-    def release_all(self, leases: Sequence[Lease]) -> None:
-        """:meth:`release` for several leases."""
-        for lease in leases:
-            lease.released = True
-
-    def _prune(self) -> None:
-        self._leases = {lease for lease in self._leases if not lease.released}
-
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
             try:
@@ -187,16 +164,13 @@ class LeaseKeeper:
         Args:
             now: The current monotonic time.
         """
-        with self._lock:
-            self._prune()
-            due = [
-                lease
-                for lease in self._leases
-                if not lease.released
-                and not lease.lost
-                and not lease.capped
-                and lease.expires_at - now <= self._remaining_trigger
-            ]
+        due = [
+            lease
+            for lease in self._held()
+            if not lease.lost
+            and not lease.capped
+            and lease.expires_at - now <= self._remaining_trigger
+        ]
         by_seconds: dict[float, list[Lease]] = {}
         for lease in due:
             left = lease.received_at + self.policy.max_lease - now

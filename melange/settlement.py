@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -183,7 +183,7 @@ class Delivery(Lease):
         self.received = received
         self.received_at = received_at
         self.expires_at = expires_at
-        self.lost = self.capped = self.released = False
+        self.lost = self.capped = False
         self.batch = batch
         self.started = False
         self.cancelled = False  # released before it started (shutdown, failed group predecessor)
@@ -347,8 +347,15 @@ class Settlement:
             self.dead_letter_queue = spec.dead_letter.queue_name
             self.max_receives = spec.dead_letter.max_receive_count
 
-    def lease_keeper(self, policy: LeasePolicy) -> LeaseKeeper | None:
-        """Start a heartbeat for the dispatcher's leases, where the backend can extend them."""
+    def lease_keeper(
+        self, policy: LeasePolicy, held: Callable[[], Iterable[Lease]]
+    ) -> LeaseKeeper | None:
+        """Start a heartbeat for the dispatcher's leases, where the backend can extend them.
+
+        Args:
+            policy: When to extend, and the cap.
+            held: Returns the messages the dispatcher holds now (see :class:`LeaseKeeper`).
+        """
         if not (self.backend.capabilities.lease_extension and self.visibility_timeout > 0):
             return None
         keeper = LeaseKeeper(
@@ -359,6 +366,7 @@ class Settlement:
             self.hooks,
             on_extended=lambda count: self.stats.add("lease_extended", count),
             on_lost=lambda _lease: self.stats.add("lease_lost"),
+            held=held,
         )
         keeper.start()
         return keeper

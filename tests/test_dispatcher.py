@@ -662,19 +662,21 @@ def test_lease_extension_keeps_a_long_handler_from_being_redelivered(
     registry: SerializerRegistry,
 ) -> None:
     backend = make_backend(visibility_timeout=1.0)
-    calls: list[float] = []
+    calls: list[str] = []
 
     @consumer
     def slow(event: Paid) -> None:
-        calls.append(time.monotonic())
-        time.sleep(3.0)  # three visibility timeouts
+        calls.append(event.order)
+        # Three visibility timeouts; "quick" is held for a few heartbeats, then settled.
+        time.sleep(3.0 if event.order == "o1" else 0.7)
 
-    publish(backend, registry, Paid("o1"))
+    publish(backend, registry, Paid("o1"), Paid("quick"))
     with dispatcher(backend, [slow], registry, workers=2) as d:
         stats = d.run_until_idle(IDLE)
 
-    assert len(calls) == 1
-    assert stats.acked == 1 and stats.lease_extended >= 3 and stats.lease_lost == 0
+    assert sorted(calls) == ["o1", "quick"]
+    # Only the running message is extended: extending the acked one would lose its lease.
+    assert stats.acked == 2 and stats.lease_extended >= 3 and stats.lease_lost == 0
 
 
 def test_without_lease_extension_the_same_handler_sees_its_message_again(
@@ -713,10 +715,18 @@ class LeaseHooks(Hooks):
 
 
 def keeper_for(
-    backend: MemoryBackend, hooks: Hooks, policy: LeasePolicy, lost: list[Lease]
+    backend: MemoryBackend, hooks: Hooks, policy: LeasePolicy, lost: list[Lease], held: list[Lease]
 ) -> LeaseKeeper:
+    """A keeper of the leases in ``held``, a list the test changes as a dispatcher would."""
     return LeaseKeeper(
-        backend, QUEUE, 10.0, policy, hooks, on_extended=lambda n: None, on_lost=lost.append
+        backend,
+        QUEUE,
+        10.0,
+        policy,
+        hooks,
+        on_extended=lambda n: None,
+        on_lost=lost.append,
+        held=lambda: list(held),
     )
 
 
@@ -727,9 +737,8 @@ def test_lease_keeper_extends_when_due_up_to_max_lease(
     publish(backend, registry, Paid("o1"))
     (received,) = backend.receive(QUEUE, 1)
     hooks, lost = LeaseHooks(), []  # type: tuple[LeaseHooks, list[Lease]]
-    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=22.0), lost)
     lease = Lease(received, received_at=0.0, expires_at=10.0)
-    keeper.track([lease])
+    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=22.0), lost, [lease])
 
     def beat(at: float) -> None:  # the keeper and the backend see the same time
         clock.advance(at - clock.now())
@@ -754,7 +763,7 @@ def test_lease_keeper_extends_when_due_up_to_max_lease(
     assert [m.message_id for m in backend.receive(QUEUE, 1)] == [received.message_id]
 
 
-def test_lease_keeper_never_extends_a_released_lease_and_forgets_it(
+def test_lease_keeper_extends_only_the_leases_held_at_each_beat(
     registry: SerializerRegistry, clock: ManualClock
 ) -> None:
     backend = make_backend(clock, visibility_timeout=10.0)
@@ -762,21 +771,17 @@ def test_lease_keeper_never_extends_a_released_lease_and_forgets_it(
         publish(backend, registry, Paid(order))
     first, second = backend.receive(QUEUE, 2)
     hooks = LeaseHooks()
-    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=60.0), [])
     settled = Lease(first, received_at=0.0, expires_at=10.0)
     running = Lease(second, received_at=0.0, expires_at=10.0)
-    keeper.track([settled, running])
-    keeper.release(settled)  # a mark only: it runs for every message
+    held = [settled, running]
+    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=60.0), [], held)
+    held.remove(settled)  # its message was settled: the dispatcher holds it no more
     clock.advance(6.0)
     keeper.extend_due(6.0)
     assert hooks.extended == [(second.message_id, 10.0)]
-    assert keeper._leases == {running}  # dropped on the heartbeat, not kept forever
-    for _ in range(200):  # without heartbeats, track() keeps the set proportional to what runs
-        more = [Lease(second, received_at=0.0, expires_at=100.0) for _ in range(10)]
-        keeper.track(more)
-        for lease in more:
-            keeper.release(lease)
-    assert len(keeper._leases) <= 2 * 10 + 64
+    held.append(settled)  # what the dispatcher holds is read at every beat, never cached
+    keeper.extend_due(6.0)
+    assert hooks.extended[-1] == (first.message_id, 10.0) and len(hooks.extended) == 2
 
 
 def test_lease_keeper_warns_once_per_outage_and_says_when_it_is_over(
@@ -786,9 +791,8 @@ def test_lease_keeper_warns_once_per_outage_and_says_when_it_is_over(
     publish(backend, registry, Paid("o1"))
     (received,) = backend.receive(QUEUE, 1)
     hooks, lost = LeaseHooks(), []  # type: tuple[LeaseHooks, list[Lease]]
-    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=600.0), lost)
     lease = Lease(received, received_at=0.0, expires_at=10.0)
-    keeper.track([lease])
+    keeper = keeper_for(backend, hooks, LeasePolicy(extend_at=0.5, max_lease=600.0), lost, [lease])
     real_extend = backend.extend_lease
 
     def unreachable(messages: object, seconds: float) -> None:
@@ -815,9 +819,8 @@ def test_lease_keeper_reports_a_lost_lease_and_keeps_the_others(
     first, second = backend.receive(QUEUE, 2)
     backend.ack([first])  # its receipt is now stale
     hooks, lost = LeaseHooks(), []  # type: tuple[LeaseHooks, list[Lease]]
-    keeper = keeper_for(backend, hooks, LeasePolicy(), lost)
     leases = [Lease(m, 0.0, 10.0) for m in (first, second)]
-    keeper.track(leases)
+    keeper = keeper_for(backend, hooks, LeasePolicy(), lost, leases)
 
     keeper.extend_due(6.0)
     assert [lease.received.message_id for lease in lost] == [first.message_id]

@@ -126,4 +126,4 @@ def test_a_delivery_is_a_complete_lease() -> None:
     (delivery,) = received(1)
     assert isinstance(delivery, Lease)
     assert all(hasattr(delivery, name) for name in Lease.__slots__)
-    assert not (delivery.lost or delivery.capped or delivery.released)
+    assert not (delivery.lost or delivery.capped)
