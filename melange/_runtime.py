@@ -58,7 +58,6 @@ from melange.dispatcher_config import DISPATCHER_OPTIONS, DispatcherConfig
 from melange.exceptions import BackendClosed, BackendUnavailable, ConfigurationError
 from melange.lease import LeaseKeeper
 from melange.message import Message
-from melange.observability import safe
 from melange.serializers import SerializerRegistry
 from melange.settlement import (
     CallResult,
@@ -172,7 +171,7 @@ class Runtime:
         self._settlement = Settlement(
             backend,
             queue_name,
-            hooks=safe(config.hooks),  # a failing hook is logged, never changes a message's fate
+            hooks=config.hooks,
             stats=self.stats,
             retry=config.retry,
             dedup=config.dedup,
@@ -561,20 +560,34 @@ class Runtime:
     async def _handle(self, delivery: Delivery) -> bool:
         """Decode and handle one message; settle it. Return whether to acknowledge it.
 
+        The asyncio driver's handling step: ``async`` consumers run on the event
+        loop, the others in its thread pool (see :meth:`_handle_now` for threads).
         An error of melange's own is logged, not raised: the message keeps no
         capacity and is delivered again.
         """
+        settlement, hint = self._settlement, self._awaitable_hint
         try:
-            step = await self._handle_mixed(delivery)
-            if isinstance(step, bool):
-                return step
-            settle, args = step
-            return await self._io(settle, *args) is True
+            received = delivery.received
+            begun = self._begin(received)
+            if not isinstance(begun, _Begun):  # undecodable or unhandled
+                return await self._io(begun[0], *begun[1]) is True
+            message, accepting, failures = begun
+            busy = False
+            for candidate in accepting:
+                if candidate in self._async_consumers:
+                    result = await self._call_async(candidate, message, received)
+                else:
+                    result = await self._io(
+                        settlement.call_sync, candidate, message, received, hint
+                    )
+                failures, busy = _tally(candidate, result, failures, busy)
+            decided = self._outcome(delivery, message, failures, busy)
+            return decided is True or await self._io(decided[0], *decided[1]) is True
         except Exception:  # a bug here must not lose the capacity it holds
             return self._internal_error(delivery)
 
     def _handle_now(self, delivery: Delivery) -> bool:
-        """:meth:`_handle` in the calling thread, none of the consumers ``async`` (threads).
+        """:meth:`_handle` in the calling thread, none of the consumers ``async``.
 
         Runs for every message the threaded driver handles: no coroutine, and the
         consumers are called right here.
@@ -651,33 +664,6 @@ class Runtime:
             extra=log_extra(delivery.received),
         )
         return False
-
-    async def _handle_mixed(self, delivery: Delivery) -> bool | Settle:
-        """Decode and call every accepting consumer (the asyncio driver).
-
-        ``async`` consumers run on the event loop, the others in its thread pool.
-
-        Returns:
-            Whether to acknowledge the message, or the settlement step (with I/O)
-            that decides it: the message is undecodable, unhandled, failed or busy.
-        """
-        settlement = self._settlement
-        received = delivery.received
-        begun = self._begin(received)
-        if not isinstance(begun, _Begun):
-            return begun
-        message, accepting, failures = begun
-        busy = False
-        for candidate in accepting:
-            if candidate in self._async_consumers:
-                result = await self._call_async(candidate, message, received)
-            else:
-                result = await self._io(
-                    settlement.call_sync, candidate, message, received, self._awaitable_hint
-                )
-            if result != "ok":
-                failures, busy = _tally(candidate, result, failures, busy)
-        return self._outcome(delivery, message, failures, busy)
 
     def _begin(self, received: ReceivedMessage) -> _Begun | Settle:
         """Decode ``received`` and choose its consumers; or the settlement step that ends it."""
@@ -801,7 +787,10 @@ _NO_FAILURES: Failures = []
 def _tally(
     candidate: Consumer, result: object, failures: Failures, busy: bool
 ) -> tuple[Failures, bool]:
-    """Count a consumer call that did not end with ``"ok"``: a failure, or busy (dedup claim)."""
+    """Count a consumer call that did not end with ``"ok"``: a failure, or busy (dedup claim).
+
+    ``"ok"`` leaves both as they are.
+    """
     if result == "busy":
         return failures, True
     if isinstance(result, BaseException):

@@ -36,7 +36,7 @@ from melange.message import (
     PRODUCER_ID_ATTRIBUTE,
     Message,
 )
-from melange.observability import NO_CONTEXT, Hooks
+from melange.observability import NO_CONTEXT, Hooks, safe
 from melange.retry import RetryPolicy
 from melange.topology import QueueSpec
 
@@ -279,7 +279,8 @@ class Settlement:
     Args:
         backend: The dispatcher's backend.
         queue_name: The queue consumed.
-        hooks: The dispatcher's hooks, already wrapped by :func:`melange.observability.safe`.
+        hooks: The dispatcher's hooks; a failing one is logged and never changes a
+            message's fate (see :func:`melange.observability.safe`).
         stats: The dispatcher's counters.
         retry: Delays before failed messages come back.
         dedup: The deduplication cache, if any.
@@ -304,7 +305,9 @@ class Settlement:
     ) -> None:
         self.backend = backend
         self.queue_name = queue_name
-        self.hooks = hooks
+        self.hooks = safe(hooks)
+        # enter_handling() guards the handling hook itself: called unwrapped, one call less.
+        self._handling_hooks = hooks
         self.stats = stats
         self.retry_policy = retry
         self.dedup = dedup
@@ -555,7 +558,7 @@ class Settlement:
     ) -> contextlib.AbstractContextManager[None] | None:
         """Enter ``hooks.handling``; ``None`` when there is nothing to leave (no-op or failed)."""
         try:
-            context = self.hooks.handling(self.queue_name, message, candidate.name)
+            context = self._handling_hooks.handling(self.queue_name, message, candidate.name)
             if context is NO_CONTEXT:  # the usual case: nothing to enter or leave
                 return None
             context.__enter__()
