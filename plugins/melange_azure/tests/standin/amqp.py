@@ -210,6 +210,9 @@ class Broker(Handler):
         (azure-sdk-for-js#9775), and an SDK may take it for open in between."""
         self.session_timeout_lateness = 0.0
         """Seconds the answer to a session wait that timed out comes late (a slow network)."""
+        self.credit_on_timed_out_waits = 0
+        """Times a client granted credit on a link attached to turn down a session wait: it
+        took the link for open and tried to receive on a link that holds no session."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -366,6 +369,7 @@ class Broker(Handler):
             refuse()
             return
         link.open()  # the attach now, the detach after the delay
+        link.sb_timed_out_wait = True
         self.container.schedule(delay, _Later(refuse, link))
 
     def _attach_consumer(self, link: Link, address: Address) -> None:
@@ -574,6 +578,8 @@ class Broker(Handler):
         self._flush()
 
     def on_link_flow(self, event: Event) -> None:
+        if getattr(event.link, "sb_timed_out_wait", False) and event.link.credit > 0:
+            self.credit_on_timed_out_waits += 1
         consumer: Consumer | None = getattr(event.link, "sb_consumer", None)
         if consumer is not None and event.link.is_sender:
             self._wake(consumer.box)
