@@ -9,7 +9,9 @@ every backend and deduplication-cache call (the contract is synchronous), in
 the dispatcher's own thread pool, so neither a blocking handler nor a long poll
 stalls the loop. Its own pool rather than the loop's default executor: long
 polls and slow handlers cannot starve the application's ``to_thread`` calls, nor
-be starved by them, and ``asyncio.run`` does not wait for a pending poll on exit.
+be starved by them, and ``asyncio.run`` does not wait for a pending poll on exit;
+its threads are daemon threads, so a handler abandoned after the grace period
+does not keep the process alive (:mod:`melange.aio._daemon_pool`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from melange._runtime import HANDOFF_DELAY, SLOW_HANDLER, Runtime, run_now
+from melange.aio._daemon_pool import DaemonPool
 from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.consumers import Consumer
 from melange.dispatcher_config import DispatcherConfig, DispatcherOptions, positive_int
@@ -96,7 +98,7 @@ class AsyncMessageDispatcher(Runtime):
         self._lock = contextlib.nullcontext()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DaemonPool | None = None
         self._ack_slots: asyncio.Semaphore | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -426,8 +428,8 @@ class AsyncMessageDispatcher(Runtime):
         # Threads: receives, settlements of every held message, synchronous handlers
         # and the acknowledgements never wait for one another.
         config = self.config
-        self._pool = ThreadPoolExecutor(
-            max_workers=2 * config.concurrent_receives + 2 * config.capacity + 1,
+        self._pool = DaemonPool(
+            2 * config.concurrent_receives + 2 * config.capacity + 1,
             thread_name_prefix=f"melange-aio-{self.queue_name}",
         )
 
@@ -464,7 +466,8 @@ class AsyncMessageDispatcher(Runtime):
             self._ack_timer.cancel()
             self._ack_timer = None
         if self._pool is not None:
-            self._pool.shutdown(wait=False)  # an abandoned synchronous handler keeps its thread
+            # An abandoned synchronous handler keeps its (daemon) thread: it cannot hold up exit.
+            self._pool.shutdown(wait=False)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

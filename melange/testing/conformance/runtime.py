@@ -106,6 +106,8 @@ CHILD_MODULE = "melange.testing.conformance._consumer_process"
 PROGRESS_FILE = "progress.log"
 RELEASE_FILE = "release"
 CHILD_WORKERS = 4
+STUCK_GRACE_PERIOD = 0.5
+"""Grace period of the consumer process whose handlers never return."""
 CHILD_MESSAGES = 12
 SKIP_WITHOUT_SPEC = "backend lives in this process; provide melange_backend_spec"
 
@@ -255,7 +257,14 @@ def _backend_from_spec(spec: BackendSpec) -> Iterator[tuple[MessagingBackend, Re
 class _ConsumerProcess:
     """A dispatcher of ``driver`` in another process whose handlers block until released."""
 
-    def __init__(self, spec: BackendSpec, queue: str, directory: Path, driver: DriverName) -> None:
+    def __init__(
+        self,
+        spec: BackendSpec,
+        queue: str,
+        directory: Path,
+        driver: DriverName,
+        grace_period: float = CHILD_TIMEOUT,
+    ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "config.json"
@@ -271,7 +280,7 @@ class _ConsumerProcess:
                     "release_file": str(directory / RELEASE_FILE),
                     "workers": CHILD_WORKERS,
                     "wait_seconds": 1.0,
-                    "grace_period": CHILD_TIMEOUT,
+                    "grace_period": grace_period,
                 }
             )
         )
@@ -622,6 +631,39 @@ class RuntimeConformance(ConformanceBase):
             assert sorted(_order_numbers(rest)) == sorted(never_taken)
             assert_empty(backend, queue)
 
+    @drives_dispatcher
+    def test_handlers_stuck_past_the_grace_period_do_not_keep_the_process_alive(
+        self, melange_backend_spec: BackendSpec | None, tmp_path: Path
+    ) -> None:
+        """SIGTERM while every handler blocks for good: the process exits 0 after the grace period.
+
+        No message is acknowledged: the stuck ones come back, and the others at once.
+        """
+        if melange_backend_spec is None:
+            pytest.skip(SKIP_WITHOUT_SPEC)
+        with _backend_from_spec(melange_backend_spec) as (backend, names):
+            queue, numbers, process = _child_mid_batch(
+                melange_backend_spec,
+                backend,
+                names,
+                tmp_path / "stuck",
+                self.melange_driver,
+                grace_period=STUCK_GRACE_PERIOD,
+            )
+            try:
+                process.signal(signal.SIGTERM)
+                code = process.wait(CHILD_TIMEOUT)  # never released: only an exit ends it
+            finally:
+                process.kill()
+            output = process.output()
+            assert code == 0, f"exit code {code}; output:\n{output}"
+            assert f"still running after the {STUCK_GRACE_PERIOD:g}s grace period" in output
+            assert process.events("finished") == []
+            timeout = VISIBILITY_TIMEOUT + POLL_TIMEOUT
+            returned = drain(backend, queue, len(numbers), timeout=timeout)
+            assert sorted(_order_numbers(returned)) == sorted(numbers), "a message was lost"
+            assert_empty(backend, queue)
+
     # ----------------------------------------------------------------- lease
     @drives_dispatcher
     @requires("lease_extension")
@@ -903,13 +945,14 @@ def _child_mid_batch(
     names: ResourceNames,
     directory: Path,
     driver: DriverName,
+    grace_period: float = CHILD_TIMEOUT,
 ) -> tuple[str, set[int], _ConsumerProcess]:
     """Fill a fresh queue and start a consumer process; return once its handlers all block."""
     queue = names.queue()
     MessagingBackendFactory(backend).init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
     numbers = set(range(CHILD_MESSAGES))
     QueuePublisher(backend, hooks=Hooks()).publish_batch(queue, [{"n": n} for n in sorted(numbers)])
-    process = _ConsumerProcess(spec, queue, directory, driver)
+    process = _ConsumerProcess(spec, queue, directory, driver, grace_period)
     try:
         process.start()
         process.wait_until(
