@@ -190,6 +190,9 @@ class Runtime:
         self._schedule = Schedule(config.capacity, config.batch_size)
         self._state: State = "new"
         self._keeper: LeaseKeeper | None = None
+        # The shutdown's grace period is over: a handler that returns now was abandoned, and
+        # its message is left to come back (neither settled nor acknowledged).
+        self._grace_over = False
 
     def __repr__(self) -> str:
         return (
@@ -255,7 +258,7 @@ class Runtime:
         return self._schedule.cancel_unstarted()
 
     def _open(self) -> None:
-        """Acquire what a start needs (the asyncio driver's thread pool)."""
+        """Acquire what a start needs (the asyncio driver's thread pool), unless held already."""
 
     def _launch(self) -> None:
         """Start the receivers, workers and ackers; lock held."""
@@ -396,7 +399,9 @@ class Runtime:
 
     async def _close_unstarted(self) -> None:
         try:
-            await self._close_backend()
+            if self.config.close_backend:
+                self._open()  # a start that failed released what _close_backend runs in
+                await self._close_backend()
         finally:
             self._finish_shutdown()
 
@@ -412,6 +417,8 @@ class Runtime:
             )
             await self._release(unstarted, "released")
             still_running = await self._join_handlers(deadline)
+            with self._lock:
+                self._grace_over = True
             if still_running:
                 logger.warning(
                     "%d handler(s) still running after the %gs grace period; their messages "
@@ -608,6 +615,8 @@ class Runtime:
                     return True
             else:
                 step = begun
+            if self._grace_over:  # abandoned: no settlement, the message comes back
+                return False
             settle, args = step
             return settle(*args) is True
         except Exception:  # a bug here must not lose the capacity it holds
@@ -702,6 +711,8 @@ class Runtime:
 
     def _finished_all(self, finished: list[tuple[Delivery, bool]]) -> list[Delivery]:
         """:meth:`_finished` for several messages (each with whether to ack it); lock held."""
+        if self._grace_over:  # abandoned handlers: their messages come back unacknowledged
+            return []
         start, behind, send, handled = self._schedule.finish_all(finished, time.monotonic())
         if handled:
             self.stats.add("handled", handled)  # once per run: a lock round per message cost 3 %

@@ -114,7 +114,8 @@ class DedupCache(abc.ABC):
     """Remembers which messages a consumer claimed or handled, for a time.
 
     Implementations are safe to call from several threads at once. Keys are
-    opaque strings; the dispatcher uses ``f"{consumer.name}:{message_id}"``.
+    opaque strings; the dispatcher uses ``f"{consumer.name}:{id}"``, where ``id`` is the
+    message's producer id (``melange.id``), else the broker's message id.
     The module documentation describes the claim/complete/release protocol
     and what happens on crashes.
     """

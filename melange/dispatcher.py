@@ -232,6 +232,10 @@ class MessageDispatcher(Runtime):
 
         Returns:
             A snapshot of :attr:`stats`.
+
+        Raises:
+            QueueNotFound: As :meth:`start`; ``timeout`` does not shorten its wait.
+            BackendUnavailable: As :meth:`start`, after up to ``startup_timeout``.
         """
         return run_now(self._run_until_idle(idle_seconds, timeout, stop))
 

@@ -67,8 +67,8 @@ class DispatcherConfig:
         dedup_ttl: Seconds a consumer's "done" mark is kept; defaults to the
             queue's message retention period.
         dedup_claim_ttl: Seconds a claim lives if its handler dies without
-            releasing it; defaults to the queue's visibility timeout, after which
-            the broker delivers the message again anyway.
+            releasing it; defaults to the queue's visibility timeout (at least
+            1 s), after which the broker delivers the message again anyway.
         hooks: Observability hooks; exceptions in them are logged and ignored.
             Defaults to :func:`melange.tracing.default_hooks` (OpenTelemetry
             trace context when ``opentelemetry-api`` is installed).
@@ -237,7 +237,19 @@ def _hooks(label: str, value: Any) -> Hooks:
 
 
 def _dedup(label: str, value: Any) -> Any:
-    return value  # any object with the DedupCache protocol
+    # Any object with the DedupCache methods will do, a subclass or not.
+    if not all(callable(getattr(value, name, None)) for name in ("claim", "complete", "release")):
+        raise ConfigurationError(
+            f"{label} must be a melange DedupCache (e.g. MemoryDedupCache() or "
+            f"RedisDedupCache(client)), got {type(value).__name__}"
+        )
+    return value
+
+
+def _flag(label: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{label} must be True or False, got {value!r}")
+    return value
 
 
 _DEFAULTS = {f.name: f for f in dataclasses.fields(DispatcherConfig)}
@@ -251,13 +263,13 @@ _CHECKS: dict[str, Any] = {
     "retry": _checked(_instance(RetryPolicy)),
     "on_undecodable": _checked(_outcome),
     "on_unhandled": _checked(_outcome),
-    "dedup": _dedup,
+    "dedup": _optional(_dedup),
     "dedup_ttl": _optional(_positive_seconds),
     "dedup_claim_ttl": _optional(_positive_seconds),
     "hooks": _hooks,
     "lease": _checked(_instance(LeasePolicy)),
     "grace_period": _checked(seconds),
-    "close_backend": lambda _label, value: bool(value),
+    "close_backend": _checked(_flag),
     "startup_timeout": _checked(seconds),
     "reconnect_backoff": _checked(_instance(RetryPolicy)),
 }

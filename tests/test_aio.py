@@ -31,7 +31,12 @@ from melange.backends.memory import MemoryBackend
 from melange.consumers import Consumer, consumer
 from melange.dedup import MemoryDedupCache
 from melange.dispatcher import DispatchStats, LeasePolicy, RetryPolicy
-from melange.exceptions import ConfigurationError, MessageTooLarge, QueueNotFound
+from melange.exceptions import (
+    BackendUnavailable,
+    ConfigurationError,
+    MessageTooLarge,
+    QueueNotFound,
+)
 from melange.factory import MessagingBackendFactory
 from melange.message import Message
 from melange.observability import Hooks
@@ -720,6 +725,47 @@ def test_configuration_errors(backend: RecordingBackend) -> None:
             await dispatcher.start()
 
     asyncio.run(main())
+
+
+class _Unreachable(MemoryBackend):
+    def get_queue(self, name: str) -> Any:
+        raise BackendUnavailable("the broker is down")
+
+
+@pytest.mark.parametrize("failure", ["queue-not-found", "cancelled-while-waiting"])
+def test_a_stop_after_a_start_that_did_not_happen_still_closes_the_backend(failure: str) -> None:
+    """``close_backend=True`` holds whatever became of the start: the close runs in the pool
+    that the failed start had already shut down, and it must not die with it."""
+    backend = MemoryBackend() if failure == "queue-not-found" else _Unreachable()
+    errors: list[object] = []
+
+    @consumer
+    async def noop(message: Message) -> None:
+        pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        dispatcher = AsyncMessageDispatcher(
+            backend,
+            "missing" if failure == "queue-not-found" else QUEUE,
+            [noop],
+            close_backend=True,
+            reconnect_backoff=RetryPolicy(base=5.0, factor=1.0, max_delay=5.0, jitter=0.0),
+        )
+        if failure == "queue-not-found":
+            with pytest.raises(QueueNotFound):
+                await dispatcher.start()
+        else:
+            running = asyncio.ensure_future(dispatcher.run(install_signal_handlers=False))
+            await asyncio.sleep(0.2)  # in the start-up wait for the broker
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        await asyncio.wait_for(dispatcher.stop(), 5)
+
+    asyncio.run(main())
+    assert backend.closed
+    assert errors == []
 
 
 def test_the_asyncio_guide_example_runs(capsys: pytest.CaptureFixture[str]) -> None:

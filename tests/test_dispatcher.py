@@ -894,6 +894,34 @@ def test_stop_gives_up_on_handlers_after_the_grace_period(
     assert backend.queue_depth(QUEUE).in_flight == 1  # not acked: it comes back
 
 
+def test_a_handler_that_fails_after_being_abandoned_settles_nothing(
+    registry: SerializerRegistry,
+) -> None:
+    """Past the grace period the dispatcher is done with the message: a handler that raises
+    later schedules no retry (no nack, no count): the message comes back on its own."""
+    backend = make_backend()
+    started, release = threading.Event(), threading.Event()
+    raised = threading.Event()
+
+    @consumer
+    def fails_late(event: Paid) -> None:
+        started.set()
+        release.wait(10)
+        raised.set()
+        raise RuntimeError("too late")
+
+    publish(backend, registry, Paid("o1"))
+    d = dispatcher(backend, [fails_late], registry, grace_period=0.1)
+    d.start()
+    assert started.wait(5)
+    d.stop()
+    release.set()
+    assert raised.wait(5)
+    time.sleep(0.2)  # what the handler's thread does after the raise, it does now
+    assert (d.stats.retried, d.stats.acked) == (0, 0), d.stats.snapshot()
+    assert backend.queue_depth(QUEUE).in_flight == 1  # left to its visibility timeout
+
+
 def test_stop_is_idempotent_and_closes_the_backend(registry: SerializerRegistry) -> None:
     backend = make_backend()
     d = dispatcher(backend, [consumer(lambda p: None)], registry, close_backend=True)

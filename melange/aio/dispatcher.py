@@ -325,7 +325,10 @@ class AsyncMessageDispatcher(Runtime):
         queued = list(run)
         finished: list[tuple[Delivery, bool]] = []
         reported = [0]  # finished[:reported[0]] had their capacity freed already
-        timer = self._loop.call_later(HANDOFF_DELAY, self._run_is_slow, run, finished, reported)
+        handed: list[Delivery] = []  # given tasks of their own, which report them
+        timer = self._loop.call_later(
+            HANDOFF_DELAY, self._run_is_slow, run, finished, reported, handed
+        )
         try:
             if self._async_consumers:
                 self._slow_handlers = await self._handle_async_run(run, finished)
@@ -335,9 +338,8 @@ class AsyncMessageDispatcher(Runtime):
             # Cancelled past the grace period: the handler that runs is cancelled (a
             # thread goes on with the message it holds), and it is not acknowledged.
             finished = list(finished)
-            done = {id(delivery) for delivery, _ in finished}
-            waiting = {id(delivery) for delivery in run}
-            finished += [(d, False) for d in queued if id(d) not in done and id(d) not in waiting]
+            elsewhere = {id(delivery) for delivery in (*(d for d, _ in finished), *run, *handed)}
+            finished += [(d, False) for d in queued if id(d) not in elsewhere]
             raise
         finally:
             timer.cancel()
@@ -350,10 +352,11 @@ class AsyncMessageDispatcher(Runtime):
         run: collections.deque[Delivery],
         finished: list[tuple[Delivery, bool]],
         reported: list[int],
+        handed: list[Delivery],
     ) -> None:
         """The timer of :meth:`_work_run`: hand out the rest, report what finished before."""
         self._slow_handlers = True
-        self._hand_out(run)
+        handed += self._hand_out(run)
         reported[0] = len(finished)
         self._report(finished[: reported[0]])
 
@@ -381,11 +384,13 @@ class AsyncMessageDispatcher(Runtime):
             if behind:
                 self._spawn(self._release(behind, "released"))
 
-    def _hand_out(self, run: collections.deque[Delivery]) -> None:
-        """Give each message left in ``run`` a task of its own."""
-        for delivery in _take_all(run):
+    def _hand_out(self, run: collections.deque[Delivery]) -> list[Delivery]:
+        """Give each message left in ``run`` a task of its own; return them."""
+        taken = _take_all(run)
+        for delivery in taken:
             delivery.started = False  # _work takes it, unless a stop cancels it first
             self._task(self._handlers, self._work(delivery))
+        return taken
 
     def _cancel_unstarted(self) -> list[Delivery]:
         cancelled = [delivery for run in self._runs for delivery in _take_all(run)]
@@ -425,6 +430,8 @@ class AsyncMessageDispatcher(Runtime):
         self._task(self._background, step)
 
     def _open(self) -> None:
+        if self._pool is not None:
+            return
         # Threads: receives, settlements of every held message, synchronous handlers
         # and the acknowledgements never wait for one another.
         config = self.config
@@ -468,6 +475,7 @@ class AsyncMessageDispatcher(Runtime):
         if self._pool is not None:
             # An abandoned synchronous handler keeps its (daemon) thread: it cannot hold up exit.
             self._pool.shutdown(wait=False)
+            self._pool = None  # a later start (or the close of a stop after it failed) opens one
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

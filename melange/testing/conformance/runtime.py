@@ -108,6 +108,8 @@ RELEASE_FILE = "release"
 CHILD_WORKERS = 4
 STUCK_GRACE_PERIOD = 0.5
 """Grace period of the consumer process whose handlers never return."""
+ABANDON_GRACE_PERIOD = 0.3
+"""Grace period of the dispatcher that abandons a handler."""
 CHILD_MESSAGES = 12
 SKIP_WITHOUT_SPEC = "backend lives in this process; provide melange_backend_spec"
 
@@ -717,6 +719,61 @@ class RuntimeConformance(ConformanceBase):
         assert stats.lease_extended >= 2, stats
         assert calls == [1]
         assert_empty(backend, queue)  # acknowledged, not merely still leased
+
+    @drives_dispatcher
+    def test_a_handler_abandoned_after_the_grace_period_leaves_its_message_to_come_back(
+        self,
+        melange_backend: MessagingBackend,
+        melange_factory: MessagingBackendFactory,
+        melange_names: ResourceNames,
+        melange_wait: Wait,
+    ) -> None:
+        """A handler still running when the grace period ends is abandoned, and its message too.
+
+        The message is not acknowledged even once the handler returns: it comes back. Every
+        message is counted once.
+        """
+        backend = melange_backend
+        queue = melange_names.queue()
+        melange_factory.init_queue(queue, visibility_timeout=VISIBILITY_TIMEOUT)
+        QueuePublisher(backend, hooks=Hooks()).publish_batch(queue, [{"n": n} for n in range(3)])
+        started, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+        @consumer(name="conformance-one-stuck")
+        def one_stuck(message: Message) -> None:
+            if int(message.body["n"]) == 0:
+                started.set()
+                release.wait(RUNTIME_TIMEOUT)
+                returned.set()
+
+        dispatcher = self.melange_dispatcher(
+            backend,
+            queue,
+            [one_stuck],
+            workers=4,
+            wait_seconds=1.0,
+            grace_period=ABANDON_GRACE_PERIOD,
+            close_backend=False,
+        )
+        dispatcher.start()
+        try:
+            assert started.wait(POLL_TIMEOUT), "the handler of message 0 never started"
+            deadline = time.monotonic() + POLL_TIMEOUT
+            while dispatcher.stats.acked < 2 and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL)
+            assert dispatcher.stats.acked == 2, dispatcher.stats.snapshot()
+            dispatcher.stop(timeout=RUNTIME_TIMEOUT)
+        finally:
+            release.set()
+        # The abandoned handler returns now: whatever its driver does after that, it does soon.
+        assert returned.wait(POLL_TIMEOUT)
+        time.sleep(ABANDON_GRACE_PERIOD)
+        stats = dispatcher.stats.snapshot()
+        assert (stats.received, stats.handled, stats.acked) == (3, 2, 2), stats
+        _pass_time(melange_wait, VISIBILITY_TIMEOUT + MARGIN)
+        back = drain(backend, queue, 1)
+        assert _order_numbers(back) == [0], "the abandoned message did not come back"
+        assert_empty(backend, queue)
 
     # ------------------------------------------------------- bad messages
     @drives_dispatcher
