@@ -273,6 +273,55 @@ def test_receive_backoff_grows_up_to_its_cap_and_receiving_resumes_within_it_aft
     assert handled[0] - healed <= cap + 0.3  # back within one capped wait of the heal
 
 
+class HangingBackend(FaultyBackend):
+    """Its receives hang, once ``hang`` is set, until ``unhang`` is set: a silent connection."""
+
+    calls_block = True
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.hang, self.hanging, self.unhang = (
+            threading.Event(),
+            threading.Event(),
+            threading.Event(),
+        )
+
+    def _receive(self, queue_name: str, max_messages: int, wait: float) -> list[ReceivedMessage]:
+        if self.hang.is_set():
+            self.hanging.set()
+            self.unhang.wait(30)
+        return super()._receive(queue_name, max_messages, wait)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_receive_that_hangs_is_given_up_on_after_grace_and_wait_and_loses_nothing(
+    kind: str, registry: SerializerRegistry
+) -> None:
+    """docs/consuming.md: the shutdown waits for a hung receive until the grace period,
+    ``wait_seconds`` and one more second have passed; what it returns later is not handled."""
+    clock = ManualClock()
+    backend = HangingBackend(clock)
+    MessagingBackendFactory(backend).init_queue(QUEUE, visibility_timeout=30.0)
+    handled: list[Paid] = []
+    backend.hang.set()
+    running = Running(
+        make_dispatcher(
+            kind, backend, [consumer(handled.append)], registry, grace_period=0.2, wait_seconds=0.05
+        )
+    )
+    try:
+        assert backend.hanging.wait(5), "no receive started"
+        publish(backend, registry, "o1")  # what the hung receive will return
+        took = running.stop(timeout=10.0)
+    finally:
+        backend.unhang.set()
+    assert 0.2 + 0.05 + 1.0 - 0.1 <= took <= 0.2 + 0.05 + 1.0 + 1.0, took
+    time.sleep(0.3)  # the receive returns now, to a stopped dispatcher
+    assert handled == []
+    clock.advance(31.0)  # released at once, or left to its visibility timeout: back either way
+    assert [r.body for r in backend.receive(QUEUE, 10, 0.0)] == [registry.encode(Paid("o1")).body]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_default_backoff_waits_at_most_five_seconds(
     kind: str, registry: SerializerRegistry
