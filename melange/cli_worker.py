@@ -6,8 +6,7 @@ script imports this module, and it imports the supervisor only when run.
 
 from __future__ import annotations
 
-import json
-import sys
+import logging
 
 import click
 
@@ -64,7 +63,10 @@ WORKER_EXIT_CODES = (
     "--json",
     "as_json",
     is_flag=True,
-    help="The same as --log-format json (errors too are JSON lines).",
+    help=(
+        "The same as --log-format json (errors too are JSON lines); a usage error is a "
+        "JSON document on standard output, as with every command's --json."
+    ),
 )
 @click.option(
     "--max-restarts",
@@ -119,15 +121,15 @@ def worker(
         )
         code = run_supervisor(options)
     except MelangeError as exc:
-        _error(exc, log_format)
         code = exc.exit_code if isinstance(exc, WorkerTargetError) else 1
+        _error(exc, log_format, code)
         raise click.exceptions.Exit(code) from None
     raise click.exceptions.Exit(code)
 
 
-def _error(exc: MelangeError, log_format: str) -> None:
-    if log_format == "json":
-        document = {"level": "error", "message": str(exc), "error": type(exc).__name__}
-        print(json.dumps(document), file=sys.stderr, flush=True)
+def _error(exc: MelangeError, log_format: str, code: int) -> None:
+    if log_format == "json":  # a line with every field of the others (melange.worker.logs)
+        extra = {"error": type(exc).__name__, "exit_code": code}
+        logging.getLogger("melange.worker").error("%s", exc, extra=extra)
     else:
         click.echo(f"melange: error: {exc}", err=True)

@@ -7,6 +7,7 @@ truth, SIGTERM stops everything cleanly; and a crash-looping target gives up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,13 +48,14 @@ def moto_endpoint() -> Iterator[str]:
 class Worker:
     """A ``melange worker`` process, its stderr collected line by line."""
 
-    def __init__(self, cwd: Path, env: dict[str, str], *args: str) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str, own_group: bool = False) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "melange.cli", "worker", *args],
             cwd=cwd,
             env={**os.environ, "PYTHONPATH": str(TESTS), **env},
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=own_group,  # a terminal's job: Ctrl-C reaches the whole group
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -104,6 +106,16 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def recorded(directory: Path) -> list[int]:
@@ -310,6 +322,40 @@ def test_readyz_is_503_while_a_dispatcher_waits_for_its_broker(tmp_path: Path) -
         assert worker.wait(timeout=30) == 0, worker.stderr()
     finally:
         worker.kill()
+
+
+def test_a_process_that_ran_its_target_is_restarted_whatever_its_exit_code(
+    tmp_path: Path,
+) -> None:
+    """Exit code 4 means "the target cannot be imported" only before the target ever loaded."""
+    worker = Worker(tmp_path, {}, "worker_app:dies_with_exit_code_4", "--max-restarts=1")
+    try:
+        assert worker.wait(timeout=60) == 1  # the crash loop, not a bad target (4)
+    finally:
+        worker.kill()
+    stderr = worker.stderr()
+    assert "cannot load" not in stderr, stderr
+    assert stderr.count("started (slot 0)") == 2, stderr  # the first start and one restart
+    assert re.search(r"crash loop: worker process \d+ exited with code 4", stderr), stderr
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03])
+def test_ctrl_c_while_a_worker_process_starts_stops_it_cleanly(
+    tmp_path: Path, delay: float
+) -> None:
+    """A terminal's Ctrl-C goes to the whole process group, the worker processes included,
+    which may not have their signal handlers yet: no traceback, exit 0, JSON lines only."""
+    worker = Worker(tmp_path, {}, "worker_app:idle", "--json", own_group=True)
+    try:
+        eventually(lambda: children(worker.process.pid), 10, "a worker process")
+        time.sleep(delay)
+        os.killpg(worker.process.pid, signal.SIGINT)
+        code = worker.wait(timeout=30)
+    finally:
+        worker.kill()
+    assert code == 0, worker.stderr()
+    for line in worker.lines:
+        assert isinstance(json.loads(line), dict), line
 
 
 def test_a_crash_looping_target_ends_with_exit_1_and_the_reason(tmp_path: Path) -> None:

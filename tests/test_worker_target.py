@@ -116,6 +116,33 @@ def test_json_logs_report_a_bad_target_as_a_json_line(tmp_path: Path) -> None:
     assert "builtins.dict" in errors[0]["message"]
 
 
+@pytest.mark.parametrize("json_flag", ["--json", "--log-format=json"])
+def test_an_error_of_the_supervisor_is_a_complete_json_line(tmp_path: Path, json_flag: str) -> None:
+    """docs/worker.md: every line has time, level, logger, message and pid; errors too."""
+    import json
+
+    with socket.socket() as taken:  # the health port is in use: the supervisor refuses it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            "no-colon": (["worker_app", json_flag], 2),
+            "port-taken": (
+                ["worker_app:idle", json_flag, f"--health-port={port}", "--health-host=127.0.0.1"],
+                1,
+            ),
+        }
+        for case, (args, code) in cases.items():
+            result = run_worker(tmp_path, *args)
+            assert result.returncode == code, (case, result.stderr)
+            lines = [json.loads(line) for line in result.stderr.splitlines()]
+            errors = [line for line in lines if line["level"] == "error"]
+            assert len(errors) == 1, (case, lines)
+            (error,) = errors
+            assert {"time", "level", "logger", "message", "pid", "error"} <= set(error), error
+            assert error["logger"].startswith("melange"), error
+
+
 def test_health_port_without_prometheus_client_names_the_extra(tmp_path: Path) -> None:
     # As if prometheus-client were not installed: its import fails in this process.
     program = (

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from melange import MessageDispatcher, consumer
 from melange.aio import AsyncMessageDispatcher
+from melange.backends.memory import MemoryBackend
+from melange.factory import MessagingBackendFactory
 from melange.observability import CompositeHooks
 from melange.worker import metrics_hooks
 
@@ -87,6 +91,30 @@ def record_nothing(body: dict[str, Any]) -> None:
 def crashing() -> list[MessageDispatcher]:
     """A factory that fails every time: the worker process exits 1, again and again."""
     raise RuntimeError("the database is not there (on purpose)")
+
+
+def idle() -> MessageDispatcher:
+    """A dispatcher of an empty in-process queue: it runs until stopped."""
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue("orders")
+    return MessageDispatcher(backend, "orders", [record_nothing], wait_seconds=0.1)
+
+
+def dies_with_exit_code_4() -> MessageDispatcher:
+    """Loads and runs, then its process ends with the exit code of an import error.
+
+    A process that ran its target and then died crashed: the code it died with says nothing
+    about the target, so the supervisor restarts it.
+    """
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue("orders")
+
+    def die() -> None:
+        time.sleep(float(os.environ.get("WORKER_APP_DIE_AFTER", "0.5")))
+        os._exit(4)
+
+    threading.Thread(target=die, daemon=True).start()
+    return MessageDispatcher(backend, "orders", [record_nothing], wait_seconds=0.1)
 
 
 not_a_dispatcher = {"queue": "orders"}

@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    # The supervisor starts this process with SIGINT blocked (see its _spawn); one that came
+    # meanwhile is delivered now, to the handler.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if os.getcwd() not in sys.path:  # `MODULE:ATTR` of the current directory, as uvicorn does
         sys.path.insert(0, os.getcwd())
     metrics = None

@@ -4,7 +4,8 @@
   forks: each imports the target and builds its own dispatchers and broker
   connections, and nothing of the supervisor's threads leaks into them.
 - The first process is started alone and must load the target before the
-  others start, so a bad target is reported once, with its exit code.
+  others start, so a bad target is reported once, with its exit code. Once
+  it loaded, an exit with one of those codes is a crash like any other.
 - A process that exits while not asked to is restarted after a backoff
   (0.5 s, doubling up to 10 s, by the restarts in the window). More than
   ``max_restarts`` restarts within ``restart_window`` seconds is a crash loop:
@@ -133,6 +134,8 @@ class _Supervisor:
         self.slots: list[subprocess.Popen[bytes] | None] = [None] * options.processes
         self.due: dict[int, float] = {}  # slot -> when to restart it
         self.restarts: deque[float] = deque()  # times of the restarts in the window
+        # Once a process loaded the target, an exit code of a bad target is a crash like any.
+        self.target_loaded = False
         self.restart_count = 0
         self.signals = 0
         self._lock = threading.Lock()
@@ -221,6 +224,7 @@ class _Supervisor:
             finally:
                 os.close(read_end)
             if loaded or self.signals:
+                self.target_loaded = loaded
                 return None
             process.wait()  # it closed the pipe without a word: it is exiting
             verdict = self._exited(0, process)
@@ -256,11 +260,18 @@ class _Supervisor:
         env = dict(os.environ)
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-        process = subprocess.Popen(
-            [sys.executable, "-m", "melange.worker", json.dumps(config)],
-            env=env,
-            pass_fds=() if loaded_fd is None else (loaded_fd,),
-        )
+        # A terminal's Ctrl-C goes to the worker processes too. A new process inherits this
+        # thread's signal mask: SIGINT stays blocked (pending, not lost) until it has its
+        # handler (melange.worker.child), so one during its start-up is not a traceback.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "melange.worker", json.dumps(config)],
+                env=env,
+                pass_fds=() if loaded_fd is None else (loaded_fd,),
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         with self._lock:
             self.slots[slot] = process
         logger.info(
@@ -275,7 +286,7 @@ class _Supervisor:
         """A process exited unasked: schedule its restart, or return the supervisor's exit code."""
         code = process.returncode
         self._forget(slot, process)
-        if code in _TARGET_EXITS:
+        if code in _TARGET_EXITS and not self.target_loaded:
             logger.error(
                 "worker process %d cannot load %s (exit code %d); stopping",
                 process.pid,
