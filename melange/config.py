@@ -140,7 +140,7 @@ def find_config_file(cwd: str | os.PathLike[str] | None = None) -> Path | None:
             return candidate
         pyproject = directory / "pyproject.toml"
         if pyproject.is_file():
-            return pyproject if "melange" in _load_toml(pyproject).get("tool", {}) else None
+            return pyproject if "melange" in _tool_table(pyproject, _load_toml(pyproject)) else None
     return None
 
 
@@ -154,7 +154,9 @@ def read_config_file(path: Path) -> BackendConfig | None:
         ConfigurationError: The file is unreadable or malformed.
     """
     data = _load_toml(path)
-    table: object = data.get("tool", {}).get("melange") if path.name == "pyproject.toml" else data
+    table: object = (
+        _tool_table(path, data).get("melange") if path.name == "pyproject.toml" else data
+    )
     where = f"[tool.melange] in {path}" if path.name == "pyproject.toml" else str(path)
     if table is None:
         return None
@@ -176,6 +178,17 @@ def read_config_file(path: Path) -> BackendConfig | None:
     return BackendConfig(name, dict(options), where)
 
 
+def _tool_table(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The ``[tool]`` table of a ``pyproject.toml``'s ``data`` (empty when there is none)."""
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ConfigurationError(
+            f"{path}: tool must be a table of per-tool tables (such as [tool.melange]), "
+            f"not a {type(tool).__name__}"
+        )
+    return tool
+
+
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -190,13 +203,19 @@ def _load_toml(path: Path) -> dict[str, Any]:
 def _convert(
     backend_class: type[MessagingBackend], options: dict[str, Any], source: str
 ) -> dict[str, Any]:
-    """Convert string option values to the types the constructor declares."""
+    """Convert string option values to the types the constructor declares; check the others."""
     parameters = accepted_options(backend_class)
     hints = _parameter_types(backend_class.__init__, parameters)
     converted: dict[str, Any] = {}
     for name, value in options.items():
-        target = hints.get(name, parameters[name].annotation if name in parameters else None)
-        converted[name] = _coerce(name, value, target, source) if isinstance(value, str) else value
+        if name not in parameters:  # taken by **options: the constructor checks (and names) it
+            converted[name] = value
+            continue
+        target = hints.get(name, parameters[name].annotation)
+        if isinstance(value, str):
+            converted[name] = _coerce(name, value, target, source)
+        else:
+            converted[name] = _check_type(name, value, target, source)
     return converted
 
 
@@ -245,5 +264,29 @@ def _coerce(name: str, value: str, target: object, source: str) -> object:
             continue
     if str in kinds:  # e.g. int | str: a number when it reads as one, else the text
         return value
-    readable = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
-    raise ConfigurationError(f"option {name}={value!r} from {source} is not a valid {readable}")
+    raise ConfigurationError(
+        f"option {name}={value!r} from {source} is not a valid {_readable(kinds)}"
+    )
+
+
+def _check_type(name: str, value: object, target: object, source: str) -> object:
+    """Return ``value`` (a number, list, table... from a file) if it fits the declared type."""
+    kinds = set(typing.get_args(target)) or {target}
+    kinds.discard(type(None))
+    if not kinds or inspect.Parameter.empty in kinds or not all(isinstance(k, type) for k in kinds):
+        return value  # undeclared, or a type such as a Callable: the constructor checks it
+    if isinstance(value, bool):  # a bool is an int to isinstance, not to a user
+        fits = bool in kinds
+    elif isinstance(value, int):
+        fits = bool(kinds & {int, float})
+    else:
+        fits = isinstance(value, tuple(kinds))
+    if not fits:
+        raise ConfigurationError(
+            f"option {name}={value!r} from {source} is not a valid {_readable(kinds)}"
+        )
+    return value
+
+
+def _readable(kinds: set[Any]) -> str:
+    return " or ".join(sorted(getattr(kind, "__name__", str(kind)) for kind in kinds))

@@ -60,6 +60,58 @@ def test_unknown_environment_option_names_the_accepted_ones(tmp_path: Path) -> N
     assert "environment" in message
 
 
+SECRET = "Zq9-not-to-be-shown"
+
+
+@pytest.mark.parametrize("route", ["environment", "file", "arguments"])
+def test_a_misspelt_option_of_a_backend_taking_more_keywords_is_named_not_echoed(
+    tmp_path: Path, route: str
+) -> None:
+    """localsqs takes ``**options`` (melange 7.x's keywords): its own check names the option."""
+    (tmp_path / "melange.toml").write_text(
+        f'backend = "localsqs"\n[options]\naws_secret_acces_key = "{SECRET}"\n'
+    )
+    environ = {"MELANGE_BACKEND": "localsqs", "MELANGE_OPTION_AWS_SECRET_ACCES_KEY": SECRET}
+    with pytest.raises(ConfigurationError) as error:
+        if route == "environment":
+            load_backend_from_config(environ=environ, cwd=tmp_path)
+        elif route == "file":
+            load_backend_from_config(environ=NO_ENV, cwd=tmp_path)
+        else:
+            load_backend_from_config(
+                "localsqs", environ=NO_ENV, cwd=tmp_path, aws_secret_acces_key=SECRET
+            )
+    message = str(error.value)
+    assert SECRET not in message and SECRET not in repr(error.value.args)
+    assert "did you mean 'aws_secret_access_key'" in message, message
+
+
+def test_a_7x_keyword_from_the_environment_reaches_the_backend(tmp_path: Path) -> None:
+    environ = {"MELANGE_BACKEND": "localsqs", "MELANGE_OPTION_SNS_HOST": "localhost"}
+    with pytest.warns(DeprecationWarning, match="sns_host"):
+        backend = load_backend_from_config(environ=environ, cwd=tmp_path)
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [("1.5", "int"), ("true", "int"), ("[1]", "float"), ("{a = 1}", "int")]
+)
+def test_a_mistyped_value_in_a_file_names_the_file(tmp_path: Path, value: str, kind: str) -> None:
+    option = "dedup_window" if kind == "float" else "max_message_size"
+    (tmp_path / "melange.toml").write_text(f'backend = "memory"\n[options]\n{option} = {value}\n')
+    with pytest.raises(ConfigurationError) as error:
+        load_backend_from_config(environ=NO_ENV, cwd=tmp_path)
+    assert "melange.toml" in str(error.value), error.value
+    assert f"{option}=" in str(error.value) and f"not a valid {kind}" in str(error.value)
+
+
+def test_a_pyproject_whose_tool_is_not_a_table_is_explained(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("tool = 1\n")
+    with pytest.raises(ConfigurationError) as error:
+        load_backend_from_config(environ=NO_ENV, cwd=tmp_path)
+    assert "pyproject.toml" in str(error.value) and "tool" in str(error.value)
+
+
 def test_melange_toml_in_a_parent_directory(tmp_path: Path) -> None:
     (tmp_path / "melange.toml").write_text(
         'backend = "memory"\n[options]\nmax_message_size = 4096\n'

@@ -23,7 +23,13 @@ from melange_localsqs.testing import MotoServer
 from melange import MessagingBackendFactory
 from melange.backends import load_backend
 from melange.backends.base import OutgoingMessage
-from melange.exceptions import BackendUnavailable, BrokerError, MelangeError, OutcomeUnknown
+from melange.exceptions import (
+    BackendUnavailable,
+    BrokerError,
+    ConfigurationError,
+    MelangeError,
+    OutcomeUnknown,
+)
 from melange.testing.conformance import ResourceNames
 from melange.testing.faults import FaultProxy
 
@@ -150,6 +156,26 @@ def assert_nowhere(secret: str, error: BaseException, log: str) -> None:
 def capture_melange_logs(caplog: pytest.LogCaptureFixture) -> None:
     for name in ("melange", "melange_aws", "melange_localsqs"):
         caplog.set_level(logging.DEBUG, logger=name)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"endpoint_url": f"ftp://admin:{PASSWORD}@localhost:4566"}, id="not-http"),
+        pytest.param({"endpoint_url": f"admin:{PASSWORD}@localhost:4566"}, id="no-scheme"),
+        pytest.param({"endpoint_url": f"http://admin:{PASSWORD}@local host:4566"}, id="bad-host"),
+        pytest.param({"endpoint_url": f"http://admin:{PASSWORD}@localhost:45x66"}, id="bad-port"),
+        pytest.param({"host": f"admin:{PASSWORD}@localhost"}, id="user-info-as-host"),
+    ],
+)
+def test_a_malformed_endpoint_holding_a_password_is_refused_without_showing_it(
+    options: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    capture_melange_logs(caplog)
+    with pytest.raises(ConfigurationError) as refused:
+        load_backend("localsqs", **options)
+    assert_nowhere(PASSWORD, refused.value, caplog.text)
+    assert "***" in str(refused.value) or "host must be" in str(refused.value), refused.value
 
 
 def test_a_password_in_the_endpoint_url_never_shows_when_nothing_listens(

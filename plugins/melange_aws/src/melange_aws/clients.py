@@ -19,14 +19,17 @@ import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3  # type: ignore[import-untyped]
 import botocore.loaders  # type: ignore[import-untyped]
 import botocore.session  # type: ignore[import-untyped]
+import botocore.utils  # type: ignore[import-untyped]
 from botocore import exceptions as botocore_errors
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from melange.exceptions import ConfigurationError
+from melange_aws.errors import without_user_info
 
 USER_AGENT_EXTRA = "melange"
 """Appended to the User-Agent header, so melange's calls can be told apart in CloudTrail."""
@@ -82,10 +85,10 @@ class ClientSettings:
                 raise ConfigurationError(f"{name} must be a non-empty string or None, got {shown}")
         for name in ("endpoint_url", "sns_endpoint_url", "sqs_endpoint_url"):
             value = getattr(self, name)
-            if value is not None and not value.startswith(("http://", "https://")):
+            if value is not None and not _is_endpoint_url(value):
                 raise ConfigurationError(
                     f"{name} must be an http:// or https:// URL, e.g. 'http://localhost:4566'; "
-                    f"got {value!r}"
+                    f"got {without_user_info(value)!r}"
                 )
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
             raise ConfigurationError(
@@ -316,3 +319,16 @@ def make_client(
             "(e.g. region_name='eu-west-1'), set AWS_REGION or AWS_DEFAULT_REGION, or set "
             "region in the AWS profile"
         ) from None
+
+
+def _is_endpoint_url(url: str) -> bool:
+    """Whether botocore takes ``url`` as an endpoint (its own test), with a numeric port."""
+    if not url.startswith(("http://", "https://")):
+        return False
+    try:
+        _ = urlsplit(url).port  # a port that is not a number raises
+    except ValueError:
+        return False
+    return bool(
+        botocore.utils.is_valid_endpoint_url(url) or botocore.utils.is_valid_ipv6_endpoint_url(url)
+    )

@@ -197,6 +197,14 @@ def safe_endpoint(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def without_user_info(url: str) -> str:
+    """Return ``url`` as written, but for its user info (``user:password@``), shown as ``***``.
+
+    For URLs too malformed for :func:`safe_endpoint` to parse, quoted in their error.
+    """
+    return re.sub(r"^([^/@]*//)?[^/@]*@", lambda match: f"{match.group(1) or ''}***@", url)
+
+
 def url_secrets(url: str | None) -> tuple[str, ...]:
     """Return the secrets of an endpoint URL: its user info and password, as written and decoded.
 

@@ -327,9 +327,12 @@ class LocalSQSBackend(AWSBackend):
 
 
 def _endpoint(host: str | None, port: int | None) -> str:
-    if host is not None and (not isinstance(host, str) or not host or "/" in host):
+    if host is not None and (
+        not isinstance(host, str) or not host or "/" in host or "@" in host or host != host.strip()
+    ):
+        shown = "a value with user info ('...@')" if "@" in str(host) else repr(host)
         raise ConfigurationError(
-            f"host must be a host name or address such as 'localhost', got {host!r}; "
+            f"host must be a host name or address such as 'localhost', got {shown}; "
             "pass a whole URL as endpoint_url instead"
         )
     if port is not None and (
