@@ -25,7 +25,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from melange.backends.base import MessagingBackend, OutgoingMessage, PublishResult
-from melange.exceptions import ConfigurationError, InvalidMessage, require_number, require_str
+from melange.exceptions import (
+    ConfigurationError,
+    InvalidArgument,
+    InvalidMessage,
+    require_number,
+    require_str,
+)
 from melange.message import RESERVED_ATTRIBUTES, Message
 from melange.observability import Hooks, safe
 from melange.serializers import SerializerRegistry
@@ -145,6 +151,10 @@ class _Publisher:
             )
         changes: dict[str, Any] = {}
         if attributes:
+            if not isinstance(attributes, Mapping):  # as Message() itself would refuse it
+                raise InvalidArgument(
+                    "attributes", "a mapping of str to str, e.g. {'event': 'paid'}", attributes
+                )
             changes["attributes"] = {**data.attributes, **attributes}
         if group_id is not None:
             changes["group_id"] = group_id
@@ -276,8 +286,11 @@ class QueuePublisher(_Publisher):
 
         Raises:
             SerializationError: The payload cannot be serialized.
+            InvalidArgument: An argument has the wrong type (e.g. a ``group_id``
+                that is not a string).
             InvalidMessage: An attribute is not a string or uses a name melange
-                reserves, or the delay is out of range.
+                reserves, the delay is out of range, or the destination cannot
+                take the group id, dedup id or delay (see the backend's page).
             MessageTooLarge: The message is over the backend's size limit.
             UnsupportedCapability: The backend cannot honour the group id, dedup id
                 or delay.
@@ -356,7 +369,8 @@ class TopicPublisher(_Publisher):
         Arguments, result and errors are those of :meth:`QueuePublisher.publish`,
         with :class:`~melange.exceptions.TopicNotFound` for a missing topic and
         :class:`~melange.exceptions.UnsupportedCapability` when the backend has
-        no topics (or cannot delay messages published to one).
+        no topics (a delay its topics cannot take is an
+        :class:`~melange.exceptions.InvalidMessage`, as on SNS).
 
         Args:
             topic_name: The topic.

@@ -15,6 +15,7 @@ from melange.backends.memory import MemoryBackend
 from melange.clock import ManualClock
 from melange.exceptions import (
     BrokerError,
+    InvalidArgument,
     InvalidMessage,
     MessageTooLarge,
     QueueNotFound,
@@ -249,6 +250,32 @@ def test_invalid_message(
     with pytest.raises(InvalidMessage, match=match):
         publisher.publish(QUEUE, "x", **kwargs)  # type: ignore[arg-type]
     assert depth(backend) == 0
+
+
+@pytest.mark.parametrize("as_message", [False, True], ids=["payload", "message"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"attributes": ["event", "paid"]},
+        {"attributes": "event=paid"},
+        {"group_id": 5},
+        {"group_id": b"g"},
+        {"dedup_id": 5},
+    ],
+    ids=["attributes-list", "attributes-str", "group-int", "group-bytes", "dedup-int"],
+)
+def test_an_argument_of_the_wrong_type_is_named_and_nothing_is_sent(
+    kwargs: dict[str, object], as_message: bool
+) -> None:
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue("orders.fifo")
+    publisher = QueuePublisher(backend, hooks=Hooks())
+    (argument,) = kwargs
+    with pytest.raises(InvalidArgument, match=f"^{argument} must be"):
+        publisher.publish("orders.fifo", Message("x") if as_message else "x", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=f"^{argument} must be"):
+        publisher.publish_batch("orders.fifo", ["ok", Message("x", **kwargs)])  # type: ignore[arg-type]
+    assert depth(backend, "orders.fifo") == 0
 
 
 @pytest.mark.parametrize("items", ["abc", b"abc", Message("x"), {"a": 1}])

@@ -4,7 +4,7 @@ import enum
 import json
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -42,6 +42,37 @@ class PaymentEvent:
 @dataclass
 class Other:
     payment_id: str
+
+
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class WithACheckerOnlyType:
+    amount: Money
+    lines: list[Money]
+    legacy: Decimal | None = None  # resolves for a type checker only
+
+
+def test_one_annotation_that_does_not_resolve_leaves_the_others_typed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``typing.get_type_hints`` gives up on the whole class; the rebuild does not."""
+    registry = SerializerRegistry()
+    registry.bind(WithACheckerOnlyType, "typed.v1")
+    sent = WithACheckerOnlyType(Money(5, Currency.EUR), [Money(1, Currency.USD)])
+    with caplog.at_level("WARNING", logger="melange.serializers"):
+        back = registry.decode(received(registry.encode(sent))).body
+    assert back == sent
+    assert isinstance(back.amount, Money) and isinstance(back.lines[0], Money)
+    # The field left untyped is named, once.
+    assert [r.getMessage() for r in caplog.records if "legacy" in r.getMessage()] == [
+        "WithACheckerOnlyType.legacy: its annotation 'Decimal | None' does not resolve "
+        "(NameError: name 'Decimal' is not defined); its value is left as decoded JSON"
+    ]
+    registry.decode(received(registry.encode(sent)))
+    assert len([r for r in caplog.records if "legacy" in r.getMessage()]) == 1
 
 
 def received(

@@ -21,6 +21,7 @@ import collections.abc
 import dataclasses
 import enum
 import json as _json  # aliased: the 7.x alias submodule melange.serializers.json would shadow it
+import logging
 import pickle as _pickle  # likewise melange.serializers.pickle
 import sys
 import threading
@@ -40,6 +41,8 @@ from melange.message import (
     _received_message,
     new_producer_id,
 )
+
+logger = logging.getLogger("melange.serializers")
 
 __all__ = [
     "JSONSerializer",
@@ -145,11 +148,38 @@ def _field_types(cls: type[Any]) -> dict[str, Any]:
         return cached
     try:
         hints = typing.get_type_hints(cls)
-    except Exception:
-        # Unresolvable forward references (e.g. a class defined inside a function):
-        # keep the annotations that are real types, treat the rest as untyped.
-        hints = {f.name: f.type for f in dataclasses.fields(cls) if not isinstance(f.type, str)}
+    except Exception:  # one annotation that does not resolve fails them all
+        hints = _each_field_type(cls)
     _FIELD_TYPES[cls] = hints
+    return hints
+
+
+def _each_field_type(cls: type[Any]) -> dict[str, Any]:
+    """The field annotations that resolve, one by one; each of the others is logged, once.
+
+    A name only a type checker sees (imported under ``TYPE_CHECKING``), or a class
+    defined inside a function, does not resolve: that field is left untyped.
+    """
+    module = sys.modules.get(cls.__module__)
+    namespace = vars(module) if module is not None else {}
+    hints: dict[str, Any] = {}
+    for found in dataclasses.fields(cls):
+        if not isinstance(found.type, str):
+            hints[found.name] = found.type
+            continue
+        try:
+            # What typing.get_type_hints does for each annotation, field by field.
+            hints[found.name] = eval(found.type, namespace, dict(vars(cls)))
+        except Exception as exc:
+            logger.warning(
+                "%s.%s: its annotation %r does not resolve (%s: %s); its value is left as "
+                "decoded JSON",
+                cls.__qualname__,
+                found.name,
+                found.type,
+                type(exc).__name__,
+                exc,
+            )
     return hints
 
 
@@ -636,11 +666,12 @@ class SerializerRegistry:
             attributes[PRODUCER_ID_ATTRIBUTE] = require_str("producer_id", message.producer_id)
         elif producer_id:
             attributes[PRODUCER_ID_ATTRIBUTE] = new_producer_id()
+        group_id, dedup_id = message.group_id, message.dedup_id
         return OutgoingMessage(
             body=bytes(data),
             attributes=attributes,
-            group_id=message.group_id,
-            dedup_id=message.dedup_id,
+            group_id=None if group_id is None else require_str("group_id", group_id),
+            dedup_id=None if dedup_id is None else require_str("dedup_id", dedup_id),
             delay_seconds=delay_seconds,
         )
 
