@@ -29,6 +29,8 @@ from melange.exceptions import (
     ConfigurationError,
     InvalidArgument,
     InvalidMessage,
+    MelangeError,
+    MessageTooLarge,
     require_number,
     require_str,
 )
@@ -174,21 +176,37 @@ class _Publisher:
         outgoing = self.serializers.encode(
             message, delay_seconds=delay_seconds, producer_id=self.producer_ids
         )
-        if added and self._over_limits(outgoing):
-            # Observability must not make a message unsendable: send it without them.
-            # Warn once per publisher: with tracing on, this would repeat for every message.
-            level = logging.DEBUG if self._warned_limits else logging.WARNING
-            self._warned_limits = True
-            logger.log(
-                level,
-                "hook attributes %s dropped: with them the message exceeds the limits of "
-                "backend %r (attribute count or size); it is sent without them",
-                ", ".join(sorted(added)),
-                self.backend.name,
-            )
-            kept = {k: v for k, v in outgoing.attributes.items() if k not in added}
-            outgoing = dataclasses.replace(outgoing, attributes=kept)
+        if added:
+            refused = self._refusal(outgoing)
+            if refused is not None:
+                kept = {k: v for k, v in outgoing.attributes.items() if k not in added}
+                without = dataclasses.replace(outgoing, attributes=kept)
+                if self._refusal(without) is None:  # else the message's own: the send says so
+                    self._warn_dropped(added, refused)
+                    outgoing = without
         return outgoing
+
+    def _refusal(self, outgoing: OutgoingMessage) -> MelangeError | None:
+        """Why the backend would refuse ``outgoing`` (its own rules and measure), if it would."""
+        try:
+            self.backend.validate_message(outgoing)
+        except (InvalidMessage, MessageTooLarge) as refused:
+            return refused
+        return None
+
+    def _warn_dropped(self, added: Mapping[str, str], refused: MelangeError) -> None:
+        # Observability must not make a message unsendable: it is sent without them. Warn
+        # once per publisher: with tracing on, this would repeat for every message.
+        level = logging.DEBUG if self._warned_limits else logging.WARNING
+        self._warned_limits = True
+        logger.log(
+            level,
+            "hook attributes %s dropped: backend %r refuses the message with them (%s); it is "
+            "sent without them",
+            ", ".join(sorted(added)),
+            self.backend.name,
+            refused,
+        )
 
     @staticmethod
     def _hook_attributes(own: Mapping[str, str], proposed: Mapping[str, str]) -> dict[str, str]:
@@ -204,13 +222,6 @@ class _Publisher:
             else:
                 added[key] = value
         return added
-
-    def _over_limits(self, outgoing: OutgoingMessage) -> bool:
-        caps = self.backend.capabilities
-        too_many = (
-            caps.max_attributes is not None and len(outgoing.attributes) > caps.max_attributes
-        )
-        return too_many or outgoing.size > caps.max_message_size
 
     def _send(self, destination: str, outgoing: list[OutgoingMessage]) -> list[PublishResult]:
         if self._kind == "topic":
