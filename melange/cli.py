@@ -308,7 +308,11 @@ def _print(renderable: Any) -> None:
     # Never wider than TABLE_WIDTH; narrower when the terminal is (COLUMNS when piped).
     width = min(Console(file=sys.stdout).width, TABLE_WIDTH)
     buffer = io.StringIO()
-    Console(file=buffer, width=width, highlight=False, color_system=None).print(renderable)
+    # crop=False: a table that cannot shrink to the width (its headers) comes out wider;
+    # cropped, the end of each line (characters of a cell) would be lost.
+    Console(file=buffer, width=width, highlight=False, color_system=None).print(
+        renderable, crop=False
+    )
     for line in buffer.getvalue().splitlines():
         click.echo(line.rstrip())  # no padding after the last cell: easier to grep and diff
 
