@@ -87,6 +87,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Likewise extends the key's expiry only while it holds the caller's own claim.
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 
 
 def _check_key(key: str) -> None:
@@ -171,6 +178,29 @@ class DedupCache(abc.ABC):
             BackendClosed: The cache was closed.
         """
 
+    def renew(self, key: str, ttl: float) -> bool:
+        """Make this cache's claim on ``key`` live ``ttl`` seconds from now.
+
+        The dispatcher renews the claims of a handler whose message lease it
+        extends, so a claim outlives its handler as the lease does. A cache
+        without it (this default) keeps each claim for the ``ttl`` it was
+        claimed with: a handler running longer lets a second copy of the
+        message (a publisher's retry) be claimed and run meanwhile.
+
+        Args:
+            key: The dedup key.
+            ttl: Seconds the claim lives from now.
+
+        Returns:
+            Whether the claim was renewed: ``False`` when the key is done, not
+            held, or held by another cache instance.
+
+        Raises:
+            BackendUnavailable: The cache's server cannot be reached.
+            BackendClosed: The cache was closed.
+        """
+        return False
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the cache's resources; idempotent. Later calls raise BackendClosed."""
@@ -231,6 +261,19 @@ class MemoryDedupCache(DedupCache):
             self._check_open("complete")
             now = self._prune()
             self._set(key, _DONE, now + ttl)
+
+    def renew(self, key: str, ttl: float) -> bool:
+        """Extend a live claim on ``key``; see :meth:`DedupCache.renew`."""
+        _check_key(key)
+        _check_ttl(ttl)
+        with self._lock:
+            self._check_open("renew")
+            now = self._prune()
+            entry = self._entries.get(key)
+            if entry is None or entry[0] == _DONE:
+                return False
+            self._set(key, "claimed", now + ttl)
+            return True
 
     def release(self, key: str) -> None:
         """Drop a claim on ``key`` (never a completion); see :meth:`DedupCache.release`."""
@@ -398,6 +441,7 @@ class RedisDedupCache(DedupCache):
             self._location, self._secrets = self._describe_client(client)
         self._client: redis.Redis = client
         self._release_script = client.register_script(_RELEASE_SCRIPT)
+        self._renew_script = client.register_script(_RENEW_SCRIPT)
         # Random per instance; _claim_value adds the pid so a forked child's claims differ.
         self._token = uuid.uuid4().hex
         self._closed = False
@@ -431,6 +475,17 @@ class RedisDedupCache(DedupCache):
         self._check_open("complete")
         with self._translate_errors("complete"):
             self._client.set(self._prefix + key, _DONE, px=_millis(ttl))
+
+    def renew(self, key: str, ttl: float) -> bool:
+        """``PEXPIRE`` ``key`` only while it holds this instance's claim; see DedupCache.renew."""
+        _check_key(key)
+        _check_ttl(ttl)
+        self._check_open("renew")
+        with self._translate_errors("renew"):
+            renewed = self._renew_script(
+                keys=[self._prefix + key], args=[self._claim_value(), _millis(ttl)]
+            )
+        return bool(renewed)
 
     def release(self, key: str) -> None:
         """Delete ``key`` only while it holds this instance's claim; see DedupCache.release."""

@@ -97,7 +97,7 @@ class LeaseKeeper:
         visibility_timeout: The queue's visibility timeout in seconds (> 0).
         policy: When to extend and the cap.
         hooks: Told about extensions and lost leases.
-        on_extended: Called with the number of messages extended (statistics).
+        on_extended: Called with the leases of each extension that succeeded.
         on_lost: Called once per lost lease (statistics).
         held: Returns the leases held now, a new collection on each call (the
             dispatcher's own set of held messages: a message leaves it when it
@@ -111,7 +111,7 @@ class LeaseKeeper:
         visibility_timeout: float,
         policy: LeasePolicy,
         hooks: Hooks,
-        on_extended: Callable[[int], None],
+        on_extended: Callable[[list[Lease]], None],
         on_lost: Callable[[Lease], None],
         held: Callable[[], Iterable[Lease]],
     ) -> None:
@@ -234,7 +234,7 @@ class LeaseKeeper:
                     "consumer": None,
                 },
             )
-        self._on_extended(len(leases))
+        self._on_extended(leases)
 
     def _lost(self, lease: Lease, error: LeaseLost) -> None:
         lease.lost = True

@@ -313,6 +313,8 @@ class Settlement:
         self.dedup = dedup
         self.dedup_ttl = dedup_ttl
         self.dedup_claim_ttl = dedup_claim_ttl
+        # The claims held now, by key, with their message: renewed with its lease.
+        self._claims: dict[str, ReceivedMessage] = {}
         self.accepting_all: frozenset[Consumer] = frozenset()  # whose accepts() is always true
         self.can_nack = backend.capabilities.nack_delay
         self._max_delay = backend.capabilities.max_visibility_timeout
@@ -367,12 +369,36 @@ class Settlement:
             self.visibility_timeout,
             policy,
             self.hooks,
-            on_extended=lambda count: self.stats.add("lease_extended", count),
+            on_extended=self._leases_extended,
             on_lost=lambda _lease: self.stats.add("lease_lost"),
             held=held,
         )
         keeper.start()
         return keeper
+
+    def _leases_extended(self, leases: Sequence[Lease]) -> None:
+        """The heartbeat extended these leases: renew their handlers' claims likewise."""
+        self.stats.add("lease_extended", len(leases))
+        if self.dedup is None or not self._claims:
+            return
+        extended = {id(lease.received) for lease in leases}
+        ttl = self._claim_ttl()
+        for key, received in list(self._claims.items()):  # a copy: handlers change it
+            if id(received) not in extended:
+                continue
+            try:
+                self.dedup.renew(key, ttl)
+            except Exception as exc:
+                logger.warning(
+                    "could not renew the deduplication claim %s (%s); a copy of the message "
+                    "may be handled meanwhile once the claim expires",
+                    key,
+                    type(exc).__name__,
+                    extra=log_extra(received),
+                )
+
+    def _claim_ttl(self) -> float:
+        return self.dedup_claim_ttl or max(self.visibility_timeout, 1.0)
 
     def deliveries(self, received: list[ReceivedMessage], received_at: float) -> list[Delivery]:
         """Wrap the messages of one receive call, counting them and telling the hooks."""
@@ -460,14 +486,13 @@ class Settlement:
             (another worker holds the claim) or the cache's error.
         """
         assert self.dedup is not None
+        key = _dedup_key(candidate, received)
         try:
-            claim: ClaimResult = self.dedup.claim(
-                _dedup_key(candidate, received),
-                self.dedup_claim_ttl or max(self.visibility_timeout, 1.0),
-            )
+            claim: ClaimResult = self.dedup.claim(key, self._claim_ttl())
         except Exception as exc:
             return exc
         if claim == "claimed":
+            self._claims[key] = received
             return None
         if claim == "done":
             self.stats.add("duplicates")
@@ -486,6 +511,7 @@ class Settlement:
         """Record that ``candidate`` succeeded: mark it done in the cache, tell the hooks."""
         if self.dedup is not None:
             key = _dedup_key(candidate, received)
+            self._claims.pop(key, None)
             try:
                 self.dedup.complete(key, self.dedup_ttl or self.retention)
             except Exception as exc:
@@ -511,6 +537,7 @@ class Settlement:
         if self.dedup is None:
             return
         key = _dedup_key(candidate, received)
+        self._claims.pop(key, None)
         try:
             self.dedup.release(key)
         except Exception as exc:

@@ -104,6 +104,27 @@ class DedupCacheContract:
         pass_time(TTL)
         assert dedup_cache.claim("c:m1", TTL) == "claimed"
 
+    def test_a_renewed_claim_outlives_its_first_ttl(
+        self, dedup_cache: DedupCache, pass_time: Callable[[float], None]
+    ) -> None:
+        # The dispatcher renews a long handler's claims with its lease.
+        assert dedup_cache.claim("c:m1", TTL) == "claimed"
+        pass_time(TTL * 0.5)
+        assert dedup_cache.renew("c:m1", TTL * 2) is True
+        pass_time(TTL * 0.75)  # past the first TTL
+        assert dedup_cache.claim("c:m1", TTL) == "busy"
+        pass_time(TTL * 2)
+        assert dedup_cache.claim("c:m1", TTL) == "claimed"
+
+    def test_renew_never_turns_a_completion_or_nothing_into_a_claim(
+        self, dedup_cache: DedupCache
+    ) -> None:
+        assert dedup_cache.renew("c:never-claimed", TTL) is False
+        assert dedup_cache.claim("c:never-claimed", TTL * 10) == "claimed"
+        dedup_cache.complete("c:done", TTL * 10)
+        assert dedup_cache.renew("c:done", TTL) is False
+        assert dedup_cache.claim("c:done", TTL * 10) == "done"
+
     def test_completion_expires_after_its_ttl(
         self, dedup_cache: DedupCache, pass_time: Callable[[float], None]
     ) -> None:

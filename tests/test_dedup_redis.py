@@ -131,6 +131,17 @@ def test_release_by_another_instance_keeps_the_holders_claim(
     assert other.claim("c:m1", 30) == "claimed"
 
 
+def test_renew_by_another_instance_leaves_the_holders_expiry(
+    make_cache: Callable[..., RedisDedupCache], redis_client: redis.Redis, prefix: str
+) -> None:
+    holder, other = make_cache(), make_cache()
+    assert holder.claim("c:m1", 30) == "claimed"
+    assert other.renew("c:m1", 600) is False
+    assert redis_client.pttl(f"{prefix}c:m1") <= 30_000
+    assert holder.renew("c:m1", 600) is True
+    assert 599_000 < redis_client.pttl(f"{prefix}c:m1") <= 600_000
+
+
 def test_late_release_does_not_drop_the_next_workers_claim(
     make_cache: Callable[..., RedisDedupCache],
 ) -> None:

@@ -724,7 +724,7 @@ def keeper_for(
         10.0,
         policy,
         hooks,
-        on_extended=lambda n: None,
+        on_extended=lambda leases: None,
         on_lost=lost.append,
         held=lambda: list(held),
     )

@@ -26,6 +26,7 @@ from melange.backends.base import ReceivedMessage
 from melange.backends.memory import MemoryBackend
 from melange.clock import ManualClock
 from melange.consumers import Consumer, consumer
+from melange.dedup import MemoryDedupCache
 from melange.dispatcher import DispatchStats, MessageDispatcher, RetryPolicy
 from melange.exceptions import BackendUnavailable, ConfigurationError, QueueNotFound
 from melange.factory import MessagingBackendFactory
@@ -271,6 +272,51 @@ def test_receive_backoff_grows_up_to_its_cap_and_receiving_resumes_within_it_aft
     for gap, wanted in zip(gaps, expected, strict=True):
         assert wanted - 0.005 <= gap <= wanted + 0.15, (gaps, expected)
     assert handled[0] - healed <= cap + 0.3  # back within one capped wait of the heal
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_copy_waits_while_the_first_runs_longer_than_its_claim(
+    kind: str, registry: SerializerRegistry
+) -> None:
+    """docs/deduplication.md: a publisher's retry (two broker copies, one producer id) is
+    handled once. The claim lives a visibility timeout; a handler that runs longer keeps its
+    message by lease extension, and keeps its claim the same way, so the copy stays "busy"."""
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue(QUEUE, visibility_timeout=1.0)
+    publisher = QueuePublisher(backend, registry, hooks=Hooks())
+    for _ in range(2):
+        publisher.publish(QUEUE, Paid("o1"), producer_id="order-42")
+    lock = threading.Lock()
+    running, peak, runs = [0], [0], [0]
+
+    @consumer
+    def charge(event: Paid) -> None:
+        with lock:
+            runs[0] += 1
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(2.5)  # over two visibility timeouts: the lease (and claim) are extended
+        with lock:
+            running[0] -= 1
+
+    dispatcher = make_dispatcher(
+        kind,
+        backend,
+        [charge],
+        registry,
+        dedup=MemoryDedupCache(),
+        retry=RetryPolicy(base=0.5, factor=1.0, max_delay=0.5, jitter=0.0),
+    )
+    running_dispatcher = Running(dispatcher)
+    try:
+        # Both copies settled: one handled, the other acknowledged as its duplicate (or not).
+        wait_until(lambda: backend.queue_depth(QUEUE) == (0, 0, 0) and not running[0], 15)
+    finally:
+        running_dispatcher.stop(timeout=10)
+    stats = dispatcher.stats.snapshot()
+    assert (runs[0], peak[0]) == (1, 1), stats
+    assert stats.busy >= 1 and stats.lease_extended >= 2, stats
+    assert backend.queue_depth(QUEUE) == (0, 0, 0)
 
 
 class HangingBackend(FaultyBackend):
