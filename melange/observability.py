@@ -137,9 +137,17 @@ class CompositeHooks(Hooks):
 
     @contextlib.contextmanager
     def _nested(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
+        # Each hook on its own: one that fails to enter is skipped, one that fails to exit
+        # is logged, and neither closes the others early or hands them its error.
         with contextlib.ExitStack() as stack:
             for hook in self.hooks:
-                stack.enter_context(hook.handling(queue_name, message, consumer))
+                try:
+                    context = hook.handling(queue_name, message, consumer)
+                    context.__enter__()
+                except Exception:
+                    logger.exception("hook %s.handling failed; ignored", type(hook).__name__)
+                    continue
+                stack.push(_exit_guarded(hook, context))
             yield
 
     def on_handled(self, queue_name: str, message: Message, consumer: str, seconds: float) -> None:  # noqa: D102
@@ -246,3 +254,17 @@ def safe(hooks: Hooks) -> Hooks:
     it is wrapped are skipped: they are the base class's no-ops.
     """
     return hooks if isinstance(hooks, CompositeHooks) else _Guarded(hooks)
+
+
+def _exit_guarded(hook: Hooks, context: contextlib.AbstractContextManager[None]) -> Any:
+    """``context``'s exit, with its own failure logged: it never replaces the body's error."""
+
+    def exit_(*exc_info: Any) -> bool:
+        try:
+            context.__exit__(*exc_info)
+        except Exception as error:
+            if error is not exc_info[1]:  # re-raising the body's own error is no failure
+                logger.exception("hook %s.handling failed; ignored", type(hook).__name__)
+        return False  # a hook never swallows the consumer's error
+
+    return exit_

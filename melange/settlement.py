@@ -490,7 +490,7 @@ class Settlement:
         try:
             claim: ClaimResult = self.dedup.claim(key, self._claim_ttl())
         except Exception as exc:
-            return exc
+            return ClaimFailed(exc)  # retried as a failure, reported as the cache's
         if claim == "claimed":
             self._claims[key] = received
             return None
@@ -612,6 +612,18 @@ class Settlement:
         delay = self.retry_delay(received) if self.can_nack else None
         last = self.max_receives is not None and received.receive_count >= self.max_receives
         for failed, error in failures:
+            if isinstance(error, ClaimFailed):  # the consumer did not run: nothing of its own
+                logger.error(
+                    "the deduplication cache could not claim message %s for consumer %s "
+                    "(%s: %s); %s",
+                    received.message_id,
+                    failed.name,
+                    type(error.error).__name__,
+                    error.error,
+                    "retrying" if delay is None else f"retrying in {delay:.1f}s",
+                    extra=log_extra(received, failed.name),
+                )
+                continue
             self.stats.add("failed")
             if last:
                 what = (
@@ -840,3 +852,15 @@ def _dedup_key(candidate: Consumer, received: ReceivedMessage) -> str:
     # copies under two broker ids; a foreign message has only the broker's id.
     producer_id = received.attributes.get(PRODUCER_ID_ATTRIBUTE)
     return f"{candidate.name}:{producer_id or received.message_id}"
+
+
+class ClaimFailed(Exception):
+    """The deduplication cache failed to claim a message for a consumer, which did not run.
+
+    Attributes:
+        error: The cache's error.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error

@@ -319,6 +319,55 @@ def test_a_copy_waits_while_the_first_runs_longer_than_its_claim(
     assert backend.queue_depth(QUEUE) == (0, 0, 0)
 
 
+class DownCache(MemoryDedupCache):
+    """A deduplication cache whose server is down."""
+
+    def claim(self, key: str, ttl: float) -> Any:
+        raise BackendUnavailable("Redis at localhost:6379 is unavailable")
+
+
+class HandlerErrors(Hooks):
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, BaseException]] = []
+
+    def on_handler_error(
+        self, queue_name: str, message: Any, consumer: str, error: BaseException, retry_in: Any
+    ) -> None:
+        self.errors.append((consumer, error))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cache_that_cannot_claim_is_reported_as_the_cache_not_the_consumer(
+    kind: str, registry: SerializerRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No consumer ran: not a handler error, not a failed call; the message is retried."""
+    backend = make_backend()
+    publish(backend, registry, "o1")
+    ran: list[Paid] = []
+    hooks = HandlerErrors()
+    dispatcher = make_dispatcher(
+        kind,
+        backend,
+        [consumer(ran.append, name="billing")],
+        registry,
+        dedup=DownCache(),
+        hooks=hooks,
+        retry=SLOW_BACKOFF,
+    )
+    with caplog.at_level(logging.WARNING, "melange"):
+        running = Running(dispatcher)
+        try:
+            wait_until(lambda: dispatcher.stats.retried == 1)
+        finally:
+            running.stop()
+    stats = dispatcher.stats.snapshot()
+    assert (ran, stats.failed, stats.acked, hooks.errors) == ([], 0, 0, []), stats
+    (record,) = [r for r in caplog.records if "could not claim" in r.getMessage()]
+    assert record.levelname == "ERROR" and "billing" in record.getMessage()
+    assert "BackendUnavailable" in record.getMessage()
+    assert not [r for r in caplog.records if "consumer billing failed" in r.getMessage()]
+
+
 class HangingBackend(FaultyBackend):
     """Its receives hang, once ``hang`` is set, until ``unhang`` is set: a silent connection."""
 

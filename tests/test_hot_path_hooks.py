@@ -168,6 +168,43 @@ def test_composite_handling_nests_its_hooks_in_order(count: int) -> None:
     ]
 
 
+class FailsToEnter(Hooks):
+    def handling(self, queue_name: str, message: Message, consumer: str) -> Any:
+        raise RuntimeError("metrics backend down")
+
+
+class FailsToExit(Hooks):
+    @contextlib.contextmanager
+    def handling(self, queue_name: str, message: Message, consumer: str) -> Iterator[None]:
+        yield
+        raise RuntimeError("metrics backend down")
+
+
+@pytest.mark.parametrize("broken", [FailsToEnter, FailsToExit])
+@pytest.mark.parametrize("body_raises", [False, True])
+def test_a_composite_handling_hook_that_fails_is_skipped_and_the_others_run(
+    broken: type[Hooks], body_raises: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One hook's failure never reaches the others: no early exit, no error that is not theirs."""
+    events: list[tuple[Any, ...]] = []
+    composite = CompositeHooks(Recording("a", events), broken(), Recording("b", events))
+    with (
+        caplog.at_level(logging.ERROR, logger="melange.observability"),
+        contextlib.suppress(KeyError),
+        composite.handling("q", MESSAGE, "c"),
+    ):
+        events.append(("body",))
+        if body_raises:
+            raise KeyError
+    if body_raises:
+        after = [("b", "raised", "KeyError"), ("a", "raised", "KeyError")]
+    else:
+        after = [("b", "exit", "c"), ("a", "exit", "c")]
+    assert events == [("a", "enter", "c"), ("b", "enter", "c"), ("body",), *after]
+    failed = broken is FailsToEnter or not body_raises  # the body's error skips its raise
+    assert (f"hook {broken.__name__}.handling failed; ignored" in caplog.text) is failed
+
+
 def test_a_composite_still_calls_hooks_added_later() -> None:
     composite = CompositeHooks()
     late = Recording()
