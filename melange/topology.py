@@ -124,10 +124,15 @@ class SubscriptionSpec:
     def normalize_filter(
         value: SubscriptionFilter | None,
     ) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
-        """Turn a user's filter mapping into the canonical, comparable form."""
+        """Turn a user's filter mapping into the canonical, comparable form.
+
+        The values of an attribute are a set: their order and repeats mean nothing.
+        """
         if value is None:
             return None
-        return tuple(sorted((str(k), tuple(sorted(str(v) for v in vs))) for k, vs in value.items()))
+        return tuple(
+            sorted((str(k), tuple(sorted({str(v) for v in vs}))) for k, vs in value.items())
+        )
 
     def filter_dict(self) -> dict[str, list[str]] | None:
         """Return the filter as ``{attribute: [values]}``, or ``None``."""

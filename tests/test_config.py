@@ -164,6 +164,18 @@ def test_malformed_files_are_explained(tmp_path: Path, content: str, expected: s
     assert "melange.toml" in str(error.value)
 
 
+def test_an_explicit_file_replaces_the_search_not_the_environment(tmp_path: Path) -> None:
+    """docs/configuration.md: ``config_file=`` stands in for step 3 only."""
+    path = tmp_path / "elsewhere.toml"
+    path.write_text('backend = "memory"\n[options]\ndedup_window = 2.0\n')
+    (tmp_path / "melange.toml").write_text('backend = "nonexistent"\n')
+    from_file = resolve_backend_config(config_file=path, environ=NO_ENV, cwd=tmp_path)
+    assert (from_file.backend, from_file.options) == ("memory", {"dedup_window": 2.0})
+    env = {"MELANGE_BACKEND": "sqlite"}
+    from_env = resolve_backend_config(config_file=path, environ=env, cwd=tmp_path)
+    assert (from_env.backend, from_env.source) == ("sqlite", "environment")
+
+
 def test_missing_explicit_file_is_explained(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read configuration file"):
         resolve_backend_config(config_file=tmp_path / "absent.toml", environ=NO_ENV)

@@ -149,6 +149,15 @@ def test_plan_is_a_dry_run(factory: MessagingBackendFactory, backend: RecordingB
     assert factory.plan_topic("t").actions[0].kind == "create_topic"
 
 
+def test_a_filter_is_a_set_of_values_repeats_and_order_change_nothing(
+    factory: MessagingBackendFactory, backend: MemoryBackend
+) -> None:
+    factory.init_queue("q", ["t"], subscription_filter={"kind": ["paid", "refund", "paid"]})
+    same = factory.plan_queue("q", ["t"], subscription_filter={"kind": ["refund", "paid"]})
+    assert len(same) == 0
+    assert len(factory.init_queue("q", ["t"], subscription_filter={"kind": ["paid"]})) == 1
+
+
 def test_reinit_without_dlq_removes_the_redrive(
     factory: MessagingBackendFactory, backend: MemoryBackend
 ) -> None:
