@@ -15,6 +15,7 @@ import pytest
 from melange import MessagingBackendFactory
 from melange.backends.base import Capabilities
 from melange.backends.memory import MemoryBackend
+from melange.backends.topology_rules import dead_letter_mismatch
 from melange.exceptions import (
     InvalidArgument,
     InvalidName,
@@ -135,3 +136,19 @@ def test_the_factory_and_direct_declares_raise_the_same_error() -> None:
     except InvalidTopology as error:
         direct_error = str(error)
     assert factory_error is not None and factory_error == direct_error
+
+
+@pytest.mark.parametrize(
+    ("queue", "fifo", "dlq", "suggested"),
+    [
+        ("q.fifo", True, "q-dlq", "q-dlq.fifo"),
+        ("q", False, "q-dlq.fifo", "q-dlq"),
+        # Made outside melange, its type not in its name: the name cannot be the fix.
+        ("q", False, "odd-dlq", "q-dlq"),
+        ("q.fifo", True, "odd-dlq.fifo", "q-dlq.fifo"),
+    ],
+)
+def test_a_dead_letter_type_mismatch_suggests_a_name_of_the_right_type(
+    queue: str, fifo: bool, dlq: str, suggested: str
+) -> None:
+    assert dead_letter_mismatch(queue, fifo, dlq).endswith(f"Use e.g. {suggested!r}")

@@ -94,7 +94,10 @@ def check_subscription(
 def dead_letter_mismatch(queue_name: str, fifo: bool, dlq_name: str) -> str:
     """The message for a FIFO queue with a standard dead-letter queue, or the reverse."""
     kind, other = ("FIFO", "standard") if fifo else ("standard", "FIFO")
-    fixed = dlq_name + ".fifo" if fifo else dlq_name.removesuffix(".fifo")
+    if is_fifo_name(dlq_name) != fifo:  # its name says the other type: the name is the fix
+        fixed = dlq_name + ".fifo" if fifo else dlq_name.removesuffix(".fifo")
+    else:  # a queue made outside melange, whose name does not say its type
+        fixed = queue_name.removesuffix(".fifo") + "-dlq" + (".fifo" if fifo else "")
     return (
         f"{kind} queue {queue_name!r} needs a {kind} dead-letter queue, but {dlq_name!r} is "
         f"{other}; brokers move messages only between queues of the same type. "
