@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -271,10 +272,13 @@ def _coerce(name: str, value: str, target: object, source: str) -> object:
 
 def _check_type(name: str, value: object, target: object, source: str) -> object:
     """Return ``value`` (a number, list, table... from a file) if it fits the declared type."""
-    kinds = set(typing.get_args(target)) or {target}
-    kinds.discard(type(None))
-    if not kinds or inspect.Parameter.empty in kinds or not all(isinstance(k, type) for k in kinds):
-        return value  # undeclared, or a type such as a Callable: the constructor checks it
+    union = typing.get_origin(target) in (typing.Union, types.UnionType)
+    declared = set(typing.get_args(target)) if union else {target}
+    declared.discard(type(None))
+    kinds = {kind for kind in declared if _plain_class(kind)}
+    # Undeclared, generic (list[str]) or not a class (a Callable): the constructor checks it.
+    if not kinds or kinds != declared or inspect.Parameter.empty in kinds:
+        return value
     if isinstance(value, bool):  # a bool is an int to isinstance, not to a user
         fits = bool in kinds
     elif isinstance(value, int):
@@ -286,6 +290,10 @@ def _check_type(name: str, value: object, target: object, source: str) -> object
             f"option {name}={value!r} from {source} is not a valid {_readable(kinds)}"
         )
     return value
+
+
+def _plain_class(kind: object) -> typing.TypeGuard[type]:
+    return isinstance(kind, type) and typing.get_origin(kind) is None
 
 
 def _readable(kinds: set[Any]) -> str:

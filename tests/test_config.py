@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from melange import MessagingBackendFactory
-from melange.backends import load_backend_from_config
+from melange.backends import load_backend_from_config, register_backend, unregister_backend
+from melange.backends.memory import MemoryBackend
 from melange.backends.registry import KnownBackend
 from melange.config import find_config_file, resolve_backend_config
 from melange.exceptions import BackendNotFound, ConfigurationError
@@ -103,6 +104,34 @@ def test_a_mistyped_value_in_a_file_names_the_file(tmp_path: Path, value: str, k
         load_backend_from_config(environ=NO_ENV, cwd=tmp_path)
     assert "melange.toml" in str(error.value), error.value
     assert f"{option}=" in str(error.value) and f"not a valid {kind}" in str(error.value)
+
+
+class _ListOptionBackend(MemoryBackend):
+    """A backend with an option that is a list of strings, as a file can give it."""
+
+    def __init__(
+        self,
+        regions: list[str] = [],  # noqa: B006 - never changed
+        zones: list[str] | None = None,
+        retries: int = 1,
+    ) -> None:
+        super().__init__()
+        self.regions, self.zones, self.retries = regions, zones, retries
+
+
+def test_a_file_value_of_a_generic_type_is_taken_as_it_is(tmp_path: Path) -> None:
+    """``list[str]`` is not ``str``: only a union is unwrapped for the check."""
+    register_backend("list-option", f"{__name__}:_ListOptionBackend")
+    try:
+        (tmp_path / "melange.toml").write_text(
+            'backend = "list-option"\n[options]\n'
+            'regions = ["eu", "us"]\nzones = ["a"]\nretries = 3\n'
+        )
+        backend = load_backend_from_config(environ=NO_ENV, cwd=tmp_path)
+        assert isinstance(backend, _ListOptionBackend)
+        assert (backend.regions, backend.zones, backend.retries) == (["eu", "us"], ["a"], 3)
+    finally:
+        unregister_backend("list-option")
 
 
 def test_a_pyproject_whose_tool_is_not_a_table_is_explained(tmp_path: Path) -> None:
