@@ -22,6 +22,7 @@ from typing import Any
 import melange_localsqs
 import melange_localsqs.backend
 import pytest
+from botocore.retries.standard import ExponentialBackoff
 from melange_aws import AWSBackend
 from melange_localsqs import LocalSQSBackend
 
@@ -32,6 +33,7 @@ from melange.exceptions import (
     BackendUnavailable,
     BrokerError,
     ConfigurationError,
+    MelangeError,
     UnsupportedCapability,
 )
 from melange.testing.conformance import ResourceNames, drain
@@ -127,6 +129,36 @@ def stub_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
     server.server_close()
 
 
+class _UnavailableHandler(BaseHTTPRequestHandler):
+    """Answers every request with an empty HTTP 503, recording its body (``requests``)."""
+
+    requests: list[bytes]
+
+    def do_POST(self) -> None:
+        self.requests.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def unavailable_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[bytes]]]:
+    """An endpoint answering 503 to everything, and its requests; botocore retries at once."""
+    requests: list[bytes] = []
+    handler = type("Handler", (_UnavailableHandler,), {"requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    # botocore's backoff between attempts (up to seconds) only slows the count down.
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0)
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+    server.server_close()
+
+
 # ------------------------------------------------------------------ defaults
 def test_no_arguments_means_localstack_defaults(clean_aws_environment: None) -> None:
     backend = LocalSQSBackend()
@@ -153,6 +185,42 @@ def test_machine_aws_settings_do_not_leak_into_a_local_backend(
     assert keys and set(keys) == {"test"}  # the dummy key, never the machine's
     names.cleanup(backend)
     backend.close()
+
+
+@pytest.mark.parametrize("where", ["AWS_MAX_ATTEMPTS", "AWS_CONFIG_FILE"])
+def test_machine_aws_retry_settings_do_not_apply_to_a_local_backend(
+    clean_aws_environment: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    unavailable_endpoint: tuple[str, list[bytes]],
+    where: str,
+) -> None:
+    if where == "AWS_MAX_ATTEMPTS":
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")
+    else:
+        config = tmp_path / "aws-config"
+        config.write_text("[default]\nmax_attempts = 7\nretry_mode = legacy\n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    url, requests = unavailable_endpoint
+    # The setting is in effect: AWSBackend follows it, as documented.
+    aws = AWSBackend(
+        endpoint_url=url, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    with pytest.raises(MelangeError):
+        aws.get_queue("orders")
+    assert len(requests) == 7
+    requests.clear()
+    local = LocalSQSBackend(endpoint_url=url, sns=True)
+    with pytest.raises(MelangeError):
+        local.get_queue("orders")
+    assert len(requests) == 3  # botocore's default, as documented
+    requests.clear()
+    chosen = LocalSQSBackend(endpoint_url=url, sns=True, max_attempts=2)
+    with pytest.raises(MelangeError):
+        chosen.get_queue("orders")
+    assert len(requests) == 2
+    for backend in (aws, local, chosen):
+        backend.close()
 
 
 def test_host_and_port_build_the_endpoint(clean_aws_environment: None) -> None:
@@ -283,6 +351,16 @@ def test_endpoint_answering_without_sns_reports_topics_unsupported(
 def test_an_sns_error_answer_still_means_sns_is_there(stub_endpoint: str) -> None:
     backend = LocalSQSBackend(endpoint_url=stub_endpoint)
     assert backend.capabilities.topics is True
+    backend.close()
+
+
+def test_the_sns_question_is_one_request_not_retried(
+    clean_aws_environment: None, unavailable_endpoint: tuple[str, list[bytes]]
+) -> None:
+    url, requests = unavailable_endpoint
+    backend = LocalSQSBackend(endpoint_url=url, max_attempts=5)
+    assert backend.capabilities.topics is True  # an answer, if a 503: something serves SNS
+    assert [body.split(b"&")[0] for body in requests] == [b"Action=ListTopics"]
     backend.close()
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HOST",
+    "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_PORT",
     "DEFAULT_REGION",
     "DUMMY_CREDENTIALS",
@@ -60,6 +61,12 @@ DEFAULT_REGION = "us-east-1"
 
 DUMMY_CREDENTIALS = ("test", "test")
 """Access key id and secret key: local endpoints accept any, and AWS's SDKs need some."""
+
+DEFAULT_MAX_ATTEMPTS = 3
+"""Attempts per call unless ``max_attempts`` says otherwise: botocore's standard-mode default.
+
+Passed to botocore explicitly, because botocore reads ``AWS_MAX_ATTEMPTS`` and the
+``max_attempts`` of the config file's profile when its Config sets no count."""
 
 START_HINT = (
     "Nothing answers there: start a local endpoint, e.g. `localstack start` "
@@ -84,9 +91,10 @@ _NO_SERVICE_STATUS = frozenset({404, 501})
 PROBE_RETRY_SECONDS = 5.0
 """While nothing answers at the endpoint, seconds before SNS is asked about again."""
 
-# One quick attempt each: the probe asks "is SNS there?", not "is it up yet?".
+# One quick attempt each: the probe asks "is SNS there?", not "is it up yet?". botocore's
+# "max_attempts" counts retries, "total_max_attempts" the first request too.
 _PROBE_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2, read_timeout=5
+    retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=2, read_timeout=5
 )
 
 
@@ -129,7 +137,9 @@ class LocalSQSBackend(AWSBackend):
         aws_access_key_id: The access key id; ``test`` by default.
         aws_secret_access_key: The secret key; ``test`` by default.
         aws_session_token: A session token, if the endpoint checks one.
-        max_attempts: Attempts per call of botocore's standard retry mode.
+        max_attempts: Attempts per call, first one included, of botocore's
+            standard retry mode; 3 (botocore's default) when ``None``, whatever
+            ``AWS_MAX_ATTEMPTS`` or an AWS config file says.
         max_pool_connections: HTTP connections kept per client.
         connect_timeout: Seconds to wait for a connection, per attempt (5 by default).
         read_timeout: Seconds to wait for an answer, per attempt (10 by
@@ -202,7 +212,8 @@ class LocalSQSBackend(AWSBackend):
             endpoint_url=endpoint_url or _endpoint(host, port),
             sns_endpoint_url=sns_endpoint_url,
             region_name=region_name,
-            max_attempts=max_attempts,
+            # The machine's AWS retry settings are meant for AWS, not for a local endpoint.
+            max_attempts=DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts,
             max_pool_connections=max_pool_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
