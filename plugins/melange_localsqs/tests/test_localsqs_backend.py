@@ -229,6 +229,29 @@ def test_host_and_port_build_the_endpoint(clean_aws_environment: None) -> None:
     assert LocalSQSBackend(host="::1", port=4599).endpoint_url == "http://[::1]:4599"
 
 
+@pytest.mark.parametrize(
+    ("host", "fix"),
+    [
+        ("localhost:4566", "host='localhost', port=4566"),
+        ("127.0.0.1:9324", "host='127.0.0.1', port=9324"),
+        ("[::1]:4599", "host='::1', port=4599"),
+    ],
+)
+def test_a_port_in_host_is_refused_naming_the_port_option(
+    clean_aws_environment: None, host: str, fix: str
+) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        LocalSQSBackend(host=host)
+    message = str(refused.value)
+    assert message.startswith(f"host must be a host name or address without a port, got {host!r}")
+    assert fix in message
+    assert "endpoint_url must" not in message  # an option that was not passed
+
+
+def test_a_bracketed_ipv6_host_is_taken_as_it_is(clean_aws_environment: None) -> None:
+    assert LocalSQSBackend(host="[::1]").endpoint_url == "http://[::1]:4566"
+
+
 def test_endpoint_url_overrides_host_and_port(clean_aws_environment: None) -> None:
     backend = LocalSQSBackend(host="ignored", port=1, endpoint_url="http://127.0.0.1:5000")
     assert backend.endpoint_url == "http://127.0.0.1:5000"

@@ -14,6 +14,7 @@ unsupported, and the factory refuses topic requests up front.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import threading
 import time
@@ -122,7 +123,8 @@ class LocalSQSBackend(AWSBackend):
     ``aws`` backend does (see docs/backends/aws.md).
 
     Args:
-        host: The endpoint's host; ``localhost`` by default.
+        host: The endpoint's host name or address, without a port; ``localhost``
+            by default.
         port: The endpoint's port; 4566 by default.
         endpoint_url: The whole endpoint URL, e.g. ``"http://127.0.0.1:5000"``;
             when given, ``host`` and ``port`` are ignored.
@@ -351,6 +353,29 @@ def _endpoint(host: str | None, port: int | None) -> str:
     ):
         raise ConfigurationError(f"port must be a whole number from 1 to 65535, got {port!r}")
     host = host or DEFAULT_HOST
-    if ":" in host:  # an IPv6 address
-        host = f"[{host.strip('[]')}]"
+    if ":" in host:
+        address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not _is_ipv6(address):
+            raise _port_in_host(host)
+        host = f"[{address}]"
     return f"http://{host}:{port or DEFAULT_PORT}"
+
+
+def _is_ipv6(address: str) -> bool:
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _port_in_host(host: str) -> ConfigurationError:
+    """The error for ``host="localhost:4566"``: the port goes in ``port``."""
+    name, _, port = host.rpartition(":")
+    name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    split = name and port.isdigit() and (":" not in name or _is_ipv6(name))
+    fix = f"host={name!r}, port={port}" if split else "host='localhost', port=4566"
+    return ConfigurationError(
+        f"host must be a host name or address without a port, got {host!r}; give the port "
+        f"as port, e.g. LocalSQSBackend({fix}), or the whole URL as endpoint_url"
+    )
