@@ -179,7 +179,10 @@ class NameRule:
             )
         base = name[: -len(FIFO_SUFFIX)] if fifo else name
         if len(name) > self.max_length or not re.fullmatch(self.pattern, base):
-            suffix = f" (plus {FIFO_SUFFIX!r} for FIFO)" if FIFO_SUFFIX else ""
+            # The suffix is part of the name, not extra: brokers count it in the limit.
+            suffix = (
+                f"; a FIFO name ends in {FIFO_SUFFIX!r}, which counts toward the {self.max_length}"
+            )
             raise InvalidName(kind, name, f"use {self.description}{suffix}")
 
 

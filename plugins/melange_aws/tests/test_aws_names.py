@@ -61,6 +61,22 @@ def test_topic_names_may_be_up_to_256_characters() -> None:
         TOPIC_NAME_RULE.check("topic", "t" * 252 + ".fifo", True)
 
 
+@pytest.mark.parametrize(
+    ("rule", "kind", "limit"), [(QUEUE_NAME_RULE, "queue", 80), (TOPIC_NAME_RULE, "topic", 256)]
+)
+def test_a_too_long_fifo_name_is_told_that_the_suffix_counts(
+    rule: Any, kind: str, limit: int
+) -> None:
+    """AWS counts '.fifo' in the limit ("The suffix counts towards the 80-character queue name
+    quota", SQS FIFO quotas); the message must not call it extra."""
+    with pytest.raises(InvalidName) as refused:
+        rule.check(kind, "n" * (limit - 4) + ".fifo", True)
+    message = str(refused.value)
+    assert f"1 to {limit} characters" in message
+    assert f"a FIFO name ends in '.fifo', which counts toward the {limit}" in message
+    assert "plus '.fifo'" not in message
+
+
 @pytest.mark.parametrize("name", ["event", "trace-id", "melange.manifest", "a_b", "x" * 256])
 def test_attribute_names_aws_accepts(name: str) -> None:
     """Letters, digits, hyphen, underscore and inner periods, up to 256 characters."""
