@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from botocore import exceptions as botocore_errors
+from melange_aws import AWSBackend
 from melange_aws.errors import (
     SUMMARY_LIMIT,
     ErrorContext,
@@ -292,6 +295,55 @@ def test_an_error_page_names_the_http_status_and_is_logged_whole_at_debug(
     )
     assert "\n" not in message and len(message) < 300
     assert any("filler text" in record.getMessage() for record in caplog.records)
+
+
+class _ProxyPage(BaseHTTPRequestHandler):
+    """A proxy answering every request with an HTML 502 page (``page`` per server)."""
+
+    page = b""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("start", "said", "logged"),
+    [
+        ("<!DOCTYPE html>", "(HTTP 502 Bad Gateway: 502 Bad Gateway Bad Gateway The proxy", True),
+        # botocore replaces a page starting with <html> by the status's reason phrase.
+        ("", "(HTTP 502 Bad Gateway: Bad Gateway)", False),
+    ],
+    ids=["doctype", "html"],
+)
+def test_a_proxy_page_over_http_reads_as_the_aws_page_says(
+    aws_environment: None, caplog: pytest.LogCaptureFixture, start: str, said: str, logged: bool
+) -> None:
+    page = (start + HTML_PAGE.removeprefix("<!DOCTYPE html>")).encode()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Page", (_ProxyPage,), {"page": page}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    backend = AWSBackend(endpoint_url=url, max_attempts=1)
+    try:
+        with (
+            caplog.at_level(logging.DEBUG, logger="melange.aws.errors"),
+            pytest.raises(BrokerError) as failed,
+        ):
+            backend.get_queue("orders")
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()
+    assert str(failed.value).startswith(f"SQS failed to look up queue 'orders' {said}")
+    texts = [r.getMessage() for r in caplog.records if r.name == "melange.aws.errors"]
+    assert any("filler text" in text for text in texts) is logged
 
 
 def test_a_regular_aws_error_keeps_its_usual_form() -> None:
