@@ -172,6 +172,46 @@ def test_get_topic_never_creates_the_topic(backend: AWSBackend, calls: CallLog) 
     assert backend.sns_client.list_topics()["Topics"] == []
 
 
+class _ServiceCalls(AWSBackend):
+    """Records ``service:Operation`` of every call of every client it makes (STS's too)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.service_calls: list[str] = []
+        super().__init__(**options)
+
+    def _create_client(self, service: str, **options: Any) -> Any:
+        client = super()._create_client(service, **options)
+        client.meta.events.register(
+            "before-call", lambda model, **_: self.service_calls.append(f"{service}:{model.name}")
+        )
+        return client
+
+
+@pytest.mark.parametrize(
+    ("delete", "actions"),
+    [
+        (lambda b: b.delete_queue("orders"), ["sqs:GetQueueUrl", "sqs:DeleteQueue"]),
+        (
+            lambda b: b.delete_topic("order-events"),
+            ["sts:GetCallerIdentity", "sns:GetTopicAttributes", "sns:DeleteTopic"],
+        ),
+    ],
+    ids=["queue", "topic"],
+)
+def test_deleting_makes_the_calls_of_the_iam_table(
+    factory: MessagingBackendFactory, delete: Any, actions: list[str]
+) -> None:
+    """docs/backends/aws.md's IAM table, "deleting" row: what a new process calls to delete.
+
+    ``GetCallerIdentity`` needs no permission; the others are the row's actions.
+    """
+    factory.init_queue("orders", ["order-events"])
+    with _ServiceCalls() as fresh:
+        fresh.service_calls.clear()
+        delete(fresh)
+        assert fresh.service_calls == actions
+
+
 def test_topics_are_found_by_listing_when_sts_is_unavailable(mocked_aws: None) -> None:
     """Without STS at the endpoint, get_topic falls back to ListTopics (still read-only)."""
 
