@@ -403,13 +403,15 @@ def test_a_silent_or_closed_connection_is_not_called_unreachable(
         ("http://admin:pw@127.0.0.1:4566", ("admin:pw", "pw")),
         ("http://token@host", ("token",)),
         ("http://us%40er:p%3Ass@host", ("us%40er:p%3Ass", "p%3Ass", "us@er:p:ss", "p:ss")),
+        ("http://host/?token=t%2Bk", ("token=t%2Bk", "token=t+k")),
+        ("http://a:pw@host/sqs?sig=s", ("a:pw", "pw", "sig=s")),
         (None, ()),
     ],
 )
 def test_the_user_info_of_an_endpoint_url_is_secret(
     url: str | None, secrets: tuple[str, ...]
 ) -> None:
-    """User info and password, as written and decoded; a user name alone before a password not."""
+    """User info, password and query, as written and decoded; a user name before a password not."""
     assert url_secrets(url) == secrets
 
 

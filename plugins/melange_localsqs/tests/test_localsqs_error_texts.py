@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -166,6 +166,10 @@ def capture_melange_logs(caplog: pytest.LogCaptureFixture) -> None:
         pytest.param({"endpoint_url": f"http://admin:{PASSWORD}@local host:4566"}, id="bad-host"),
         pytest.param({"endpoint_url": f"http://admin:{PASSWORD}@localhost:45x66"}, id="bad-port"),
         pytest.param({"host": f"admin:{PASSWORD}@localhost"}, id="user-info-as-host"),
+        pytest.param({"endpoint_url": f"ftp://localhost:4566/?token={PASSWORD}"}, id="query-ftp"),
+        pytest.param(
+            {"endpoint_url": f"http://local host:4566/?token={PASSWORD}"}, id="query-bad-host"
+        ),
     ],
 )
 def test_a_malformed_endpoint_holding_a_password_is_refused_without_showing_it(
@@ -178,15 +182,23 @@ def test_a_malformed_endpoint_holding_a_password_is_refused_without_showing_it(
     assert "***" in str(refused.value) or "host must be" in str(refused.value), refused.value
 
 
+SECRET_URLS = [
+    pytest.param(lambda where: f"http://admin:{PASSWORD}@{where}", id="password"),
+    # A token in the query string (a proxy's) is as secret as a password.
+    pytest.param(lambda where: f"http://{where}/?token={PASSWORD}", id="query-token"),
+]
+
+
+@pytest.mark.parametrize("secret_url", SECRET_URLS)
 def test_a_password_in_the_endpoint_url_never_shows_when_nothing_listens(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, secret_url: Callable[[str], str]
 ) -> None:
-    """load_backend with ``http://admin:<password>@host:port`` and nothing there.
+    """load_backend with ``http://admin:<password>@host:port`` (or ``?token=``) and nothing there.
 
     Before, the chained EndpointConnectionError quoted the whole URL.
     """
     capture_melange_logs(caplog)
-    url = f"http://admin:{PASSWORD}@127.0.0.1:{closed_port()}"
+    url = secret_url(f"127.0.0.1:{closed_port()}")
     backend = load_backend("localsqs", endpoint_url=url, max_attempts=1)
     assert PASSWORD not in repr(backend)
     calls = [
@@ -203,8 +215,12 @@ def test_a_password_in_the_endpoint_url_never_shows_when_nothing_listens(
     backend.close()
 
 
+@pytest.mark.parametrize("secret_url", SECRET_URLS)
 def test_a_password_in_the_endpoint_url_never_shows_after_a_timeout(
-    moto_server: MotoServer, names: ResourceNames, caplog: pytest.LogCaptureFixture
+    moto_server: MotoServer,
+    names: ResourceNames,
+    caplog: pytest.LogCaptureFixture,
+    secret_url: Callable[[str], str],
 ) -> None:
     """botocore's ReadTimeoutError and ConnectionClosedError quote the URL too."""
     capture_melange_logs(caplog)
@@ -213,7 +229,7 @@ def test_a_password_in_the_endpoint_url_never_shows_after_a_timeout(
     MessagingBackendFactory(direct).init_queue(queue)
     with FaultProxy(moto_server.host, moto_server.port, lifetime=60) as proxy:
         backend = LocalSQSBackend(
-            endpoint_url=f"http://admin:{PASSWORD}@{proxy.address}",
+            endpoint_url=secret_url(proxy.address),
             sns=True,
             connect_timeout=1,
             read_timeout=1,
@@ -236,13 +252,14 @@ def test_a_password_in_the_endpoint_url_never_shows_after_a_timeout(
     direct.close()
 
 
+@pytest.mark.parametrize("secret_url", SECRET_URLS)
 def test_a_password_in_the_endpoint_url_never_shows_in_broker_errors(
-    error_page_endpoint: str, caplog: pytest.LogCaptureFixture
+    error_page_endpoint: str, caplog: pytest.LogCaptureFixture, secret_url: Callable[[str], str]
 ) -> None:
     """Nor in the summary of an error page, nor in the page logged at DEBUG."""
     capture_melange_logs(caplog)
     backend = LocalSQSBackend(
-        endpoint_url=f"http://admin:{PASSWORD}@{error_page_endpoint}", sns=False, max_attempts=1
+        endpoint_url=secret_url(error_page_endpoint), sns=False, max_attempts=1
     )
     with pytest.raises(BrokerError) as failed:
         backend.get_queue("orders")

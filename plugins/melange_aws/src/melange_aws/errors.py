@@ -198,18 +198,21 @@ def safe_endpoint(url: str | None) -> str:
 
 
 def without_user_info(url: str) -> str:
-    """Return ``url`` as written, but for its user info (``user:password@``), shown as ``***``.
+    """Return ``url`` as written, but for its user info (``user:password@``) and query, as ``***``.
 
     For URLs too malformed for :func:`safe_endpoint` to parse, quoted in their error.
     """
+    url = re.sub(r"\?[^#]*", "?***", url, count=1)  # a query string may hold a token
     return re.sub(r"^([^/@]*//)?[^/@]*@", lambda match: f"{match.group(1) or ''}***@", url)
 
 
 def url_secrets(url: str | None) -> tuple[str, ...]:
-    """Return the secrets of an endpoint URL: its user info and password, as written and decoded.
+    """Return the secrets of an endpoint URL, as written and decoded.
 
-    ``http://admin:pw@host`` gives ``admin:pw`` and ``pw``; ``http://token@host``
-    gives ``token``. A user name alone is not secret when a password follows it
+    They are its user info and password, and its query string, which may hold
+    a token: ``http://admin:pw@host`` gives ``admin:pw`` and ``pw``;
+    ``http://token@host`` gives ``token``; ``http://host/?token=t`` gives
+    ``token=t``. A user name alone is not secret when a password follows it
     (redacting a common word such as ``admin`` everywhere would garble messages).
     """
     if not url:
@@ -218,12 +221,14 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
         parts = urlsplit(url)
     except ValueError:
         return ()
+    found = []
     userinfo, at, _ = parts.netloc.rpartition("@")
-    if not at or not userinfo:
-        return ()
-    found = [userinfo]
-    if ":" in userinfo:
-        found.append(userinfo.split(":", 1)[1])
+    if at and userinfo:
+        found.append(userinfo)
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    if parts.query:
+        found.append(parts.query)
     found += [unquote(value) for value in found]
     return tuple(dict.fromkeys(value for value in found if value))
 
