@@ -28,15 +28,25 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
+from melange.backends.base import ReceivedMessage
 from melange.compat.calls_common import warn_7x
 from melange.exceptions import ConfigurationError, InvalidArgument, SerializationError, did_you_mean
-from melange.message import Message
+from melange.message import (
+    MANIFEST_ATTRIBUTE,
+    PRODUCER_ID_ATTRIBUTE,
+    RESERVED_ATTRIBUTES,
+    SERIALIZER_ATTRIBUTE,
+    Message,
+    _received_message,
+)
 from melange.serializers import (
     PICKLE_RISK,
+    SERIALIZER_ID_7X,
     JSONSerializer,
     PickleSerializer,
     Serializer,
     SerializerRegistry,
+    _where,
     describe_body,
 )
 
@@ -48,6 +58,7 @@ __all__ = [
     "LegacySerializerRegistry",
     "SerializerView",
     "decode_7x",
+    "decode_received_7x",
     "deserialize_with_class",
     "deserialize_with_serializerid",
     "encode_7x",
@@ -642,3 +653,60 @@ def decode_7x(
     """
     serializer = _by_id(registry, serializer_id)
     return serializer.deserialize(from_text(serializer, text), manifest)
+
+
+MANIFEST_7X = "manifest"
+"""7.x's manifest attribute (``"json"`` for its JSON serializer, the class name for pickle)."""
+
+
+def decode_received_7x(registry: SerializerRegistry, received: ReceivedMessage) -> Message | None:
+    """Decode a received message that carries 7.x's ``serializer_id`` attribute.
+
+    :meth:`SerializerRegistry.decode <melange.serializers.SerializerRegistry.decode>`
+    calls it for such messages. 7.x's id chooses the serializer (7.x's custom
+    ones included), never the registry's default: a message whose id no
+    registered serializer has is undecodable. 7.x's ``manifest`` and
+    ``serializer_id`` attributes are not handed to the application.
+
+    Returns:
+        The decoded message, or ``None`` when melange 8's own attributes decide
+        (``melange.serializer`` present, or a ``serializer_id`` that is not a
+        number); the registry then decodes it the melange 8 way.
+
+    Raises:
+        SerializationError: No registered serializer has the 7.x id (pickle's,
+            2, when pickle is not allowed), or the body cannot be decoded.
+    """
+    attributes = received.attributes
+    number = attributes[SERIALIZER_ID_7X].strip()
+    if SERIALIZER_ATTRIBUTE in attributes or not number.isdigit():
+        return None
+    try:
+        serializer = _by_id(registry, int(number))
+    except SerializationError as exc:
+        raise SerializationError(f"cannot decode {_where(received)}: {exc}") from None
+    kept = {
+        name: value
+        for name, value in attributes.items()
+        if name not in RESERVED_ATTRIBUTES and name not in (SERIALIZER_ID_7X, MANIFEST_7X)
+    }
+    manifest = attributes.get(MANIFEST_ATTRIBUTE) or attributes.get(MANIFEST_7X) or None
+    if manifest == "json" and isinstance(serializer, JSONSerializer):
+        manifest = None  # 7.x's JSON serializer named every payload "json"
+    try:
+        body = serializer.deserialize(from_text(serializer, bytes(received.body)), manifest)
+    except SerializationError as exc:
+        raise SerializationError(f"cannot decode {_where(received)}: {exc}") from exc
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot decode {_where(received)}: 7.x serializer {serializer.identifier!r} failed "
+            f"on the {describe_body(bytes(received.body), manifest)} ({type(exc).__name__})"
+        ) from exc
+    return _received_message(
+        body,
+        manifest,
+        kept,
+        received.message_id,
+        received.group_id,
+        attributes.get(PRODUCER_ID_ATTRIBUTE),
+    )

@@ -692,7 +692,10 @@ class SerializerRegistry:
 
         The serializer is the one routed for the ``melange.manifest`` attribute,
         else the one named by ``melange.serializer``, else the default. Those two
-        attributes are removed from the returned message's attributes.
+        attributes are removed from the returned message's attributes. A message
+        melange 7.x wrote (a numeric ``serializer_id`` attribute and no
+        ``melange.serializer``) is read by the serializer with that 7.x id, never
+        by the default.
 
         Args:
             received: A message from :meth:`MessagingBackend.receive`.
@@ -707,6 +710,13 @@ class SerializerRegistry:
         """
         # Runs for every received message: no work here that only an error needs.
         attributes = received.attributes
+        if SERIALIZER_ID_7X in attributes:
+            # Written by melange 7.x (or for its consumers): 7.x's serializer number decides.
+            from melange.compat.serialization import decode_received_7x
+
+            decoded = decode_received_7x(self, received)
+            if decoded is not None:
+                return decoded
         manifest = attributes.get(MANIFEST_ATTRIBUTE)
         serializer = self._incoming(manifest, attributes.get(SERIALIZER_ATTRIBUTE), received)
         try:
@@ -754,6 +764,9 @@ class SerializerRegistry:
 
 
 _RESERVED = tuple(sorted(RESERVED_ATTRIBUTES))
+
+SERIALIZER_ID_7X = "serializer_id"
+"""melange 7.x's serializer attribute: the number of the serializer that wrote the body."""
 
 
 def _where(received: ReceivedMessage) -> str:
