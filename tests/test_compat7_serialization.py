@@ -619,3 +619,23 @@ def test_a_7x_custom_serializer_message_reaches_an_8x_consumer_as_7x_gave_it(
     dispatcher = MessageDispatcher(backend, "q", [handle], registry, wait_seconds=0.05)
     dispatcher.run_until_idle(idle_seconds=0.2, stop=True)
     assert got == [Banana("b1")]
+
+
+def test_a_7x_custom_serializer_payload_carries_7x_text_and_id_for_7x_consumers(
+    deprecations: list[warnings.WarningMessage],
+) -> None:
+    registry = SerializerRegistry(BANANA_CONFIG)
+    outgoing = registry.encode(Banana("b1"), producer_id=False)
+    # What 7.2.0 wrote for it (BANANA_7X_TEXT, BANANA_7X_ATTRIBUTES): the same text, and the
+    # 7.x id a backend with compatible_with_7x=True writes as 7.x's serializer_id.
+    assert outgoing.body.decode() == BANANA_7X_TEXT
+    assert outgoing.attributes == {
+        "melange.serializer": "banana",
+        "melange.manifest": "BananaEvent",
+        "serializer_id": "40",
+    }
+    message = registry.decode(received(outgoing))
+    assert message.body == Banana("b1")
+    assert message.attributes == {}  # the 7.x id is melange's, not the application's
+    # JSON and pickle carry no extra attribute: backends know their 7.x ids.
+    assert "serializer_id" not in registry.encode({"a": 1}).attributes

@@ -24,11 +24,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
-from melange.backends.base import ReceivedMessage
+from melange.backends.base import OutgoingMessage, ReceivedMessage
 from melange.compat.calls_common import warn_7x
 from melange.exceptions import ConfigurationError, InvalidArgument, SerializationError, did_you_mean
 from melange.message import (
@@ -465,6 +466,29 @@ class LegacySerializerRegistry(SerializerRegistry):
             )
         return self.default
 
+    def encode(
+        self, message: Message | Any, *, delay_seconds: float = 0.0, producer_id: bool = True
+    ) -> OutgoingMessage:
+        """Serialize a message as melange 8 does; a 7.x serializer's also carries its 7.x id.
+
+        A body written by a 7.x custom serializer gets 7.x's ``serializer_id``
+        attribute (its ``identifier()``), so that a backend created with
+        ``compatible_with_7x=True`` can write the message in 7.x's form: a 7.x
+        consumer chooses the serializer by that number. JSON and pickle need
+        none (their 7.x ids are fixed).
+
+        Raises:
+            SerializationError: The body cannot be serialized.
+            InvalidMessage: The attributes use a name melange reserves.
+        """
+        outgoing = super().encode(message, delay_seconds=delay_seconds, producer_id=producer_id)
+        serializer = self.get(outgoing.attributes[SERIALIZER_ATTRIBUTE])
+        if not isinstance(serializer, _AdaptedSerializer):
+            return outgoing
+        attributes = dict(outgoing.attributes)
+        attributes[SERIALIZER_ID_7X] = str(serializer.legacy_id)
+        return dataclasses.replace(outgoing, attributes=attributes)
+
     def _outgoing(self, message: Message) -> tuple[str | None, Serializer]:
         # melange 8's exact bindings and explicit manifests first, then 7.x's bindings.
         if message.manifest is None and self.manifest_for(type(message.body)) is None:
@@ -668,6 +692,10 @@ def decode_received_7x(registry: SerializerRegistry, received: ReceivedMessage) 
     registered serializer has is undecodable. 7.x's ``manifest`` and
     ``serializer_id`` attributes are not handed to the application.
 
+    A melange 8 message that carries the 7.x id of its 7.x custom serializer
+    for 7.x consumers (:meth:`LegacySerializerRegistry.encode`) is decoded the
+    melange 8 way, without that attribute.
+
     Returns:
         The decoded message, or ``None`` when melange 8's own attributes decide
         (``melange.serializer`` present, or a ``serializer_id`` that is not a
@@ -679,7 +707,15 @@ def decode_received_7x(registry: SerializerRegistry, received: ReceivedMessage) 
     """
     attributes = received.attributes
     number = attributes[SERIALIZER_ID_7X].strip()
-    if SERIALIZER_ATTRIBUTE in attributes or not number.isdigit():
+    if not number.isdigit():
+        return None
+    identifier = attributes.get(SERIALIZER_ATTRIBUTE)
+    if identifier is not None:
+        named = registry.get(identifier)
+        if isinstance(named, _AdaptedSerializer) and str(named.legacy_id) == number:
+            # Our own 7.x id, written for 7.x consumers: not an application attribute.
+            stripped = {k: v for k, v in attributes.items() if k != SERIALIZER_ID_7X}
+            return registry.decode(dataclasses.replace(received, attributes=stripped))
         return None
     try:
         serializer = _by_id(registry, int(number))
