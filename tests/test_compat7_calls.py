@@ -34,7 +34,7 @@ from melange.exceptions import (
 from melange.factory import MessagingBackendFactory
 from melange.message import Message
 from melange.publishers import QueuePublisher, TopicPublisher
-from melange.serializers import SerializerRegistry
+from melange.serializers import JSONSerializer, SerializerRegistry
 
 QUEUE = "payment-updates"
 TOPIC = "payments"
@@ -738,3 +738,35 @@ def test_7x_duck_typed_consumer_and_positional_on_message(
     ((payload, kwargs),) = duck.got
     assert payload == {"n": 1} and kwargs["message_id"]
     assert sorted(map(repr, positional)) == sorted(map(repr, [{"n": 1}, OrderResponse("o-1", "R")]))
+
+
+def test_7x_dispatcher_leaves_an_undecodable_message_to_come_back_as_7x_did() -> None:
+    # 7.2.0 acknowledged only on SerializationError from its serializer; a corrupt JSON body
+    # (json.loads raised JSONDecodeError) or an unknown serializer id was left unacknowledged,
+    # came back and ended in the dead-letter queue (after 4 receives on SQS).
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue(
+        QUEUE, dead_letter_queue_name="dlq", max_receive_count=2, visibility_timeout=0.1
+    )
+    from melange.backends import OutgoingMessage
+
+    # 7.x's attributes for its JSON serializer, with a corrupt body.
+    corrupt = OutgoingMessage(b"{not json", {"manifest": "json", "serializer_id": "1"})
+    backend.publish(QUEUE, [corrupt])
+    backend.publish(QUEUE, [OutgoingMessage(b"{}", {"manifest": "X", "serializer_id": "9"})])
+    got: list[Any] = []
+    with pytest.warns(DeprecationWarning):
+        registry = SerializerRegistry(
+            {"serializers": {"json": JSONSerializer}, "serializer_bindings": {dict: "json"}}
+        )
+        dispatcher = SimpleMessageDispatcher(
+            Consumer(on_message=got.append), registry, backend=backend
+        )
+    for _ in range(6):
+        with pytest.warns(DeprecationWarning):
+            dispatcher.consume_event(QUEUE)
+        time.sleep(0.15)
+    assert got == []
+    depth, dead = backend.queue_depth(QUEUE), backend.queue_depth("dlq")
+    assert depth.visible + depth.in_flight + dead.visible == 2  # none lost
+    assert dead.visible == 2
