@@ -671,6 +671,8 @@ def _handler_of(cls: type, attribute: str, value: Any) -> _Handler | None:
     if isinstance(value, FunctionConsumer):  # @consumer on a method: the original melange style
         func: Any = value.func
         mark = _HandlerMark(value.selectors, value._localns)
+        # Marked as @handler would have: subclasses built later still find the handler.
+        setattr(func, _HANDLER_ATTRIBUTE, mark)
         setattr(cls, attribute, func)  # a plain method again, bound on access
     else:
         func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
