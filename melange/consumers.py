@@ -463,6 +463,7 @@ class _HandlerMark:
 
     selectors: tuple[Selector, ...]
     localns: Mapping[str, Any]
+    from_consumer: bool = False  # @consumer (melange 7.x's decorator), not @handler
 
 
 @overload
@@ -558,6 +559,10 @@ class SingleDispatchConsumer(Consumer):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._dispatch_table = None  # built on first use, when annotations can be resolved
+        if _accepts_written_for_7x(cls):
+            from melange.compat.calls_consumers import adapt_accepts_7x
+
+            adapt_accepts_7x(cls)
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -666,11 +671,38 @@ class SingleDispatchConsumer(Consumer):
         self._table()
 
 
+def _accepts_written_for_7x(cls: type[SingleDispatchConsumer]) -> bool:
+    """Whether ``cls`` overrides ``accepts`` the melange 7.x way, to be called with the payload.
+
+    7.x wrote handlers with ``@consumer`` (melange 8 with ``@handler``) and called
+    ``accepts`` with the payload. An ``accepts`` whose parameter is annotated
+    ``Message`` is melange 8's, whatever the handlers.
+    """
+    accepts = cls.__dict__.get("accepts")
+    if not inspect.isfunction(accepts) or getattr(accepts, MARK_7X, False):
+        return False
+    parameters = list(inspect.signature(accepts).parameters.values())[1:2]
+    if parameters:
+        annotation = parameters[0].annotation
+        if annotation is Message or (
+            isinstance(annotation, str) and annotation.rpartition(".")[2] == "Message"
+        ):
+            return False
+    for klass in cls.__mro__:
+        for value in vars(klass).values():
+            if isinstance(value, FunctionConsumer):
+                return True
+            mark = getattr(value, _HANDLER_ATTRIBUTE, None)
+            if isinstance(mark, _HandlerMark) and mark.from_consumer:
+                return True
+    return False
+
+
 def _handler_of(cls: type, attribute: str, value: Any) -> _Handler | None:
     """Return the handler ``value`` (a class attribute) declares, if it is one."""
     if isinstance(value, FunctionConsumer):  # @consumer on a method: the original melange style
         func: Any = value.func
-        mark = _HandlerMark(value.selectors, value._localns)
+        mark = _HandlerMark(value.selectors, value._localns, from_consumer=True)
         # Marked as @handler would have: subclasses built later still find the handler.
         setattr(func, _HANDLER_ATTRIBUTE, mark)
         setattr(cls, attribute, func)  # a plain method again, bound on access

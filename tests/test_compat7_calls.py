@@ -631,6 +631,49 @@ def test_8x_consumer_subclass_is_not_adapted() -> None:
     assert got == [message]
 
 
+def test_7x_single_dispatch_consumer_accepts_gets_the_payload(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.2.0's dispatcher called consumer.accepts(payload), SingleDispatchConsumer included.
+    with pytest.warns(DeprecationWarning, match=r"BigOrders\.accepts") as record:
+
+        class BigOrders(SingleDispatchConsumer):
+            def __init__(self) -> None:
+                super().__init__()
+                self.handled: list[Any] = []
+
+            @consumer
+            def on_order(self, order: dict) -> None:
+                self.handled.append(order)
+
+            def accepts(self, message: Any) -> bool:
+                return isinstance(message, dict) and message.get("amount", 0) > 100
+
+    assert "accepts(self, message: Message)" in deprecations(record)[0]
+    big = BigOrders()
+    assert big.accepts(Message({"amount": 500})) and not big.accepts(Message({"amount": 5}))
+    with pytest.warns(DeprecationWarning):
+        publisher = QueuePublisher(registry, backend)
+        publisher.publish(QUEUE, {"id": 1, "amount": 500})
+        publisher.publish(QUEUE, {"id": 2, "amount": 5})
+        SimpleMessageDispatcher(big, registry, backend=backend).consume_event(QUEUE)
+    assert big.handled == [{"id": 1, "amount": 500}]
+
+
+def test_8x_single_dispatch_consumer_accepts_annotated_message_gets_the_message() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+
+        class Tagged(SingleDispatchConsumer):
+            @consumer
+            def on_order(self, order: dict) -> None: ...
+
+            def accepts(self, message: Message) -> bool:
+                return message.attributes.get("tag") == "yes"
+
+        assert Tagged().accepts(Message({}, attributes={"tag": "yes"}))
+
+
 # ------------------------------------------------------------------ factory
 def test_init_queue_dlq_name_is_dead_letter_queue_name() -> None:
     factory = MessagingBackendFactory(MemoryBackend())

@@ -27,7 +27,7 @@ from melange.consumers import MARK_7X, Consumer
 from melange.exceptions import ConfigurationError
 from melange.message import Message
 
-__all__ = ["OnMessageConsumer", "adapt_class_7x"]
+__all__ = ["OnMessageConsumer", "adapt_accepts_7x", "adapt_class_7x"]
 
 _MARK = MARK_7X  # set on a class adapted here, and on its adapted methods
 
@@ -96,6 +96,22 @@ def adapt_class_7x(cls: type[Consumer]) -> None:
             )
         cls.accepts = _payload_accepts(accepts)  # type: ignore[method-assign]
     setattr(cls, _MARK, True)
+
+
+def adapt_accepts_7x(cls: type[Consumer]) -> None:
+    """Make the 7.x-style ``accepts`` of a ``SingleDispatchConsumer`` subclass take a Message.
+
+    7.x called it with the payload; it still gets the payload (a direct call
+    with something other than a :class:`~melange.message.Message` passes
+    through unchanged). Warns, naming the melange 8 form.
+    """
+    warn_7x(
+        f"{cls.__qualname__}.accepts(self, message) in a SingleDispatchConsumer with @consumer "
+        "handlers (a melange 7.x consumer, called with the payload)",
+        "accepts(self, message: Message) -> bool, annotated, which gets the melange 8 Message "
+        "(payload in message.body), and @handler methods",
+    )
+    cls.accepts = _payload_accepts(cls.__dict__["accepts"])  # type: ignore[method-assign]
 
 
 def _payload_process(func: Callable[..., Any]) -> Callable[..., Any]:
