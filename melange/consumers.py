@@ -89,6 +89,12 @@ class Consumer(abc.ABC):
 
             # A subclass of cls, so Python then runs its __init__ with these arguments.
             return cast(_C, super().__new__(OnMessageConsumer))
+        if "process" in getattr(cls, "__abstractmethods__", ()):
+            # No process() of its own: only melange 7.x's base Consumer, whose process() called
+            # on_message, made such a class work (Consumer(), or a subclass overriding accepts).
+            from melange.compat.calls_consumers import class_with_7x_base
+
+            return cast(_C, super().__new__(class_with_7x_base(cls)))
         return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

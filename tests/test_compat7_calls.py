@@ -674,6 +674,54 @@ def test_8x_single_dispatch_consumer_accepts_annotated_message_gets_the_message(
         assert Tagged().accepts(Message({}, attributes={"tag": "yes"}))
 
 
+def test_7x_consumer_subclasses_relying_on_the_base_process_and_on_message(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.x's Consumer(on_message=None) had a process() calling on_message(payload), which
+    # subclasses kept (overriding only accepts) or called with super().process(...).
+    got: list[Any] = []
+    logged: list[Any] = []
+
+    class DictsOnly(Consumer):
+        def accepts(self, manifest: Any) -> bool:  # type: ignore[override]
+            return isinstance(manifest, dict)
+
+    class Filtered(Consumer):
+        def __init__(self, callback: Callable[[Any], None]) -> None:
+            super().__init__(on_message=callback)  # type: ignore[call-arg]
+
+        def accepts(self, manifest: Any) -> bool:  # type: ignore[override]
+            return isinstance(manifest, dict) and manifest.get("n") == 2
+
+    with pytest.warns(DeprecationWarning):
+
+        class Logged(Consumer):
+            def process(self, message: Any, **kwargs: Any) -> None:
+                logged.append(message)
+                super().process(message, **kwargs)
+
+        consumers = [
+            DictsOnly(on_message=got.append),  # type: ignore[abstract,call-arg]
+            Filtered(got.append),  # type: ignore[abstract]
+            Logged(on_message=got.append),  # type: ignore[call-arg]
+        ]
+    assert consumers[0].accepts({"a": 1}) and not consumers[0].accepts("text")
+    assert isinstance(consumers[0], DictsOnly) and type(consumers[0]).__name__ == "DictsOnly"
+    with pytest.warns(DeprecationWarning):
+        dispatcher = MessageDispatcher(registry, backend=backend)
+        for each in consumers:
+            dispatcher.attach_consumer(each)
+        publisher = QueuePublisher(registry, backend)
+        publisher.publish(QUEUE, {"n": 1})
+        publisher.publish(QUEUE, {"n": 2})
+        dispatcher.consume_event(QUEUE)
+    assert logged == [{"n": 1}, {"n": 2}]
+    assert sorted(p["n"] for p in got) == [1, 1, 2, 2, 2]  # DictsOnly, Logged x2; Filtered: 2
+    # A 7.x Consumer() without on_message did nothing with what it accepted: refused.
+    with pytest.raises(ConfigurationError, match="on_message=callable"):
+        Consumer()  # type: ignore[abstract]
+
+
 # ------------------------------------------------------------------ factory
 def test_init_queue_dlq_name_is_dead_letter_queue_name() -> None:
     factory = MessagingBackendFactory(MemoryBackend())

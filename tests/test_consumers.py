@@ -209,7 +209,9 @@ def test_consumer_base_requires_process() -> None:
     class Incomplete(Consumer):
         pass
 
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"Incomplete has no process\(\) and no on_message"):
+        Incomplete()  # type: ignore[abstract]
+    with pytest.raises(ConfigurationError, match="define process"):
         Incomplete()  # type: ignore[abstract]
 
 
