@@ -639,3 +639,15 @@ def test_a_7x_custom_serializer_payload_carries_7x_text_and_id_for_7x_consumers(
     assert message.attributes == {}  # the 7.x id is melange's, not the application's
     # JSON and pickle carry no extra attribute: backends know their 7.x ids.
     assert "serializer_id" not in registry.encode({"a": 1}).attributes
+
+
+# ------------------------------------------------------------------ the built-in serializers
+def test_builtin_serializers_deserialize_7x_text_without_a_manifest() -> None:
+    # 7.x: JsonSerializer().deserialize(text, manifest=None), PickleSerializer().deserialize(
+    # base64 text, manifest=None); melange 8 reads bytes and the same text.
+    assert JSONSerializer().deserialize('{"a": 1}') == {"a": 1}
+    assert JSONSerializer().deserialize(b'{"a": 1}') == {"a": 1}
+    assert PickleSerializer().deserialize(seven_x_pickle(OrderPaid("o-1"))) == OrderPaid("o-1")
+    assert PickleSerializer().deserialize(pickle.dumps(OrderPaid("o-2"))) == OrderPaid("o-2")
+    with pytest.raises(SerializationError, match="not base64 text"):
+        PickleSerializer().deserialize("%%% not base64 %%%")

@@ -17,6 +17,8 @@ Error messages describe a body by its size and manifest only, never by its conte
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
 import collections.abc
 import dataclasses
 import enum
@@ -305,12 +307,16 @@ class JSONSerializer(Serializer):
             ) from None
         return text.encode("utf-8")
 
-    def deserialize(self, data: bytes, manifest: str | None) -> Any:
+    def deserialize(self, data: bytes | str, manifest: str | None = None) -> Any:
         """Parse ``data`` as JSON, rebuilding the bound dataclass for ``manifest``.
+
+        ``data`` may also be text, as melange 7.x's ``JsonSerializer`` took it.
 
         Raises:
             SerializationError: ``data`` is not UTF-8 JSON, or does not fit the bound type.
         """
+        if type(data) is not bytes and isinstance(data, str):  # 7.x's text
+            data = data.encode("utf-8", errors="surrogatepass")
         try:
             # bytes(data) only for other buffers: it costs a call even on bytes.
             text = (data if type(data) is bytes else bytes(data)).decode("utf-8")
@@ -374,12 +380,22 @@ class PickleSerializer(Serializer):
                 f"cannot pickle {type(obj).__qualname__}: {type(exc).__name__}"
             ) from exc
 
-    def deserialize(self, data: bytes, manifest: str | None) -> Any:
+    def deserialize(self, data: bytes | str, manifest: str | None = None) -> Any:
         """Unpickle ``data``.
 
+        ``data`` may also be the base64 text melange 7.x's ``PickleSerializer`` wrote.
+
         Raises:
-            SerializationError: ``data`` is not a loadable pickle.
+            SerializationError: ``data`` is not a loadable pickle (or not base64 text).
         """
+        if isinstance(data, str):
+            try:
+                data = base64.decodebytes(data.encode("ascii"))
+            except (UnicodeEncodeError, binascii.Error):
+                raise SerializationError(
+                    f"a body of {len(data)} characters is not base64 text, as melange 7.x's "
+                    "pickle serializer wrote it"
+                ) from None
         try:
             return _pickle.loads(data)  # only reachable when explicitly allowed
         except Exception as exc:
