@@ -651,3 +651,28 @@ def test_builtin_serializers_deserialize_7x_text_without_a_manifest() -> None:
     assert PickleSerializer().deserialize(pickle.dumps(OrderPaid("o-2"))) == OrderPaid("o-2")
     with pytest.raises(SerializationError, match="not base64 text"):
         PickleSerializer().deserialize("%%% not base64 %%%")
+
+
+def test_the_8x_serializer_base_takes_7x_type_parameters(
+    deprecations: list[warnings.WarningMessage],
+) -> None:
+    # 7.x's melange.serializers exported its Generic base: class X(Serializer[Dict]) was usual.
+    class DictSerializer(Serializer[Dict]):  # type: ignore[type-arg]
+        @staticmethod
+        def identifier() -> int:  # type: ignore[override]
+            return 50
+
+        def manifest(self, data: Any) -> str:
+            return "dict"
+
+        def serialize(self, data: Any) -> str:  # type: ignore[override]
+            return json.dumps(data)
+
+        def deserialize(self, data: str, manifest: str | None = None) -> Any:  # type: ignore[override]
+            return json.loads(data)
+
+    registry = SerializerRegistry(
+        {"serializers": {"d": DictSerializer}, "serializer_bindings": {Dict: "d"}}
+    )
+    assert registry.serialize({"a": 1}) == '{"a": 1}'
+    assert Serializer[int] is Serializer  # type: ignore[type-arg,misc]

@@ -71,6 +71,10 @@ class Serializer(abc.ABC):
     identifier: str = ""
     """The name written to the ``melange.serializer`` attribute, e.g. ``"json"``."""
 
+    def __class_getitem__(cls, item: Any) -> Any:
+        """Return the class itself: melange 7.x's base was generic (``Serializer[Dict]``)."""
+        return cls
+
     def manifest(self, obj: Any) -> str | None:
         """Return the manifest to send with ``obj``, or ``None`` if the body is enough.
 
