@@ -722,6 +722,32 @@ def test_7x_consumer_subclasses_relying_on_the_base_process_and_on_message(
         Consumer()  # type: ignore[abstract]
 
 
+def test_7x_after_consume_is_called_for_every_message(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.2.0 called after_consume in a finally, once per message: unaccepted and undecodable too.
+    from melange.backends import OutgoingMessage
+
+    class OnlyLists(Consumer):
+        def process(self, message: Any, **kwargs: Any) -> None:
+            handled.append(message)
+
+        def accepts(self, manifest: Any) -> bool:  # type: ignore[override]
+            return isinstance(manifest, list)
+
+    handled: list[Any] = []
+    calls: list[int] = []
+    with pytest.warns(DeprecationWarning):
+        dispatcher = SimpleMessageDispatcher(OnlyLists(), registry, backend=backend)
+        publisher = QueuePublisher(registry, backend)
+        publisher.publish(QUEUE, [1])
+        publisher.publish(QUEUE, {"not": "a list"})
+        backend.publish(QUEUE, [OutgoingMessage(b"{", {"manifest": "json", "serializer_id": "1"})])
+        dispatcher.consume_event(QUEUE, after_consume=lambda: calls.append(1))
+    assert handled == [[1]]
+    assert len(calls) == 3
+
+
 # ------------------------------------------------------------------ factory
 def test_init_queue_dlq_name_is_dead_letter_queue_name() -> None:
     factory = MessagingBackendFactory(MemoryBackend())

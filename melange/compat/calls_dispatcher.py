@@ -30,13 +30,14 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from melange.backends.base import MessagingBackend
+from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.compat.backend_manager import default_backend
 from melange.compat.calls_common import bind_7x, warn_7x
 from melange.consumers import Consumer, is_async_consumer
 from melange.dispatcher import MessageDispatcher, SimpleMessageDispatcher
 from melange.exceptions import ConfigurationError
 from melange.message import Message
+from melange.observability import CompositeHooks, Hooks
 from melange.serializers import SerializerRegistry
 
 __all__ = [
@@ -345,6 +346,8 @@ class LegacyMessageDispatcher:
                 )
             consumers = _calls(self._consumers, on_exception, after_consume, self.always_ack)
             options = {**self.dispatcher_options, **overrides}
+            if after_consume is not None:
+                options["hooks"] = _with_after_consume(options.get("hooks"), after_consume)
             dispatcher = MessageDispatcher(
                 self.backend, queue_name, consumers, self.serializer_registry, **options
             )
@@ -457,6 +460,37 @@ class _Call7x(Consumer):
         finally:
             if self.after_consume is not None:
                 self.after_consume()
+
+
+class _AfterConsume7x(Hooks):
+    """Calls 7.x's ``after_consume`` for messages no consumer call covers.
+
+    7.x called it once per message, in a ``finally``: after a message that could
+    not be decoded or that no consumer accepted too. Consumer calls call it
+    themselves (:class:`_Call7x`).
+    """
+
+    def __init__(self, after_consume: Callable[[], Any]) -> None:
+        self.after_consume = after_consume
+
+    def on_undecodable(
+        self, queue_name: str, received: ReceivedMessage, error: Exception, outcome: str
+    ) -> None:
+        """Call ``after_consume``."""
+        self.after_consume()
+
+    def on_unhandled(self, queue_name: str, message: Message, outcome: str) -> None:
+        """Call ``after_consume``."""
+        self.after_consume()
+
+
+def _with_after_consume(hooks: Hooks | None, after_consume: Callable[[], Any]) -> Hooks:
+    """The dispatcher's hooks (the default ones if none were set) plus 7.x's after_consume."""
+    if hooks is None:
+        from melange.tracing import default_hooks
+
+        hooks = default_hooks()
+    return CompositeHooks(hooks, _AfterConsume7x(after_consume))
 
 
 class _Duck7x(Consumer):
