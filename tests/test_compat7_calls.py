@@ -239,6 +239,22 @@ def test_publish_7x_keywords_map_to_group_and_dedup_ids(registry: SerializerRegi
     assert registry.decode(received).body == {"n": 1}
 
 
+def test_publish_7x_dedup_id_on_a_standard_queue_or_topic_is_ignored_as_7x_did(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.2.0 sent MessageDeduplicationId only to FIFO queues; on a standard one it was ignored.
+    MessagingBackendFactory(backend).init_queue(QUEUE, [TOPIC])
+    with pytest.warns(DeprecationWarning):
+        queue_publisher = QueuePublisher(registry, backend)
+        topic_publisher = TopicPublisher(registry, backend)
+    with pytest.warns(DeprecationWarning, match="standard queue 'payment-updates'"):
+        queue_publisher.publish(QUEUE, {"n": 1}, message_deduplication_id="d-1")
+    with pytest.warns(DeprecationWarning, match="standard topic 'payments'"):
+        topic_publisher.publish(TOPIC, {"n": 2}, message_deduplication_id="d-1")
+    received = backend.receive(QUEUE, 10, 0)
+    assert sorted(registry.decode(r).body["n"] for r in received) == [1, 2]
+
+
 def test_publish_7x_keywords_that_have_no_equivalent_raise(
     backend: MemoryBackend, registry: SerializerRegistry
 ) -> None:
