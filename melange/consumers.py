@@ -89,6 +89,12 @@ class Consumer(abc.ABC):
 
             # A subclass of cls, so Python then runs its __init__ with these arguments.
             return cast(_C, super().__new__(OnMessageConsumer))
+        if "process" in getattr(cls, "__abstractmethods__", ()):
+            # No process() of its own: only melange 7.x's base Consumer, whose process() called
+            # on_message, made such a class work (Consumer(), or a subclass overriding accepts).
+            from melange.compat.calls_consumers import class_with_7x_base
+
+            return cast(_C, super().__new__(class_with_7x_base(cls)))
         return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -463,6 +469,7 @@ class _HandlerMark:
 
     selectors: tuple[Selector, ...]
     localns: Mapping[str, Any]
+    from_consumer: bool = False  # @consumer (melange 7.x's decorator), not @handler
 
 
 @overload
@@ -558,6 +565,10 @@ class SingleDispatchConsumer(Consumer):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._dispatch_table = None  # built on first use, when annotations can be resolved
+        if _accepts_written_for_7x(cls):
+            from melange.compat.calls_consumers import adapt_accepts_7x
+
+            adapt_accepts_7x(cls)
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -666,11 +677,40 @@ class SingleDispatchConsumer(Consumer):
         self._table()
 
 
+def _accepts_written_for_7x(cls: type[SingleDispatchConsumer]) -> bool:
+    """Whether ``cls`` overrides ``accepts`` the melange 7.x way, to be called with the payload.
+
+    7.x wrote handlers with ``@consumer`` (melange 8 with ``@handler``) and called
+    ``accepts`` with the payload. An ``accepts`` whose parameter is annotated
+    ``Message`` is melange 8's, whatever the handlers.
+    """
+    accepts = cls.__dict__.get("accepts")
+    if not inspect.isfunction(accepts) or getattr(accepts, MARK_7X, False):
+        return False
+    parameters = list(inspect.signature(accepts).parameters.values())[1:2]
+    if parameters:
+        annotation = parameters[0].annotation
+        if annotation is Message or (
+            isinstance(annotation, str) and annotation.rpartition(".")[2] == "Message"
+        ):
+            return False
+    for klass in cls.__mro__:
+        for value in vars(klass).values():
+            if isinstance(value, FunctionConsumer):
+                return True
+            mark = getattr(value, _HANDLER_ATTRIBUTE, None)
+            if isinstance(mark, _HandlerMark) and mark.from_consumer:
+                return True
+    return False
+
+
 def _handler_of(cls: type, attribute: str, value: Any) -> _Handler | None:
     """Return the handler ``value`` (a class attribute) declares, if it is one."""
     if isinstance(value, FunctionConsumer):  # @consumer on a method: the original melange style
         func: Any = value.func
-        mark = _HandlerMark(value.selectors, value._localns)
+        mark = _HandlerMark(value.selectors, value._localns, from_consumer=True)
+        # Marked as @handler would have: subclasses built later still find the handler.
+        setattr(func, _HANDLER_ATTRIBUTE, mark)
         setattr(cls, attribute, func)  # a plain method again, bound on access
     else:
         func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value

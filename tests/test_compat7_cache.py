@@ -194,6 +194,31 @@ def test_an_applications_own_7x_cache_runs_behind_the_claim_protocol() -> None:
     assert dedup.claim("c:m", 10) == "done"
 
 
+def test_a_7x_cache_whose_store_takes_key_and_value_only_is_called_as_7x_did() -> None:
+    # 7.2.0's dispatcher called cache.store(message_key, message_key): no expire.
+    class TwoArgumentCache:
+        def __init__(self) -> None:
+            self.items: dict[str, Any] = {}
+
+        def store(self, key: str, value: Any) -> None:
+            self.items[key] = value
+
+        def get(self, key: str) -> Any:
+            return self.items.get(key)
+
+        def __contains__(self, key: str) -> bool:
+            return key in self.items
+
+    mine = TwoArgumentCache()
+    options = dedup_from_7x(mine)
+    assert options is not None
+    dedup = options["dedup"]
+    assert dedup.claim("c:m", 10) == "claimed"
+    dedup.complete("c:m", 2.5)
+    assert mine.items == {"c:m": "c:m"}
+    assert dedup.claim("c:m", 10) == "done"
+
+
 def test_a_melange_8_dedup_cache_passes_through() -> None:
     dedup = MemoryDedupCache()
     assert dedup_from_7x(dedup) == {"dedup": dedup}

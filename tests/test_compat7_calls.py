@@ -34,7 +34,7 @@ from melange.exceptions import (
 from melange.factory import MessagingBackendFactory
 from melange.message import Message
 from melange.publishers import QueuePublisher, TopicPublisher
-from melange.serializers import SerializerRegistry
+from melange.serializers import JSONSerializer, SerializerRegistry
 
 QUEUE = "payment-updates"
 TOPIC = "payments"
@@ -237,6 +237,22 @@ def test_publish_7x_keywords_map_to_group_and_dedup_ids(registry: SerializerRegi
     (received,) = backend.receive("orders.fifo", 10, 0)
     assert received.group_id == "g-1"
     assert registry.decode(received).body == {"n": 1}
+
+
+def test_publish_7x_dedup_id_on_a_standard_queue_or_topic_is_ignored_as_7x_did(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.2.0 sent MessageDeduplicationId only to FIFO queues; on a standard one it was ignored.
+    MessagingBackendFactory(backend).init_queue(QUEUE, [TOPIC])
+    with pytest.warns(DeprecationWarning):
+        queue_publisher = QueuePublisher(registry, backend)
+        topic_publisher = TopicPublisher(registry, backend)
+    with pytest.warns(DeprecationWarning, match="standard queue 'payment-updates'"):
+        queue_publisher.publish(QUEUE, {"n": 1}, message_deduplication_id="d-1")
+    with pytest.warns(DeprecationWarning, match="standard topic 'payments'"):
+        topic_publisher.publish(TOPIC, {"n": 2}, message_deduplication_id="d-1")
+    received = backend.receive(QUEUE, 10, 0)
+    assert sorted(registry.decode(r).body["n"] for r in received) == [1, 2]
 
 
 def test_publish_7x_keywords_that_have_no_equivalent_raise(
@@ -631,6 +647,123 @@ def test_8x_consumer_subclass_is_not_adapted() -> None:
     assert got == [message]
 
 
+def test_7x_single_dispatch_consumer_accepts_gets_the_payload(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.2.0's dispatcher called consumer.accepts(payload), SingleDispatchConsumer included.
+    with pytest.warns(DeprecationWarning, match=r"BigOrders\.accepts") as record:
+
+        class BigOrders(SingleDispatchConsumer):
+            def __init__(self) -> None:
+                super().__init__()
+                self.handled: list[Any] = []
+
+            @consumer
+            def on_order(self, order: dict) -> None:
+                self.handled.append(order)
+
+            def accepts(self, message: Any) -> bool:
+                return isinstance(message, dict) and message.get("amount", 0) > 100
+
+    assert "accepts(self, message: Message)" in deprecations(record)[0]
+    big = BigOrders()
+    assert big.accepts(Message({"amount": 500})) and not big.accepts(Message({"amount": 5}))
+    with pytest.warns(DeprecationWarning):
+        publisher = QueuePublisher(registry, backend)
+        publisher.publish(QUEUE, {"id": 1, "amount": 500})
+        publisher.publish(QUEUE, {"id": 2, "amount": 5})
+        SimpleMessageDispatcher(big, registry, backend=backend).consume_event(QUEUE)
+    assert big.handled == [{"id": 1, "amount": 500}]
+
+
+def test_8x_single_dispatch_consumer_accepts_annotated_message_gets_the_message() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+
+        class Tagged(SingleDispatchConsumer):
+            @consumer
+            def on_order(self, order: dict) -> None: ...
+
+            def accepts(self, message: Message) -> bool:
+                return message.attributes.get("tag") == "yes"
+
+        assert Tagged().accepts(Message({}, attributes={"tag": "yes"}))
+
+
+def test_7x_consumer_subclasses_relying_on_the_base_process_and_on_message(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.x's Consumer(on_message=None) had a process() calling on_message(payload), which
+    # subclasses kept (overriding only accepts) or called with super().process(...).
+    got: list[Any] = []
+    logged: list[Any] = []
+
+    class DictsOnly(Consumer):
+        def accepts(self, manifest: Any) -> bool:  # type: ignore[override]
+            return isinstance(manifest, dict)
+
+    class Filtered(Consumer):
+        def __init__(self, callback: Callable[[Any], None]) -> None:
+            super().__init__(on_message=callback)  # type: ignore[call-arg]
+
+        def accepts(self, manifest: Any) -> bool:  # type: ignore[override]
+            return isinstance(manifest, dict) and manifest.get("n") == 2
+
+    with pytest.warns(DeprecationWarning):
+
+        class Logged(Consumer):
+            def process(self, message: Any, **kwargs: Any) -> None:
+                logged.append(message)
+                super().process(message, **kwargs)
+
+        consumers = [
+            DictsOnly(on_message=got.append),  # type: ignore[abstract,call-arg]
+            Filtered(got.append),  # type: ignore[abstract]
+            Logged(on_message=got.append),  # type: ignore[call-arg]
+        ]
+    assert consumers[0].accepts({"a": 1}) and not consumers[0].accepts("text")
+    assert isinstance(consumers[0], DictsOnly) and type(consumers[0]).__name__ == "DictsOnly"
+    with pytest.warns(DeprecationWarning):
+        dispatcher = MessageDispatcher(registry, backend=backend)
+        for each in consumers:
+            dispatcher.attach_consumer(each)
+        publisher = QueuePublisher(registry, backend)
+        publisher.publish(QUEUE, {"n": 1})
+        publisher.publish(QUEUE, {"n": 2})
+        dispatcher.consume_event(QUEUE)
+    assert logged == [{"n": 1}, {"n": 2}]
+    assert sorted(p["n"] for p in got) == [1, 1, 2, 2, 2]  # DictsOnly, Logged x2; Filtered: 2
+    # A 7.x Consumer() without on_message did nothing with what it accepted: refused.
+    with pytest.raises(ConfigurationError, match="on_message=callable"):
+        Consumer()  # type: ignore[abstract]
+
+
+def test_7x_after_consume_is_called_for_every_message(
+    backend: MemoryBackend, registry: SerializerRegistry
+) -> None:
+    # 7.2.0 called after_consume in a finally, once per message: unaccepted and undecodable too.
+    from melange.backends import OutgoingMessage
+
+    class OnlyLists(Consumer):
+        def process(self, message: Any, **kwargs: Any) -> None:
+            handled.append(message)
+
+        def accepts(self, manifest: Any) -> bool:  # type: ignore[override]
+            return isinstance(manifest, list)
+
+    handled: list[Any] = []
+    calls: list[int] = []
+    with pytest.warns(DeprecationWarning):
+        dispatcher = SimpleMessageDispatcher(OnlyLists(), registry, backend=backend)
+        publisher = QueuePublisher(registry, backend)
+        publisher.publish(QUEUE, [1])
+        publisher.publish(QUEUE, {"not": "a list"})
+        backend.publish(QUEUE, [OutgoingMessage(b"{", {"manifest": "json", "serializer_id": "1"})])
+        dispatcher.consume_event(QUEUE, after_consume=lambda: calls.append(1))
+    assert handled == [[1]]
+    assert len(calls) == 3
+
+
 # ------------------------------------------------------------------ factory
 def test_init_queue_dlq_name_is_dead_letter_queue_name() -> None:
     factory = MessagingBackendFactory(MemoryBackend())
@@ -738,3 +871,35 @@ def test_7x_duck_typed_consumer_and_positional_on_message(
     ((payload, kwargs),) = duck.got
     assert payload == {"n": 1} and kwargs["message_id"]
     assert sorted(map(repr, positional)) == sorted(map(repr, [{"n": 1}, OrderResponse("o-1", "R")]))
+
+
+def test_7x_dispatcher_leaves_an_undecodable_message_to_come_back_as_7x_did() -> None:
+    # 7.2.0 acknowledged only on SerializationError from its serializer; a corrupt JSON body
+    # (json.loads raised JSONDecodeError) or an unknown serializer id was left unacknowledged,
+    # came back and ended in the dead-letter queue (after 4 receives on SQS).
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue(
+        QUEUE, dead_letter_queue_name="dlq", max_receive_count=2, visibility_timeout=0.1
+    )
+    from melange.backends import OutgoingMessage
+
+    # 7.x's attributes for its JSON serializer, with a corrupt body.
+    corrupt = OutgoingMessage(b"{not json", {"manifest": "json", "serializer_id": "1"})
+    backend.publish(QUEUE, [corrupt])
+    backend.publish(QUEUE, [OutgoingMessage(b"{}", {"manifest": "X", "serializer_id": "9"})])
+    got: list[Any] = []
+    with pytest.warns(DeprecationWarning):
+        registry = SerializerRegistry(
+            {"serializers": {"json": JSONSerializer}, "serializer_bindings": {dict: "json"}}
+        )
+        dispatcher = SimpleMessageDispatcher(
+            Consumer(on_message=got.append), registry, backend=backend
+        )
+    for _ in range(6):
+        with pytest.warns(DeprecationWarning):
+            dispatcher.consume_event(QUEUE)
+        time.sleep(0.15)
+    assert got == []
+    depth, dead = backend.queue_depth(QUEUE), backend.queue_depth("dlq")
+    assert depth.visible + depth.in_flight + dead.visible == 2  # none lost
+    assert dead.visible == 2

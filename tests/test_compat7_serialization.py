@@ -516,3 +516,163 @@ def test_7x_models_work_and_warn_naming_the_8x_forms(
     )
     assert any("melange.models.QueueWrapper" in t and "queue's name" in t for t in found)
     assert all(w.filename == THIS_FILE for w in deprecations)
+
+
+# ------------------------------------------------- 7.x custom serializers on the wire
+class Banana:
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Banana and other.value == self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class BananaSerializer(LegacySerializer[Banana]):
+    """A 7.x custom serializer (7.x's serialization.md, "Creating your own serializers")."""
+
+    @staticmethod
+    def identifier() -> int:  # type: ignore[override]
+        return 40
+
+    def manifest(self, data: Any) -> str:
+        return "BananaEvent"
+
+    def serialize(self, data: Any) -> str:  # type: ignore[override]
+        return json.dumps({"value": data.value})
+
+    def deserialize(self, data: str, manifest: str | None = None) -> Any:  # type: ignore[override]
+        return Banana(json.loads(data)["value"])
+
+
+BANANA_CONFIG = {
+    "serializers": {"json": JSONSerializer, "pickle": PickleSerializer, "banana": BananaSerializer},
+    "serializer_bindings": {Dict: "json", Banana: "banana"},
+    "default": "pickle",
+}
+
+# Captured from melange 7.2.0 (QueuePublisher(registry, LocalSQSBackend).publish(q, Banana("b1"))
+# with BANANA_CONFIG, read back with boto3): the SQS body was
+# '{"Message": "{\"value\": \"b1\"}"}' (7.x's queue wrapper, which the AWS backend removes), with
+# these message attributes (manifest String, serializer_id Number).
+BANANA_7X_TEXT = '{"value": "b1"}'
+BANANA_7X_ATTRIBUTES = {"manifest": "BananaEvent", "serializer_id": "40"}
+
+
+def seven_x_received(text: str, attributes: dict[str, str]) -> ReceivedMessage:
+    return ReceivedMessage(
+        queue_name="q",
+        body=text.encode(),
+        attributes=dict(attributes),
+        message_id="m-7",
+        receive_count=1,
+    )
+
+
+def test_a_7x_message_of_a_custom_serializer_is_read_by_that_serializer(
+    deprecations: list[warnings.WarningMessage],
+) -> None:
+    registry = SerializerRegistry(BANANA_CONFIG)
+    message = registry.decode(seven_x_received(BANANA_7X_TEXT, BANANA_7X_ATTRIBUTES))
+    assert message.body == Banana("b1")  # not the default (pickle) reading it
+    assert message.manifest == "BananaEvent"
+    assert message.attributes == {}  # 7.x's own attributes are not the application's
+    # Also as the AWS backend hands it over (the manifest already under melange's name).
+    moved = {"melange.manifest": "BananaEvent", "serializer_id": "40"}
+    assert registry.decode(seven_x_received(BANANA_7X_TEXT, moved)).body == Banana("b1")
+
+
+def test_a_7x_message_of_an_unregistered_serializer_is_undecodable_not_defaulted(
+    deprecations: list[warnings.WarningMessage],
+) -> None:
+    for default in ("json", "pickle"):
+        config = {
+            "serializers": {"json": JSONSerializer, "pickle": PickleSerializer},
+            "serializer_bindings": {Dict: "json"},
+            "default": default,
+        }
+        registry = SerializerRegistry(config)
+        with pytest.raises(SerializationError, match=r"7\.x id 40"):
+            registry.decode(seven_x_received(BANANA_7X_TEXT, BANANA_7X_ATTRIBUTES))
+
+
+def test_a_7x_custom_serializer_message_reaches_an_8x_consumer_as_7x_gave_it(
+    deprecations: list[warnings.WarningMessage],
+) -> None:
+    from melange.backends import OutgoingMessage
+    from melange.backends.memory import MemoryBackend
+    from melange.consumers import consumer
+    from melange.dispatcher import MessageDispatcher
+    from melange.factory import MessagingBackendFactory
+
+    registry = SerializerRegistry(BANANA_CONFIG)
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue("q")
+    backend.publish("q", [OutgoingMessage(BANANA_7X_TEXT.encode(), dict(BANANA_7X_ATTRIBUTES))])
+    got: list[Any] = []
+
+    @consumer
+    def handle(message: Message) -> None:
+        got.append(message.body)
+
+    dispatcher = MessageDispatcher(backend, "q", [handle], registry, wait_seconds=0.05)
+    dispatcher.run_until_idle(idle_seconds=0.2, stop=True)
+    assert got == [Banana("b1")]
+
+
+def test_a_7x_custom_serializer_payload_carries_7x_text_and_id_for_7x_consumers(
+    deprecations: list[warnings.WarningMessage],
+) -> None:
+    registry = SerializerRegistry(BANANA_CONFIG)
+    outgoing = registry.encode(Banana("b1"), producer_id=False)
+    # What 7.2.0 wrote for it (BANANA_7X_TEXT, BANANA_7X_ATTRIBUTES): the same text, and the
+    # 7.x id a backend with compatible_with_7x=True writes as 7.x's serializer_id.
+    assert outgoing.body.decode() == BANANA_7X_TEXT
+    assert outgoing.attributes == {
+        "melange.serializer": "banana",
+        "melange.manifest": "BananaEvent",
+        "serializer_id": "40",
+    }
+    message = registry.decode(received(outgoing))
+    assert message.body == Banana("b1")
+    assert message.attributes == {}  # the 7.x id is melange's, not the application's
+    # JSON and pickle carry no extra attribute: backends know their 7.x ids.
+    assert "serializer_id" not in registry.encode({"a": 1}).attributes
+
+
+# ------------------------------------------------------------------ the built-in serializers
+def test_builtin_serializers_deserialize_7x_text_without_a_manifest() -> None:
+    # 7.x: JsonSerializer().deserialize(text, manifest=None), PickleSerializer().deserialize(
+    # base64 text, manifest=None); melange 8 reads bytes and the same text.
+    assert JSONSerializer().deserialize('{"a": 1}') == {"a": 1}
+    assert JSONSerializer().deserialize(b'{"a": 1}') == {"a": 1}
+    assert PickleSerializer().deserialize(seven_x_pickle(OrderPaid("o-1"))) == OrderPaid("o-1")
+    assert PickleSerializer().deserialize(pickle.dumps(OrderPaid("o-2"))) == OrderPaid("o-2")
+    with pytest.raises(SerializationError, match="not base64 text"):
+        PickleSerializer().deserialize("%%% not base64 %%%")
+
+
+def test_the_8x_serializer_base_takes_7x_type_parameters(
+    deprecations: list[warnings.WarningMessage],
+) -> None:
+    # 7.x's melange.serializers exported its Generic base: class X(Serializer[Dict]) was usual.
+    class DictSerializer(Serializer[Dict]):  # type: ignore[type-arg]
+        @staticmethod
+        def identifier() -> int:  # type: ignore[override]
+            return 50
+
+        def manifest(self, data: Any) -> str:
+            return "dict"
+
+        def serialize(self, data: Any) -> str:  # type: ignore[override]
+            return json.dumps(data)
+
+        def deserialize(self, data: str, manifest: str | None = None) -> Any:  # type: ignore[override]
+            return json.loads(data)
+
+    registry = SerializerRegistry(
+        {"serializers": {"d": DictSerializer}, "serializer_bindings": {Dict: "d"}}
+    )
+    assert registry.serialize({"a": 1}) == '{"a": 1}'
+    assert Serializer[int] is Serializer  # type: ignore[type-arg,misc]

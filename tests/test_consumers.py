@@ -209,7 +209,9 @@ def test_consumer_base_requires_process() -> None:
     class Incomplete(Consumer):
         pass
 
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"Incomplete has no process\(\) and no on_message"):
+        Incomplete()  # type: ignore[abstract]
+    with pytest.raises(ConfigurationError, match="define process"):
         Incomplete()  # type: ignore[abstract]
 
 
@@ -366,6 +368,28 @@ def test_consumer_decorated_methods_work_as_in_the_original_melange() -> None:
     assert not original.accepts(msg(Refunded("a")))
     original.process(msg(Paid("a")))
     assert original.seen == [Paid("a")]
+
+
+def test_consumer_decorated_handlers_are_inherited_after_the_base_was_used() -> None:
+    # 7.x (methoddispatch) inherited @consumer handlers; the base's first instance used to
+    # replace them with plain functions its subclasses no longer saw as handlers.
+    class OrderConsumer(SingleDispatchConsumer):
+        @consumer
+        def on_paid(self, event: Paid) -> str:
+            return type(self).__name__
+
+    class PlainChild(OrderConsumer):
+        pass
+
+    class WithInit(OrderConsumer):
+        def __init__(self, repo: dict[str, Any]) -> None:
+            super().__init__()
+            self.repo = repo
+
+    assert OrderConsumer().process(msg(Paid("a"))) == "OrderConsumer"
+    assert PlainChild().process(msg(Paid("a"))) == "PlainChild"
+    assert WithInit(repo={}).process(msg(Paid("a"))) == "WithInit"
+    assert OrderConsumer().process(msg(Paid("a"))) == "OrderConsumer"
 
 
 def test_async_handlers_make_the_consumer_async() -> None:

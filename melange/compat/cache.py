@@ -14,6 +14,7 @@ dispatcher form calls it.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import quote
@@ -196,6 +197,7 @@ class _StoreGetDedup(DedupCache):
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
+        self._takes_expire = _takes_expire(cache.store)
 
     def __repr__(self) -> str:
         return f"<7.x cache {type(self.cache).__qualname__}>"
@@ -205,14 +207,30 @@ class _StoreGetDedup(DedupCache):
         return "done" if key in self.cache else "claimed"
 
     def complete(self, key: str, ttl: float) -> None:
-        """Store ``key`` in the 7.x cache for ``ttl`` seconds (rounded up)."""
-        self.cache.store(key, key, expire=max(1, math.ceil(ttl)))
+        """Store ``key`` in the 7.x cache for ``ttl`` seconds (rounded up).
+
+        A ``store(key, value)`` without ``expire`` is called as 7.x's dispatcher
+        called it: the cache keeps the key as long as it keeps anything.
+        """
+        if self._takes_expire:
+            self.cache.store(key, key, expire=max(1, math.ceil(ttl)))
+        else:
+            self.cache.store(key, key)
 
     def release(self, key: str) -> None:
         """Nothing to drop: 7.x caches hold only handled messages."""
 
     def close(self) -> None:
         """The application owns the 7.x cache: nothing to close."""
+
+
+def _takes_expire(store: Any) -> bool:
+    """Whether a 7.x cache's ``store`` takes ``expire=`` (7.x's dispatcher never passed it)."""
+    try:
+        parameters = inspect.signature(store).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass it, as before
+        return True
+    return any(p.kind is p.VAR_KEYWORD or p.name == "expire" for p in parameters)
 
 
 def dedup_from_7x(cache: Any) -> DispatcherOptions | None:

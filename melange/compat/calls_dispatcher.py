@@ -16,9 +16,10 @@ consumers, and ``consume_loop(queue_name)`` builds the melange 8 dispatcher for
 that queue and runs it (until SIGTERM/SIGINT or :meth:`LegacyMessageDispatcher.stop`).
 
 What 7.x did is kept: one message is handled at a time (``workers=1``); a message
-that cannot be decoded, or that no consumer accepts, is acknowledged and dropped
-(``on_undecodable="ack"``, ``on_unhandled="ack"``); a message whose consumer
-failed comes back later, unless ``always_ack=True``, which acknowledges it anyway.
+that no consumer accepts is acknowledged and dropped (``on_unhandled="ack"``); a
+message that cannot be decoded is left to come back, and so reaches the queue's
+dead-letter queue (``on_undecodable="leave"``); a message whose consumer failed
+comes back later, unless ``always_ack=True``, which acknowledges it anyway.
 A 7.x deduplication cache becomes melange 8's (``melange.compat.cache``).
 """
 
@@ -29,13 +30,14 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from melange.backends.base import MessagingBackend
+from melange.backends.base import MessagingBackend, ReceivedMessage
 from melange.compat.backend_manager import default_backend
 from melange.compat.calls_common import bind_7x, warn_7x
 from melange.consumers import Consumer, is_async_consumer
 from melange.dispatcher import MessageDispatcher, SimpleMessageDispatcher
 from melange.exceptions import ConfigurationError
 from melange.message import Message
+from melange.observability import CompositeHooks, Hooks
 from melange.serializers import SerializerRegistry
 
 __all__ = [
@@ -49,8 +51,18 @@ __all__ = [
 
 logger = logging.getLogger("melange.dispatcher")
 
-DEFAULT_OPTIONS: Mapping[str, Any] = {"workers": 1, "on_undecodable": "ack", "on_unhandled": "ack"}
-"""The melange 8 dispatcher options that keep 7.x's behaviour (see the module docs)."""
+DEFAULT_OPTIONS: Mapping[str, Any] = {
+    "workers": 1,
+    "on_undecodable": "leave",
+    "on_unhandled": "ack",
+}
+"""The melange 8 dispatcher options that keep 7.x's behaviour (see the module docs).
+
+Undecodable messages are left to come back (and reach the dead-letter queue):
+7.2.0 acknowledged only a ``SerializationError`` its serializer raised, and left
+corrupt JSON or base64, unpicklable bodies and unknown serializer ids, which
+melange 8 reports alike. Leaving them all loses none.
+"""
 
 CONSUME_EVENT_IDLE_SECONDS = 0.1
 """``consume_event`` returns once nothing was received or handled for this long."""
@@ -334,6 +346,8 @@ class LegacyMessageDispatcher:
                 )
             consumers = _calls(self._consumers, on_exception, after_consume, self.always_ack)
             options = {**self.dispatcher_options, **overrides}
+            if after_consume is not None:
+                options["hooks"] = _with_after_consume(options.get("hooks"), after_consume)
             dispatcher = MessageDispatcher(
                 self.backend, queue_name, consumers, self.serializer_registry, **options
             )
@@ -446,6 +460,37 @@ class _Call7x(Consumer):
         finally:
             if self.after_consume is not None:
                 self.after_consume()
+
+
+class _AfterConsume7x(Hooks):
+    """Calls 7.x's ``after_consume`` for messages no consumer call covers.
+
+    7.x called it once per message, in a ``finally``: after a message that could
+    not be decoded or that no consumer accepted too. Consumer calls call it
+    themselves (:class:`_Call7x`).
+    """
+
+    def __init__(self, after_consume: Callable[[], Any]) -> None:
+        self.after_consume = after_consume
+
+    def on_undecodable(
+        self, queue_name: str, received: ReceivedMessage, error: Exception, outcome: str
+    ) -> None:
+        """Call ``after_consume``."""
+        self.after_consume()
+
+    def on_unhandled(self, queue_name: str, message: Message, outcome: str) -> None:
+        """Call ``after_consume``."""
+        self.after_consume()
+
+
+def _with_after_consume(hooks: Hooks | None, after_consume: Callable[[], Any]) -> Hooks:
+    """The dispatcher's hooks (the default ones if none were set) plus 7.x's after_consume."""
+    if hooks is None:
+        from melange.tracing import default_hooks
+
+        hooks = default_hooks()
+    return CompositeHooks(hooks, _AfterConsume7x(after_consume))
 
 
 class _Duck7x(Consumer):

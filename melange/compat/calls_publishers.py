@@ -23,6 +23,7 @@ from melange.exceptions import ConfigurationError, TopicNotFound, did_you_mean
 from melange.message import Message
 from melange.publishers import QueuePublisher, TopicPublisher, _Publisher
 from melange.serializers import SerializerRegistry
+from melange.topology import is_fifo_name
 
 __all__ = ["QueuePublisher7x", "TopicPublisher7x", "publish_options_7x", "publisher_class_7x"]
 
@@ -162,6 +163,28 @@ def publish_options_7x(call: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _standard_dedup_dropped(
+    call: str, kind: str, name: Any, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Drop 7.x's ``message_deduplication_id=`` for a standard queue or topic, with a warning.
+
+    7.x sent a deduplication id only to FIFO queues (``.fifo`` names) and ignored
+    it elsewhere; melange 8 refuses ``dedup_id=`` there, as SQS and SNS do.
+    """
+    if "message_deduplication_id" not in kwargs or not isinstance(name, str):
+        return kwargs
+    if is_fifo_name(name):
+        return kwargs
+    kwargs = dict(kwargs)
+    del kwargs["message_deduplication_id"]
+    warn_7x(
+        f"{call}(..., message_deduplication_id=...) on standard {kind} {name!r} (ignored, "
+        "as 7.x ignored it: only FIFO queues and topics deduplicate)",
+        f"{call}(...) without it; dedup_id= on a FIFO {kind} (a .fifo name)",
+    )
+    return kwargs
+
+
 class QueuePublisher7x(QueuePublisher):
     """A :class:`~melange.publishers.QueuePublisher` created the 7.x way.
 
@@ -174,9 +197,9 @@ class QueuePublisher7x(QueuePublisher):
 
     def publish(self, queue_name: str, data: Message | Any, **kwargs: Any) -> PublishResult:
         """Publish one message; 7.x keywords are mapped to melange 8's (see module docs)."""
-        return super().publish(
-            queue_name, data, **publish_options_7x("QueuePublisher.publish", kwargs)
-        )
+        call = "QueuePublisher.publish"
+        kwargs = _standard_dedup_dropped(call, "queue", queue_name, kwargs)
+        return super().publish(queue_name, data, **publish_options_7x(call, kwargs))
 
 
 class TopicPublisher7x(TopicPublisher):
@@ -198,7 +221,9 @@ class TopicPublisher7x(TopicPublisher):
             TopicNotFound: The topic does not exist; 7.x created it here, melange 8
                 does not.
         """
-        options = publish_options_7x("TopicPublisher.publish", extra_attributes)
+        call = "TopicPublisher.publish"
+        extra_attributes = _standard_dedup_dropped(call, "topic", topic_name, extra_attributes)
+        options = publish_options_7x(call, extra_attributes)
         try:
             return super().publish(topic_name, data, **options)
         except TopicNotFound as exc:

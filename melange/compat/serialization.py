@@ -24,19 +24,30 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
+from melange.backends.base import OutgoingMessage, ReceivedMessage
 from melange.compat.calls_common import warn_7x
 from melange.exceptions import ConfigurationError, InvalidArgument, SerializationError, did_you_mean
-from melange.message import Message
+from melange.message import (
+    MANIFEST_ATTRIBUTE,
+    PRODUCER_ID_ATTRIBUTE,
+    RESERVED_ATTRIBUTES,
+    SERIALIZER_ATTRIBUTE,
+    Message,
+    _received_message,
+)
 from melange.serializers import (
     PICKLE_RISK,
+    SERIALIZER_ID_7X,
     JSONSerializer,
     PickleSerializer,
     Serializer,
     SerializerRegistry,
+    _where,
     describe_body,
 )
 
@@ -48,6 +59,7 @@ __all__ = [
     "LegacySerializerRegistry",
     "SerializerView",
     "decode_7x",
+    "decode_received_7x",
     "deserialize_with_class",
     "deserialize_with_serializerid",
     "encode_7x",
@@ -454,6 +466,29 @@ class LegacySerializerRegistry(SerializerRegistry):
             )
         return self.default
 
+    def encode(
+        self, message: Message | Any, *, delay_seconds: float = 0.0, producer_id: bool = True
+    ) -> OutgoingMessage:
+        """Serialize a message as melange 8 does; a 7.x serializer's also carries its 7.x id.
+
+        A body written by a 7.x custom serializer gets 7.x's ``serializer_id``
+        attribute (its ``identifier()``), so that a backend created with
+        ``compatible_with_7x=True`` can write the message in 7.x's form: a 7.x
+        consumer chooses the serializer by that number. JSON and pickle need
+        none (their 7.x ids are fixed).
+
+        Raises:
+            SerializationError: The body cannot be serialized.
+            InvalidMessage: The attributes use a name melange reserves.
+        """
+        outgoing = super().encode(message, delay_seconds=delay_seconds, producer_id=producer_id)
+        serializer = self.get(outgoing.attributes[SERIALIZER_ATTRIBUTE])
+        if not isinstance(serializer, _AdaptedSerializer):
+            return outgoing
+        attributes = dict(outgoing.attributes)
+        attributes[SERIALIZER_ID_7X] = str(serializer.legacy_id)
+        return dataclasses.replace(outgoing, attributes=attributes)
+
     def _outgoing(self, message: Message) -> tuple[str | None, Serializer]:
         # melange 8's exact bindings and explicit manifests first, then 7.x's bindings.
         if message.manifest is None and self.manifest_for(type(message.body)) is None:
@@ -642,3 +677,72 @@ def decode_7x(
     """
     serializer = _by_id(registry, serializer_id)
     return serializer.deserialize(from_text(serializer, text), manifest)
+
+
+MANIFEST_7X = "manifest"
+"""7.x's manifest attribute (``"json"`` for its JSON serializer, the class name for pickle)."""
+
+
+def decode_received_7x(registry: SerializerRegistry, received: ReceivedMessage) -> Message | None:
+    """Decode a received message that carries 7.x's ``serializer_id`` attribute.
+
+    :meth:`SerializerRegistry.decode <melange.serializers.SerializerRegistry.decode>`
+    calls it for such messages. 7.x's id chooses the serializer (7.x's custom
+    ones included), never the registry's default: a message whose id no
+    registered serializer has is undecodable. 7.x's ``manifest`` and
+    ``serializer_id`` attributes are not handed to the application.
+
+    A melange 8 message that carries the 7.x id of its 7.x custom serializer
+    for 7.x consumers (:meth:`LegacySerializerRegistry.encode`) is decoded the
+    melange 8 way, without that attribute.
+
+    Returns:
+        The decoded message, or ``None`` when melange 8's own attributes decide
+        (``melange.serializer`` present, or a ``serializer_id`` that is not a
+        number); the registry then decodes it the melange 8 way.
+
+    Raises:
+        SerializationError: No registered serializer has the 7.x id (pickle's,
+            2, when pickle is not allowed), or the body cannot be decoded.
+    """
+    attributes = received.attributes
+    number = attributes[SERIALIZER_ID_7X].strip()
+    if not number.isdigit():
+        return None
+    identifier = attributes.get(SERIALIZER_ATTRIBUTE)
+    if identifier is not None:
+        named = registry.get(identifier)
+        if isinstance(named, _AdaptedSerializer) and str(named.legacy_id) == number:
+            # Our own 7.x id, written for 7.x consumers: not an application attribute.
+            stripped = {k: v for k, v in attributes.items() if k != SERIALIZER_ID_7X}
+            return registry.decode(dataclasses.replace(received, attributes=stripped))
+        return None
+    try:
+        serializer = _by_id(registry, int(number))
+    except SerializationError as exc:
+        raise SerializationError(f"cannot decode {_where(received)}: {exc}") from None
+    kept = {
+        name: value
+        for name, value in attributes.items()
+        if name not in RESERVED_ATTRIBUTES and name not in (SERIALIZER_ID_7X, MANIFEST_7X)
+    }
+    manifest = attributes.get(MANIFEST_ATTRIBUTE) or attributes.get(MANIFEST_7X) or None
+    if manifest == "json" and isinstance(serializer, JSONSerializer):
+        manifest = None  # 7.x's JSON serializer named every payload "json"
+    try:
+        body = serializer.deserialize(from_text(serializer, bytes(received.body)), manifest)
+    except SerializationError as exc:
+        raise SerializationError(f"cannot decode {_where(received)}: {exc}") from exc
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot decode {_where(received)}: 7.x serializer {serializer.identifier!r} failed "
+            f"on the {describe_body(bytes(received.body), manifest)} ({type(exc).__name__})"
+        ) from exc
+    return _received_message(
+        body,
+        manifest,
+        kept,
+        received.message_id,
+        received.group_id,
+        attributes.get(PRODUCER_ID_ATTRIBUTE),
+    )

@@ -17,6 +17,8 @@ Error messages describe a body by its size and manifest only, never by its conte
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
 import collections.abc
 import dataclasses
 import enum
@@ -68,6 +70,10 @@ class Serializer(abc.ABC):
 
     identifier: str = ""
     """The name written to the ``melange.serializer`` attribute, e.g. ``"json"``."""
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        """Return the class itself: melange 7.x's base was generic (``Serializer[Dict]``)."""
+        return cls
 
     def manifest(self, obj: Any) -> str | None:
         """Return the manifest to send with ``obj``, or ``None`` if the body is enough.
@@ -305,12 +311,16 @@ class JSONSerializer(Serializer):
             ) from None
         return text.encode("utf-8")
 
-    def deserialize(self, data: bytes, manifest: str | None) -> Any:
+    def deserialize(self, data: bytes | str, manifest: str | None = None) -> Any:
         """Parse ``data`` as JSON, rebuilding the bound dataclass for ``manifest``.
+
+        ``data`` may also be text, as melange 7.x's ``JsonSerializer`` took it.
 
         Raises:
             SerializationError: ``data`` is not UTF-8 JSON, or does not fit the bound type.
         """
+        if type(data) is not bytes and isinstance(data, str):  # 7.x's text
+            data = data.encode("utf-8", errors="surrogatepass")
         try:
             # bytes(data) only for other buffers: it costs a call even on bytes.
             text = (data if type(data) is bytes else bytes(data)).decode("utf-8")
@@ -374,12 +384,22 @@ class PickleSerializer(Serializer):
                 f"cannot pickle {type(obj).__qualname__}: {type(exc).__name__}"
             ) from exc
 
-    def deserialize(self, data: bytes, manifest: str | None) -> Any:
+    def deserialize(self, data: bytes | str, manifest: str | None = None) -> Any:
         """Unpickle ``data``.
 
+        ``data`` may also be the base64 text melange 7.x's ``PickleSerializer`` wrote.
+
         Raises:
-            SerializationError: ``data`` is not a loadable pickle.
+            SerializationError: ``data`` is not a loadable pickle (or not base64 text).
         """
+        if isinstance(data, str):
+            try:
+                data = base64.decodebytes(data.encode("ascii"))
+            except (UnicodeEncodeError, binascii.Error):
+                raise SerializationError(
+                    f"a body of {len(data)} characters is not base64 text, as melange 7.x's "
+                    "pickle serializer wrote it"
+                ) from None
         try:
             return _pickle.loads(data)  # only reachable when explicitly allowed
         except Exception as exc:
@@ -692,7 +712,10 @@ class SerializerRegistry:
 
         The serializer is the one routed for the ``melange.manifest`` attribute,
         else the one named by ``melange.serializer``, else the default. Those two
-        attributes are removed from the returned message's attributes.
+        attributes are removed from the returned message's attributes. A message
+        melange 7.x wrote (a numeric ``serializer_id`` attribute and no
+        ``melange.serializer``) is read by the serializer with that 7.x id, never
+        by the default.
 
         Args:
             received: A message from :meth:`MessagingBackend.receive`.
@@ -707,6 +730,13 @@ class SerializerRegistry:
         """
         # Runs for every received message: no work here that only an error needs.
         attributes = received.attributes
+        if SERIALIZER_ID_7X in attributes:
+            # Written by melange 7.x (or for its consumers): 7.x's serializer number decides.
+            from melange.compat.serialization import decode_received_7x
+
+            decoded = decode_received_7x(self, received)
+            if decoded is not None:
+                return decoded
         manifest = attributes.get(MANIFEST_ATTRIBUTE)
         serializer = self._incoming(manifest, attributes.get(SERIALIZER_ATTRIBUTE), received)
         try:
@@ -754,6 +784,9 @@ class SerializerRegistry:
 
 
 _RESERVED = tuple(sorted(RESERVED_ATTRIBUTES))
+
+SERIALIZER_ID_7X = "serializer_id"
+"""melange 7.x's serializer attribute: the number of the serializer that wrote the body."""
 
 
 def _where(received: ReceivedMessage) -> str:

@@ -22,10 +22,10 @@ from melange_aws.wire import decode_message
 from melange_aws.wire7 import read_7x, write_7x
 
 from melange.backends.base import ReceivedMessage
-from melange.exceptions import ConfigurationError, InvalidMessage
+from melange.exceptions import ConfigurationError, InvalidMessage, SerializationError
 from melange.factory import MessagingBackendFactory
 from melange.message import Message
-from melange.serializers import PickleSerializer, SerializerRegistry
+from melange.serializers import JSONSerializer, PickleSerializer, SerializerRegistry
 
 PAYLOAD = {"order": 7, "note": 'quotes " and ünïcode'}
 
@@ -128,7 +128,43 @@ def test_an_unknown_7x_serializer_keeps_the_payload_for_the_registry_to_refuse()
     attributes = {"serializer_id": "9", "manifest": "Custom"}
     body, base64_text = read_7x(json.dumps({"Message": "abc"}), attributes, enveloped=False)
     assert (body, base64_text) == ("abc", False)
-    assert attributes == {"melange.manifest": "Custom"}  # no serializer named: undecodable
+    # 7.x's number is kept: the registry reads it with that 7.x serializer, or refuses it.
+    assert attributes == {"melange.manifest": "Custom", "serializer_id": "9"}
+    with pytest.raises(SerializationError, match=r"no serializer with 7\.x id 9"):
+        decoded_payload(queue_message_7x("abc", serializer_id="9", manifest="Custom"))
+
+
+class Banana7x:  # a 7.x custom serializer, as 7.x's serialization.md describes one
+    @staticmethod
+    def identifier() -> int:
+        return 40
+
+    def manifest(self, data: Any) -> str:
+        return "BananaEvent"
+
+    def serialize(self, data: Any) -> str:
+        return json.dumps({"value": data["banana"]})
+
+    def deserialize(self, data: str, manifest: str | None = None) -> Any:
+        return {"banana": json.loads(data)["value"]}
+
+
+def banana_registry() -> SerializerRegistry:
+    with pytest.warns(DeprecationWarning):
+        return SerializerRegistry(
+            {
+                "serializers": {"json": JSONSerializer, "banana": Banana7x},
+                "serializer_bindings": {dict: "banana"},
+                "default": "json",
+            }
+        )
+
+
+def test_a_7x_custom_serializer_message_is_read_by_that_serializer() -> None:
+    # 7.2.0 sent Body '{"Message": "{\"value\": \"b1\"}"}' with manifest BananaEvent and
+    # serializer_id 40 (captured from 7.2.0's QueuePublisher on a moto server).
+    raw = queue_message_7x(json.dumps({"value": "b1"}), serializer_id="40", manifest="BananaEvent")
+    assert decoded_payload(raw, banana_registry()) == {"banana": "b1"}
 
 
 # ------------------------------------------------------------------ writing
@@ -149,6 +185,16 @@ def test_only_7x_serializers_are_written_in_7x_form() -> None:
     attributes = {"melange.serializer": "msgpack"}
     assert write_7x("abc", attributes, queue=True) == "abc"
     assert attributes == {"melange.serializer": "msgpack"}
+
+
+def test_a_7x_custom_serializer_payload_is_written_as_7x_wrote_it() -> None:
+    outgoing = banana_registry().encode({"banana": "b1"}, producer_id=False)
+    attributes = dict(outgoing.attributes)
+    text = write_7x(outgoing.body.decode(), attributes, queue=True)
+    # What 7.2.0 wrote for it (see test_a_7x_custom_serializer_message_is_read_by_that_serializer).
+    assert json.loads(text) == {"Message": '{"value": "b1"}'}
+    assert attributes["serializer_id"] == "40" and attributes["manifest"] == "BananaEvent"
+    assert write_7x('{"value": "b1"}', dict(outgoing.attributes), queue=False) == '{"value": "b1"}'
 
 
 # ------------------------------------------------------- against moto's SQS/SNS

@@ -48,7 +48,9 @@ def read_7x(text: str, attributes: dict[str, str], *, enveloped: bool) -> tuple[
     A message is in 7.x's form when it carries a numeric ``serializer_id``
     attribute; anything else is returned unchanged. The 7.x queue wrapper is
     removed, the serializer named the melange 8 way and the two 7.x attributes
-    dropped.
+    dropped. The number of a 7.x custom serializer (neither JSON nor pickle) is
+    kept: the registry reads the body with the serializer of that 7.x id, or
+    refuses it, never with its default.
 
     Args:
         text: The body as received (an SNS envelope already unwrapped).
@@ -72,7 +74,9 @@ def read_7x(text: str, attributes: dict[str, str], *, enveloped: bool) -> tuple[
     manifest = attributes.pop(MANIFEST_7X, None)
     if manifest and manifest != JSON_MANIFEST_7X and MANIFEST_ATTRIBUTE not in attributes:
         attributes[MANIFEST_ATTRIBUTE] = manifest
-    del attributes[SERIALIZER_ID_7X]
+    if serializer is not None:
+        del attributes[SERIALIZER_ID_7X]
+    # else: a 7.x custom serializer's number, kept: the registry reads it with that serializer
     return body, base64_text
 
 
@@ -94,9 +98,10 @@ def _unwrapped(text: str) -> str:
 def write_7x(text: str, attributes: dict[str, str], *, queue: bool) -> str:
     """Return the body text a 7.x consumer reads; add 7.x's attributes to ``attributes``.
 
-    Only payloads of the serializers 7.x had (JSON and pickle) are rewritten:
-    a 7.x consumer could not read any other, and melange 8 consumers read the
-    message either way.
+    Payloads of 7.x's JSON and pickle serializers are rewritten, and those of a
+    7.x custom serializer (whose 7.x id a registry built from a 7.x configuration
+    dict adds as ``serializer_id``). A melange 8 serializer has no 7.x id: its
+    messages are left in melange 8's form, which melange 8 consumers read either way.
 
     Args:
         text: The body text melange 8 would send (base64 text for pickle).
@@ -105,7 +110,14 @@ def write_7x(text: str, attributes: dict[str, str], *, queue: bool) -> str:
     """
     number = SERIALIZER_IDS_7X.get(attributes.get(SERIALIZER_ATTRIBUTE, ""))
     if number is None:
-        return text
+        # A 7.x custom serializer's body: the registry adds its 7.x id (serializer_id).
+        custom = attributes.get(SERIALIZER_ID_7X, "")
+        if not custom.isdigit():
+            return text
+        manifest = attributes.get(MANIFEST_ATTRIBUTE)
+        if manifest:
+            attributes[MANIFEST_7X] = manifest
+        return json.dumps({"Message": text}) if queue else text
     if number == SERIALIZER_IDS_7X["json"]:
         manifest = JSON_MANIFEST_7X
     else:
