@@ -41,6 +41,7 @@ from melange.backends.base import (
 from melange.exceptions import (
     BrokerError,
     ConfigurationError,
+    ImmutableSettingError,
     InvalidMessage,
     LeaseLost,
     MelangeError,
@@ -341,7 +342,16 @@ class RabbitMQBackend(MessagingBackend):
     def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
         api = self.management
         if api is None:
-            return ()
+            with self._lock:
+                declared_here = spec.name in self._declared
+            if declared_here:
+                return ()
+            # AMQP cannot read a queue's arguments, so get_queue reported the defaults: a
+            # declaration equal to them would never be sent. Sending it is how the broker
+            # compares the arguments (406 PRECONDITION_FAILED, ImmutableSettingError).
+            return (
+                Change("queue arguments", "unread (no management_url)", "checked by the broker"),
+            )
         described = api.queue(spec.name) or {}
         kind = described.get("type") or (described.get("arguments") or {}).get("x-queue-type")
         if kind and kind != "quorum":
@@ -350,7 +360,14 @@ class RabbitMQBackend(MessagingBackend):
 
     def _declare_queue(self, spec: QueueSpec) -> None:
         api = self.management
-        arguments = dict(QUORUM) if api is not None else self.queue_arguments(spec)
+        if api is None:
+            arguments = self.queue_arguments(spec)
+        else:
+            # A queue made without the management API holds settings in its arguments: they
+            # win over policies and cannot change, and a redeclaration must repeat them.
+            fixed = self._fixed_arguments(api, spec.name)
+            self._check_fixed_arguments(spec, fixed)
+            arguments = {**fixed, **QUORUM}
 
         def declare() -> None:
             try:
@@ -364,6 +381,46 @@ class RabbitMQBackend(MessagingBackend):
         with self._lock:
             self._declared[spec.name] = spec
             self._visibility[spec.name] = (spec.visibility_timeout, time.monotonic())
+
+    @staticmethod
+    def _fixed_arguments(api: ManagementAPI, name: str) -> dict[str, Any]:
+        """The ``x-`` arguments of an existing queue, but its type (empty when it is new)."""
+        described = api.queue(name) or {}
+        arguments = described.get("arguments") or {}
+        return {k: v for k, v in arguments.items() if k.startswith("x-") and k != "x-queue-type"}
+
+    def _check_fixed_arguments(self, spec: QueueSpec, fixed: dict[str, Any]) -> None:
+        """Raise ImmutableSettingError where ``spec`` differs from a setting held in arguments."""
+        if not fixed:
+            return
+        held = self._spec_from(
+            spec.name, {key[2:]: value for key, value in fixed.items()}, spec.visibility_timeout
+        )
+        differences: list[tuple[str, object, object]] = []
+        if "x-message-ttl" in fixed:
+            differences.append(
+                (
+                    "message_retention_period",
+                    held.message_retention_period,
+                    spec.message_retention_period,
+                )
+            )
+        if "x-dead-letter-routing-key" in fixed or "x-dead-letter-exchange" in fixed:
+            current, declared = held.dead_letter, spec.dead_letter
+            differences.append(
+                (
+                    "dead_letter_queue_name",
+                    current.queue_name if current else None,
+                    declared.queue_name if declared else None,
+                )
+            )
+            if current is not None and declared is not None:
+                differences.append(
+                    ("max_receive_count", current.max_receive_count, declared.max_receive_count)
+                )
+        for setting, current_value, declared_value in differences:
+            if current_value != declared_value:
+                raise ImmutableSettingError(spec.name, setting, current_value, declared_value)
 
     def _converge_queue(self, api: ManagementAPI, spec: QueueSpec) -> None:
         name = self._policy_name(spec.name)
