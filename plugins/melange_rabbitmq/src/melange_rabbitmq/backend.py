@@ -18,6 +18,7 @@ Mapping (docs/backends/rabbitmq.md has the reasons and the limits):
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -79,6 +80,9 @@ FULL_PREFETCH_POLL = (0.02, 0.25)
 """Seconds between two ``basic.get`` of a waiting receive while the prefetch is used up (the
 broker pushes nothing then): the first interval, doubled after each empty answer up to the last."""
 
+AMQP_SHORT_MAX = 65535
+"""Largest ``basic.qos`` prefetch count and heartbeat (16-bit fields of AMQP 0-9-1)."""
+
 NAME_RULE = NameRule(
     pattern=r"(?!amq\.)[A-Za-z0-9_.:-]+",
     max_length=200,
@@ -110,13 +114,16 @@ class RabbitMQBackend(MessagingBackend):
         management_url: The management plugin's HTTP endpoint (``http://host:15672``);
             with it, init reads the real state and converges through policies. Without
             it, settings are fixed at creation (docs/backends/rabbitmq.md).
-        heartbeat: Seconds between AMQP heartbeats (0 turns them off).
-        prefetch: Deliveries each queue's consumer may hold unacknowledged.
+        heartbeat: Seconds between AMQP heartbeats, 1 to 65535.
+        prefetch: Deliveries each queue's consumer may hold unacknowledged, 1 to 65535.
         call_timeout: Seconds one call waits for the broker before it fails.
         connect_timeout: Seconds to open the TCP (and TLS) connection.
         default_visibility_timeout: Lease of a queue whose timeout cannot be read
-            (no ``management_url``, and not declared by this backend).
-        policy_priority: Priority of melange's queue policies over other policies.
+            (no ``management_url``, and not declared by this backend); at most 1500 s.
+        policy_priority: Priority of melange's queue policies over other policies (>= 0).
+
+    Raises:
+        ConfigurationError: An option has the wrong type or is out of range.
     """
 
     name = "rabbitmq"
@@ -162,18 +169,41 @@ class RabbitMQBackend(MessagingBackend):
                 "url must be an amqp:// or amqps:// URL such as "
                 f"{DEFAULT_URL.replace('guest:guest@', 'user:password@')}"
             )
-        for label, value in (("prefetch", prefetch), ("heartbeat", heartbeat)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{label} must be a whole number >= 0, got {value!r}")
+        # AMQP carries both in 16-bit fields, and 0 would mean "no limit" (prefetch) or
+        # "no heartbeats" (a dead peer never noticed): the documented range starts at 1.
+        for label, value, what in (
+            ("prefetch", prefetch, "a whole number"),
+            ("heartbeat", heartbeat, "a whole number of seconds"),
+        ):
+            if not _whole(value) or not 1 <= value <= AMQP_SHORT_MAX:
+                raise ConfigurationError(
+                    f"{label} must be {what} from 1 to {AMQP_SHORT_MAX}, got {value!r}"
+                )
+        if not _whole(policy_priority) or policy_priority < 0:
+            raise ConfigurationError(
+                f"policy_priority must be a whole number >= 0 (higher wins over the broker's "
+                f"other policies), got {policy_priority!r}"
+            )
         for label, seconds in (
             ("call_timeout", call_timeout),
             ("connect_timeout", connect_timeout),
             ("default_visibility_timeout", default_visibility_timeout),
         ):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds)
+                or seconds <= 0
+            ):
                 raise ConfigurationError(
-                    f"{label} must be a number of seconds > 0, got {seconds!r}"
+                    f"{label} must be a finite number of seconds > 0, got {seconds!r}"
                 )
+        lease_cap = self.capabilities.max_visibility_timeout
+        if default_visibility_timeout > lease_cap:
+            raise ConfigurationError(
+                f"default_visibility_timeout must be at most {lease_cap:g} seconds (25 minutes, "
+                f"below RabbitMQ's consumer_timeout), got {default_visibility_timeout!r}"
+            )
         try:
             parameters = pika.URLParameters(url)
         except Exception as error:  # pika raises several kinds; none may echo the URL
@@ -753,3 +783,8 @@ def _unknown(target: str, error: BaseException, *, connection_lost: bool) -> Mel
     return OutcomeUnknown(
         f"{what} ({type(error).__name__}); the message may or may not have been stored"
     )
+
+
+def _whole(value: object) -> bool:
+    """Whether ``value`` is an ``int`` (not a ``bool``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
