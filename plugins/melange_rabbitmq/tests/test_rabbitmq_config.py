@@ -114,6 +114,44 @@ def test_the_edges_of_the_options_are_accepted() -> None:
     backend.close()
 
 
+def test_the_url_s_query_options_win_over_melange_s_defaults() -> None:
+    url = (
+        "amqp://guest:guest@127.0.0.1:5672/%2F?heartbeat=7&socket_timeout=3&stack_timeout=4"
+        "&blocked_connection_timeout=9&connection_attempts=2&retry_delay=0.5"
+    )
+    backend = RabbitMQBackend(url)
+    try:
+        parameters = backend.link.parameters
+        assert parameters.heartbeat == 7
+        assert parameters.socket_timeout == 3
+        assert parameters.stack_timeout == 4
+        assert parameters.blocked_connection_timeout == 9
+        assert (parameters.connection_attempts, parameters.retry_delay) == (2, 0.5)
+        assert parameters.client_properties == {"connection_name": "melange"}
+    finally:
+        backend.close()
+    # Options passed explicitly win over the URL's; without either, melange's defaults apply.
+    backend = RabbitMQBackend(url, heartbeat=11, connect_timeout=5.0)
+    try:
+        assert (backend.link.parameters.heartbeat, backend.link.parameters.socket_timeout) == (
+            11,
+            5.0,
+        )
+    finally:
+        backend.close()
+    backend = RabbitMQBackend("amqp://guest:guest@127.0.0.1:5672/%2F", call_timeout=12.0)
+    try:
+        parameters = backend.link.parameters
+        assert (parameters.heartbeat, parameters.socket_timeout, parameters.stack_timeout) == (
+            30,
+            10.0,
+            15.0,
+        )
+        assert (parameters.blocked_connection_timeout, parameters.connection_attempts) == (12.0, 1)
+    finally:
+        backend.close()
+
+
 def test_an_unreachable_broker_is_backend_unavailable_without_the_password() -> None:
     backend = RabbitMQBackend(
         f"amqp://guest:{SECRET}@127.0.0.1:1/%2F", connect_timeout=0.5, call_timeout=2.0

@@ -80,6 +80,10 @@ FULL_PREFETCH_POLL = (0.02, 0.25)
 """Seconds between two ``basic.get`` of a waiting receive while the prefetch is used up (the
 broker pushes nothing then): the first interval, doubled after each empty answer up to the last."""
 
+DEFAULT_HEARTBEAT = 30
+"""Seconds between heartbeats when neither the option nor the URL's ``?heartbeat=`` sets them."""
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to connect when neither the option nor the URL's ``?socket_timeout=`` sets them."""
 AMQP_SHORT_MAX = 65535
 """Largest ``basic.qos`` prefetch count and heartbeat (16-bit fields of AMQP 0-9-1)."""
 
@@ -110,14 +114,17 @@ class RabbitMQBackend(MessagingBackend):
     Args:
         url: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS); by default
             ``MELANGE_OPTION_URL`` or :data:`DEFAULT_URL`. Query options of pika's
-            ``URLParameters`` apply (e.g. ``?heartbeat=30``).
+            ``URLParameters`` apply (e.g. ``?heartbeat=30``) and win over melange's
+            defaults (not over ``heartbeat`` or ``connect_timeout`` passed explicitly).
         management_url: The management plugin's HTTP endpoint (``http://host:15672``);
             with it, init reads the real state and converges through policies. Without
             it, settings are fixed at creation (docs/backends/rabbitmq.md).
-        heartbeat: Seconds between AMQP heartbeats, 1 to 65535.
+        heartbeat: Seconds between AMQP heartbeats, 1 to 65535; by default the URL's
+            ``?heartbeat=``, else 30.
         prefetch: Deliveries each queue's consumer may hold unacknowledged, 1 to 65535.
         call_timeout: Seconds one call waits for the broker before it fails.
-        connect_timeout: Seconds to open the TCP (and TLS) connection.
+        connect_timeout: Seconds to open the TCP (and TLS) connection; by default the
+            URL's ``?socket_timeout=``, else 10.
         default_visibility_timeout: Lease of a queue whose timeout cannot be read
             (no ``management_url``, and not declared by this backend); at most 1500 s.
         policy_priority: Priority of melange's queue policies over other policies (>= 0).
@@ -155,10 +162,10 @@ class RabbitMQBackend(MessagingBackend):
         url: str | None = None,
         *,
         management_url: str | None = None,
-        heartbeat: int = 30,
+        heartbeat: int | None = None,
         prefetch: int = 100,
         call_timeout: float = 30.0,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
         default_visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
         policy_priority: int = 10,
     ) -> None:
@@ -169,6 +176,12 @@ class RabbitMQBackend(MessagingBackend):
                 "url must be an amqp:// or amqps:// URL such as "
                 f"{DEFAULT_URL.replace('guest:guest@', 'user:password@')}"
             )
+        in_url = set(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query))
+        heartbeat_given, connect_timeout_given = heartbeat is not None, connect_timeout is not None
+        if heartbeat is None:
+            heartbeat = DEFAULT_HEARTBEAT
+        if connect_timeout is None:
+            connect_timeout = DEFAULT_CONNECT_TIMEOUT
         # AMQP carries both in 16-bit fields, and 0 would mean "no limit" (prefetch) or
         # "no heartbeats" (a dead peer never noticed): the documented range starts at 1.
         for label, value, what in (
@@ -211,12 +224,24 @@ class RabbitMQBackend(MessagingBackend):
                 f"url is not a valid AMQP URL ({type(error).__name__}); the form is "
                 "amqp://user:password@host:port/vhost"
             ) from None
-        parameters.heartbeat = heartbeat
-        parameters.socket_timeout = connect_timeout
-        parameters.stack_timeout = connect_timeout + 5.0
-        parameters.blocked_connection_timeout = call_timeout
-        parameters.connection_attempts = 1
-        parameters.client_properties = {"connection_name": "melange"}
+        # pika's query options in the URL win over melange's defaults; heartbeat and
+        # connect_timeout passed explicitly win over the URL's heartbeat and socket_timeout.
+        defaults: dict[str, Any] = {
+            "heartbeat": heartbeat,
+            "socket_timeout": connect_timeout,
+            "blocked_connection_timeout": call_timeout,
+            "connection_attempts": 1,
+        }
+        explicit = {"heartbeat": heartbeat_given, "socket_timeout": connect_timeout_given}
+        for key, value in defaults.items():
+            if key not in in_url or explicit.get(key, False):
+                setattr(parameters, key, value)
+        if "stack_timeout" not in in_url:
+            parameters.stack_timeout = parameters.socket_timeout + 5.0
+        parameters.client_properties = {
+            **(parameters.client_properties or {}),
+            "connection_name": "melange",
+        }
         scheme = "amqps" if parameters.ssl_options is not None else "amqp"
         self.vhost: str = parameters.virtual_host
         vhost = urllib.parse.quote(self.vhost, safe="")
