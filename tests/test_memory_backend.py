@@ -601,6 +601,25 @@ def test_foreign_receipt_is_refused_before_anything_changes(backend: MemoryBacke
     assert backend.queue_depth("q").in_flight == 1  # the valid one was not acked either
 
 
+def test_a_receipt_of_another_memory_backend_is_refused(backend: MemoryBackend) -> None:
+    other = MemoryBackend()
+    for memory in (backend, other):
+        queue(memory)
+        send(memory, "q", "m")
+    [mine] = backend.receive("q")
+    [theirs] = other.receive("q")
+    for call in (
+        lambda: backend.ack([mine, theirs]),
+        lambda: backend.nack([mine, theirs]),
+        lambda: backend.extend_lease([mine, theirs], 60),
+    ):
+        with pytest.raises(InvalidMessage, match="another memory backend"):
+            call()
+    assert backend.queue_depth("q").in_flight == 1  # nothing settled, neither here
+    assert other.queue_depth("q").in_flight == 1  # nor on the backend that received it
+    other.close()
+
+
 def test_extend_lease_keeps_the_message_invisible(
     backend: MemoryBackend, clock: ManualClock
 ) -> None:
@@ -795,6 +814,9 @@ def test_close_is_idempotent_and_later_use_fails(clock: ManualClock) -> None:
         lambda: backend.declare_queue(QueueSpec("q")),
         lambda: backend.get_queue("q"),
         lambda: backend.queue_depth("q"),
+        lambda: backend.ack([]),
+        lambda: backend.nack([]),
+        lambda: backend.extend_lease([], 1),
     ):
         with pytest.raises(BackendClosed, match="memory"):
             call()

@@ -21,6 +21,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from operator import attrgetter
 from random import getrandbits
 from typing import Any, NamedTuple
@@ -83,6 +84,7 @@ class _Receipt(NamedTuple):
     queue_name: str
     message_id: str
     delivery: int
+    owner: object  # the backend's token: a receipt of another MemoryBackend is refused
 
 
 class _Stored:
@@ -382,6 +384,7 @@ class MemoryBackend(MessagingBackend):
         self._topics: dict[str, _Topic] = {}
         self._seq = itertools.count(1)
         self._last_delivery = 0
+        self._token = object()  # marks this backend's receipts
 
     def _wake(self) -> None:
         """Wake waiting receivers; call with the lock held after anything became receivable."""
@@ -611,7 +614,7 @@ class MemoryBackend(MessagingBackend):
                         message_id,
                         stored.receive_count,
                         stored.group_id,
-                        _Receipt(queue_name, message_id, delivery),
+                        _Receipt(queue_name, message_id, delivery, self._token),
                     )
                 )
             if not moved:
@@ -647,12 +650,52 @@ class MemoryBackend(MessagingBackend):
         return True
 
     # ------------------------------------------------------------------ settle
+    # The contract returns at once on an empty batch, even after close(); the memory
+    # backend promises BackendClosed for any call after close(), so it checks first.
+    def ack(self, messages: Sequence[ReceivedMessage]) -> None:
+        """Acknowledge messages: they are removed and never redelivered.
+
+        Raises:
+            BackendClosed: The backend was closed (also for an empty batch).
+        """
+        self._refuse_if_closed("acknowledge")
+        super().ack(messages)
+
+    def nack(self, messages: Sequence[ReceivedMessage], delay_seconds: float = 0.0) -> None:
+        """Release messages for redelivery after ``delay_seconds`` (0 = at once).
+
+        Raises:
+            BackendClosed: The backend was closed (also for an empty batch).
+        """
+        self._refuse_if_closed("negatively acknowledge")
+        super().nack(messages, delay_seconds)
+
+    def extend_lease(self, messages: Sequence[ReceivedMessage], seconds: float) -> None:
+        """Keep messages invisible to other receivers for ``seconds`` from now.
+
+        Raises:
+            BackendClosed: The backend was closed (also for an empty batch).
+        """
+        self._refuse_if_closed("extend a lease")
+        super().extend_lease(messages, seconds)
+
+    def _refuse_if_closed(self, operation: str) -> None:
+        if self._closed:
+            raise BackendClosed(self.name, operation)
+
     def _current(self, message: ReceivedMessage) -> tuple[_Queue, _Stored] | None:
         """Return the queue and message ``message`` was received as, if that delivery is current."""
         receipt = message.receipt
         if not isinstance(receipt, _Receipt):
             raise InvalidMessage(
                 f"message {message.message_id!r} carries no receipt of a memory backend; "
+                "ack, nack or extend messages with the backend that received them"
+            )
+        if receipt.owner is not self._token:
+            # Delivery numbers and message ids mean nothing on another backend: acting on
+            # them would settle nothing (or a message of the same id) and hide the mistake.
+            raise InvalidMessage(
+                f"message {message.message_id!r} was received by another memory backend; "
                 "ack, nack or extend messages with the backend that received them"
             )
         queue = self._queues.get(receipt.queue_name)

@@ -42,6 +42,8 @@ def test_valid_queue_names(name: str) -> None:
         (".orders", "starts with a period"),
         ("orders/", "ends with a slash"),
         ("/orders", "starts with a slash"),
+        ("team//orders", "empty segment"),
+        ("a//b", "empty segment"),
         ("or ders", "space"),
         ("orders$", "dollar"),
         ("$DeadLetterQueue", "reserved"),
@@ -109,4 +111,8 @@ def test_invalid_names_create_nothing(
         factory.init_queue("ok-queue", ["-bad-topic"])
     with pytest.raises(InvalidTopology):
         factory.init_queue("ok-queue", dead_letter_queue_name="bad/")
+    with pytest.raises(InvalidName, match="empty segment"):
+        factory.init_queue("a//b")
+    with pytest.raises(InvalidName, match="empty segment"):
+        factory.init_topic("a//b")
     assert service_bus.management.requests[before:] == []

@@ -252,3 +252,62 @@ def test_subscribe_needs_the_queue(backend: AzureServiceBusBackend, names: Resou
     MessagingBackendFactory(backend).init_topic(topic)
     with pytest.raises(QueueNotFound):
         backend.subscribe(SubscriptionSpec(topic, names.queue()))
+
+
+def _writes(service_bus: ServiceBusStandIn, since: int) -> list[tuple[str, str]]:
+    return [r for r in service_bus.management.requests[since:] if r[0] != "GET"]
+
+
+def test_a_name_of_the_other_kind_is_refused_at_init_before_anything_is_created(
+    backend: AzureServiceBusBackend,
+    admin: ServiceBusAdministrationClient,
+    names: ResourceNames,
+    service_bus: ServiceBusStandIn,
+) -> None:
+    # Queues and topics share one namespace of names, compared case-insensitively.
+    factory = MessagingBackendFactory(backend)
+    topic, queue = names.topic(), names.queue()
+    factory.init_topic(topic)
+    factory.init_queue(queue)
+    new_topic, new_queue = names.topic("new"), names.queue("new")
+    before = len(service_bus.management.requests)
+    with pytest.raises(InvalidTopology, match=rf"(?i)'{topic.upper()}'.*topic.*one namespace"):
+        factory.init_queue(topic.upper())
+    with pytest.raises(InvalidTopology, match=rf"(?i)'{queue.upper()}'.*queue.*one namespace"):
+        factory.init_topic(queue.upper())
+    with pytest.raises(InvalidTopology, match=f"'{topic}'.*topic"):
+        factory.init_queue(new_queue, [new_topic], dead_letter_queue_name=topic)
+    with pytest.raises(InvalidTopology, match=f"'{queue}'.*queue"):
+        factory.init_queue(new_queue, [queue])
+    assert _writes(service_bus, before) == []
+    assert backend.get_topic(new_topic) is None and backend.get_queue(new_queue) is None
+    assert admin.get_topic(topic).name == topic and admin.get_queue(queue).name == queue
+
+
+def test_data_calls_on_a_name_of_the_other_kind_are_not_found(
+    backend: AzureServiceBusBackend,
+    admin: ServiceBusAdministrationClient,
+    names: ResourceNames,
+    service_bus: ServiceBusStandIn,
+) -> None:
+    from melange.backends.base import OutgoingMessage
+    from melange.exceptions import TopicNotFound
+
+    factory = MessagingBackendFactory(backend)
+    topic, queue = names.topic(), names.queue()
+    factory.init_topic(topic)
+    factory.init_queue(queue)
+    message = OutgoingMessage(b"x")
+    with pytest.raises(QueueNotFound, match="is a topic"):
+        backend.publish(topic, [message])
+    with pytest.raises(QueueNotFound, match="is a topic"):
+        backend.receive(topic, 1, 0)
+    with pytest.raises(TopicNotFound, match="is a queue"):
+        backend.publish_to_topic(queue, [message])
+    before = len(service_bus.management.requests)
+    with pytest.raises(QueueNotFound, match="is a topic"):
+        backend.delete_queue(topic)
+    with pytest.raises(TopicNotFound, match="is a queue"):
+        backend.delete_topic(queue)
+    assert _writes(service_bus, before) == []
+    assert admin.get_topic(topic).name == topic and admin.get_queue(queue).name == queue

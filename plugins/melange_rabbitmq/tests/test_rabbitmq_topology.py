@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pika
+import pika.exceptions
 import pytest
 from melange_rabbitmq import RabbitMQBackend
 from melange_rabbitmq.testing import RabbitMQNode
@@ -154,6 +155,99 @@ def test_without_management_a_changed_setting_is_refused_naming_both_values(
     assert "3600" in str(error) and "7200" in str(error)
     factory.init_queue(unique, message_retention_period=3600.0)  # the same: accepted
     bare.delete_queue(unique)
+
+
+def test_without_management_a_fresh_backend_s_reinit_is_checked_by_the_broker(
+    rabbitmq_node: RabbitMQNode, bare: RabbitMQBackend, unique: str
+) -> None:
+    # Another process (a fresh backend) cannot read the queue's arguments: its declaration,
+    # even one equal to melange's defaults, must reach the broker, which compares them.
+    queue, dlq = f"{unique}-q", f"{unique}-dlq"
+    MessagingBackendFactory(bare).init_queue(
+        queue, dead_letter_queue_name=dlq, max_receive_count=5, message_retention_period=3600.0
+    )
+    for settings in (
+        {},  # melange's defaults, no dead-letter queue
+        {"message_retention_period": 3600.0},  # the dead-letter queue left out
+        {"dead_letter_queue_name": dlq, "max_receive_count": 3, "message_retention_period": 3600.0},
+    ):
+        fresh = RabbitMQBackend(rabbitmq_node.url)
+        try:
+            with pytest.raises(ImmutableSettingError) as caught:
+                MessagingBackendFactory(fresh).init_queue(queue, **settings)  # type: ignore[arg-type]
+        finally:
+            fresh.close()
+        assert caught.value.resource == queue, settings
+    fresh = RabbitMQBackend(rabbitmq_node.url)
+    try:  # the same declaration is accepted
+        MessagingBackendFactory(fresh).init_queue(
+            queue, dead_letter_queue_name=dlq, max_receive_count=5, message_retention_period=3600.0
+        )
+    finally:
+        fresh.close()
+    for name in (queue, dlq):
+        bare.delete_queue(name)
+
+
+def test_without_management_a_classic_queue_made_by_another_client_is_refused(
+    rabbitmq_node: RabbitMQNode, bare: RabbitMQBackend, unique: str
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_node.url))
+    try:
+        connection.channel().queue_declare(unique, durable=True)  # classic, by hand
+    finally:
+        connection.close()
+    with pytest.raises(ImmutableSettingError) as caught:
+        MessagingBackendFactory(bare).init_queue(unique)
+    # The broker names the first argument that differs (here x-message-ttl, unset).
+    assert caught.value.resource == unique
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_node.url))
+    try:  # still the classic queue: declaring it as a quorum queue is refused
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-type"):
+            connection.channel().queue_declare(
+                unique, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+    finally:
+        connection.close()
+    bare.delete_queue(unique)
+
+
+def test_with_management_a_queue_made_without_it_names_the_real_values(
+    rabbitmq_node: RabbitMQNode, backend: RabbitMQBackend, bare: RabbitMQBackend, unique: str
+) -> None:
+    # Made without the management API: its settings are queue arguments, fixed for good.
+    queue, dlq = f"{unique}-q", f"{unique}-dlq"
+    MessagingBackendFactory(bare).init_queue(
+        queue, dead_letter_queue_name=dlq, max_receive_count=4, message_retention_period=3600.0
+    )
+    factory = MessagingBackendFactory(backend)
+    kept = {"dead_letter_queue_name": dlq, "max_receive_count": 4}
+    for settings, expected in (
+        (
+            {**kept, "message_retention_period": 7200.0},
+            ("message_retention_period", 3600.0, 7200.0),
+        ),
+        ({"message_retention_period": 3600.0}, ("dead_letter_queue_name", dlq, None)),
+        (
+            {**kept, "max_receive_count": 3, "message_retention_period": 3600.0},
+            ("max_receive_count", 4, 3),
+        ),
+    ):
+        with pytest.raises(ImmutableSettingError) as caught:
+            factory.init_queue(queue, **settings)  # type: ignore[arg-type]
+        error = caught.value
+        assert (error.setting, error.current, error.declared) == expected, settings
+    # The advice works: declaring the values the queue has, other settings still converge.
+    plan = factory.init_queue(
+        queue, **kept, message_retention_period=3600.0, visibility_timeout=60.0
+    )
+    assert plan.actions
+    spec = backend.get_queue(queue)
+    assert spec is not None
+    assert (spec.visibility_timeout, spec.message_retention_period) == (60.0, 3600.0)
+    assert spec.dead_letter == DeadLetterPolicy(dlq, 4)
+    for name in (queue, dlq):
+        backend.delete_queue(name)
 
 
 def test_without_management_a_queue_s_dead_letter_arguments_work(

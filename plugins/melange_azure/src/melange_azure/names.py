@@ -2,9 +2,10 @@
 
 Queue and topic names: 1 to 260 characters of letters, digits, periods,
 hyphens, underscores and forward slashes, starting and ending with a letter or
-a digit; Service Bus compares them case-insensitively. Subscription names: 1 to
-50 characters of letters, digits, periods, hyphens and underscores, starting
-and ending with a letter or a digit. See docs/backends/azure.md for the sources.
+a digit, with no empty segment (``//``); Service Bus compares them
+case-insensitively. Subscription names: 1 to 50 characters of letters, digits,
+periods, hyphens and underscores, starting and ending with a letter or a digit.
+See docs/backends/azure.md for the sources.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from melange.topology import NameRule
 ENTITY_MAX_LENGTH = 260
 SUBSCRIPTION_MAX_LENGTH = 50
 
-_ENTITY_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9._/-]*[A-Za-z0-9])?"
+# No "//": Service Bus refuses a path with an empty segment.
+_ENTITY_PATTERN = r"(?!.*//)[A-Za-z0-9](?:[A-Za-z0-9._/-]*[A-Za-z0-9])?"
 _SUBSCRIPTION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 ENTITY_RULE_TEXT = (
     "1 to 260 characters: letters, digits, periods, hyphens, underscores and forward slashes, "
-    "starting and ending with a letter or a digit"
+    "starting and ending with a letter or a digit, with no empty segment (no '//')"
 )
 
 QUEUE_NAME_RULE = NameRule(

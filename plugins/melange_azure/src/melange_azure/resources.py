@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.servicebus.management import (
@@ -43,7 +43,9 @@ from azure.servicebus.management import (
 from melange.exceptions import (
     BackendUnavailable,
     ImmutableSettingError,
+    InvalidTopology,
     QueueNotFound,
+    ResourceNotFound,
     TopicNotFound,
 )
 from melange.topology import Change, DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
@@ -66,6 +68,42 @@ BEHAVIOUR_TTL = 30.0
 
 Fail = Callable[..., NoReturn]
 """Raises the melange error for an Azure error: ``fail(error, action, queue=, topic=)``."""
+
+Kind = Literal["queue", "topic"]
+
+
+class KindClash(InvalidTopology):
+    """The name is taken by an entity of the other kind (a topic where a queue is wanted).
+
+    Service Bus queues and topics share one namespace of names, compared
+    case-insensitively. Raised by topology reads and declarations; data calls turn it into
+    :class:`~melange.exceptions.QueueNotFound` / :class:`~melange.exceptions.TopicNotFound`
+    with :meth:`not_found`.
+
+    Attributes:
+        name: The name that was asked for.
+        wanted: The kind that was asked for.
+        found: The kind the entity of that name is.
+    """
+
+    def __init__(self, name: str, wanted: Kind, found: Kind) -> None:
+        super().__init__(
+            f"{name!r} is a {found} on this Service Bus namespace, so it cannot be a {wanted}: "
+            "queues and topics share one namespace of names, compared case-insensitively. "
+            f"Give the {wanted} another name, or delete the {found} {name!r} first"
+        )
+        self.name = name
+        self.wanted = wanted
+        self.found = found
+
+    def not_found(self) -> ResourceNotFound:
+        """The QueueNotFound or TopicNotFound a data call on this name raises."""
+        error = QueueNotFound if self.wanted == "queue" else TopicNotFound
+        return error(
+            self.name,
+            f"{self.name!r} is a {self.found} (queues and topics share one namespace of "
+            f"names); use the {self.found} calls for it, or another {self.wanted}'s name",
+        )
 
 
 def seconds(value: datetime.timedelta | str | None, default: float) -> float:
@@ -155,8 +193,27 @@ class Topology:
             return self._admin.get_queue(name)
         except ResourceNotFoundError:
             return None
+        except AttributeError:
+            # The SDK reads whatever entity has the name: a topic has no queue description.
+            self._check_other_kind(name, "queue")
+            raise
         except AzureError as error:
             self._fail(error, f"read queue {name!r}", queue=name)
+
+    def _check_other_kind(self, name: str, wanted: Kind) -> None:
+        """Raise KindClash if ``name`` is an entity of the other kind; else return.
+
+        Called when the SDK could not read the entity as the kind wanted; only an
+        entity the SDK does read as the other kind counts, anything else is left
+        to the caller's error.
+        """
+        found: Kind = "topic" if wanted == "queue" else "queue"
+        read = self._admin.get_topic if found == "topic" else self._admin.get_queue
+        try:
+            read(name)
+        except Exception:  # not the other kind either: the caller's error stands
+            return
+        raise KindClash(name, wanted, found) from None
 
     @staticmethod
     def queue_spec(props: QueueProperties) -> QueueSpec:
@@ -215,6 +272,8 @@ class Topology:
             return cached[1]
         try:
             found = self.get_queue(name)
+        except KindClash as clash:
+            raise clash.not_found() from None
         except BackendUnavailable:
             if cached is None:
                 raise
@@ -374,6 +433,10 @@ class Topology:
             QueueNotFound: The queue does not exist.
         """
         self.forget_queue(name)
+        try:
+            self.queue_properties(name)  # Service Bus deletes any entity of the name
+        except KindClash as clash:
+            raise clash.not_found() from None
         self._delete_forwarding_subscriptions(name)
         try:
             self._admin.delete_queue(name)
@@ -409,6 +472,10 @@ class Topology:
         except ResourceNotFoundError:
             self.forget_topic(name)
             return None
+        except AttributeError:
+            # The SDK reads whatever entity has the name: a queue has no topic description.
+            self._check_other_kind(name, "topic")
+            raise
         except AzureError as error:
             self._fail(error, f"read topic {name!r}", topic=name)
         self._remember_topic(name)
@@ -429,7 +496,11 @@ class Topology:
             known = self._topics.get(name.lower())
         if known is not None and time.monotonic() < known:
             return
-        if self.get_topic(name) is None:
+        try:
+            found = self.get_topic(name)
+        except KindClash as clash:
+            raise clash.not_found() from None
+        if found is None:
             raise TopicNotFound(name)
 
     def declare_topic(self, spec: TopicSpec) -> None:
@@ -461,6 +532,10 @@ class Topology:
 
     def delete_topic(self, name: str) -> None:
         """Delete the topic and its subscriptions; TopicNotFound if it does not exist."""
+        try:
+            self.get_topic(name)  # Service Bus deletes any entity of the name
+        except KindClash as clash:
+            raise clash.not_found() from None
         self.forget_topic(name)
         try:
             self._admin.delete_topic(name)

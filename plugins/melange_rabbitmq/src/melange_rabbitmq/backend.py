@@ -18,6 +18,7 @@ Mapping (docs/backends/rabbitmq.md has the reasons and the limits):
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ from melange.backends.base import (
 from melange.exceptions import (
     BrokerError,
     ConfigurationError,
+    ImmutableSettingError,
     InvalidMessage,
     LeaseLost,
     MelangeError,
@@ -78,6 +80,13 @@ FULL_PREFETCH_POLL = (0.02, 0.25)
 """Seconds between two ``basic.get`` of a waiting receive while the prefetch is used up (the
 broker pushes nothing then): the first interval, doubled after each empty answer up to the last."""
 
+DEFAULT_HEARTBEAT = 30
+"""Seconds between heartbeats when neither the option nor the URL's ``?heartbeat=`` sets them."""
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to connect when neither the option nor the URL's ``?socket_timeout=`` sets them."""
+AMQP_SHORT_MAX = 65535
+"""Largest ``basic.qos`` prefetch count and heartbeat (16-bit fields of AMQP 0-9-1)."""
+
 NAME_RULE = NameRule(
     pattern=r"(?!amq\.)[A-Za-z0-9_.:-]+",
     max_length=200,
@@ -105,17 +114,23 @@ class RabbitMQBackend(MessagingBackend):
     Args:
         url: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS); by default
             ``MELANGE_OPTION_URL`` or :data:`DEFAULT_URL`. Query options of pika's
-            ``URLParameters`` apply (e.g. ``?heartbeat=30``).
+            ``URLParameters`` apply (e.g. ``?heartbeat=30``) and win over melange's
+            defaults (not over ``heartbeat`` or ``connect_timeout`` passed explicitly).
         management_url: The management plugin's HTTP endpoint (``http://host:15672``);
             with it, init reads the real state and converges through policies. Without
             it, settings are fixed at creation (docs/backends/rabbitmq.md).
-        heartbeat: Seconds between AMQP heartbeats (0 turns them off).
-        prefetch: Deliveries each queue's consumer may hold unacknowledged.
+        heartbeat: Seconds between AMQP heartbeats, 1 to 65535; by default the URL's
+            ``?heartbeat=``, else 30.
+        prefetch: Deliveries each queue's consumer may hold unacknowledged, 1 to 65535.
         call_timeout: Seconds one call waits for the broker before it fails.
-        connect_timeout: Seconds to open the TCP (and TLS) connection.
+        connect_timeout: Seconds to open the TCP (and TLS) connection; by default the
+            URL's ``?socket_timeout=``, else 10.
         default_visibility_timeout: Lease of a queue whose timeout cannot be read
-            (no ``management_url``, and not declared by this backend).
-        policy_priority: Priority of melange's queue policies over other policies.
+            (no ``management_url``, and not declared by this backend); at most 1500 s.
+        policy_priority: Priority of melange's queue policies over other policies (>= 0).
+
+    Raises:
+        ConfigurationError: An option has the wrong type or is out of range.
     """
 
     name = "rabbitmq"
@@ -147,10 +162,10 @@ class RabbitMQBackend(MessagingBackend):
         url: str | None = None,
         *,
         management_url: str | None = None,
-        heartbeat: int = 30,
+        heartbeat: int | None = None,
         prefetch: int = 100,
         call_timeout: float = 30.0,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
         default_visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
         policy_priority: int = 10,
     ) -> None:
@@ -161,18 +176,47 @@ class RabbitMQBackend(MessagingBackend):
                 "url must be an amqp:// or amqps:// URL such as "
                 f"{DEFAULT_URL.replace('guest:guest@', 'user:password@')}"
             )
-        for label, value in (("prefetch", prefetch), ("heartbeat", heartbeat)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{label} must be a whole number >= 0, got {value!r}")
+        in_url = set(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query))
+        heartbeat_given, connect_timeout_given = heartbeat is not None, connect_timeout is not None
+        if heartbeat is None:
+            heartbeat = DEFAULT_HEARTBEAT
+        if connect_timeout is None:
+            connect_timeout = DEFAULT_CONNECT_TIMEOUT
+        # AMQP carries both in 16-bit fields, and 0 would mean "no limit" (prefetch) or
+        # "no heartbeats" (a dead peer never noticed): the documented range starts at 1.
+        for label, value, what in (
+            ("prefetch", prefetch, "a whole number"),
+            ("heartbeat", heartbeat, "a whole number of seconds"),
+        ):
+            if not _whole(value) or not 1 <= value <= AMQP_SHORT_MAX:
+                raise ConfigurationError(
+                    f"{label} must be {what} from 1 to {AMQP_SHORT_MAX}, got {value!r}"
+                )
+        if not _whole(policy_priority) or policy_priority < 0:
+            raise ConfigurationError(
+                f"policy_priority must be a whole number >= 0 (higher wins over the broker's "
+                f"other policies), got {policy_priority!r}"
+            )
         for label, seconds in (
             ("call_timeout", call_timeout),
             ("connect_timeout", connect_timeout),
             ("default_visibility_timeout", default_visibility_timeout),
         ):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds)
+                or seconds <= 0
+            ):
                 raise ConfigurationError(
-                    f"{label} must be a number of seconds > 0, got {seconds!r}"
+                    f"{label} must be a finite number of seconds > 0, got {seconds!r}"
                 )
+        lease_cap = self.capabilities.max_visibility_timeout
+        if default_visibility_timeout > lease_cap:
+            raise ConfigurationError(
+                f"default_visibility_timeout must be at most {lease_cap:g} seconds (25 minutes, "
+                f"below RabbitMQ's consumer_timeout), got {default_visibility_timeout!r}"
+            )
         try:
             parameters = pika.URLParameters(url)
         except Exception as error:  # pika raises several kinds; none may echo the URL
@@ -180,12 +224,24 @@ class RabbitMQBackend(MessagingBackend):
                 f"url is not a valid AMQP URL ({type(error).__name__}); the form is "
                 "amqp://user:password@host:port/vhost"
             ) from None
-        parameters.heartbeat = heartbeat
-        parameters.socket_timeout = connect_timeout
-        parameters.stack_timeout = connect_timeout + 5.0
-        parameters.blocked_connection_timeout = call_timeout
-        parameters.connection_attempts = 1
-        parameters.client_properties = {"connection_name": "melange"}
+        # pika's query options in the URL win over melange's defaults; heartbeat and
+        # connect_timeout passed explicitly win over the URL's heartbeat and socket_timeout.
+        defaults: dict[str, Any] = {
+            "heartbeat": heartbeat,
+            "socket_timeout": connect_timeout,
+            "blocked_connection_timeout": call_timeout,
+            "connection_attempts": 1,
+        }
+        explicit = {"heartbeat": heartbeat_given, "socket_timeout": connect_timeout_given}
+        for key, value in defaults.items():
+            if key not in in_url or explicit.get(key, False):
+                setattr(parameters, key, value)
+        if "stack_timeout" not in in_url:
+            parameters.stack_timeout = parameters.socket_timeout + 5.0
+        parameters.client_properties = {
+            **(parameters.client_properties or {}),
+            "connection_name": "melange",
+        }
         scheme = "amqps" if parameters.ssl_options is not None else "amqp"
         self.vhost: str = parameters.virtual_host
         vhost = urllib.parse.quote(self.vhost, safe="")
@@ -341,7 +397,16 @@ class RabbitMQBackend(MessagingBackend):
     def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
         api = self.management
         if api is None:
-            return ()
+            with self._lock:
+                declared_here = spec.name in self._declared
+            if declared_here:
+                return ()
+            # AMQP cannot read a queue's arguments, so get_queue reported the defaults: a
+            # declaration equal to them would never be sent. Sending it is how the broker
+            # compares the arguments (406 PRECONDITION_FAILED, ImmutableSettingError).
+            return (
+                Change("queue arguments", "unread (no management_url)", "checked by the broker"),
+            )
         described = api.queue(spec.name) or {}
         kind = described.get("type") or (described.get("arguments") or {}).get("x-queue-type")
         if kind and kind != "quorum":
@@ -350,7 +415,14 @@ class RabbitMQBackend(MessagingBackend):
 
     def _declare_queue(self, spec: QueueSpec) -> None:
         api = self.management
-        arguments = dict(QUORUM) if api is not None else self.queue_arguments(spec)
+        if api is None:
+            arguments = self.queue_arguments(spec)
+        else:
+            # A queue made without the management API holds settings in its arguments: they
+            # win over policies and cannot change, and a redeclaration must repeat them.
+            fixed = self._fixed_arguments(api, spec.name)
+            self._check_fixed_arguments(spec, fixed)
+            arguments = {**fixed, **QUORUM}
 
         def declare() -> None:
             try:
@@ -364,6 +436,46 @@ class RabbitMQBackend(MessagingBackend):
         with self._lock:
             self._declared[spec.name] = spec
             self._visibility[spec.name] = (spec.visibility_timeout, time.monotonic())
+
+    @staticmethod
+    def _fixed_arguments(api: ManagementAPI, name: str) -> dict[str, Any]:
+        """The ``x-`` arguments of an existing queue, but its type (empty when it is new)."""
+        described = api.queue(name) or {}
+        arguments = described.get("arguments") or {}
+        return {k: v for k, v in arguments.items() if k.startswith("x-") and k != "x-queue-type"}
+
+    def _check_fixed_arguments(self, spec: QueueSpec, fixed: dict[str, Any]) -> None:
+        """Raise ImmutableSettingError where ``spec`` differs from a setting held in arguments."""
+        if not fixed:
+            return
+        held = self._spec_from(
+            spec.name, {key[2:]: value for key, value in fixed.items()}, spec.visibility_timeout
+        )
+        differences: list[tuple[str, object, object]] = []
+        if "x-message-ttl" in fixed:
+            differences.append(
+                (
+                    "message_retention_period",
+                    held.message_retention_period,
+                    spec.message_retention_period,
+                )
+            )
+        if "x-dead-letter-routing-key" in fixed or "x-dead-letter-exchange" in fixed:
+            current, declared = held.dead_letter, spec.dead_letter
+            differences.append(
+                (
+                    "dead_letter_queue_name",
+                    current.queue_name if current else None,
+                    declared.queue_name if declared else None,
+                )
+            )
+            if current is not None and declared is not None:
+                differences.append(
+                    ("max_receive_count", current.max_receive_count, declared.max_receive_count)
+                )
+        for setting, current_value, declared_value in differences:
+            if current_value != declared_value:
+                raise ImmutableSettingError(spec.name, setting, current_value, declared_value)
 
     def _converge_queue(self, api: ManagementAPI, spec: QueueSpec) -> None:
         name = self._policy_name(spec.name)
@@ -696,3 +808,8 @@ def _unknown(target: str, error: BaseException, *, connection_lost: bool) -> Mel
     return OutcomeUnknown(
         f"{what} ({type(error).__name__}); the message may or may not have been stored"
     )
+
+
+def _whole(value: object) -> bool:
+    """Whether ``value`` is an ``int`` (not a ``bool``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
