@@ -127,8 +127,30 @@ def _check_project(project: str, source: str) -> str:
     return project
 
 
+def _refuse_key_text(name: str, value: object) -> None:
+    """Refuse a key's JSON text where the path of a key file belongs, never showing it.
+
+    A secret store or CI variable often holds the key itself; passed on as a path,
+    google-auth would quote it in its error, and log it at DEBUG while it looks
+    for the file.
+    """
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        raise ConfigurationError(
+            f"{name} must be the path of a service-account key file, but its value looks "
+            "like the key's JSON text itself (not shown: it holds a private key). Write the "
+            f"key to a file readable only by the application and set {name} to that file's "
+            "path (e.g. '/var/secrets/pubsub-key.json'), or use Application Default "
+            "Credentials"
+        )
+
+
 def _default_credentials(credentials_file: str | None) -> tuple[Any, str | None]:
     """Return credentials and the project they name, or raise ConfigurationError."""
+    _refuse_key_text("credentials_file", credentials_file)
+    if credentials_file is None:
+        _refuse_key_text(
+            "GOOGLE_APPLICATION_CREDENTIALS", os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        )
     try:
         if credentials_file is not None:
             from google.oauth2 import service_account
