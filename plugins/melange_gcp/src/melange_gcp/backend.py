@@ -224,6 +224,13 @@ class GCPPubSubBackend(MessagingBackend):
                 "fan_out_refresh_seconds must be 0 or more seconds, got "
                 f"{fan_out_refresh_seconds!r}"
             )
+        if not isinstance(recreate_subscriptions, bool):
+            # bool("false") is True: a string must not switch recreating (message loss) on.
+            raise ConfigurationError(
+                f"recreate_subscriptions must be True or False, got {recreate_subscriptions!r}; "
+                "from the environment or a configuration file, true/false (yes/no, on/off, "
+                "1/0) are converted for you"
+            )
         if dead_letter_permissions not in MODES:
             raise ConfigurationError(
                 f"dead_letter_permissions must be one of {', '.join(map(repr, MODES))}, got "
@@ -245,7 +252,7 @@ class GCPPubSubBackend(MessagingBackend):
         # Google's retry machinery, each bounded by its kind of call's time as a whole.
         self._admin_retry = retry(timeouts.admin)
         self._ack_retry = retry(timeouts.ack)
-        self._recreate = bool(recreate_subscriptions)
+        self._recreate = recreate_subscriptions
         self._refresh = float(fan_out_refresh_seconds)
         self._lock = threading.Lock()
         self._fan_outs: dict[str, tuple[float, list[str]]] = {}

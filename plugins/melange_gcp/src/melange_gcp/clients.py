@@ -272,6 +272,13 @@ def make_clients(
         ConfigurationError: No project can be found, options contradict each
             other, or no credentials are available for the real service.
     """
+    if project is not None and not isinstance(project, str):
+        # Google's project ids are strings, and so is a project number in a resource name.
+        raise ConfigurationError(
+            f"project must be a string: the project id (e.g. 'my-project') or the project's "
+            f"number as digits; got {type(project).__name__} {project!r}, e.g. "
+            f"project={str(project)!r}"
+        )
     options = channel_options(timeouts)
     grace = timeouts.longest + 1.0
     if api_endpoint is not None:
