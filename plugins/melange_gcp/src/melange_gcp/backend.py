@@ -416,7 +416,7 @@ class GCPPubSubBackend(MessagingBackend):
             # The common case, checked as the base class would, without its general path.
             if len(body) > wire.MAX_MESSAGE_SIZE:
                 raise MessageTooLarge(len(body), wire.MAX_MESSAGE_SIZE, self.name)
-            return len(body) + wire.FRAMING_PER_MESSAGE
+            return wire.body_only_bytes(len(body))
         return wire.check_message(message, super().validate_message(message))
 
     def validate_batch(
