@@ -12,7 +12,12 @@ from melange_gcp.resources import ROLE_LABEL, VISIBILITY_LABEL
 
 from melange import MessagingBackendFactory
 from melange.backends.base import OutgoingMessage
-from melange.exceptions import ImmutableSettingError, InvalidTopology, QueueNotFound
+from melange.exceptions import (
+    ImmutableSettingError,
+    InvalidTopology,
+    QueueNotFound,
+    TopicNotFound,
+)
 from melange.topology import DeadLetterPolicy, QueueSpec, SubscriptionSpec
 
 
@@ -287,3 +292,29 @@ def test_a_queue_named_like_a_topic_is_refused_before_anything_is_created(
     with pytest.raises(InvalidTopology, match="is a queue"):
         factory.init_topic(queue)
     assert (_topics(backend), _subscriptions(backend)) == (before_topics, before_subscriptions)
+
+
+def test_a_queue_made_by_hand_and_adopted_is_never_taken_for_a_topic(
+    backend: GCPPubSubBackend, factory: MessagingBackendFactory, unique: str
+) -> None:
+    """A topic plus a subscription of its name, made without melange's label, is a queue."""
+    queue = f"{unique}-q"
+    topic_name = f"projects/{backend.project}/topics/{queue}"
+    backend.publisher_client.create_topic(request={"name": topic_name})
+    backend.subscriber_client.create_subscription(
+        request={
+            "name": f"projects/{backend.project}/subscriptions/{queue}",
+            "topic": topic_name,
+            "ack_deadline_seconds": 30,
+            "message_retention_duration": {"seconds": 4 * 24 * 3600},
+            "expiration_policy": {},
+        }
+    )
+    factory.init_queue(queue)
+    assert backend.get_queue(queue) is not None
+    assert backend.get_topic(queue) is None
+    with pytest.raises(TopicNotFound):
+        backend.delete_topic(queue)
+    with pytest.raises(InvalidTopology, match="is a queue"):
+        factory.init_topic(queue)
+    assert _sub(backend, queue).topic == topic_name  # type: ignore[attr-defined]

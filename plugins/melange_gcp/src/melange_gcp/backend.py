@@ -456,7 +456,7 @@ class GCPPubSubBackend(MessagingBackend):
             spec = action.spec
             if isinstance(spec, TopicSpec):
                 current = self._topic(spec.name)
-                if current is not None and current.labels.get(ROLE_LABEL) == "queue":
+                if current is not None and self._is_queue_topic(current):
                     raise _queue_name_taken(spec.name)
             elif isinstance(spec, QueueSpec):
                 self._check_queue_action(spec, queues)
@@ -764,9 +764,20 @@ class GCPPubSubBackend(MessagingBackend):
         self._forget_fan_outs(name)
 
     # ---------------------------------------------------------------- topics
+    def _is_queue_topic(self, topic: types.Topic) -> bool:
+        """Whether ``topic`` is a queue's own: labelled so, or with its name's subscription on it.
+
+        The label marks the topics melange made for queues; a queue made by hand and
+        adopted by init_queue has none, and is told by its subscription.
+        """
+        if topic.labels.get(ROLE_LABEL) == "queue":
+            return True
+        own = self._subscription(short_name(topic.name))
+        return own is not None and own.topic == topic.name
+
     def _get_topic(self, name: str) -> TopicSpec | None:
         topic = self._topic(name)
-        if topic is None or topic.labels.get(ROLE_LABEL) == "queue":
+        if topic is None or self._is_queue_topic(topic):
             return None
         return TopicSpec(name, fifo=is_fifo_name(name))
 
@@ -776,7 +787,7 @@ class GCPPubSubBackend(MessagingBackend):
             logger.debug("created topic %r", spec.name)
         except api_exceptions.AlreadyExists:
             current = self._topic(spec.name)
-            if current is not None and current.labels.get(ROLE_LABEL) == "queue":
+            if current is not None and self._is_queue_topic(current):
                 raise _queue_name_taken(spec.name) from None
         except GOOGLE_ERRORS as error:
             self._fail(error, f"create topic {spec.name!r}", topic=spec.name)
