@@ -115,7 +115,15 @@ def _emulator_host(option: str | None) -> str | None:
         host, name = os.environ.get(EMULATOR_ENV), f"{name} (from {EMULATOR_ENV})"
     if host is None or not host.strip():
         return None
-    return _host_port(name, host, "127.0.0.1:8085")
+    host = _host_port(name, host, "127.0.0.1:8085")
+    # The emulator has no default port: gRPC would only fail at the first call.
+    address, _, port = host.rpartition(":")
+    if not address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(
+            f"{name} must be host:port with a port number, as the emulator prints it "
+            f"(e.g. '127.0.0.1:8085'), got {host!r}"
+        )
+    return host
 
 
 def _check_project(project: str, source: str) -> str:
