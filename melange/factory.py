@@ -6,8 +6,11 @@ Every ``init_*`` call runs in three steps:
    settings, dead-letter rules, capabilities, the backend's own rules) without
    touching the broker;
 2. read the broker's current state and plan the difference, refusing drift in
-   settings the broker cannot change;
+   settings the broker cannot change, then let the backend refuse what it would
+   refuse about the plan as a whole (:meth:`MessagingBackend.check_plan`);
 3. apply the plan. A converged resource needs no step 3 at all.
+
+So a refusal leaves the broker as it was: nothing is applied before every check passed.
 
 ``plan_topic`` and ``plan_queue`` stop after step 2 (dry run).
 """
@@ -182,6 +185,8 @@ class MessagingBackendFactory:
         """
         spec = self._topic_spec(topic_name, settings)
         actions = self._diff_topic(spec)
+        if actions:
+            self._backend.check_plan(actions)
         return Plan(actions, () if actions else (spec.name,))
 
     def init_topic(self, topic_name: str, **settings: Unpack[TopicSettings]) -> Plan:
@@ -199,7 +204,7 @@ class MessagingBackendFactory:
             UnsupportedCapability: The backend has no topics (or no FIFO topics).
             ImmutableSettingError: The topic exists with another ``fifo`` value.
         """
-        return self.apply(self.plan_topic(topic_name, **settings))
+        return self._run(self.plan_topic(topic_name, **settings))  # plan_topic checked it
 
     # ------------------------------------------------------------------ queues
     def plan_queue(
@@ -237,6 +242,10 @@ class MessagingBackendFactory:
         for subscription in request.subscriptions:
             is_new = queue_is_new or subscription.topic_name in new_topics
             actions.extend(self._diff_subscription(subscription, is_new))
+        if actions:
+            # What the broker would refuse, for the plan as a whole: e.g. a setting it
+            # cannot change on a subscription, refused before the topics are created.
+            self._backend.check_plan(actions)
         return Plan(tuple(actions), tuple(unchanged))
 
     def init_queue(
@@ -271,7 +280,7 @@ class MessagingBackendFactory:
             ImmutableSettingError: The queue or a topic exists with a setting the
                 broker cannot change; nothing was changed.
         """
-        return self.apply(
+        return self._run(  # plan_queue checked it
             self.plan_queue(
                 queue_name, topic_names_to_subscribe, dead_letter_queue_name, **settings
             )
@@ -279,11 +288,26 @@ class MessagingBackendFactory:
 
     # ------------------------------------------------------------------- apply
     def apply(self, plan: Plan) -> Plan:
-        """Carry out a plan's actions in order and return it.
+        """Check a plan as a whole, then carry out its actions in order; return it.
+
+        The backend checks every action against the broker's current state first
+        (:meth:`MessagingBackend.check_plan`), so a refusal it can know of leaves
+        the broker as it was.
 
         Args:
             plan: A plan from :meth:`plan_queue`, :meth:`plan_topic` or a topology file.
+
+        Raises:
+            ImmutableSettingError: An action would change what the broker cannot;
+                nothing was applied.
+            InvalidTopology: An action conflicts with what exists; nothing was applied.
         """
+        if plan.actions:
+            self._backend.check_plan(plan.actions)
+        return self._run(plan)
+
+    def _run(self, plan: Plan) -> Plan:
+        """Carry out a checked plan's actions in order and return it."""
         backend = self._backend
         for action in plan:
             spec = action.spec

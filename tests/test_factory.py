@@ -17,7 +17,15 @@ from melange.exceptions import (
     InvalidTopology,
     UnsupportedCapability,
 )
-from melange.topology import Change, DeadLetterPolicy, QueueSpec, SubscriptionSpec, TopicSpec
+from melange.topology import (
+    Action,
+    Change,
+    DeadLetterPolicy,
+    Plan,
+    QueueSpec,
+    SubscriptionSpec,
+    TopicSpec,
+)
 
 
 class RecordingBackend(MemoryBackend):
@@ -337,6 +345,46 @@ def test_backend_rules_run_before_any_call(backend: RecordingBackend) -> None:
     with pytest.raises(InvalidTopology, match="cannot subscribe to 'std'"):
         MessagingBackendFactory(strict).init_queue("q.fifo", ["ok.fifo", "std"])
     assert strict.mutations == []
+
+
+class RefusesFilterChanges(RecordingBackend):
+    """A broker that cannot change a subscription's filter, and says so in check_plan."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: list[tuple[str, ...]] = []
+
+    def _check_plan(self, actions: tuple[Action, ...]) -> None:
+        self.checked.append(tuple(action.kind for action in actions))
+        for action in actions:
+            if action.kind == "update_subscription":
+                raise ImmutableSettingError(action.target, "filter", "current", "declared")
+
+
+def test_a_refusal_the_backend_finds_in_the_plan_comes_before_any_action() -> None:
+    backend = RefusesFilterChanges()
+    factory = MessagingBackendFactory(backend)
+    factory.init_queue("q", ["t"], subscription_filter={"kind": ["paid"]}, visibility_timeout=30)
+    backend.mutations.clear()
+    backend.checked.clear()
+    # The queue update and the new topic come first in the plan; the refusal is the last action.
+    with pytest.raises(ImmutableSettingError):
+        factory.init_queue(
+            "q", ["t2", "t"], subscription_filter={"kind": ["other"]}, visibility_timeout=120
+        )
+    assert backend.mutations == []
+    assert backend.get_topic("t2") is None
+    assert backend.get_queue("q").visibility_timeout == 30  # type: ignore[union-attr]
+    assert backend.checked == [
+        ("create_topic", "update_queue", "subscribe", "update_subscription")
+    ], "checked once, as a whole"
+    # A dry run refuses it too; so does applying a plan made before the change.
+    with pytest.raises(ImmutableSettingError):
+        factory.plan_queue("q", ["t"], subscription_filter={"kind": ["other"]})
+    plan = Plan((Action("update_subscription", SubscriptionSpec("t", "q", None)),))
+    with pytest.raises(ImmutableSettingError):
+        factory.apply(plan)
+    assert backend.mutations == []
 
 
 class DriftingBackend(MemoryBackend):

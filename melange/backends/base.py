@@ -34,6 +34,7 @@ from melange.exceptions import (
 )
 from melange.topology import (
     DEFAULT_MAX_RECEIVE_COUNT,
+    Action,
     Change,
     NameRule,
     QueueSpec,
@@ -466,6 +467,25 @@ class MessagingBackend(abc.ABC):
         """
         return self._call("inspect a subscription", self._subscription_drift, spec)
 
+    def check_plan(self, actions: Sequence[Action]) -> None:
+        """Raise what the broker would refuse in ``actions``, before any of them is applied.
+
+        Read-only. The factory calls it with a whole plan before it applies the
+        first action (and when it plans), so that a refusal that depends on the
+        broker's current state (a setting the broker cannot change on a resource
+        a later action touches, a name another kind of resource holds) leaves
+        the broker as it was, rather than stopping half way through the plan.
+        Each action is still checked again when it is applied.
+
+        Args:
+            actions: The plan's actions, in the order they will be applied.
+
+        Raises:
+            ImmutableSettingError: An action would change what the broker cannot.
+            InvalidTopology: An action conflicts with what exists.
+        """
+        self._call("check a plan", self._check_plan, tuple(actions))
+
     def subscribe(self, spec: SubscriptionSpec) -> None:
         """Subscribe the queue to the topic, or set an existing subscription's filter.
 
@@ -806,6 +826,9 @@ class MessagingBackend(abc.ABC):
 
     def _subscribe(self, spec: SubscriptionSpec) -> None:
         raise UnsupportedCapability(self.name, "topics", "subscriptions")
+
+    def _check_plan(self, actions: tuple[Action, ...]) -> None:  # noqa: B027 - optional hook
+        """Hook of :meth:`check_plan`; the default finds nothing beyond the factory's own diff."""
 
     def _queue_drift(self, spec: QueueSpec) -> tuple[Change, ...]:
         return ()  # every setting the backend manages is in QueueSpec

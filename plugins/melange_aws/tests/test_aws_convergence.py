@@ -185,6 +185,27 @@ def test_a_dead_letter_queue_that_admits_the_most_queues_is_refused_with_the_fix
     assert backend.get_queue("orders") is None
 
 
+def test_a_full_dead_letter_queue_is_refused_before_the_new_topics_are_created(
+    backend: AWSBackend, factory: MessagingBackendFactory
+) -> None:
+    """The admission is checked with the whole plan, not when the queue's turn comes."""
+    factory.init_queue("orders-dlq")
+    full = {
+        "redrivePermission": "byQueue",
+        "sourceQueueArns": [f"arn:aws:sqs:us-east-1:123456789012:other-{i}" for i in range(10)],
+    }
+    allow(backend, "orders-dlq", full)
+
+    with pytest.raises(InvalidTopology, match=r"'orders-dlq' admits 10 source queues"):
+        factory.plan_queue("orders", ["order-events"], dead_letter_queue_name="orders-dlq")
+    with pytest.raises(InvalidTopology, match=r"'orders-dlq' admits 10 source queues"):
+        factory.init_queue("orders", ["order-events"], dead_letter_queue_name="orders-dlq")
+
+    assert backend.sns_client.list_topics()["Topics"] == []
+    assert backend.get_queue("orders") is None
+    assert allowed(backend, "orders-dlq") == full
+
+
 def test_an_admitting_dead_letter_queue_is_left_as_it_is(
     backend: AWSBackend, factory: MessagingBackendFactory
 ) -> None:

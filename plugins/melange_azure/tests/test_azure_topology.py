@@ -186,6 +186,17 @@ def test_immutable_drift_is_refused_naming_both_values(
     assert admin.get_queue(queue).lock_duration == before.lock_duration  # nothing changed
 
 
+def test_immutable_drift_is_refused_before_the_plan_creates_a_topic(
+    backend: AzureServiceBusBackend, admin: ServiceBusAdministrationClient, names: ResourceNames
+) -> None:
+    queue, topic = names.queue(), names.topic()
+    admin.create_queue(queue, enable_partitioning=True)
+    factory = MessagingBackendFactory(backend)
+    with pytest.raises(ImmutableSettingError, match="enable_partitioning"):
+        factory.init_queue(queue, [topic], visibility_timeout=10.0)
+    assert topic not in [t.name for t in admin.list_topics()], "the refusal came after the topic"
+
+
 def test_sessions_drift_is_refused(
     backend: AzureServiceBusBackend, admin: ServiceBusAdministrationClient, names: ResourceNames
 ) -> None:

@@ -115,6 +115,16 @@ def test_emulator_and_credentials_contradict(emulator_host: str, tmp_path: Path)
         ({"project": "my project"}, "project id"),
         ({"timeout": 0}, "timeout"),
         ({"fan_out_refresh_seconds": -1}, "fan_out_refresh_seconds"),
+        # bool("false") is True: a string is refused, not read as a switch turned on.
+        ({"recreate_subscriptions": "false"}, "recreate_subscriptions must be True or False"),
+        ({"recreate_subscriptions": "no"}, "recreate_subscriptions must be True or False"),
+        ({"recreate_subscriptions": 0.0}, "recreate_subscriptions must be True or False"),
+        # Project ids and numbers are strings to Google.
+        ({"project": 1234}, r"project must be a string.*'1234'"),
+        ({"emulator_host": "127.0.0.1"}, "host:port"),
+        ({"emulator_host": "127.0.0.1:notaport"}, "host:port"),
+        ({"emulator_host": ":8085"}, "host:port"),
+        ({"emulator_host": "127.0.0.1:70000"}, "host:port"),
     ],
 )
 def test_invalid_options(options: dict[str, object], fragment: str) -> None:

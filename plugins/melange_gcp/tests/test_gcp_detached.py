@@ -189,3 +189,19 @@ def test_recreate_subscriptions_moves_a_subscription_made_on_another_topic(
     repairing.publish_to_topic(other, [OutgoingMessage(b"elsewhere")])
     repairing.publish_to_topic(topic, [OutgoingMessage(b"subscribed")])
     assert _receive_one(repairing, queue) == [b"subscribed"]
+
+
+def test_a_refused_detached_fan_out_changes_nothing_else_first(
+    backend: GCPPubSubBackend, refusing: GCPPubSubBackend, unique: str
+) -> None:
+    """The refusal comes before the plan recreates the topic or updates the queue."""
+    queue, topic = f"{unique}-q", f"{unique}-t"
+    MessagingBackendFactory(backend).init_queue(queue, [topic], visibility_timeout=30)
+    _delete_topic_by_hand(backend, topic)
+    with pytest.raises(SubscriptionDetached):
+        MessagingBackendFactory(refusing).init_queue(queue, [topic], visibility_timeout=90)
+    assert topic not in _topics(backend), "the refusal recreated the topic"
+    own = backend.subscriber_client.get_subscription(
+        request={"subscription": f"projects/{backend.project}/subscriptions/{queue}"}
+    )
+    assert own.ack_deadline_seconds == 30, "the refusal updated the queue"

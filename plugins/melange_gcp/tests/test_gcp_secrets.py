@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 
@@ -52,6 +53,39 @@ def test_a_password_in_pubsub_emulator_host_is_refused_without_showing_it(
     with pytest.raises(ConfigurationError, match="PUBSUB_EMULATOR_HOST") as caught:
         GCPPubSubBackend(project="p-1234")
     assert SECRET not in everything_said(caught.value)
+
+
+KEY_JSON = json.dumps(
+    {
+        "type": "service_account",
+        "project_id": "p-1234",
+        "private_key_id": "abc",
+        "private_key": f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n",
+        "client_email": "x@p-1234.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+)
+
+
+@pytest.mark.parametrize("where", ["credentials_file", "GOOGLE_APPLICATION_CREDENTIALS"])
+def test_key_json_given_for_a_key_file_path_is_refused_without_showing_it(
+    where: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key's text where its path belongs (a secret variable's content): said, never shown."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    options: dict[str, str] = {}
+    if where == "credentials_file":
+        options["credentials_file"] = "  " + KEY_JSON
+    else:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", KEY_JSON)
+    with pytest.raises(ConfigurationError) as caught:
+        GCPPubSubBackend(project="p-1234", **options)
+    said = everything_said(caught.value)
+    assert SECRET not in said and SECRET not in caplog.text
+    message = str(caught.value)
+    assert where in message and "looks like the key's JSON text" in message
+    assert "path" in message
 
 
 def test_a_credentials_failure_during_a_call_is_not_chained() -> None:

@@ -12,7 +12,12 @@ from melange_gcp.resources import ROLE_LABEL, VISIBILITY_LABEL
 
 from melange import MessagingBackendFactory
 from melange.backends.base import OutgoingMessage
-from melange.exceptions import ImmutableSettingError, InvalidTopology, QueueNotFound
+from melange.exceptions import (
+    ImmutableSettingError,
+    InvalidTopology,
+    QueueNotFound,
+    TopicNotFound,
+)
 from melange.topology import DeadLetterPolicy, QueueSpec, SubscriptionSpec
 
 
@@ -241,3 +246,75 @@ def test_deleting_queues_and_topics_removes_their_subscriptions(
     assert not {queue, f"{queue}~{other}"} & _subscriptions(backend)
     assert backend.get_topic(other) is not None
     backend.delete_topic(other)
+
+
+def _topics(backend: GCPPubSubBackend) -> set[str]:
+    pager = backend.publisher_client.list_topics(request={"project": f"projects/{backend.project}"})
+    return {item.name.rsplit("/", 1)[-1] for item in pager}
+
+
+def test_a_refused_filter_change_changes_nothing_else_first(
+    backend: GCPPubSubBackend, factory: MessagingBackendFactory, unique: str
+) -> None:
+    """The plan's later subscribe is refused before its earlier actions run."""
+    queue, topic, new_topic = f"{unique}-q", f"{unique}-t", f"{unique}-t2"
+    factory.init_queue(
+        queue, [topic], subscription_filter={"kind": ["paid"]}, visibility_timeout=30
+    )
+    with pytest.raises(ImmutableSettingError) as caught:
+        factory.init_queue(
+            queue,
+            [new_topic, topic],
+            subscription_filter={"kind": ["other"]},
+            visibility_timeout=120,
+        )
+    assert caught.value.setting == "filter"
+    assert _sub(backend, queue).ack_deadline_seconds == 30  # type: ignore[attr-defined]
+    assert _sub(backend, f"{queue}~{topic}").ack_deadline_seconds == 30  # type: ignore[attr-defined]
+    assert new_topic not in _topics(backend)
+    assert f"{queue}~{new_topic}" not in _subscriptions(backend)
+    # The dry run refuses it too.
+    with pytest.raises(ImmutableSettingError):
+        factory.plan_queue(queue, [topic], subscription_filter={"kind": ["other"]})
+
+
+def test_a_queue_named_like_a_topic_is_refused_before_anything_is_created(
+    backend: GCPPubSubBackend, factory: MessagingBackendFactory, unique: str
+) -> None:
+    topic, queue, dlq, new_topic = f"{unique}-t", f"{unique}-q", f"{unique}-d", f"{unique}-nt"
+    factory.init_topic(topic)
+    factory.init_queue(queue)
+    before_topics, before_subscriptions = _topics(backend), _subscriptions(backend)
+    with pytest.raises(InvalidTopology, match="exists as a topic"):
+        factory.init_queue(topic, [new_topic], dead_letter_queue_name=dlq)
+    with pytest.raises(InvalidTopology, match="is a queue"):
+        factory.init_queue(f"{unique}-x", [f"{unique}-nt2", queue])
+    with pytest.raises(InvalidTopology, match="is a queue"):
+        factory.init_topic(queue)
+    assert (_topics(backend), _subscriptions(backend)) == (before_topics, before_subscriptions)
+
+
+def test_a_queue_made_by_hand_and_adopted_is_never_taken_for_a_topic(
+    backend: GCPPubSubBackend, factory: MessagingBackendFactory, unique: str
+) -> None:
+    """A topic plus a subscription of its name, made without melange's label, is a queue."""
+    queue = f"{unique}-q"
+    topic_name = f"projects/{backend.project}/topics/{queue}"
+    backend.publisher_client.create_topic(request={"name": topic_name})
+    backend.subscriber_client.create_subscription(
+        request={
+            "name": f"projects/{backend.project}/subscriptions/{queue}",
+            "topic": topic_name,
+            "ack_deadline_seconds": 30,
+            "message_retention_duration": {"seconds": 4 * 24 * 3600},
+            "expiration_policy": {},
+        }
+    )
+    factory.init_queue(queue)
+    assert backend.get_queue(queue) is not None
+    assert backend.get_topic(queue) is None
+    with pytest.raises(TopicNotFound):
+        backend.delete_topic(queue)
+    with pytest.raises(InvalidTopology, match="is a queue"):
+        factory.init_topic(queue)
+    assert _sub(backend, queue).topic == topic_name  # type: ignore[attr-defined]

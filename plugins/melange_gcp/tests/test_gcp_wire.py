@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from google.pubsub_v1 import types
 from melange_gcp import filters, wire
 from melange_gcp.backend import GCPPubSubBackend
 
@@ -33,6 +34,57 @@ def test_attributes_pubsub_refuses_are_refused_before_sending(
 def test_attribute_limits_at_the_edge_are_accepted() -> None:
     message = OutgoingMessage(b"x", {"k" * 256: "v" * 1024})
     assert wire.check_message(message, message.size) >= message.size
+
+
+def _added_to_a_request(message: OutgoingMessage) -> int:
+    """What the message adds to a serialized PublishRequest, by protobuf's own count."""
+    topic = "projects/p-1234/topics/orders"
+    alone = wire.publish_request(topic, [])
+    with_it = wire.publish_request(topic, [wire.to_pubsub(message)])
+    return int(
+        types.PublishRequest.pb(with_it).ByteSize() - types.PublishRequest.pb(alone).ByteSize()
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        OutgoingMessage(b""),
+        OutgoingMessage(b"x"),
+        OutgoingMessage(b"x" * 125),
+        OutgoingMessage(b"x" * 126),
+        OutgoingMessage(b"x" * 16_381),
+        OutgoingMessage(b"x" * 16_382),
+        OutgoingMessage(b"x" * wire.MAX_MESSAGE_SIZE),
+        OutgoingMessage(b"", {"k": ""}),
+        OutgoingMessage(b"body", {"k": "v", "name": "value"}),
+        OutgoingMessage(b"", {f"{j:03d}".ljust(128, "k"): "v" * 128 for j in range(100)}),
+        OutgoingMessage(b"x" * 300, {"k" * 256: "v" * 1024}),
+        OutgoingMessage(b"", group_id="g"),
+        OutgoingMessage(b"body", {"k": "v"}, group_id="g" * 1024),
+    ],
+    ids=lambda message: f"{len(message.body)}b-{len(message.attributes)}a-{message.group_id!r:.5}",
+)
+def test_the_size_counted_is_what_protobuf_serializes(
+    backend: GCPPubSubBackend, message: OutgoingMessage
+) -> None:
+    """Exact, so that a batch split by it fits Pub/Sub's 10,000,000-byte request."""
+    assert backend.validate_message(message) == _added_to_a_request(message)
+
+
+def test_a_batch_of_many_attributes_is_split_into_requests_within_10_mb(
+    backend: GCPPubSubBackend,
+) -> None:
+    """800 messages of 100 attributes of 128-byte names and values: ~27 MB in all."""
+    batch = [
+        OutgoingMessage(b"", {f"{i:04d}{j:03d}".ljust(128, "k"): "v" * 128 for j in range(100)})
+        for i in range(800)
+    ]
+    sizes = [backend.validate_message(message) for message in batch]
+    topic = f"projects/{backend.project}/topics/{'q' * 255}"
+    for _, chunk in backend._chunks(batch, sizes):
+        request = wire.publish_request(topic, [wire.to_pubsub(message) for message in chunk])
+        assert types.PublishRequest.pb(request).ByteSize() <= wire.MAX_REQUEST_BYTES
 
 
 def test_more_than_100_attributes_are_refused(backend: GCPPubSubBackend, unique: str) -> None:

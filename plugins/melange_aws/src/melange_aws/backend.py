@@ -70,6 +70,7 @@ from melange.exceptions import (
 from melange.message import PRODUCER_ID_ATTRIBUTE
 from melange.topology import (
     DEFAULT_MAX_RECEIVE_COUNT,
+    Action,
     Change,
     DeadLetterPolicy,
     QueueSpec,
@@ -729,6 +730,35 @@ class AWSBackend(MessagingBackend):
                     self._fail(error, action, self._sqs, queue=dlq)
                 logger.info("dead-letter queue %r now admits queue %r", dlq, name)
             return target_arn
+
+    def _check_plan(self, actions: tuple[Action, ...]) -> None:
+        """Refuse a dead-letter queue that cannot admit its queue before the plan makes anything.
+
+        Its RedriveAllowPolicy is changed only when the queue's turn comes, after
+        the plan's topics; one that already admits the most queues SQS allows (or
+        is unreadable) would otherwise stop the plan half way.
+        """
+        created = {a.target for a in actions if a.kind == "create_queue"}
+        for action in actions:
+            spec = action.spec
+            if not isinstance(spec, QueueSpec) or spec.dead_letter is None:
+                continue
+            dlq = spec.dead_letter.queue_name
+            if dlq in created:
+                continue  # a new queue has no RedriveAllowPolicy: it admits every queue
+            target = self._index.queue_attributes(dlq, ["All"])
+            if target is None:
+                raise QueueNotFound(
+                    dlq,
+                    f"it is the dead-letter queue of {spec.name!r}; create it first "
+                    "(MessagingBackendFactory.init_queue creates both)",
+                )
+            redrive.admitting(  # raises what _admit_to_dead_letter would, writes nothing
+                target.get("RedriveAllowPolicy"),
+                arn_prefix(target["QueueArn"]) + spec.name,
+                queue=spec.name,
+                dead_letter_queue=dlq,
+            )
 
     def _declare_queue(self, spec: QueueSpec) -> None:
         attributes = self._settable_attributes(spec)

@@ -55,7 +55,14 @@ from melange.exceptions import (
     TopicNotFound,
     raise_unchained,
 )
-from melange.topology import Change, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
+from melange.topology import (
+    Action,
+    Change,
+    QueueSpec,
+    SubscriptionSpec,
+    TopicSpec,
+    is_fifo_name,
+)
 from melange_azure import filters, forwarding
 from melange_azure.clients import ClientSettings, Retries, Timeouts
 from melange_azure.deadlines import Deadlines
@@ -318,6 +325,15 @@ class AzureServiceBusBackend(MessagingBackend):
     # -------------------------------------------------------------- topology
     def _get_queue(self, name: str) -> QueueSpec | None:
         return self._topology.get_queue(name)
+
+    def _check_plan(self, actions: tuple[Action, ...]) -> None:
+        # A setting fixed at creation that QueueSpec does not show (partitioning) is
+        # refused before the plan's topics are made, not when the queue's turn comes.
+        for action in actions:
+            if action.kind == "update_queue" and isinstance(action.spec, QueueSpec):
+                props = self._topology.queue_properties(action.spec.name)
+                if props is not None:
+                    Topology.check_immutable(props, action.spec)
 
     def _declare_queue(self, spec: QueueSpec) -> None:
         self._topology.declare_queue(spec)  # the contract checked spec (check_queue)

@@ -52,7 +52,14 @@ from melange.exceptions import (
     QueueNotFound,
     TopicNotFound,
 )
-from melange.topology import Change, QueueSpec, SubscriptionSpec, TopicSpec, is_fifo_name
+from melange.topology import (
+    Action,
+    Change,
+    QueueSpec,
+    SubscriptionSpec,
+    TopicSpec,
+    is_fifo_name,
+)
 from melange_gcp import filters, forwarding, receipts, wire
 from melange_gcp.attachment import DELETED_TOPIC, SubscriptionDetached, lost_messages
 from melange_gcp.clients import make_clients
@@ -217,6 +224,13 @@ class GCPPubSubBackend(MessagingBackend):
                 "fan_out_refresh_seconds must be 0 or more seconds, got "
                 f"{fan_out_refresh_seconds!r}"
             )
+        if not isinstance(recreate_subscriptions, bool):
+            # bool("false") is True: a string must not switch recreating (message loss) on.
+            raise ConfigurationError(
+                f"recreate_subscriptions must be True or False, got {recreate_subscriptions!r}; "
+                "from the environment or a configuration file, true/false (yes/no, on/off, "
+                "1/0) are converted for you"
+            )
         if dead_letter_permissions not in MODES:
             raise ConfigurationError(
                 f"dead_letter_permissions must be one of {', '.join(map(repr, MODES))}, got "
@@ -238,7 +252,7 @@ class GCPPubSubBackend(MessagingBackend):
         # Google's retry machinery, each bounded by its kind of call's time as a whole.
         self._admin_retry = retry(timeouts.admin)
         self._ack_retry = retry(timeouts.ack)
-        self._recreate = bool(recreate_subscriptions)
+        self._recreate = recreate_subscriptions
         self._refresh = float(fan_out_refresh_seconds)
         self._lock = threading.Lock()
         self._fan_outs: dict[str, tuple[float, list[str]]] = {}
@@ -402,7 +416,7 @@ class GCPPubSubBackend(MessagingBackend):
             # The common case, checked as the base class would, without its general path.
             if len(body) > wire.MAX_MESSAGE_SIZE:
                 raise MessageTooLarge(len(body), wire.MAX_MESSAGE_SIZE, self.name)
-            return len(body) + wire.FRAMING_PER_MESSAGE
+            return wire.body_only_bytes(len(body))
         return wire.check_message(message, super().validate_message(message))
 
     def validate_batch(
@@ -418,6 +432,96 @@ class GCPPubSubBackend(MessagingBackend):
                     "ordering keys only keep order on FIFO (.fifo) queues and topics; drop "
                     "the group id or use a FIFO destination"
                 )
+
+    # ------------------------------------------------------------ plan check
+    def _check_plan(self, actions: tuple[Action, ...]) -> None:
+        """Refuse, before anything is applied, what applying ``actions`` would refuse half way.
+
+        Reads what the actions touch: a queue or topic name the other kind holds;
+        unless ``recreate_subscriptions``, a subscription detached or on another
+        topic, or differing in its filter or ordering (Pub/Sub can change
+        neither); a dead-letter queue, queue or topic an action needs that
+        neither exists nor is created by an earlier action.
+        """
+        topics = {a.spec.name for a in actions if isinstance(a.spec, TopicSpec)}
+        queues = {a.spec.name: a.spec for a in actions if isinstance(a.spec, QueueSpec)}
+        both = sorted(topics & queues.keys())
+        if both:
+            raise InvalidTopology(
+                f"{both[0]!r} is declared both as a topic and as a queue; on Pub/Sub a queue is "
+                "a topic plus a subscription of the same name, so they cannot share a name. "
+                "Choose another name for one of them"
+            )
+        for action in actions:
+            spec = action.spec
+            if isinstance(spec, TopicSpec):
+                current = self._topic(spec.name)
+                if current is not None and self._is_queue_topic(current):
+                    raise _queue_name_taken(spec.name)
+            elif isinstance(spec, QueueSpec):
+                self._check_queue_action(spec, queues)
+            else:
+                self._check_subscribe_action(spec, topics, queues)
+
+    def _check_queue_action(self, spec: QueueSpec, planned: dict[str, QueueSpec]) -> None:
+        """What :meth:`_declare_queue` would refuse, read-only."""
+        own = self._subscription(spec.name)
+        topic = self._topic(spec.name)
+        if topic is not None and topic.labels.get(ROLE_LABEL) != "queue" and own is None:
+            raise _topic_name_taken(spec.name)
+        dead_letter = spec.dead_letter
+        if (
+            dead_letter is not None
+            and dead_letter.queue_name not in planned
+            and self._topic(dead_letter.queue_name) is None
+        ):
+            raise QueueNotFound(
+                dead_letter.queue_name,
+                f"it is the dead-letter queue of {spec.name!r}; create it first "
+                "(MessagingBackendFactory.init_queue creates both)",
+            )
+        if self._recreate:
+            return  # what differs is recreated, not refused
+        desired = Desired.of(self._project, spec)
+        if own is not None:
+            self._check_attached(spec.name, own, spec.name, spec.name)
+            self._refuse_immutable_drift(spec.name, own, desired, "")
+        for name in self._fan_out_names(spec.name, fresh=True):
+            current = self._subscription(name)
+            if current is not None and current.topic != DELETED_TOPIC:
+                # Converged with its own filter: only its ordering can differ.
+                self._refuse_immutable_drift(name, current, desired, current.filter)
+
+    def _check_subscribe_action(
+        self, spec: SubscriptionSpec, topics: set[str], planned: dict[str, QueueSpec]
+    ) -> None:
+        """What :meth:`_subscribe` would refuse, read-only."""
+        queue = planned.get(spec.queue_name)
+        if queue is None:
+            own = self._subscription(spec.queue_name)
+            if own is None or own.topic != topic_path(self._project, spec.queue_name):
+                raise QueueNotFound(spec.queue_name)
+            queue = queue_spec(spec.queue_name, own)
+        topic = TopicSpec(spec.topic_name, is_fifo_name(spec.topic_name))
+        self.validate_subscription(topic, queue, spec)
+        if spec.topic_name not in topics and self._get_topic(spec.topic_name) is None:
+            raise TopicNotFound(spec.topic_name)
+        if self._recreate:
+            return
+        name = fan_out_subscription(spec.queue_name, spec.topic_name)
+        current = self._subscription(name)
+        if current is None:
+            return
+        self._check_attached(name, current, spec.topic_name, spec.queue_name)
+        desired = Desired.of(self._project, queue)
+        self._refuse_immutable_drift(name, current, desired, filters.to_expression(spec.filter))
+
+    def _refuse_immutable_drift(
+        self, name: str, current: types.Subscription, desired: Desired, expression: str
+    ) -> None:
+        immutable = self._immutable_drift(name, current, desired, expression)
+        if immutable is not None:
+            raise immutable
 
     # ---------------------------------------------------------------- queues
     def _get_queue(self, name: str) -> QueueSpec | None:
@@ -454,11 +558,7 @@ class GCPPubSubBackend(MessagingBackend):
         current = self._topic(name)
         if current is not None:
             if current.labels.get(ROLE_LABEL) != "queue" and self._subscription(name) is None:
-                raise InvalidTopology(
-                    f"{name!r} exists as a topic; on Pub/Sub a queue is a topic plus a "
-                    "subscription of the same name, so a queue cannot take a topic's name. "
-                    "Choose another queue name"
-                )
+                raise _topic_name_taken(name)
             return
         try:
             self._admin(
@@ -664,9 +764,20 @@ class GCPPubSubBackend(MessagingBackend):
         self._forget_fan_outs(name)
 
     # ---------------------------------------------------------------- topics
+    def _is_queue_topic(self, topic: types.Topic) -> bool:
+        """Whether ``topic`` is a queue's own: labelled so, or with its name's subscription on it.
+
+        The label marks the topics melange made for queues; a queue made by hand and
+        adopted by init_queue has none, and is told by its subscription.
+        """
+        if topic.labels.get(ROLE_LABEL) == "queue":
+            return True
+        own = self._subscription(short_name(topic.name))
+        return own is not None and own.topic == topic.name
+
     def _get_topic(self, name: str) -> TopicSpec | None:
         topic = self._topic(name)
-        if topic is None or topic.labels.get(ROLE_LABEL) == "queue":
+        if topic is None or self._is_queue_topic(topic):
             return None
         return TopicSpec(name, fifo=is_fifo_name(name))
 
@@ -676,11 +787,8 @@ class GCPPubSubBackend(MessagingBackend):
             logger.debug("created topic %r", spec.name)
         except api_exceptions.AlreadyExists:
             current = self._topic(spec.name)
-            if current is not None and current.labels.get(ROLE_LABEL) == "queue":
-                raise InvalidTopology(
-                    f"{spec.name!r} is a queue; on Pub/Sub a queue is a topic of the same "
-                    "name, so a topic cannot take a queue's name. Choose another topic name"
-                ) from None
+            if current is not None and self._is_queue_topic(current):
+                raise _queue_name_taken(spec.name) from None
         except GOOGLE_ERRORS as error:
             self._fail(error, f"create topic {spec.name!r}", topic=spec.name)
 
@@ -1037,6 +1145,21 @@ class GCPPubSubBackend(MessagingBackend):
 
     def _close(self) -> None:
         self._clients.close()
+
+
+def _topic_name_taken(name: str) -> InvalidTopology:
+    return InvalidTopology(
+        f"{name!r} exists as a topic; on Pub/Sub a queue is a topic plus a "
+        "subscription of the same name, so a queue cannot take a topic's name. "
+        "Choose another queue name"
+    )
+
+
+def _queue_name_taken(name: str) -> InvalidTopology:
+    return InvalidTopology(
+        f"{name!r} is a queue; on Pub/Sub a queue is a topic of the same "
+        "name, so a topic cannot take a queue's name. Choose another topic name"
+    )
 
 
 class _BackendIam:

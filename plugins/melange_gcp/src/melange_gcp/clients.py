@@ -115,7 +115,15 @@ def _emulator_host(option: str | None) -> str | None:
         host, name = os.environ.get(EMULATOR_ENV), f"{name} (from {EMULATOR_ENV})"
     if host is None or not host.strip():
         return None
-    return _host_port(name, host, "127.0.0.1:8085")
+    host = _host_port(name, host, "127.0.0.1:8085")
+    # The emulator has no default port: gRPC would only fail at the first call.
+    address, _, port = host.rpartition(":")
+    if not address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(
+            f"{name} must be host:port with a port number, as the emulator prints it "
+            f"(e.g. '127.0.0.1:8085'), got {host!r}"
+        )
+    return host
 
 
 def _check_project(project: str, source: str) -> str:
@@ -127,8 +135,30 @@ def _check_project(project: str, source: str) -> str:
     return project
 
 
+def _refuse_key_text(name: str, value: object) -> None:
+    """Refuse a key's JSON text where the path of a key file belongs, never showing it.
+
+    A secret store or CI variable often holds the key itself; passed on as a path,
+    google-auth would quote it in its error, and log it at DEBUG while it looks
+    for the file.
+    """
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        raise ConfigurationError(
+            f"{name} must be the path of a service-account key file, but its value looks "
+            "like the key's JSON text itself (not shown: it holds a private key). Write the "
+            f"key to a file readable only by the application and set {name} to that file's "
+            "path (e.g. '/var/secrets/pubsub-key.json'), or use Application Default "
+            "Credentials"
+        )
+
+
 def _default_credentials(credentials_file: str | None) -> tuple[Any, str | None]:
     """Return credentials and the project they name, or raise ConfigurationError."""
+    _refuse_key_text("credentials_file", credentials_file)
+    if credentials_file is None:
+        _refuse_key_text(
+            "GOOGLE_APPLICATION_CREDENTIALS", os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        )
     try:
         if credentials_file is not None:
             from google.oauth2 import service_account
@@ -250,6 +280,13 @@ def make_clients(
         ConfigurationError: No project can be found, options contradict each
             other, or no credentials are available for the real service.
     """
+    if project is not None and not isinstance(project, str):
+        # Google's project ids are strings, and so is a project number in a resource name.
+        raise ConfigurationError(
+            f"project must be a string: the project id (e.g. 'my-project') or the project's "
+            f"number as digits; got {type(project).__name__} {project!r}, e.g. "
+            f"project={str(project)!r}"
+        )
     options = channel_options(timeouts)
     grace = timeouts.longest + 1.0
     if api_endpoint is not None:

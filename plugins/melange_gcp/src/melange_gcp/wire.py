@@ -49,22 +49,63 @@ dead-lettered message keeps exactly the attributes it was published with."""
 EMPTY_BODY = "melange-empty-body"
 """The attribute that stands in for an empty body with no attributes (Pub/Sub refuses those)."""
 
-FRAMING_PER_MESSAGE = 16
-"""Bytes counted for a message's protobuf framing in a Publish request (a bound)."""
-_FRAMING_PER_ATTRIBUTE = 8
+
+def _varint_bytes(value: int) -> int:
+    """Bytes of ``value`` as a protobuf varint (a length prefix)."""
+    return 1 if value < 0x80 else (value.bit_length() + 6) // 7
+
+
+def _field_bytes(length: int) -> int:
+    """Bytes of a length-delimited protobuf field of ``length`` bytes (tag, length, content).
+
+    Every field counted here has a field number below 16, so a one-byte tag.
+    """
+    return 1 + _varint_bytes(length) + length
+
+
+def body_only_bytes(body_bytes: int) -> int:
+    """What a message of only a body adds to a Publish request (see :func:`request_bytes`)."""
+    if not body_bytes:  # travels with the EMPTY_BODY marker attribute
+        return _field_bytes(_field_bytes(_field_bytes(len(EMPTY_BODY)) + _field_bytes(1)))
+    return _field_bytes(_field_bytes(body_bytes))
+
+
+def request_bytes(body_bytes: int, attribute_bytes: list[tuple[int, int]], group_bytes: int) -> int:
+    """Return exactly what a message adds to a serialized Publish request.
+
+    A ``PubsubMessage`` in the request's repeated ``messages`` field: its data,
+    one map entry per attribute (key and value fields within an entry field),
+    its ordering key, each with its tag and varint length, as :func:`to_pubsub`
+    builds it (an empty body without attributes gets the EMPTY_BODY marker).
+
+    Args:
+        body_bytes: Length of the body.
+        attribute_bytes: ``(key, value)`` lengths in UTF-8 bytes, one per attribute.
+        group_bytes: Length of the ordering key (0 for none).
+    """
+    if not attribute_bytes and not body_bytes:
+        attribute_bytes = [(len(EMPTY_BODY), 1)]
+    inner = _field_bytes(body_bytes) if body_bytes else 0
+    for key, value in attribute_bytes:
+        inner += _field_bytes(_field_bytes(key) + _field_bytes(value))
+    if group_bytes:
+        inner += _field_bytes(group_bytes)
+    return _field_bytes(inner)
 
 
 def check_message(message: OutgoingMessage, size: int) -> int:
     """Raise InvalidMessage for what Pub/Sub refuses; return the message's size on the wire.
 
-    The size returned is what the message adds to a Publish request: ``size``
-    (body and attributes), the ordering key and a bound on protobuf framing. The
-    base class has already checked types, the attribute count and ``max_message_size``.
+    The size returned is exactly what the message adds to a serialized Publish
+    request (:func:`request_bytes`), which Pub/Sub limits to 10,000,000 bytes. The
+    base class has already checked types, the attribute count and ``max_message_size``
+    (``size``: body plus attribute names and values).
     """
     attributes = message.attributes
     group = message.group_id
     if not attributes and group is None:  # the common case: nothing more to check
-        return size + FRAMING_PER_MESSAGE
+        return body_only_bytes(len(message.body))
+    lengths: list[tuple[int, int]] = []
     for key, value in attributes.items():
         key_bytes = len(key.encode())
         if key_bytes > MAX_ATTRIBUTE_KEY_BYTES:
@@ -93,6 +134,7 @@ def check_message(message: OutgoingMessage, size: int) -> int:
                 f"attribute name {key!r} is reserved by melange's gcp backend (it marks an "
                 "empty body); rename the attribute"
             )
+        lengths.append((key_bytes, value_bytes))
     group_bytes = 0
     if group is not None:
         group_bytes = len(group.encode())
@@ -101,7 +143,7 @@ def check_message(message: OutgoingMessage, size: int) -> int:
                 f"group_id of {group_bytes} bytes: Pub/Sub ordering keys are 1 to "
                 f"{MAX_ORDERING_KEY_BYTES} bytes"
             )
-    return size + group_bytes + FRAMING_PER_MESSAGE + _FRAMING_PER_ATTRIBUTE * len(attributes)
+    return request_bytes(len(message.body), lengths, group_bytes)
 
 
 def to_pubsub(message: OutgoingMessage) -> Any:
