@@ -76,6 +76,9 @@ SLOW_HANDLER = 0.0005
 it waited for I/O, most likely, and the messages behind it should not wait as long."""
 HANDOFF_DELAY = 0.002
 """Seconds work waits for the busy thread that holds it before another thread takes it."""
+SHORT_POLL_PAUSE = 0.05
+"""Seconds between receives that found the queue empty with ``wait_seconds=0`` (short polls):
+asking again at once would spin a thread, or starve the event loop on an in-process backend."""
 
 _T = TypeVar("_T")
 
@@ -505,6 +508,8 @@ class Runtime:
             return failures + 1
         self._settlement.receive_succeeded()
         await self._accept(received, count, received_at)
+        if not received and not self.config.wait_seconds:
+            await self._pause(SHORT_POLL_PAUSE)
         return 0
 
     def _receive_call(self, count: int) -> Awaitable[list[ReceivedMessage]]:

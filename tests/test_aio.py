@@ -1136,3 +1136,50 @@ def _record_calls(dispatcher: AsyncMessageDispatcher, method: str) -> list[tuple
 
     setattr(dispatcher, method, recorded)
     return calls
+
+
+def test_short_polls_of_an_in_process_backend_leave_the_event_loop_running() -> None:
+    # wait_seconds=0 on memory: every receive returns at once, on the loop. An empty queue must
+    # not make the receive loop spin without yielding (the loop, and run_until_idle, starved).
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue("short-polls")
+    backend.publish("short-polls", [OutgoingMessage(b'{"n": 1}')])
+    receives = 0
+    receive = backend.receive
+
+    def counted(*args: Any) -> list[ReceivedMessage]:
+        nonlocal receives
+        receives += 1
+        return receive(*args)
+
+    backend.receive = counted  # type: ignore[method-assign]
+    outcome: dict[str, Any] = {}
+
+    @consumer
+    def note(payload: Any) -> None:
+        outcome["payload"] = payload
+
+    async def main() -> None:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        dispatcher = AsyncMessageDispatcher(backend, "short-polls", [note], wait_seconds=0)
+        began = time.monotonic()
+        stats = await dispatcher.run_until_idle(idle_seconds=0.3, timeout=5.0, stop=True)
+        ticker.cancel()
+        outcome.update(handled=stats.handled, ticks=ticks, seconds=time.monotonic() - began)
+
+    runner = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "the event loop never ran again: the receive loop spun"
+    assert outcome["handled"] == 1 and outcome["payload"] == {"n": 1}
+    assert outcome["ticks"] >= 10, outcome  # other tasks ran all along
+    # An empty short poll pauses before the next one rather than asking again at once.
+    assert receives <= 2 + outcome["seconds"] / 0.02, (receives, outcome)

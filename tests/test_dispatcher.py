@@ -1530,3 +1530,28 @@ def test_receives_ask_for_full_batches_when_capacity_allows(
 
     assert stats.acked == 200
     assert set(backend.asked) == {10}
+
+
+def test_short_polls_of_an_empty_queue_pause_between_receives() -> None:
+    # wait_seconds=0 asks the broker without waiting: on an empty queue the next receive must
+    # not follow at once, or a receive thread spins (CPU, and API calls on a paid broker).
+    backend = MemoryBackend()
+    MessagingBackendFactory(backend).init_queue("short-polls")
+    backend.publish("short-polls", [OutgoingMessage(b'{"n": 1}')])
+    receives = 0
+    receive = backend.receive
+
+    def counted(*args: Any) -> list[ReceivedMessage]:
+        nonlocal receives
+        receives += 1
+        return receive(*args)
+
+    backend.receive = counted  # type: ignore[method-assign]
+    handled: list[Any] = []
+    note = consumer(handled.append)
+    began = time.monotonic()
+    with MessageDispatcher(backend, "short-polls", [note], wait_seconds=0) as dispatcher:
+        stats = dispatcher.run_until_idle(idle_seconds=0.3, timeout=5.0)
+    seconds = time.monotonic() - began
+    assert stats.handled == 1 and handled == [{"n": 1}]
+    assert receives <= 2 + seconds / 0.02, (receives, seconds)
