@@ -66,6 +66,7 @@ bench: install  ## Benchmarks (results go to benchmarks/README.md by hand).
 	$(RUN)/python benchmarks/sqs_throughput.py
 	$(RUN)/python benchmarks/consumer_throughput.py
 	$(RUN)/python benchmarks/runtime_steps.py
+	$(RUN)/python benchmarks/consumer_instructions.py
 	$(RUN)/python benchmarks/gcp_throughput.py
 	$(RUN)/python benchmarks/rabbitmq_throughput.py
 
