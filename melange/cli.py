@@ -560,7 +560,11 @@ def _run_topology(
                         "kind": action.kind,
                         "target": action.target,
                         "changes": [
-                            {"setting": c.setting, "current": c.current, "declared": c.declared}
+                            {
+                                "setting": c.setting,
+                                "current": _json_value(c.current),
+                                "declared": _json_value(c.declared),
+                            }
                             for c in action.changes
                         ],
                         "description": str(action),
@@ -582,6 +586,27 @@ def _run_topology(
             "ends; pass --backend NAME or configure a backend (melange.toml) to reach a broker"
         )
     return bool(result)
+
+
+def _json_value(value: object) -> object:
+    """A plan change's value as JSON: a dead-letter policy becomes an object.
+
+    ``{"queue_name": ..., "max_receive_count": ...}`` for a dead-letter policy (``null`` for
+    none), lists for tuples and sets, and the text of anything else JSON cannot hold, so
+    ``apply --json`` never fails after it has changed the broker.
+    """
+    from melange.topology import DeadLetterPolicy
+
+    if isinstance(value, DeadLetterPolicy):
+        return {"queue_name": value.queue_name, "max_receive_count": value.max_receive_count}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_json_value(item) for item in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    return str(value)
 
 
 def _topology_target(

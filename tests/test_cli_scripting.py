@@ -257,3 +257,29 @@ def test_timeout_against_a_black_hole(black_hole: int, tmp_path: Path, command: 
     assert "s3cret" not in result.stdout + result.stderr
     assert "token" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_plan_and_apply_json_of_a_dead_letter_change(tmp_path: Path) -> None:
+    # The dead_letter setting's values are DeadLetterPolicy objects: --json printed a
+    # traceback (after apply had made the change) instead of the documented shape.
+    memory = MemoryBackend()
+    first, second = tmp_path / "one.toml", tmp_path / "two.toml"
+    first.write_text(
+        '[[queues]]\nname = "jd-q"\ndead_letter_queue = "jd-dlq"\nmax_receive_count = 3\n'
+    )
+    second.write_text(first.read_text().replace("= 3", "= 4"))
+    assert run(memory, "apply", str(first)).exit_code == 0
+
+    for command in ("plan", "apply"):
+        result = run(memory, command, str(second), "--json")
+        assert result.exit_code == 0
+        (action,) = json.loads(result.stdout)["actions"]
+        assert action["kind"] == "update_queue"
+        assert action["changes"] == [
+            {
+                "setting": "dead_letter",
+                "current": {"queue_name": "jd-dlq", "max_receive_count": 3},
+                "declared": {"queue_name": "jd-dlq", "max_receive_count": 4},
+            }
+        ]
+    assert json.loads(run(memory, "plan", str(second), "--json").stdout)["actions"] == []
