@@ -336,7 +336,8 @@ class _Holder:
 
 
 # Options that name where a backend connects, most specific first.
-_ENDPOINT_OPTIONS = ("endpoint_url", "sqs_endpoint_url", "emulator_host", "api_endpoint")
+# ``url`` is RabbitMQ's (amqp://user:password@host:port/vhost): only scheme, host and port show.
+_ENDPOINT_OPTIONS = ("endpoint_url", "sqs_endpoint_url", "emulator_host", "api_endpoint", "url")
 
 
 def endpoint_of(options: dict[str, Any]) -> str | None:

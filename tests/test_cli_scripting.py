@@ -259,6 +259,28 @@ def test_timeout_against_a_black_hole(black_hole: int, tmp_path: Path, command: 
     assert "Traceback" not in result.stderr
 
 
+def test_timeout_names_an_endpoint_given_as_url(black_hole: int, tmp_path: Path) -> None:
+    # RabbitMQ's endpoint is its ``url`` option: the message named the backend alone.
+    pytest.importorskip("melange_rabbitmq")
+    env = {
+        **os.environ,
+        "MELANGE_BACKEND": "rabbitmq",
+        "MELANGE_OPTION_URL": f"amqp://guest:s3cret@127.0.0.1:{black_hole}/%2F?heartbeat=5",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "melange.cli", "publish", "q", "body", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"backend 'rabbitmq' at amqp://127.0.0.1:{black_hole} within 2 s" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
 def test_plan_and_apply_json_of_a_dead_letter_change(tmp_path: Path) -> None:
     # The dead_letter setting's values are DeadLetterPolicy objects: --json printed a
     # traceback (after apply had made the change) instead of the documented shape.
