@@ -809,9 +809,16 @@ def _test_pause() -> float:
 
 def _counter(label: str) -> Callable[[int | None], None]:
     """A live ``N <label>`` line on standard error; call with ``None`` to end it."""
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    bar = Progress(SpinnerColumn(), TextColumn("{task.completed} " + label), transient=True)
+    # Standard error: standard output holds only the result (a piped one too).
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.completed} " + label),
+        transient=True,
+        console=Console(stderr=True),
+    )
     task = bar.add_task(label, total=None)
     bar.start()
 

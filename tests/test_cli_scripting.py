@@ -305,3 +305,15 @@ def test_plan_and_apply_json_of_a_dead_letter_change(tmp_path: Path) -> None:
             }
         ]
     assert json.loads(run(memory, "plan", str(second), "--json").stdout)["actions"] == []
+
+
+def test_redrive_progress_counter_draws_on_standard_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It drew on standard output: a piped redrive result began with a stray blank line.
+    from melange.cli import _counter
+
+    update = _counter("moved")
+    update(5)
+    update(None)
+    assert capsys.readouterr().out == ""
