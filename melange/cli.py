@@ -416,6 +416,9 @@ def _run_with_timeout(
             done.set()
 
     thread = threading.Thread(target=target, name="melange-cli-broker", daemon=True)
+    # With --json, standard error stays quiet even on a terminal (docs/cli.md).
+    context = click.get_current_context(silent=True)
+    quiet = quiet or (context is not None and _json_mode(context))
     spinner = None if quiet or not sys.stderr.isatty() else _spinner(status)
     try:
         thread.start()

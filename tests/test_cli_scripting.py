@@ -317,3 +317,52 @@ def test_redrive_progress_counter_draws_on_standard_error(
     update(5)
     update(None)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["plan", "t.toml"],
+        ["apply", "t.toml"],
+        ["dlq", "peek", "q"],
+        ["dlq", "purge", "q", "--yes"],
+        ["dlq", "redrive", "q"],
+        ["publish", "q", "body"],
+    ],
+)
+def test_json_keeps_a_terminal_on_standard_error_quiet(tmp_path: Path, command: list[str]) -> None:
+    # docs/cli.md: with --json, standard error stays quiet. A spinner drew on it when it
+    # was a terminal.
+    import pty
+    import select
+
+    (tmp_path / "t.toml").write_text(TOPOLOGY)
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "melange.cli", *command, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MELANGE_")},
+    )
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        elif process.poll() is not None:
+            break
+    os.close(master)
+    stdout = process.stdout.read() if process.stdout else b""
+    process.wait(30)
+    assert drawn == b""
+    json.loads(stdout)  # the one document, result or error
