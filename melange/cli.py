@@ -336,7 +336,8 @@ class _Holder:
 
 
 # Options that name where a backend connects, most specific first.
-_ENDPOINT_OPTIONS = ("endpoint_url", "sqs_endpoint_url", "emulator_host", "api_endpoint")
+# ``url`` is RabbitMQ's (amqp://user:password@host:port/vhost): only scheme, host and port show.
+_ENDPOINT_OPTIONS = ("endpoint_url", "sqs_endpoint_url", "emulator_host", "api_endpoint", "url")
 
 
 def endpoint_of(options: dict[str, Any]) -> str | None:
@@ -415,6 +416,9 @@ def _run_with_timeout(
             done.set()
 
     thread = threading.Thread(target=target, name="melange-cli-broker", daemon=True)
+    # With --json, standard error stays quiet even on a terminal (docs/cli.md).
+    context = click.get_current_context(silent=True)
+    quiet = quiet or (context is not None and _json_mode(context))
     spinner = None if quiet or not sys.stderr.isatty() else _spinner(status)
     try:
         thread.start()
@@ -560,7 +564,11 @@ def _run_topology(
                         "kind": action.kind,
                         "target": action.target,
                         "changes": [
-                            {"setting": c.setting, "current": c.current, "declared": c.declared}
+                            {
+                                "setting": c.setting,
+                                "current": _json_value(c.current),
+                                "declared": _json_value(c.declared),
+                            }
                             for c in action.changes
                         ],
                         "description": str(action),
@@ -582,6 +590,27 @@ def _run_topology(
             "ends; pass --backend NAME or configure a backend (melange.toml) to reach a broker"
         )
     return bool(result)
+
+
+def _json_value(value: object) -> object:
+    """A plan change's value as JSON: a dead-letter policy becomes an object.
+
+    ``{"queue_name": ..., "max_receive_count": ...}`` for a dead-letter policy (``null`` for
+    none), lists for tuples and sets, and the text of anything else JSON cannot hold, so
+    ``apply --json`` never fails after it has changed the broker.
+    """
+    from melange.topology import DeadLetterPolicy
+
+    if isinstance(value, DeadLetterPolicy):
+        return {"queue_name": value.queue_name, "max_receive_count": value.max_receive_count}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_json_value(item) for item in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    return str(value)
 
 
 def _topology_target(
@@ -783,9 +812,16 @@ def _test_pause() -> float:
 
 def _counter(label: str) -> Callable[[int | None], None]:
     """A live ``N <label>`` line on standard error; call with ``None`` to end it."""
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    bar = Progress(SpinnerColumn(), TextColumn("{task.completed} " + label), transient=True)
+    # Standard error: standard output holds only the result (a piped one too).
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.completed} " + label),
+        transient=True,
+        console=Console(stderr=True),
+    )
     task = bar.add_task(label, total=None)
     bar.start()
 

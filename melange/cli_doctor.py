@@ -187,11 +187,17 @@ def _check_configuration(
                 where = str(find_config_file() or "the default")
             except MelangeError:  # the file is the problem: the message names it
                 where = "the configuration file"
-        name = backend or os.environ.get(ENV_BACKEND) or "?"
+        # The plugin errors carry the name, also when a configuration file gave it.
+        name = getattr(exc, "backend_name", None) or backend or os.environ.get(ENV_BACKEND) or "?"
         if type(exc).__name__ == "BackendNotFound":
             # The configuration is readable; the plugin check says what to install.
             checks.append(Check("configuration", "ok", f"backend {name!r} from {where}"))
             checks.append(Check("plugin", "fail", str(exc), _install_hint(name)))
+            return None
+        if type(exc).__name__ == "BackendLoadError":
+            # Installed but does not import (or is not a backend): the plugin is at fault.
+            checks.append(Check("configuration", "ok", f"backend {name!r} from {where}"))
+            checks.append(Check("plugin", "fail", str(exc), _REINSTALL))
             return None
         checks.append(
             Check(
@@ -238,6 +244,9 @@ def _install_hint(name: str) -> str:
     return "install the distribution that provides it (melange backends lists what is installed)"
 
 
+_REINSTALL = "reinstall the plugin; the error above says what failed to import"
+
+
 def _check_plugin(name: str, checks: list[Check]) -> bool:
     from melange import __version__
     from melange.backends import describe_backends
@@ -245,11 +254,7 @@ def _check_plugin(name: str, checks: list[Check]) -> bool:
     info = next((info for info in describe_backends() if info.name == name), None)
     if info is None or info.status != "ok":
         error = info.error if info is not None else f"backend {name!r} is not registered"
-        fix = (
-            _install_hint(name)
-            if info is None or info.status == "not installed"
-            else "reinstall the plugin; the error above says what failed to import"
-        )
+        fix = _install_hint(name) if info is None or info.status == "not installed" else _REINSTALL
         checks.append(Check("plugin", "fail", error or "unknown error", fix))
         return False
     version = f"{info.distribution} {info.version}" if info.version else str(info.distribution)

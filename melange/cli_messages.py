@@ -36,7 +36,13 @@ from melange.cli import (
     _run_with_timeout,
     _timeout_option,
 )
-from melange.exceptions import BackendUnavailable, InvalidMessage, QueueNotFound, TopicNotFound
+from melange.exceptions import (
+    BackendUnavailable,
+    InvalidMessage,
+    MelangeError,
+    QueueNotFound,
+    TopicNotFound,
+)
 
 if TYPE_CHECKING:
     from melange.backends.base import MessagingBackend, ReceivedMessage
@@ -197,6 +203,8 @@ class _Tail:
     """What a tail holds: every message shown and not acknowledged, by id (latest receipt)."""
 
     held: dict[str, ReceivedMessage] = field(default_factory=dict)
+    # When each held message's lease ends (monotonic), while tail extends the leases.
+    expires: dict[str, float] = field(default_factory=dict)
     shown: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
@@ -262,11 +270,23 @@ def tail(
         try:
             opened, owned = _open_backend(state, holder, backend, options)
             try:
-                if opened.get_queue(queue) is None:
+                spec = opened.get_queue(queue)
+                if spec is None:
                     raise QueueNotFound(queue, "check the name, or create it (melange apply FILE)")
+                lease = None
+                if not ack and opened.capabilities.lease_extension and spec.visibility_timeout > 0:
+                    lease = min(spec.visibility_timeout, opened.capabilities.max_visibility_timeout)
                 try:
                     _receive_loop(
-                        opened, holder, tailing, queue, show, ack, max_messages, wait_seconds
+                        opened,
+                        holder,
+                        tailing,
+                        queue,
+                        show,
+                        ack,
+                        max_messages,
+                        wait_seconds,
+                        lease,
                     )
                 finally:
                     _release_held(opened, tailing)
@@ -299,17 +319,33 @@ def _receive_loop(
     ack: bool,
     max_messages: int | None,
     wait_seconds: float,
+    lease: float | None,
 ) -> None:
+    """Receive and show messages until stopped; hold (and keep leasing) the ones shown.
+
+    ``lease`` is how far each extension reaches (the queue's visibility timeout), or
+    ``None`` when the backend cannot extend leases: a held message then becomes
+    receivable again once its visibility timeout ends.
+    """
     while not tailing.stop.is_set():
         if max_messages is not None and tailing.shown >= max_messages:
             return
+        wait = wait_seconds
+        if lease is not None and tailing.held:
+            _extend_due(backend, tailing, lease)
+            holder.last_progress = time.monotonic()
+            # Back before the next extension is due, however long --wait-seconds is.
+            wait = min(wait_seconds, lease / 4)
         room = 10 if max_messages is None else min(10, max_messages - tailing.shown)
-        # The receive may wait wait_seconds by design: only silence beyond it is a timeout.
-        holder.last_progress = time.monotonic() + wait_seconds
-        batch = backend.receive(queue, room, wait_seconds)
+        # The receive may wait by design: only silence beyond it is a timeout.
+        started = time.monotonic()
+        holder.last_progress = started + wait
+        batch = backend.receive(queue, room, wait)
         holder.last_progress = time.monotonic()
         new = []
         for message in batch:
+            if lease is not None:
+                tailing.expires[message.message_id] = started + lease
             if message.message_id in tailing.held:  # redelivered to us after its lease ended
                 tailing.held[message.message_id] = message  # the newest receipt releases it
             else:
@@ -323,6 +359,29 @@ def _receive_loop(
             backend.ack(new)  # only once printed: a print that fails acknowledges nothing
 
 
+def _extend_due(backend: MessagingBackend, tailing: _Tail, lease: float) -> None:
+    """Extend the leases of held messages past half their lease, so none is received again.
+
+    A held message received again counts one more receive: a long tail would move it
+    to the dead-letter queue. A refused extension is not fatal: the message comes back
+    to this tail, which holds its new receipt.
+    """
+    now = time.monotonic()
+    due = [
+        message
+        for message_id, message in tailing.held.items()
+        if tailing.expires.get(message_id, now) - now < lease / 2
+    ]
+    for start in range(0, len(due), 10):
+        chunk = due[start : start + 10]
+        try:
+            backend.extend_lease(chunk, lease)
+        except MelangeError:
+            continue
+        for message in chunk:
+            tailing.expires[message.message_id] = now + lease
+
+
 def _release_held(backend: MessagingBackend, tailing: _Tail) -> None:
     """Make every held message receivable again at once (else when its lease ends)."""
     held = list(tailing.held.values())
@@ -330,6 +389,7 @@ def _release_held(backend: MessagingBackend, tailing: _Tail) -> None:
         for start in range(0, len(held), 10):
             backend.nack(held[start : start + 10], 0.0)
     tailing.held.clear()
+    tailing.expires.clear()
 
 
 def _message_document(message: ReceivedMessage) -> dict[str, Any]:

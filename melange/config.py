@@ -199,6 +199,11 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"cannot read configuration file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes before it parses them
+        raise ConfigurationError(
+            f"configuration file {path} is not UTF-8 (byte {exc.start}): a configuration "
+            "file must be UTF-8 TOML; save it with UTF-8 encoding"
+        ) from None
 
 
 def _convert(

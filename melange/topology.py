@@ -170,7 +170,7 @@ class NameRule:
         if not isinstance(name, str) or not name:
             raise InvalidName(kind, str(name), "a name must be a non-empty string")
         if fifo != is_fifo_name(name):
-            need = "must end" if fifo else "may only end"
+            need = "must end" if fifo else "must not end"
             raise InvalidName(
                 kind,
                 name,

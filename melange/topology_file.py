@@ -292,6 +292,11 @@ def load_topology(path: str | os.PathLike[str]) -> TopologyFile:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidTopology(f"topology file {str(file)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes before it parses them
+        raise InvalidTopology(
+            f"topology file {str(file)!r} is not UTF-8 (byte {exc.start}): a topology file "
+            "must be UTF-8 TOML; save it with UTF-8 encoding"
+        ) from None
     return _parse(file, data)
 
 

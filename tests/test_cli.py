@@ -180,6 +180,38 @@ def test_errors_exit_1_with_the_message_on_stderr(
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize(
+    ("where", "argv"),
+    [
+        ("topology", ["plan", "t.toml"]),
+        ("topology", ["doctor", "t.toml"]),
+        ("config", ["plan", "t.toml"]),
+        ("config", ["doctor", "t.toml"]),
+        ("config", ["dlq", "peek", "q"]),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str, argv: list[str]
+) -> None:
+    latin1 = 'backend = "m\u00e9mory"\n'.encode("latin-1")  # not valid UTF-8
+    (tmp_path / "t.toml").write_bytes(latin1 if where == "topology" else b"")
+    if where == "config":
+        (tmp_path / "melange.toml").write_bytes(latin1)
+    name = "t.toml" if where == "topology" else "melange.toml"
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert (
+        "must be UTF-8 TOML" in captured.err + captured.out and name in captured.err + captured.out
+    )
+    assert code == 1
+    if argv[0] != "doctor":  # doctor reports it as a failed check, on stdout
+        assert captured.err.startswith("melange: error: ")
+    as_json = main([*argv, "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert as_json == 1 and "must be UTF-8 TOML" in json.dumps(document)
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "Usage: melange [OPTIONS] COMMAND" in capsys.readouterr().err

@@ -83,6 +83,24 @@ def test_missing_plugin_names_what_to_install(uninstalled_backend: Any) -> None:
     assert result.stdout.splitlines()[-1].startswith("1 failed")
 
 
+def test_a_plugin_that_fails_to_load_is_the_plugin_check_not_the_configuration() -> None:
+    # It was reported as [FAIL] configuration with "correct the configuration".
+    from melange.backends import register_backend, unregister_backend
+
+    register_backend("broken-example", "melange_no_such_module:Backend")
+    try:
+        result = run("--backend", "broken-example", "--json")
+    finally:
+        unregister_backend("broken-example")
+    assert result.exit_code == 1
+    found = checks(result)
+    assert found["configuration"]["status"] == "ok"
+    assert found["plugin"]["status"] == "fail"
+    assert "melange_no_such_module" in found["plugin"]["detail"]
+    assert "reinstall the plugin" in found["plugin"]["fix"]
+    assert found["reachable"]["status"] == "skip"
+
+
 def test_permissions_from_a_topology_file_and_a_write_check(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
     path.write_text('[[queues]]\nname = "orders"\n')

@@ -210,3 +210,36 @@ def test_tail_stops_on_sigterm_and_releases_what_it_holds(backend: MemoryBackend
     held = backend.receive(QUEUE, 10, 0.0)  # all three receivable at once: none held, none lost
     assert sorted(m.body for m in held) == [b"m0", b"m1", b"m2"]
     assert signal.getsignal(signal.SIGTERM) == before  # tail put the previous handler back
+
+
+def test_a_long_tail_keeps_its_leases_and_dead_letters_nothing() -> None:
+    # docs/cli.md: without --ack tail consumes nothing. It held each message only for
+    # the queue's visibility timeout, then received it again and again: a tail longer
+    # than max_receive_count visibility timeouts moved the message to the dead-letter queue.
+    memory = MemoryBackend()
+    factory = MessagingBackendFactory(memory)
+    factory.init_queue(
+        "short", dead_letter_queue_name="short-dlq", visibility_timeout=1, max_receive_count=2
+    )
+    memory.publish("short", [OutgoingMessage(b"hello")])
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_after_four_visibility_timeouts() -> None:
+        deadline = time.monotonic() + 30
+        while signal.getsignal(signal.SIGTERM) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if signal.getsignal(signal.SIGTERM) != before:
+            time.sleep(4.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_after_four_visibility_timeouts, daemon=True)
+    killer.start()
+    result = run(memory, "tail", "short", "--wait-seconds", "2")  # longer than the lease
+    killer.join(10)
+    assert result.exit_code == 143, result.output
+    assert result.stdout.count("receives=1") == 1 and "receives=2" not in result.stdout
+    assert memory.receive("short-dlq", 10, 0.0) == []
+    (left,) = memory.receive("short", 10, 0.0)  # released at once, still in its queue
+    assert left.body == b"hello"
+    assert left.receive_count == 2  # the tail's one receive, then this one
+    memory.close()

@@ -257,3 +257,112 @@ def test_timeout_against_a_black_hole(black_hole: int, tmp_path: Path, command: 
     assert "s3cret" not in result.stdout + result.stderr
     assert "token" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_timeout_names_an_endpoint_given_as_url(black_hole: int, tmp_path: Path) -> None:
+    # RabbitMQ's endpoint is its ``url`` option: the message named the backend alone.
+    pytest.importorskip("melange_rabbitmq")
+    env = {
+        **os.environ,
+        "MELANGE_BACKEND": "rabbitmq",
+        "MELANGE_OPTION_URL": f"amqp://guest:s3cret@127.0.0.1:{black_hole}/%2F?heartbeat=5",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "melange.cli", "publish", "q", "body", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"backend 'rabbitmq' at amqp://127.0.0.1:{black_hole} within 2 s" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_plan_and_apply_json_of_a_dead_letter_change(tmp_path: Path) -> None:
+    # The dead_letter setting's values are DeadLetterPolicy objects: --json printed a
+    # traceback (after apply had made the change) instead of the documented shape.
+    memory = MemoryBackend()
+    first, second = tmp_path / "one.toml", tmp_path / "two.toml"
+    first.write_text(
+        '[[queues]]\nname = "jd-q"\ndead_letter_queue = "jd-dlq"\nmax_receive_count = 3\n'
+    )
+    second.write_text(first.read_text().replace("= 3", "= 4"))
+    assert run(memory, "apply", str(first)).exit_code == 0
+
+    for command in ("plan", "apply"):
+        result = run(memory, command, str(second), "--json")
+        assert result.exit_code == 0
+        (action,) = json.loads(result.stdout)["actions"]
+        assert action["kind"] == "update_queue"
+        assert action["changes"] == [
+            {
+                "setting": "dead_letter",
+                "current": {"queue_name": "jd-dlq", "max_receive_count": 3},
+                "declared": {"queue_name": "jd-dlq", "max_receive_count": 4},
+            }
+        ]
+    assert json.loads(run(memory, "plan", str(second), "--json").stdout)["actions"] == []
+
+
+def test_redrive_progress_counter_draws_on_standard_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It drew on standard output: a piped redrive result began with a stray blank line.
+    from melange.cli import _counter
+
+    update = _counter("moved")
+    update(5)
+    update(None)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["plan", "t.toml"],
+        ["apply", "t.toml"],
+        ["dlq", "peek", "q"],
+        ["dlq", "purge", "q", "--yes"],
+        ["dlq", "redrive", "q"],
+        ["publish", "q", "body"],
+    ],
+)
+def test_json_keeps_a_terminal_on_standard_error_quiet(tmp_path: Path, command: list[str]) -> None:
+    # docs/cli.md: with --json, standard error stays quiet. A spinner drew on it when it
+    # was a terminal.
+    import pty
+    import select
+
+    (tmp_path / "t.toml").write_text(TOPOLOGY)
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "melange.cli", *command, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MELANGE_")},
+    )
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        elif process.poll() is not None:
+            break
+    os.close(master)
+    stdout = process.stdout.read() if process.stdout else b""
+    process.wait(30)
+    assert drawn == b""
+    json.loads(stdout)  # the one document, result or error

@@ -193,6 +193,15 @@ def test_malformed_files_are_explained(tmp_path: Path, content: str, expected: s
     assert "melange.toml" in str(error.value)
 
 
+@pytest.mark.parametrize("name", ["melange.toml", "pyproject.toml"])
+def test_a_file_that_is_not_utf8_is_explained(tmp_path: Path, name: str) -> None:
+    # tomllib raises UnicodeDecodeError, not TOMLDecodeError: it came out as a traceback.
+    (tmp_path / name).write_bytes('[tool.melange]\nbackend = "m\u00e9mory"\n'.encode("latin-1"))
+    with pytest.raises(ConfigurationError) as error:
+        resolve_backend_config(environ=NO_ENV, cwd=tmp_path)
+    assert name in str(error.value) and "must be UTF-8 TOML" in str(error.value)
+
+
 def test_an_explicit_file_replaces_the_search_not_the_environment(tmp_path: Path) -> None:
     """docs/configuration.md: ``config_file=`` stands in for step 3 only."""
     path = tmp_path / "elsewhere.toml"

@@ -215,7 +215,7 @@ BAD_QUEUE_REQUESTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("", {}, InvalidName, "non-empty"),
     ("x" * 81, {}, InvalidName, "1 to 80 characters"),
     ("q", {"fifo": True}, InvalidName, "must end with '.fifo'"),
-    ("q.fifo", {"fifo": False}, InvalidName, "may only end"),
+    ("q.fifo", {"fifo": False}, InvalidName, "a standard queue name must not end with '.fifo'"),
     ("q", {"dead_letter_queue_name": "q"}, InvalidTopology, "cannot be its own dead-letter"),
     (
         "q.fifo",

@@ -247,6 +247,15 @@ def test_invalid_files_name_the_file_and_the_problem(
     assert expected in str(info.value)
 
 
+def test_a_file_that_is_not_utf8_is_explained(tmp_path: Path) -> None:
+    # tomllib raises UnicodeDecodeError, not TOMLDecodeError: it came out as a traceback.
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[[queues]]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(InvalidTopology) as info:
+        load_topology(path)
+    assert str(path) in str(info.value) and "must be UTF-8 TOML" in str(info.value)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidTopology, match=r"cannot read topology file .*nope\.toml"):
         load_topology(tmp_path / "nope.toml")
