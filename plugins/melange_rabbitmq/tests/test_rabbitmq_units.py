@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -178,3 +182,39 @@ def test_one_write_writes_nothing_for_a_block_that_made_no_frame() -> None:
     with one_write(connection):
         pass
     assert connection.written == []
+
+
+_EXIT_AFTER_ERROR = textwrap.dedent(
+    """
+    import sys, time
+    from melange_rabbitmq import RabbitMQBackend
+    backend = RabbitMQBackend("amqp://guest:guest@127.0.0.1:%d/%%2F", call_timeout=1.0)
+    try:
+        backend.get_queue("q")
+    except Exception as error:
+        print(type(error).__name__, time.monotonic(), flush=True)
+    %s
+    """
+)
+
+
+@pytest.mark.parametrize("closing", ["backend.close()", "pass"], ids=["close", "atexit"])
+def test_the_process_exits_promptly_when_the_connection_never_opened(closing: str) -> None:
+    # A black hole: the TCP connection is accepted and the AMQP handshake never answered,
+    # so pika's attempt lasts its stack timeout (15 s). Neither close() nor the atexit
+    # close may wait for it: the process ends soon after the call's error.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    port = hole.getsockname()[1]
+    try:
+        script = _EXIT_AFTER_ERROR % (port, closing)
+        process = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+        )
+        ended = time.monotonic()
+    finally:
+        hole.close()
+    name, at = process.stdout.split()
+    assert name == "BackendUnavailable", process.stderr
+    assert ended - float(at) < 2.0

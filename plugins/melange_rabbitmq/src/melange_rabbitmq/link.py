@@ -65,6 +65,11 @@ LINGER = 0.0005
 socket again: a caller that calls again at once (a publish loop) finds it awake, without a
 wake through pika's pipe and a return from ``process_data_events`` (80 us a call, measured)."""
 
+UNOPENED_CLOSE_WAIT = 0.5
+"""Seconds :meth:`Link.close` waits for the I/O thread while no connection is open: it may be in
+a connection attempt that lasts pika's stack timeout (15 s) against an endpoint that accepts and
+never answers, and with no connection there is nothing to send. The thread is a daemon."""
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -256,7 +261,10 @@ class Link:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.add_callback_threadsafe(_nothing)
-        self._thread.join(self.call_timeout + 5.0)
+        opened = conn is not None and conn.is_open
+        # Acks and nacks queued go out only on an open connection: without one, do not wait
+        # for a connection attempt (the exit of a process would wait for it too).
+        self._thread.join(self.call_timeout + 5.0 if opened else UNOPENED_CLOSE_WAIT)
 
     # ------------------------------------------- used on the I/O thread only
     def connection(self) -> pika.BlockingConnection:
