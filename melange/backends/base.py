@@ -311,9 +311,12 @@ class MessagingBackend(abc.ABC):
         return self._closed
 
     def _call(self, operation: str, hook: Callable[..., _T], *args: Any) -> _T:
+        self._refuse_if_closed(operation)
+        return hook(*args)
+
+    def _refuse_if_closed(self, operation: str) -> None:
         if self._closed:
             raise BackendClosed(self.name, operation)
-        return hook(*args)
 
     def require(self, capability: str, what: str) -> None:
         """Raise :class:`UnsupportedCapability` unless ``capability`` is declared.
@@ -545,13 +548,14 @@ class MessagingBackend(abc.ABC):
 
     def ack(self, messages: Sequence[ReceivedMessage]) -> None:
         """Acknowledge messages: they are removed and never redelivered."""
+        if self._closed:  # an empty batch too: every call after close() fails alike
+            raise BackendClosed(self.name, "acknowledge")
         if messages:
-            if self._closed:
-                raise BackendClosed(self.name, "acknowledge")
             self._ack(list(messages))
 
     def nack(self, messages: Sequence[ReceivedMessage], delay_seconds: float = 0.0) -> None:
         """Release messages for redelivery after ``delay_seconds`` (0 = at once)."""
+        self._refuse_if_closed("negatively acknowledge")
         self.require("nack_delay", "negative acknowledgement")
         self._check_duration(
             "delay_seconds", delay_seconds, self.capabilities.max_visibility_timeout
@@ -561,6 +565,7 @@ class MessagingBackend(abc.ABC):
 
     def extend_lease(self, messages: Sequence[ReceivedMessage], seconds: float) -> None:
         """Keep messages invisible to other receivers for ``seconds`` from now."""
+        self._refuse_if_closed("extend a lease")
         self.require("lease_extension", "lease extension")
         self._check_duration("seconds", seconds, self.capabilities.max_visibility_timeout)
         if messages:

@@ -21,7 +21,6 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from operator import attrgetter
 from random import getrandbits
 from typing import Any, NamedTuple
@@ -650,39 +649,6 @@ class MemoryBackend(MessagingBackend):
         return True
 
     # ------------------------------------------------------------------ settle
-    # The contract returns at once on an empty batch, even after close(); the memory
-    # backend promises BackendClosed for any call after close(), so it checks first.
-    def ack(self, messages: Sequence[ReceivedMessage]) -> None:
-        """Acknowledge messages: they are removed and never redelivered.
-
-        Raises:
-            BackendClosed: The backend was closed (also for an empty batch).
-        """
-        self._refuse_if_closed("acknowledge")
-        super().ack(messages)
-
-    def nack(self, messages: Sequence[ReceivedMessage], delay_seconds: float = 0.0) -> None:
-        """Release messages for redelivery after ``delay_seconds`` (0 = at once).
-
-        Raises:
-            BackendClosed: The backend was closed (also for an empty batch).
-        """
-        self._refuse_if_closed("negatively acknowledge")
-        super().nack(messages, delay_seconds)
-
-    def extend_lease(self, messages: Sequence[ReceivedMessage], seconds: float) -> None:
-        """Keep messages invisible to other receivers for ``seconds`` from now.
-
-        Raises:
-            BackendClosed: The backend was closed (also for an empty batch).
-        """
-        self._refuse_if_closed("extend a lease")
-        super().extend_lease(messages, seconds)
-
-    def _refuse_if_closed(self, operation: str) -> None:
-        if self._closed:
-            raise BackendClosed(self.name, operation)
-
     def _current(self, message: ReceivedMessage) -> tuple[_Queue, _Stored] | None:
         """Return the queue and message ``message`` was received as, if that delivery is current."""
         receipt = message.receipt

@@ -989,14 +989,17 @@ class DataConformance(ConformanceBase):
             "publish": lambda: melange_backend.publish(queue, messages(b"x")),
             "receive": lambda: melange_backend.receive(queue),
             "ack": lambda: melange_backend.ack([in_hand]),
+            "ack of nothing": lambda: melange_backend.ack([]),
             "forward": lambda: melange_backend.forward(in_hand, queue),
             "init_queue": lambda: melange_factory.init_queue(queue),
         }
         caps = melange_backend.capabilities
         if caps.nack_delay:
             calls["nack"] = lambda: melange_backend.nack([in_hand])
+            calls["nack of nothing"] = lambda: melange_backend.nack([])
         if caps.lease_extension:
             calls["extend_lease"] = lambda: melange_backend.extend_lease([in_hand], 1.0)
+            calls["extend_lease of nothing"] = lambda: melange_backend.extend_lease([], 1.0)
         if caps.topics:
             topic = melange_names.topic()
             calls.update(
