@@ -41,6 +41,7 @@ from melange.factory import MessagingBackendFactory
 from melange.message import Message
 from melange.observability import Hooks
 from melange.serializers import SerializerRegistry
+from tests.short_polls import CountedReceives
 
 QUEUE = "orders"
 DLQ = "orders-dlq"
@@ -1141,18 +1142,8 @@ def _record_calls(dispatcher: AsyncMessageDispatcher, method: str) -> list[tuple
 def test_short_polls_of_an_in_process_backend_leave_the_event_loop_running() -> None:
     # wait_seconds=0 on memory: every receive returns at once, on the loop. An empty queue must
     # not make the receive loop spin without yielding (the loop, and run_until_idle, starved).
-    backend = MemoryBackend()
-    MessagingBackendFactory(backend).init_queue("short-polls")
-    backend.publish("short-polls", [OutgoingMessage(b'{"n": 1}')])
-    receives = 0
-    receive = backend.receive
-
-    def counted(*args: Any) -> list[ReceivedMessage]:
-        nonlocal receives
-        receives += 1
-        return receive(*args)
-
-    backend.receive = counted  # type: ignore[method-assign]
+    polls = CountedReceives()
+    backend = polls.backend
     outcome: dict[str, Any] = {}
 
     @consumer
@@ -1169,7 +1160,7 @@ def test_short_polls_of_an_in_process_backend_leave_the_event_loop_running() -> 
                 ticks += 1
 
         ticker = asyncio.ensure_future(tick())
-        dispatcher = AsyncMessageDispatcher(backend, "short-polls", [note], wait_seconds=0)
+        dispatcher = AsyncMessageDispatcher(backend, polls.queue, [note], wait_seconds=0)
         began = time.monotonic()
         stats = await dispatcher.run_until_idle(idle_seconds=0.3, timeout=5.0, stop=True)
         ticker.cancel()
@@ -1182,4 +1173,4 @@ def test_short_polls_of_an_in_process_backend_leave_the_event_loop_running() -> 
     assert outcome["handled"] == 1 and outcome["payload"] == {"n": 1}
     assert outcome["ticks"] >= 10, outcome  # other tasks ran all along
     # An empty short poll pauses before the next one rather than asking again at once.
-    assert receives <= 2 + outcome["seconds"] / 0.02, (receives, outcome)
+    assert polls.at_most_one_receive_per(outcome["seconds"], 0.02), (polls.receives, outcome)

@@ -34,6 +34,7 @@ from melange.lease import Lease, LeaseKeeper
 from melange.message import Message
 from melange.observability import Hooks
 from melange.serializers import SerializerRegistry
+from tests.short_polls import CountedReceives
 
 QUEUE = "orders"
 DLQ = "orders-dlq"
@@ -1535,23 +1536,13 @@ def test_receives_ask_for_full_batches_when_capacity_allows(
 def test_short_polls_of_an_empty_queue_pause_between_receives() -> None:
     # wait_seconds=0 asks the broker without waiting: on an empty queue the next receive must
     # not follow at once, or a receive thread spins (CPU, and API calls on a paid broker).
-    backend = MemoryBackend()
-    MessagingBackendFactory(backend).init_queue("short-polls")
-    backend.publish("short-polls", [OutgoingMessage(b'{"n": 1}')])
-    receives = 0
-    receive = backend.receive
-
-    def counted(*args: Any) -> list[ReceivedMessage]:
-        nonlocal receives
-        receives += 1
-        return receive(*args)
-
-    backend.receive = counted  # type: ignore[method-assign]
+    polls = CountedReceives()
+    backend = polls.backend
     handled: list[Any] = []
     note = consumer(handled.append)
     began = time.monotonic()
-    with MessageDispatcher(backend, "short-polls", [note], wait_seconds=0) as dispatcher:
+    with MessageDispatcher(backend, polls.queue, [note], wait_seconds=0) as dispatcher:
         stats = dispatcher.run_until_idle(idle_seconds=0.3, timeout=5.0)
     seconds = time.monotonic() - began
     assert stats.handled == 1 and handled == [{"n": 1}]
-    assert receives <= 2 + seconds / 0.02, (receives, seconds)
+    assert polls.at_most_one_receive_per(seconds, 0.02), (polls.receives, seconds)
