@@ -25,7 +25,7 @@ class CountedReceives:
             self.receives += 1
             return receive(*args)
 
-        self.backend.receive = counted  # type: ignore[method-assign]
+        self.backend.receive = counted  # type: ignore[method-assign,assignment]
 
     def at_most_one_receive_per(self, seconds: float, interval: float) -> bool:
         """Whether the receives were at most one per ``interval`` over ``seconds``, plus two."""
