@@ -6,11 +6,11 @@ What a user gets from ``pip install "melange[aws]"`` (or ``[localsqs]``, ``[gcp]
 1. ``scripts/build_dists.sh --wheel`` (what ``make dist`` runs, wheels only) builds the core and
    every plugin under ``plugins/`` into a temporary folder.
 2. A clean venv (``python -m venv``, none of the dev venv's packages) gets exactly what
-   docs/installing.md tells users: ``pip install --find-links <folder> "melange[<extra>]"``, no
-   ``--pre``, no version pin, the package index still in use. The index has the original
-   melange (7.2.0, whose dependencies need pycrypto built from source; the aws test checks that
-   the same pip picks it when the folder is left out); pip must prefer the
-   folder's final release by itself. pip's ``--report`` shows every melange distribution came
+   docs/installing.md tells users: ``pip install --find-links <folder> "melange[<extra>]"`` (with
+   ``--no-compile``, for speed), no ``--pre``, no version pin, the package index still in use.
+   The index has the original melange (7.2.0, whose dependencies need pycrypto built from
+   source; the aws test checks that the same pip picks it when the folder is left out); pip
+   must prefer the folder's final release by itself. pip's ``--report`` shows every melange distribution came
    from the folder at the version in pyproject.toml, pycrypto nowhere, and the dependencies
    (boto3, google-cloud-pubsub, azure-servicebus, stevedore, ...) from the index.
 3. In that venv: ``import melange`` imports no broker SDK; ``from melange.backends import
@@ -356,8 +356,9 @@ def service_bus_stand_in() -> Iterator[dict[str, str]]:
 def _install(tmp_path: Path, wheels: dict[str, Path], requirement: str) -> tuple[Path, Any]:
     """A clean venv with ``melange[extra]`` as users install it; returns its python, report.
 
-    The command of docs/installing.md, nothing added: no ``--pre``, no pin, no constraint, the
-    index still consulted. Only the versions in the wheels make pip take them over the index's.
+    The command of docs/installing.md, with only ``--no-compile`` added: no ``--pre``, no pin,
+    no constraint, the index still consulted. Only the versions in the wheels make pip take
+    them over the index's.
     """
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], "creating a clean venv", cwd=tmp_path)
@@ -366,7 +367,9 @@ def _install(tmp_path: Path, wheels: dict[str, Path], requirement: str) -> tuple
     wheel_dir = next(iter(wheels.values())).parent
     _run(
         [
-            str(python), "-m", "pip", "install", "--quiet",
+            # --no-compile: bytecode is not what this checks, and skipping it saves a third
+            # of the install (17.6 s against 11.8 s for the four SDKs, measured here).
+            str(python), "-m", "pip", "install", "--quiet", "--no-compile",
             "--find-links", str(wheel_dir),
             "--report", str(report),
             requirement,

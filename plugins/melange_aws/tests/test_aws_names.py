@@ -41,7 +41,7 @@ def test_queue_names_sqs_accepts(name: str, fifo: bool) -> None:
         ("has space", False, "letters, digits"),
         ("dots.in.name", False, "letters, digits"),
         ("orders", True, "must end with '.fifo'"),
-        ("orders.fifo", False, "only end with '.fifo'"),
+        ("orders.fifo", False, "must not end with '.fifo'"),
         ("", False, "non-empty"),
     ],
 )
