@@ -10,9 +10,9 @@ What a user gets from ``pip install "melange[aws]"`` (or ``[localsqs]``, ``[gcp]
    ``--no-compile``, for speed), no ``--pre``, no version pin, the package index still in use.
    The index has the original melange (7.2.0, whose dependencies need pycrypto built from
    source; the aws test checks that the same pip picks it when the folder is left out); pip
-   must prefer the folder's final release by itself. pip's ``--report`` shows every melange distribution came
-   from the folder at the version in pyproject.toml, pycrypto nowhere, and the dependencies
-   (boto3, google-cloud-pubsub, azure-servicebus, stevedore, ...) from the index.
+   must prefer the folder's final release by itself. pip's ``--report`` shows every melange
+   distribution came from the folder at the version in pyproject.toml, pycrypto nowhere, and
+   the dependencies (boto3, google-cloud-pubsub, azure-servicebus, stevedore, ...) from the index.
 3. In that venv: ``import melange`` imports no broker SDK; ``from melange.backends import
    AWSBackend`` (or ``GCPPubSubBackend``, ``AzureServiceBusBackend``) resolves through the
    entry point; and the backend creates a queue, publishes and receives a message on a server
