@@ -47,6 +47,7 @@ from melange.serializers import (
     PickleSerializer,
     Serializer,
     SerializerRegistry,
+    _decode_failed,
     _where,
     describe_body,
 )
@@ -731,13 +732,8 @@ def decode_received_7x(registry: SerializerRegistry, received: ReceivedMessage) 
         manifest = None  # 7.x's JSON serializer named every payload "json"
     try:
         body = serializer.deserialize(from_text(serializer, bytes(received.body)), manifest)
-    except SerializationError as exc:
-        raise SerializationError(f"cannot decode {_where(received)}: {exc}") from exc
     except Exception as exc:
-        raise SerializationError(
-            f"cannot decode {_where(received)}: 7.x serializer {serializer.identifier!r} failed "
-            f"on the {describe_body(bytes(received.body), manifest)} ({type(exc).__name__})"
-        ) from exc
+        raise _decode_failed(received, serializer, manifest, exc, "7.x serializer") from exc
     return _received_message(
         body,
         manifest,

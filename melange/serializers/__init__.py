@@ -741,13 +741,8 @@ class SerializerRegistry:
         serializer = self._incoming(manifest, attributes.get(SERIALIZER_ATTRIBUTE), received)
         try:
             body = serializer.deserialize(received.body, manifest)
-        except SerializationError as exc:
-            raise SerializationError(f"cannot decode {_where(received)}: {exc}") from exc
         except Exception as exc:
-            raise SerializationError(
-                f"cannot decode {_where(received)}: serializer {serializer.identifier!r} failed "
-                f"on the {describe_body(received.body, manifest)} ({type(exc).__name__})"
-            ) from exc
+            raise _decode_failed(received, serializer, manifest, exc) from exc
         kept = dict(attributes)  # a copy the message takes over, without melange's own
         for name in _RESERVED:
             kept.pop(name, None)
@@ -787,6 +782,26 @@ _RESERVED = tuple(sorted(RESERVED_ATTRIBUTES))
 
 SERIALIZER_ID_7X = "serializer_id"
 """melange 7.x's serializer attribute: the number of the serializer that wrote the body."""
+
+
+def _decode_failed(
+    received: ReceivedMessage,
+    serializer: Serializer,
+    manifest: str | None,
+    error: Exception,
+    kind: str = "serializer",
+) -> SerializationError:
+    """The error for ``serializer`` failing on ``received``: where, and what the body was.
+
+    A :class:`SerializationError` keeps its own text; another exception (a
+    serializer's bug) is named by type only, never with the body's content.
+    """
+    if isinstance(error, SerializationError):
+        return SerializationError(f"cannot decode {_where(received)}: {error}")
+    return SerializationError(
+        f"cannot decode {_where(received)}: {kind} {serializer.identifier!r} failed "
+        f"on the {describe_body(bytes(received.body), manifest)} ({type(error).__name__})"
+    )
 
 
 def _where(received: ReceivedMessage) -> str:
